@@ -1,0 +1,25 @@
+//! AdamW update of one f32 parameter, in place (PyTorch's formulation, decoupled decay).
+
+pub struct Hyper {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1 − β₁ᵗ and 1 − β₂ᵗ for the current step.
+    pub bias1: f32,
+    pub bias2: f32,
+}
+
+pub fn step(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &Hyper) {
+    let step_size = h.lr / h.bias1;
+    let bias2_sqrt = h.bias2.sqrt();
+    let decay = 1.0 - h.lr * h.weight_decay;
+    for i in 0..p.len() {
+        let gi = g[i];
+        m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
+        v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
+        let denom = v[i].sqrt() / bias2_sqrt + h.eps;
+        p[i] = p[i] * decay - step_size * m[i] / denom;
+    }
+}

@@ -1,0 +1,201 @@
+//! Causal multi-query attention: h query heads share one key/value head. Processed in blocks of
+//! query rows so each block only touches the keys it can see (half the work of a full n×m
+//! product), with the softmax statistics (log-sum-exp) saved for a recomputing backward.
+
+use super::matmul::{MatRef, gemm_into};
+use rayon::prelude::*;
+
+const BLOCK: usize = 64;
+
+pub struct Shape {
+    pub b: usize,
+    pub h: usize,
+    pub n: usize,
+    pub m: usize,
+    pub d: usize,
+    /// Query row i sits at absolute position i + offset and sees keys j ≤ i + offset.
+    pub offset: usize,
+    pub scale: f32,
+}
+
+impl Shape {
+    /// Keys visible to query rows [i0, i1).
+    fn keys(&self, i1: usize) -> usize {
+        (i1 + self.offset).min(self.m)
+    }
+}
+
+/// q (b,h,n,d), k/v (b,m,d), all contiguous. Returns (out (b,h,n,d), lse (b,h,n)).
+pub fn forward(q: &[f32], k: &[f32], v: &[f32], s: &Shape) -> (Vec<f32>, Vec<f32>) {
+    let (n, m, d) = (s.n, s.m, s.d);
+    let mut out = vec![0f32; s.b * s.h * n * d];
+    let mut lse = vec![0f32; s.b * s.h * n];
+    out.par_chunks_mut(n * d)
+        .zip(lse.par_chunks_mut(n))
+        .enumerate()
+        .for_each(|(bh, (out, lse))| {
+            let bi = bh / s.h;
+            let mut p = vec![0f32; BLOCK * m];
+            for i0 in (0..n).step_by(BLOCK) {
+                let i1 = (i0 + BLOCK).min(n);
+                let (rows, keys) = (i1 - i0, s.keys(i1));
+                let qb = MatRef::rows(q, (bh * n + i0) * d, d);
+                let kt = MatRef::rows(k, bi * m * d, d).t();
+                gemm_into(rows, keys, d, &mut p, keys, &qb, &kt, s.scale, false, false);
+                for r in 0..rows {
+                    let row = &mut p[r * keys..(r + 1) * keys];
+                    let visible = (i0 + r + s.offset + 1).min(keys);
+                    let mx = row[..visible]
+                        .iter()
+                        .copied()
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for x in row[..visible].iter_mut() {
+                        *x = (*x - mx).exp();
+                        sum += *x;
+                    }
+                    row[visible..].fill(0.0);
+                    for x in row[..visible].iter_mut() {
+                        *x /= sum;
+                    }
+                    lse[i0 + r] = mx + sum.ln();
+                }
+                let pm = MatRef::rows(&p, 0, keys);
+                let vb = MatRef::rows(v, bi * m * d, d);
+                gemm_into(
+                    rows,
+                    d,
+                    keys,
+                    &mut out[i0 * d..i1 * d],
+                    d,
+                    &pm,
+                    &vb,
+                    1.0,
+                    false,
+                    false,
+                );
+            }
+        });
+    (out, lse)
+}
+
+/// Gradients (dq, dk, dv) given the forward's out and lse; dk/dv summed over the heads.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    g: &[f32],
+    s: &Shape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (n, m, d) = (s.n, s.m, s.d);
+    let mut dq = vec![0f32; q.len()];
+    // Per (batch, head) partial dk/dv, reduced over heads below (MQA shares k and v).
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = dq
+        .par_chunks_mut(n * d)
+        .enumerate()
+        .map(|(bh, dq)| {
+            let bi = bh / s.h;
+            let mut dk = vec![0f32; m * d];
+            let mut dv = vec![0f32; m * d];
+            let mut p = vec![0f32; BLOCK * m];
+            let mut dp = vec![0f32; BLOCK * m];
+            for i0 in (0..n).step_by(BLOCK) {
+                let i1 = (i0 + BLOCK).min(n);
+                let (rows, keys) = (i1 - i0, s.keys(i1));
+                let qb = MatRef::rows(q, (bh * n + i0) * d, d);
+                let gb = MatRef::rows(g, (bh * n + i0) * d, d);
+                let kb = MatRef::rows(k, bi * m * d, d);
+                let vb = MatRef::rows(v, bi * m * d, d);
+                gemm_into(
+                    rows,
+                    keys,
+                    d,
+                    &mut p,
+                    keys,
+                    &qb,
+                    &kb.t(),
+                    s.scale,
+                    false,
+                    false,
+                );
+                gemm_into(
+                    rows,
+                    keys,
+                    d,
+                    &mut dp,
+                    keys,
+                    &gb,
+                    &vb.t(),
+                    1.0,
+                    false,
+                    false,
+                );
+                for r in 0..rows {
+                    let i = i0 + r;
+                    let visible = (i + s.offset + 1).min(keys);
+                    let o = &out[(bh * n + i) * d..(bh * n + i + 1) * d];
+                    let gr = &g[(bh * n + i) * d..(bh * n + i + 1) * d];
+                    let delta: f32 = o.iter().zip(gr).map(|(a, b)| a * b).sum();
+                    let l = lse[bh * n + i];
+                    let (pr, dpr) = (
+                        &mut p[r * keys..(r + 1) * keys],
+                        &mut dp[r * keys..(r + 1) * keys],
+                    );
+                    for j in 0..keys {
+                        if j < visible {
+                            pr[j] = (pr[j] - l).exp();
+                            dpr[j] = pr[j] * (dpr[j] - delta);
+                        } else {
+                            pr[j] = 0.0;
+                            dpr[j] = 0.0;
+                        }
+                    }
+                }
+                let pm = MatRef::rows(&p, 0, keys);
+                let dsm = MatRef::rows(&dp, 0, keys);
+                // dq = dS·k·scale ; dk += dSᵀ·q·scale ; dv += Pᵀ·dO
+                gemm_into(
+                    rows,
+                    d,
+                    keys,
+                    &mut dq[i0 * d..i1 * d],
+                    d,
+                    &dsm,
+                    &kb,
+                    s.scale,
+                    false,
+                    false,
+                );
+                gemm_into(
+                    keys,
+                    d,
+                    rows,
+                    &mut dk,
+                    d,
+                    &dsm.t(),
+                    &qb,
+                    s.scale,
+                    true,
+                    false,
+                );
+                gemm_into(keys, d, rows, &mut dv, d, &pm.t(), &gb, 1.0, true, false);
+            }
+            (dk, dv)
+        })
+        .collect();
+    let mut dk = vec![0f32; s.b * m * d];
+    let mut dv = vec![0f32; s.b * m * d];
+    for (bh, (pk, pv)) in partial.into_iter().enumerate() {
+        let bi = bh / s.h;
+        for (a, b) in dk[bi * m * d..(bi + 1) * m * d].iter_mut().zip(pk) {
+            *a += b;
+        }
+        for (a, b) in dv[bi * m * d..(bi + 1) * m * d].iter_mut().zip(pv) {
+            *a += b;
+        }
+    }
+    (dq, dk, dv)
+}

@@ -1,0 +1,61 @@
+//! The CPU backend: the exact f32 reference every other backend is tested against.
+//! Functions here take contiguous slices (or a layout to gather through) and return new buffers.
+
+pub mod adamw;
+pub mod attention;
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod embedding;
+pub mod layernorm;
+pub mod matmul;
+pub mod reduce;
+pub mod rope;
+pub mod swiglu;
+
+use crate::layout::Layout;
+use crate::storage::{Buf, CpuElement, CpuStorage};
+use crate::{Error, Result, Tensor};
+use std::borrow::Cow;
+
+/// Below this many elements a loop runs on one thread (rayon's overhead would dominate).
+pub(crate) const PAR_MIN: usize = 1 << 15;
+
+pub(crate) fn owned<T: CpuElement>(v: Vec<T>) -> CpuStorage {
+    T::wrap(Buf::Owned(v))
+}
+
+fn gather<T: CpuElement>(data: &[T], layout: &Layout) -> Vec<T> {
+    match layout.contiguous_range() {
+        Some(r) => data[r].to_vec(),
+        None => layout.offsets().map(|o| data[o]).collect(),
+    }
+}
+
+/// A contiguous copy of a strided view, any dtype.
+pub(crate) fn copy_strided(s: &CpuStorage, layout: &Layout) -> CpuStorage {
+    match s {
+        CpuStorage::F32(b) => owned(gather(b.as_slice(), layout)),
+        CpuStorage::BF16(b) => owned(gather(b.as_slice(), layout)),
+        CpuStorage::U32(b) => owned(gather(b.as_slice(), layout)),
+        CpuStorage::I64(b) => owned(gather(b.as_slice(), layout)),
+        CpuStorage::U8(b) => owned(gather(b.as_slice(), layout)),
+    }
+}
+
+/// The elements of a CPU tensor of type `T` in row-major order, borrowed when contiguous.
+pub(crate) fn data<'a, T: CpuElement>(t: &'a Tensor, op: &'static str) -> Result<Cow<'a, [T]>> {
+    let slice = T::view(t.cpu()?).ok_or(Error::DType {
+        op,
+        got: t.dtype(),
+        want: T::DTYPE.name(),
+    })?;
+    Ok(match t.layout().contiguous_range() {
+        Some(r) => Cow::Borrowed(&slice[r]),
+        None => Cow::Owned(t.layout().offsets().map(|o| slice[o]).collect()),
+    })
+}
+
+/// f32 elements, borrowed when contiguous: the CPU backend computes in f32 only.
+pub(crate) fn f32s<'a>(t: &'a Tensor, op: &'static str) -> Result<Cow<'a, [f32]>> {
+    data::<f32>(t, op)
+}

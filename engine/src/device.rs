@@ -1,0 +1,56 @@
+//! Where a tensor lives.
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    /// A CUDA device by ordinal.
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// What a user asked for on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Cpu,
+    Cuda,
+    /// CUDA when usable, else the CPU with a one-line notice.
+    Auto,
+}
+
+impl std::str::FromStr for DeviceRequest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(DeviceRequest::Cpu),
+            "cuda" | "gpu" => Ok(DeviceRequest::Cuda),
+            "auto" => Ok(DeviceRequest::Auto),
+            other => Err(Error::Invalid(format!(
+                "unknown device '{other}' (expected cpu, cuda or auto)"
+            ))),
+        }
+    }
+}
+
+impl DeviceRequest {
+    /// Resolve to a device. `Auto` falls back to the CPU and returns the reason as a notice.
+    pub fn resolve(self) -> Result<(Device, Option<String>)> {
+        match self {
+            DeviceRequest::Cpu => Ok((Device::Cpu, None)),
+            DeviceRequest::Cuda => crate::cuda::check_available().map(|()| (Device::Cuda(0), None)),
+            DeviceRequest::Auto => match crate::cuda::check_available() {
+                Ok(()) => Ok((Device::Cuda(0), None)),
+                Err(e) => Ok((Device::Cpu, Some(format!("{e}; using the CPU")))),
+            },
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Matrix multiply: (m×k)·(k×n), batched (b×m×k)·(b×k×n), or (…×m×k)·(k×n) with the leading
+//! dims flattened. Backward: dA = dC·Bᵀ, dB = Aᵀ·dC (views, no copies).
+
+use crate::autograd::Op;
+use crate::cpu::{self, matmul::MatRef, owned};
+use crate::storage::{CpuStorage, Storage};
+use crate::{Error, Result, Tensor};
+
+impl Tensor {
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let (ra, rb) = (self.rank(), rhs.rank());
+        if ra > 2 && rb == 2 {
+            // Fold the leading dims into rows: one large GEMM instead of many small ones.
+            let lead = &self.dims()[..ra - 1];
+            let rows: usize = lead.iter().product();
+            let out = self.reshape(&[rows, self.dims()[ra - 1]])?.matmul(rhs)?;
+            let mut dims = lead.to_vec();
+            dims.push(rhs.dims()[1]);
+            return out.reshape(&dims);
+        }
+        if ra > 3 && ra == rb {
+            let batch: usize = self.dims()[..ra - 2].iter().product();
+            let (m, k, n) = (self.dims()[ra - 2], self.dims()[ra - 1], rhs.dims()[rb - 1]);
+            if self.dims()[..ra - 2] != rhs.dims()[..rb - 2] {
+                return Err(self.mm_err(rhs));
+            }
+            let out = self
+                .reshape(&[batch, m, k])?
+                .matmul(&rhs.reshape(&[batch, k, n])?)?;
+            let mut dims = self.dims()[..ra - 1].to_vec();
+            dims.push(n);
+            return out.reshape(&dims);
+        }
+        self.matmul_primitive(rhs)
+    }
+
+    fn mm_err(&self, rhs: &Tensor) -> Error {
+        Error::shape(
+            "matmul",
+            format!("cannot multiply {:?} by {:?}", self.dims(), rhs.dims()),
+        )
+    }
+
+    fn matmul_primitive(&self, rhs: &Tensor) -> Result<Tensor> {
+        crate::ops::require_cpu("matmul", &[self, rhs])?;
+        let (ra, rb) = (self.rank(), rhs.rank());
+        let batched = match (ra, rb) {
+            (2, 2) => false,
+            (3, 3) if self.dims()[0] == rhs.dims()[0] => true,
+            _ => return Err(self.mm_err(rhs)),
+        };
+        let (m, k) = (self.dims()[ra - 2], self.dims()[ra - 1]);
+        let (k2, n) = (rhs.dims()[rb - 2], rhs.dims()[rb - 1]);
+        if k != k2 {
+            return Err(self.mm_err(rhs));
+        }
+        let batch = if batched { self.dims()[0] } else { 1 };
+        let out = cpu::matmul::matmul(
+            batch,
+            m,
+            n,
+            k,
+            &mat_ref(self, batched)?,
+            &mat_ref(rhs, batched)?,
+        );
+        let dims: Vec<usize> = if batched {
+            vec![batch, m, n]
+        } else {
+            vec![m, n]
+        };
+        Ok(Tensor::from_op(
+            Storage::Cpu(owned(out)),
+            &dims,
+            &[self, rhs],
+            || Op::Matmul(self.clone(), rhs.clone()),
+        ))
+    }
+}
+
+fn mat_ref(t: &Tensor, batched: bool) -> Result<MatRef<'_>> {
+    let data = match t.cpu()? {
+        CpuStorage::F32(b) => b.as_slice(),
+        _ => {
+            return Err(Error::DType {
+                op: "matmul",
+                got: t.dtype(),
+                want: "f32",
+            });
+        }
+    };
+    let s = t.layout().strides();
+    let r = s.len();
+    Ok(MatRef {
+        data,
+        offset: t.layout().offset(),
+        batch_stride: if batched { s[0] } else { 0 },
+        row_stride: s[r - 2],
+        col_stride: s[r - 1],
+    })
+}
+
+pub(crate) fn backward(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    let ga = if a.tracks() {
+        g.matmul(&b.t()?)?
+    } else {
+        g.clone()
+    };
+    let gb = if b.tracks() {
+        a.t()?.matmul(g)?
+    } else {
+        g.clone()
+    };
+    Ok((ga, gb))
+}

@@ -1,0 +1,38 @@
+//! Fused SwiGLU: silu(gate) · x (x and gate are usually two column ranges of one projection).
+
+use crate::autograd::Op;
+use crate::cpu::{self, f32s, owned};
+use crate::storage::Storage;
+use crate::{Error, Result, Tensor};
+
+pub fn swiglu(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    crate::ops::require_cpu("swiglu", &[x, gate])?;
+    if x.dims() != gate.dims() {
+        return Err(Error::shape(
+            "swiglu",
+            format!("x {:?} vs gate {:?}", x.dims(), gate.dims()),
+        ));
+    }
+    let out = cpu::swiglu::forward(&f32s(x, "swiglu")?, &f32s(gate, "swiglu")?);
+    Ok(Tensor::from_op(
+        Storage::Cpu(owned(out)),
+        x.dims(),
+        &[x, gate],
+        || Op::Swiglu {
+            x: x.clone(),
+            gate: gate.clone(),
+        },
+    ))
+}
+
+pub(crate) fn backward(x: &Tensor, gate: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (dx, dg) = cpu::swiglu::backward(
+        &f32s(x, "swiglu")?,
+        &f32s(gate, "swiglu")?,
+        &f32s(g, "swiglu")?,
+    );
+    Ok((
+        Tensor::from_vec(dx, x.dims())?,
+        Tensor::from_vec(dg, gate.dims())?,
+    ))
+}

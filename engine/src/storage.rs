@@ -1,0 +1,118 @@
+//! Tensor data: one enum arm per device, one arm per dtype on the CPU.
+
+use crate::cuda::CudaStorage;
+use crate::{DType, Device, Element};
+use half::bf16;
+use std::sync::Arc;
+
+/// Bytes a tensor can borrow: a memory-mapped file, or bytes embedded in the binary.
+pub type Backing = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// CPU memory: owned, or borrowed from a memory-mapped file without copying.
+pub enum Buf<T> {
+    Owned(Vec<T>),
+    Mapped {
+        map: Backing,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl<T: Element> Buf<T> {
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            Buf::Owned(v) => v,
+            // Alignment was checked when the mapping was wrapped (see `Buf::mapped`).
+            Buf::Mapped { map, start, len } => bytemuck::cast_slice(
+                &(**map).as_ref()[*start..*start + len * std::mem::size_of::<T>()],
+            ),
+        }
+    }
+    /// Wrap a byte range of a mapping; `None` when it is misaligned for `T` (the caller copies).
+    pub fn mapped(map: Backing, start: usize, len: usize) -> Option<Self> {
+        let bytes = (*map)
+            .as_ref()
+            .get(start..start + len * std::mem::size_of::<T>())?;
+        bytemuck::try_cast_slice::<u8, T>(bytes).ok()?;
+        Some(Buf::Mapped { map, start, len })
+    }
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Buf::Mapped { .. })
+    }
+}
+
+pub enum CpuStorage {
+    F32(Buf<f32>),
+    BF16(Buf<bf16>),
+    U32(Buf<u32>),
+    I64(Buf<i64>),
+    U8(Buf<u8>),
+}
+
+impl CpuStorage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::U32(_) => DType::U32,
+            CpuStorage::I64(_) => DType::I64,
+            CpuStorage::U8(_) => DType::U8,
+        }
+    }
+    pub fn is_mapped(&self) -> bool {
+        match self {
+            CpuStorage::F32(b) => b.is_mapped(),
+            CpuStorage::BF16(b) => b.is_mapped(),
+            CpuStorage::U32(b) => b.is_mapped(),
+            CpuStorage::I64(b) => b.is_mapped(),
+            CpuStorage::U8(b) => b.is_mapped(),
+        }
+    }
+}
+
+/// Element types that a `CpuStorage` can be built from and viewed as.
+pub trait CpuElement: Element {
+    fn wrap(buf: Buf<Self>) -> CpuStorage;
+    fn view(s: &CpuStorage) -> Option<&[Self]>;
+}
+
+macro_rules! cpu_element {
+    ($t:ty, $arm:ident) => {
+        impl CpuElement for $t {
+            fn wrap(buf: Buf<Self>) -> CpuStorage {
+                CpuStorage::$arm(buf)
+            }
+            fn view(s: &CpuStorage) -> Option<&[Self]> {
+                match s {
+                    CpuStorage::$arm(b) => Some(b.as_slice()),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+cpu_element!(f32, F32);
+cpu_element!(bf16, BF16);
+cpu_element!(u32, U32);
+cpu_element!(i64, I64);
+cpu_element!(u8, U8);
+
+pub enum Storage {
+    Cpu(CpuStorage),
+    Cuda(CudaStorage),
+}
+
+impl Storage {
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => match *s {},
+        }
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => match *s {},
+        }
+    }
+}

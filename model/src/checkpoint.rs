@@ -1,0 +1,172 @@
+//! Model checkpoints: safetensors with the seed's state-dict names and the config as JSON in
+//! the metadata. We also write the seed's buffers and `to_logits.weight` so the seed can load
+//! our files; on load those are checked against what they must be, not trusted.
+
+use crate::{Error, LoraScope, PalmConfig, PalmParams, Result};
+use palm_engine::{DType, Device, SafeFile, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Buffers the seed registers, with the values they must hold.
+fn buffers(config: &PalmConfig) -> Result<Vec<(String, Tensor)>> {
+    let (d, dh) = (config.dim, config.dim_head);
+    let inv_freq: Vec<f32> = (0..dh / 2)
+        .map(|j| (1.0 / 10000f64.powf(2.0 * j as f64 / dh as f64)) as f32)
+        .collect();
+    let scale: Vec<f32> = (0..dh / 2)
+        .map(|j| ((2.0 * j as f64 + 0.4 * dh as f64) / (1.4 * dh as f64)) as f32)
+        .collect();
+    let mut out = Vec::new();
+    for i in 0..config.depth {
+        out.push((
+            format!("layers.{i}.fn.norm.beta"),
+            Tensor::zeros(&[d], DType::F32, Device::Cpu)?,
+        ));
+        out.push((
+            format!("layers.{i}.fn.rotary_emb.inv_freq"),
+            Tensor::from_vec(inv_freq.clone(), &[dh / 2])?,
+        ));
+        out.push((
+            format!("layers.{i}.fn.rotary_emb.scale"),
+            Tensor::from_vec(scale.clone(), &[dh / 2])?,
+        ));
+    }
+    out.push((
+        "norm.beta".into(),
+        Tensor::zeros(&[d], DType::F32, Device::Cpu)?,
+    ));
+    Ok(out)
+}
+
+/// Everything a model file holds: base weights, buffers, tied logits, adapters.
+pub fn model_tensors(params: &PalmParams, loras: &[&LoraScope]) -> Result<Vec<(String, Tensor)>> {
+    let mut out: Vec<(String, Tensor)> = params
+        .named()
+        .into_iter()
+        .map(|(n, t)| (n, t.clone()))
+        .collect();
+    out.extend(buffers(&params.config)?);
+    out.push(("to_logits.weight".into(), params.token_emb.clone()));
+    for l in loras {
+        out.extend(l.named().into_iter().map(|(n, t)| (n, t.clone())));
+    }
+    Ok(out)
+}
+
+pub fn model_metadata(
+    config: &PalmConfig,
+    loras: &[&LoraScope],
+) -> Result<HashMap<String, String>> {
+    let mut meta = HashMap::new();
+    let json = serde_json::to_string(config)
+        .map_err(|e| Error::Invalid(format!("config to JSON: {e}")))?;
+    meta.insert("config".into(), json);
+    meta.insert("format".into(), "palm".into());
+    for l in loras {
+        meta.insert(
+            format!("lora.{}", l.name),
+            format!("{{\"r\": {}, \"alpha\": {}}}", l.r, l.alpha),
+        );
+    }
+    Ok(meta)
+}
+
+/// Save a model (and adapters) atomically.
+pub fn save_model(path: &Path, params: &PalmParams, loras: &[&LoraScope]) -> Result<()> {
+    let tensors = model_tensors(params, loras)?;
+    Ok(palm_engine::save_safetensors(
+        path,
+        &tensors,
+        model_metadata(&params.config, loras)?,
+    )?)
+}
+
+/// The config stored in a checkpoint's metadata.
+pub fn config_of(file: &SafeFile) -> Result<PalmConfig> {
+    let p = file.path().display();
+    let json = file.metadata().get("config").ok_or_else(|| {
+        Error::Checkpoint(format!(
+            "{p}: no 'config' in the safetensors metadata; not a palm or seed checkpoint"
+        ))
+    })?;
+    let config: PalmConfig = serde_json::from_str(json)
+        .map_err(|e| Error::Checkpoint(format!("{p}: bad config JSON in metadata: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| Error::Checkpoint(format!("{p}: {e}")))?;
+    Ok(config)
+}
+
+/// A tensor of a file with its expected shape, or an error naming both.
+pub fn get_checked(file: &SafeFile, name: &str, shape: &[usize]) -> Result<Tensor> {
+    let t = file.get(name)?;
+    if t.dims() != shape {
+        return Err(Error::Checkpoint(format!(
+            "{}: tensor '{name}' has shape {:?}, expected {shape:?} for this config",
+            file.path().display(),
+            t.dims()
+        )));
+    }
+    if t.dtype() != DType::F32 {
+        return Ok(t.to_dtype(DType::F32)?);
+    }
+    Ok(t)
+}
+
+/// Load a model checkpoint (ours or the seed's). Buffers and `to_logits.weight`, when present,
+/// must hold what they must (zeros, the rotary tables, the embedding).
+pub fn load_model(path: &Path) -> Result<(PalmParams, SafeFile)> {
+    let file = SafeFile::open(path)?;
+    let params = params_of(&file)?;
+    Ok((params, file))
+}
+
+/// The model held by an opened file.
+pub fn params_of(file: &SafeFile) -> Result<PalmParams> {
+    let path = file.path();
+    let config = config_of(&file)?;
+    let params = PalmParams::from_named(&config, |n, s| get_checked(file, n, s))?;
+    let mut expected = buffers(&config)?;
+    expected.push(("to_logits.weight".into(), params.token_emb.clone()));
+    for (name, want) in expected {
+        if !file.contains(&name) {
+            continue;
+        }
+        let got = get_checked(file, &name, want.dims())?.to_vec::<f32>()?;
+        let want = want.to_vec::<f32>()?;
+        let bad = got
+            .iter()
+            .zip(&want)
+            .any(|(a, b)| (a - b).abs() > 1e-5 * (1.0 + b.abs()));
+        if bad {
+            return Err(Error::Checkpoint(format!(
+                "{}: buffer '{name}' does not hold the values this model uses",
+                path.display()
+            )));
+        }
+    }
+    Ok(params)
+}
+
+/// Adapters of scope `name` from a loaded file, if it has them (rank from the first A;
+/// alpha from the metadata, else r as the seed).
+pub fn load_lora(file: &SafeFile, config: &PalmConfig, name: &str) -> Result<Option<LoraScope>> {
+    let first = format!("finetune_modules.{name}.0.0.A");
+    let Some((shape, _)) = file.info(&first) else {
+        return Ok(None);
+    };
+    let r = shape.get(1).copied().unwrap_or(0);
+    let alpha = file
+        .metadata()
+        .get(&format!("lora.{name}"))
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .and_then(|v| v.get("alpha").and_then(|a| a.as_f64()))
+        .map(|a| a as f32);
+    Ok(Some(LoraScope::from_named(
+        config,
+        name,
+        r,
+        alpha,
+        |n, s| get_checked(file, n, s),
+    )?))
+}

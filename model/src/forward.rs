@@ -1,0 +1,127 @@
+//! The PaLM forward pass, exactly the seed's (DESIGN §4): one LayerNorm per block feeding a
+//! fused projection, parallel multi-query attention (RoPE + xPos) and SwiGLU feedforward on
+//! one residual; final LayerNorm; logits tied to the embedding.
+
+use crate::{Error, KvCache, LoraScope, PalmParams, Result};
+use palm_engine::{
+    RopeTables, Tensor, attention, cross_entropy, embedding, layer_norm, rope, swiglu,
+};
+
+/// Options of one forward call.
+#[derive(Default)]
+pub struct Forward<'a> {
+    /// Adapters to add (the seed's `finetune_scope`).
+    pub lora: Option<&'a LoraScope>,
+    /// Added to the token embeddings, (b, n, D): the reward model's segment embeddings.
+    pub extra_embed: Option<&'a Tensor>,
+    /// Incremental decoding: keys/values of earlier positions; the new ones are appended.
+    pub cache: Option<&'a mut KvCache>,
+}
+
+impl PalmParams {
+    /// Final-LayerNorm output (b, n, D) for token ids (b, n) u32.
+    pub fn embed(&self, tokens: &Tensor, opts: &mut Forward) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, n) = match tokens.dims() {
+            [b, n] => (*b, *n),
+            d => {
+                return Err(Error::Invalid(format!(
+                    "tokens must be (batch, seq), got {d:?}"
+                )));
+            }
+        };
+        if let Some(l) = opts.lora
+            && l.layers.len() != c.depth
+        {
+            return Err(Error::Invalid(format!(
+                "LoRA scope '{}' has {} layers, model has {}",
+                l.name,
+                l.layers.len(),
+                c.depth
+            )));
+        }
+        // Positions: the seed centres xPos on n/2 for a full pass; with a cache the positions are
+        // absolute (centre 0) so every step agrees. Attention depends only on differences.
+        let start = opts.cache.as_ref().map_or(0, |k| k.len);
+        let center = if opts.cache.is_some() {
+            0.0
+        } else {
+            (n / 2) as f64
+        };
+        let tables = RopeTables::new(
+            c.dim_head,
+            start,
+            n,
+            center,
+            c.use_xpos,
+            c.xpos_scale_base as f64,
+        )?;
+        let scale = (c.dim_head as f32).powf(-0.5);
+        let dims = c.fused_dims();
+
+        let mut x = embedding(&self.token_emb, tokens)?;
+        if let Some(e) = opts.extra_embed {
+            x = x.add(e)?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let lora = opts.lora.map(|l| &l.layers[i]);
+            let h = layer_norm(&x, &layer.norm_gamma)?;
+            let p = h.matmul(&layer.fused_proj.t()?)?;
+            let parts = p.split(2, &dims)?;
+            let (mut q, mut k, mut v) = (parts[0].clone(), parts[1].clone(), parts[2].clone());
+            if let Some(l) = lora {
+                q = q.add(&l[0].apply(&h)?)?;
+                k = k.add(&l[1].apply(&h)?)?;
+                v = v.add(&l[2].apply(&h)?)?;
+            }
+            let q = q
+                .reshape(&[b, n, c.heads, c.dim_head])?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let q = rope(&q, &tables, false)?;
+            let mut k = rope(&k.contiguous()?, &tables, true)?;
+            let mut v = v.contiguous()?;
+            if let Some(cache) = opts.cache.as_deref_mut() {
+                if let Some((pk, pv)) = &cache.layers[i] {
+                    k = Tensor::cat(&[pk, &k], 1)?;
+                    v = Tensor::cat(&[pv, &v], 1)?;
+                }
+                cache.layers[i] = Some((k.clone(), v.clone()));
+            }
+            let o = attention(&q, &k, &v, scale)?;
+            let o = o.transpose(1, 2)?.reshape(&[b, n, c.attn_inner()])?;
+            let mut attn_out = o.matmul(&layer.attn_out.t()?)?;
+            if let Some(l) = lora {
+                attn_out = attn_out.add(&l[3].apply(&o)?)?;
+            }
+            let ff = swiglu(&parts[3], &parts[4])?.matmul(&layer.ff_out.t()?)?;
+            x = x.add(&attn_out)?.add(&ff)?;
+        }
+        if let Some(cache) = opts.cache.as_deref_mut() {
+            cache.len += n;
+        }
+        Ok(layer_norm(&x, &self.norm_gamma)?)
+    }
+
+    /// Logits (b, n, V).
+    pub fn logits(&self, tokens: &Tensor, opts: &mut Forward) -> Result<Tensor> {
+        let e = self.embed(tokens, opts)?;
+        Ok(e.matmul(&self.token_emb.t()?)?)
+    }
+
+    /// The seed's autoregressive loss on a (b, n + 1) batch: predict tokens[:, 1:] from
+    /// tokens[:, :-1], mean over targets ≠ 0. Returns (loss, counted targets).
+    pub fn loss(&self, tokens: &Tensor, opts: &mut Forward) -> Result<(Tensor, usize)> {
+        let n = tokens.dims().get(1).copied().unwrap_or(0);
+        if tokens.rank() != 2 || n < 2 {
+            return Err(Error::Invalid(format!(
+                "loss needs (batch, seq ≥ 2) tokens, got {:?}",
+                tokens.dims()
+            )));
+        }
+        let inputs = tokens.narrow(1, 0, n - 1)?.contiguous()?;
+        let targets = tokens.narrow(1, 1, n - 1)?.contiguous()?;
+        let logits = self.logits(&inputs, opts)?;
+        Ok(cross_entropy(&logits, &targets)?)
+    }
+}

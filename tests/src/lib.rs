@@ -1,0 +1,54 @@
+//! Shared helpers for the integration tests: embedded reference data (so test binaries run
+//! anywhere, including the GPU machine) and closeness checks.
+
+use palm_engine::SafeFile;
+
+/// The seed's tiny model (PaLM-rlhf-pytorch 0.7.5, float64 → f32).
+pub fn seed_model() -> SafeFile {
+    SafeFile::from_static(
+        "palm_seed_tiny.safetensors",
+        include_bytes!("../data/palm_seed_tiny.safetensors"),
+    )
+    .expect("embedded seed model parses")
+}
+
+/// What the seed computed on that model: logits, loss, gradients, LoRA logits, reward.
+pub fn seed_expected() -> SafeFile {
+    SafeFile::from_static(
+        "palm_seed_tiny.expected.safetensors",
+        include_bytes!("../data/palm_seed_tiny.expected.safetensors"),
+    )
+    .expect("embedded expected vectors parse")
+}
+
+/// ‖got − want‖ / ‖want‖.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Panics with the name and the error when `got` is not within `tol` (relative, in norm) of
+/// `want`, or when any element differs by more than `tol` relative to the largest reference.
+pub fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert!(
+        want.iter().any(|&v| v != 0.0),
+        "{name}: reference is all zeros, the test would prove nothing"
+    );
+    let rel = rel_err(got, want);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    let max_abs = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max);
+    assert!(
+        rel <= tol && max_abs <= tol * scale,
+        "{name}: relative error {rel:.3e}, max abs diff {max_abs:.3e} (scale {scale:.3e}), tolerance {tol:.0e}"
+    );
+}
