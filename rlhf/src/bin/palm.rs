@@ -1,0 +1,37 @@
+//! The `palm` command line: train, sample, evaluate and inspect PaLM models.
+
+use clap::{Parser, Subcommand};
+use palm_rlhf::commands::{eval, info, sample, train};
+
+#[derive(Parser)]
+#[command(name = "palm", version, about = "PaLM + RLHF on our own tensor engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pretrain a byte-level PaLM on a text corpus (default: the shipped State of the Union addresses).
+    Train(train::TrainArgs),
+    /// Continue a prompt from a checkpoint.
+    Sample(sample::SampleArgs),
+    /// Loss and bits per byte of a checkpoint on a text file.
+    Eval(eval::EvalArgs),
+    /// Describe a checkpoint: config, parameter count, tensors.
+    Info(info::InfoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Info(a) => info::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,76 @@
+//! `palm sample`: continue a prompt from a checkpoint.
+
+use crate::Result;
+use clap::Args;
+use palm_engine::Rng;
+use palm_model::checkpoint::{load_lora, load_model};
+use palm_model::{SampleSettings, generate, tokenizer};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// Model checkpoint.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Text to continue.
+    #[arg(long, default_value = "The ")]
+    pub prompt: String,
+    /// New tokens (bytes) per sample.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Softmax temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the most likely tokens up to this probability mass.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of samples (decoded together as one batch).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub num: u64,
+    /// Apply this LoRA scope from the checkpoint (e.g. actor).
+    #[arg(long)]
+    pub lora: Option<String>,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    super::resolve_device(&args.device)?;
+    let (params, file) = load_model(&args.checkpoint)?;
+    let lora = match &args.lora {
+        Some(name) => Some(load_lora(&file, &params.config, name)?.ok_or_else(|| {
+            crate::Error::Invalid(format!(
+                "{} has no LoRA scope '{name}'",
+                args.checkpoint.display()
+            ))
+        })?),
+        None => None,
+    };
+    let prompt = tokenizer::encode(&args.prompt);
+    if prompt.is_empty() {
+        return Err(crate::Error::Invalid("--prompt must not be empty".into()));
+    }
+    let settings = SampleSettings {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        max_tokens: args.max_tokens,
+        eos: None,
+    };
+    let mut rng = Rng::new(args.seed);
+    let prompts = vec![prompt; args.num as usize];
+    let out = generate(&params, &prompts, &settings, lora.as_ref(), &mut rng)?;
+    for (i, toks) in out.iter().enumerate() {
+        if args.num > 1 {
+            println!("--- sample {}", i + 1);
+        }
+        println!("{}{}", args.prompt, tokenizer::decode(toks));
+    }
+    Ok(())
+}

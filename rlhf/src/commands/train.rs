@@ -1,0 +1,298 @@
+//! `palm train`: byte-level pretraining on a text corpus (the shipped State of the Union
+//! addresses by default), with validation bits per byte, samples and checkpoints.
+
+use super::eval::score_windows;
+use crate::corpus::{Corpus, random_windows, spaced_windows};
+use crate::trainer::{OptimSettings, Throughput, Trainer};
+use crate::{Error, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use palm_engine::{Rng, Tensor};
+use palm_model::{Forward, PRESETS, PalmConfig, SampleSettings, generate, tokenizer};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Model size: tiny, enwik8, small or 1b (see `palm info`); the flags below override it.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long)]
+    pub dim: Option<usize>,
+    #[arg(long)]
+    pub depth: Option<usize>,
+    #[arg(long)]
+    pub heads: Option<usize>,
+    #[arg(long)]
+    pub dim_head: Option<usize>,
+    #[arg(long)]
+    pub ff_mult: Option<usize>,
+    /// Training text (.gz is decompressed); the last 5% is held out. Default: the shipped corpus.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = 600)]
+    pub steps: u64,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
+    /// Tokens (bytes) per sequence.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
+    pub seq_len: u64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f32,
+    /// Final learning rate of the cosine schedule.
+    #[arg(long, default_value_t = 2e-4)]
+    pub min_lr: f32,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 50)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this.
+    #[arg(long, default_value_t = 0.5)]
+    pub grad_clip: f32,
+    /// Validate every N steps (and at the end).
+    #[arg(long, default_value_t = 100)]
+    pub val_every: u64,
+    /// Validation windows (evenly spaced over the held-out part).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub val_windows: u64,
+    /// Print a sample every N steps (and at the end); 0 = only at the end.
+    #[arg(long, default_value_t = 200)]
+    pub sample_every: u64,
+    /// Bytes per sample.
+    #[arg(long, default_value_t = 200)]
+    pub sample_tokens: usize,
+    /// Checkpoint every N steps (and at the end); 0 = only at the end.
+    #[arg(long, default_value_t = 200)]
+    pub ckpt_every: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run folder: model.safetensors, train_state.safetensors, metrics.jsonl.
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Continue the run in this folder (its saved settings apply; --steps may extend it).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Stop after this step as if interrupted (checkpointing first); resume later.
+    #[arg(long)]
+    pub stop_at: Option<u64>,
+}
+
+/// What a resume needs besides the optimiser settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunSettings {
+    data: Option<PathBuf>,
+    batch: u64,
+    seq_len: u64,
+    val_every: u64,
+    val_windows: u64,
+    sample_every: u64,
+    sample_tokens: usize,
+    ckpt_every: u64,
+}
+
+fn model_config(a: &TrainArgs) -> Result<PalmConfig> {
+    let mut c = PalmConfig::preset(&a.preset).ok_or_else(|| {
+        Error::Invalid(format!(
+            "unknown preset '{}' (expected one of {})",
+            a.preset,
+            PRESETS.join(", ")
+        ))
+    })?;
+    c.dim = a.dim.unwrap_or(c.dim);
+    c.depth = a.depth.unwrap_or(c.depth);
+    c.heads = a.heads.unwrap_or(c.heads);
+    c.dim_head = a.dim_head.unwrap_or(c.dim_head);
+    c.ff_mult = a.ff_mult.unwrap_or(c.ff_mult);
+    c.validate().map_err(Error::Invalid)?;
+    Ok(c)
+}
+
+fn validate_args(a: &TrainArgs) -> Result<()> {
+    let bad = |m: &str| Err(Error::Invalid(m.to_string()));
+    if !(a.lr > 0.0 && a.lr.is_finite()) {
+        return bad("--lr must be a positive number");
+    }
+    if !(a.min_lr >= 0.0 && a.min_lr <= a.lr) {
+        return bad("--min-lr must be between 0 and --lr");
+    }
+    if !(a.grad_clip > 0.0) {
+        return bad("--grad-clip must be positive");
+    }
+    if !(a.weight_decay >= 0.0) {
+        return bad("--weight-decay must be ≥ 0");
+    }
+    Ok(())
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let device = super::resolve_device(&args.device)?;
+    if device != palm_engine::Device::Cpu {
+        return Err(Error::Invalid(
+            "training on CUDA is not implemented yet (issue 3); use --device cpu".into(),
+        ));
+    }
+    let mut trainer = match &args.resume {
+        Some(dir) => {
+            let t = Trainer::resume(dir, Some(args.steps).filter(|_| args_given_steps()))?;
+            eprintln!("resuming {} at step {}", dir.display(), t.step);
+            t
+        }
+        None => {
+            validate_args(&args)?;
+            let config = model_config(&args)?;
+            let settings = OptimSettings {
+                steps: args.steps,
+                lr: args.lr,
+                min_lr: args.min_lr,
+                warmup: args.warmup,
+                weight_decay: args.weight_decay,
+                grad_clip: args.grad_clip,
+                seed: args.seed,
+            };
+            let run = RunSettings {
+                data: args.data.clone(),
+                batch: args.batch,
+                seq_len: args.seq_len,
+                val_every: args.val_every,
+                val_windows: args.val_windows,
+                sample_every: args.sample_every,
+                sample_tokens: args.sample_tokens,
+                ckpt_every: args.ckpt_every,
+            };
+            let extra = serde_json::to_value(&run).map_err(|e| Error::Invalid(e.to_string()))?;
+            Trainer::new(&config, settings, extra, &args.out)?
+        }
+    };
+    let run: RunSettings = serde_json::from_value(trainer.extra.clone())
+        .map_err(|e| Error::Invalid(format!("bad run settings in the training state: {e}")))?;
+    let corpus = Corpus::load(run.data.as_deref(), 0.05, run.seq_len as usize)?;
+    let c = trainer.params.config.clone();
+    eprintln!(
+        "training {:.2}M parameters (dim {} depth {} heads {} dim_head {}) on {} ({} train / {} val bytes), {} steps of {}×{} tokens, on the CPU",
+        c.num_params() as f64 / 1e6,
+        c.dim,
+        c.depth,
+        c.heads,
+        c.dim_head,
+        corpus.name,
+        corpus.train.len(),
+        corpus.val.len(),
+        trainer.settings.steps,
+        run.batch,
+        run.seq_len
+    );
+    let val_set = spaced_windows(
+        &corpus.val,
+        run.val_windows as usize,
+        run.seq_len as usize + 1,
+    );
+    let pb = ProgressBar::new(trainer.settings.steps).with_position(trainer.step);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let say = |pb: &ProgressBar, s: String| {
+        if pb.is_hidden() {
+            eprintln!("{s}")
+        } else {
+            pb.println(s)
+        }
+    };
+    let mut speed = Throughput::default();
+    let tokens_per_step = run.batch * run.seq_len;
+    let mut last_val = None;
+    while !trainer.done() {
+        let (b, len) = (run.batch as usize, run.seq_len as usize + 1);
+        let stats = trainer.step(|params, rng| {
+            let tokens = Tensor::from_vec(random_windows(&corpus.train, b, len, rng), &[b, len])?;
+            Ok(params.loss(&tokens, &mut Forward::default())?.0)
+        })?;
+        speed.add(tokens_per_step);
+        let step = trainer.step;
+        trainer.log(serde_json::json!({
+            "step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+            "tokens_per_s": speed.per_second(), "elapsed_s": speed.elapsed(),
+        }))?;
+        pb.set_position(step);
+        pb.set_message(format!(
+            "loss {:.3}  {:.0} tok/s",
+            stats.loss,
+            speed.per_second()
+        ));
+        if pb.is_hidden() && step % 20 == 0 {
+            eprintln!(
+                "step {step} loss {:.4} lr {:.2e} {:.0} tok/s",
+                stats.loss,
+                stats.lr,
+                speed.per_second()
+            );
+        }
+        let last = trainer.done() || args.stop_at == Some(step);
+        if last || (run.val_every > 0 && step % run.val_every == 0) {
+            let (total, count) = score_windows(&trainer.params, &val_set, run.batch as usize)?;
+            let loss = total / count.max(1) as f64;
+            let bpb = loss / std::f64::consts::LN_2;
+            last_val = Some(bpb);
+            trainer.log(serde_json::json!({"step": step, "val_loss": loss, "val_bpb": bpb}))?;
+            say(
+                &pb,
+                format!("step {step}: validation loss {loss:.4}, {bpb:.4} bits/byte"),
+            );
+        }
+        if last || (run.sample_every > 0 && step % run.sample_every == 0) {
+            let text = sample_text(&trainer, run.sample_tokens, step)?;
+            say(&pb, format!("step {step} sample: {text}"));
+        }
+        if last || (run.ckpt_every > 0 && step % run.ckpt_every == 0) {
+            trainer.save()?;
+        }
+        if args.stop_at == Some(step) && !trainer.done() {
+            pb.abandon();
+            eprintln!(
+                "stopped at step {step}; continue with --resume {}",
+                trainer.out.display()
+            );
+            return Ok(());
+        }
+    }
+    pb.finish();
+    if let Some(bpb) = last_val {
+        eprintln!(
+            "done: {} steps, validation {bpb:.4} bits/byte, {:.0} tokens/s, {:.1}s; model in {}",
+            trainer.step,
+            speed.per_second(),
+            speed.elapsed(),
+            trainer.out.join(crate::trainer::MODEL_FILE).display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `--steps` was given on the command line (so a resume should extend the run).
+fn args_given_steps() -> bool {
+    std::env::args().any(|a| a == "--steps" || a.starts_with("--steps="))
+}
+
+/// A sample from the current model with its own RNG (so sampling never shifts the training
+/// stream and a resumed run stays bit-exact).
+fn sample_text(trainer: &Trainer, tokens: usize, step: u64) -> Result<String> {
+    let prompt = tokenizer::encode("The ");
+    let settings = SampleSettings {
+        temperature: 0.8,
+        max_tokens: tokens,
+        ..Default::default()
+    };
+    let mut rng = Rng::new(trainer.settings.seed ^ step.wrapping_mul(0x9E37_79B9));
+    let out = generate(&trainer.params, &[prompt], &settings, None, &mut rng)?;
+    let text = format!("The {}", tokenizer::decode(&out[0]));
+    Ok(text.replace('\n', " ⏎ "))
+}

@@ -1,0 +1,261 @@
+//! The training loop shared by every command that trains (pretraining now, SFT and the other
+//! RLHF stages next): AdamW with warmup + cosine, gradient clipping, progress, metrics JSONL,
+//! atomic checkpoints, and bit-exact resume (parameters, moments, step, RNG state).
+
+use crate::{Error, Result};
+use palm_engine::{AdamW, AdamWConfig, Rng, SafeFile, Tensor, clip_grad_norm, lr_at};
+use palm_model::checkpoint::{config_of, get_checked, model_metadata, model_tensors, save_model};
+use palm_model::{PalmConfig, PalmParams};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Optimisation settings, saved with the run so a resume continues the same schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimSettings {
+    pub steps: u64,
+    pub lr: f32,
+    pub min_lr: f32,
+    pub warmup: u64,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+    pub seed: u64,
+}
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const STATE_FILE: &str = "train_state.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+pub struct Trainer {
+    pub params: PalmParams,
+    pub opt: AdamW,
+    pub rng: Rng,
+    pub step: u64,
+    pub settings: OptimSettings,
+    /// Command-specific settings (JSON), saved and restored with the state.
+    pub extra: serde_json::Value,
+    pub out: PathBuf,
+    metrics: std::fs::File,
+}
+
+pub struct StepStats {
+    pub loss: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+}
+
+fn adam_config(s: &OptimSettings) -> AdamWConfig {
+    AdamWConfig {
+        lr: s.lr,
+        weight_decay: s.weight_decay,
+        ..AdamWConfig::default()
+    }
+}
+
+fn open_metrics(out: &Path, append: bool) -> Result<std::fs::File> {
+    let path = out.join(METRICS_FILE);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(&path)
+        .map_err(|e| Error::io(path, e))
+}
+
+impl Trainer {
+    /// A fresh run in `out` (created if needed).
+    pub fn new(
+        config: &PalmConfig,
+        settings: OptimSettings,
+        extra: serde_json::Value,
+        out: &Path,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let mut rng = Rng::new(settings.seed);
+        let params = PalmParams::init(config, &mut rng)?;
+        Self::from_params(params, settings, extra, out, rng)
+    }
+
+    /// A fresh optimiser over given parameters (fine-tuning from a checkpoint).
+    pub fn from_params(
+        params: PalmParams,
+        settings: OptimSettings,
+        extra: serde_json::Value,
+        out: &Path,
+        rng: Rng,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let opt = AdamW::new(adam_config(&settings), &params.tensors());
+        let metrics = open_metrics(out, false)?;
+        Ok(Trainer {
+            params,
+            opt,
+            rng,
+            step: 0,
+            settings,
+            extra,
+            out: out.to_path_buf(),
+            metrics,
+        })
+    }
+
+    /// Continue the run saved in `dir`; `steps` (if given) replaces the planned total.
+    pub fn resume(dir: &Path, steps: Option<u64>) -> Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let file = SafeFile::open(&path)?;
+        let meta = |k: &str| {
+            file.metadata().get(k).cloned().ok_or_else(|| {
+                Error::data(
+                    &path,
+                    None,
+                    format!("not a training state: no '{k}' in the metadata"),
+                )
+            })
+        };
+        let parse_err = |k: &str, e: String| {
+            Error::data(&path, None, format!("bad '{k}' in the metadata: {e}"))
+        };
+        let mut settings: OptimSettings =
+            serde_json::from_str(&meta("optim")?).map_err(|e| parse_err("optim", e.to_string()))?;
+        let extra: serde_json::Value =
+            serde_json::from_str(&meta("extra")?).map_err(|e| parse_err("extra", e.to_string()))?;
+        let step: u64 = meta("step")?
+            .parse()
+            .map_err(|e: std::num::ParseIntError| parse_err("step", e.to_string()))?;
+        let rng: [u64; 4] =
+            serde_json::from_str(&meta("rng")?).map_err(|e| parse_err("rng", e.to_string()))?;
+        if let Some(s) = steps {
+            settings.steps = s;
+        }
+        let config = config_of(&file)?;
+        let params = PalmParams::from_named(&config, |n, s| get_checked(&file, n, s))?;
+        let mut opt = AdamW::new(adam_config(&settings), &params.tensors());
+        let moments = params
+            .named()
+            .iter()
+            .map(|(n, p)| {
+                let m = get_checked(&file, &format!("optim.m.{n}"), p.dims())?.to_vec::<f32>()?;
+                let v = get_checked(&file, &format!("optim.v.{n}"), p.dims())?.to_vec::<f32>()?;
+                Ok((m, v))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        opt.restore(step, moments)?;
+        let metrics = open_metrics(dir, true)?;
+        Ok(Trainer {
+            params,
+            opt,
+            rng: Rng::from_state(rng),
+            step,
+            settings,
+            extra,
+            out: dir.to_path_buf(),
+            metrics,
+        })
+    }
+
+    pub fn lr(&self) -> f32 {
+        let s = &self.settings;
+        lr_at(self.step, s.warmup, s.steps, s.lr, s.min_lr)
+    }
+
+    pub fn done(&self) -> bool {
+        self.step >= self.settings.steps
+    }
+
+    /// One optimisation step on the loss `f` builds from the current parameters.
+    pub fn step(
+        &mut self,
+        f: impl FnOnce(&PalmParams, &mut Rng) -> Result<Tensor>,
+    ) -> Result<StepStats> {
+        let loss = f(&self.params, &mut self.rng)?;
+        let loss_value = loss.to_scalar()?;
+        if !loss_value.is_finite() {
+            return Err(Error::Invalid(format!(
+                "loss became {loss_value} at step {}; try a lower --lr",
+                self.step
+            )));
+        }
+        let mut grads = loss.backward()?;
+        drop(loss);
+        let mut tensors = self.params.tensors();
+        let grad_norm = clip_grad_norm(&mut grads, &tensors, self.settings.grad_clip)?;
+        let lr = self.lr();
+        self.opt.step(&mut tensors, &grads, lr)?;
+        self.params.set_tensors(tensors)?;
+        self.step += 1;
+        Ok(StepStats {
+            loss: loss_value,
+            lr,
+            grad_norm,
+        })
+    }
+
+    /// Append one JSON object to the run's metrics file.
+    pub fn log(&mut self, value: serde_json::Value) -> Result<()> {
+        let path = self.out.join(METRICS_FILE);
+        writeln!(self.metrics, "{value}").map_err(|e| Error::io(&path, e))
+    }
+
+    /// Write the model (loadable by `palm sample`/`eval` and by the seed) and the full training
+    /// state, each atomically.
+    pub fn save(&mut self) -> Result<()> {
+        save_model(&self.out.join(MODEL_FILE), &self.params, &[])?;
+        let mut tensors = model_tensors(&self.params, &[])?;
+        let (step, moments) = self.opt.state();
+        for ((name, p), (m, v)) in self.params.named().into_iter().zip(moments) {
+            tensors.push((
+                format!("optim.m.{name}"),
+                Tensor::from_vec(m.clone(), p.dims())?,
+            ));
+            tensors.push((
+                format!("optim.v.{name}"),
+                Tensor::from_vec(v.clone(), p.dims())?,
+            ));
+        }
+        let mut meta: HashMap<String, String> = model_metadata(&self.params.config, &[])?;
+        meta.insert("format".into(), "palm-train-state".into());
+        meta.insert("optim".into(), to_json(&self.settings)?);
+        meta.insert("extra".into(), self.extra.to_string());
+        meta.insert("step".into(), step.to_string());
+        meta.insert("rng".into(), to_json(&self.rng.state().to_vec())?);
+        palm_engine::save_safetensors(self.out.join(STATE_FILE), &tensors, meta)?;
+        self.metrics
+            .flush()
+            .map_err(|e| Error::io(self.out.join(METRICS_FILE), e))
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v)
+        .map_err(|e| Error::Invalid(format!("cannot serialise training state: {e}")))
+}
+
+/// Wall-clock timer for throughput.
+pub struct Throughput {
+    start: Instant,
+    tokens: u64,
+}
+
+impl Default for Throughput {
+    fn default() -> Self {
+        Throughput {
+            start: Instant::now(),
+            tokens: 0,
+        }
+    }
+}
+
+impl Throughput {
+    pub fn add(&mut self, tokens: u64) {
+        self.tokens += tokens;
+    }
+    pub fn per_second(&self) -> f64 {
+        self.tokens as f64 / self.start.elapsed().as_secs_f64().max(1e-9)
+    }
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+}
