@@ -1,0 +1,210 @@
+// Elementwise kernels: binary arithmetic, affine, silu, exp, neg, casts, fill, strided copy.
+//
+// All are grid-stride loops over `n` elements: any grid and block shape works
+// (suggested: block 256, grid min(ceil(n / 256), 132 * 16)). Same-shape contiguous operands;
+// `out` may alias an input. When every pointer is 16-byte aligned the kernels move 8 elements per
+// access, otherwise one.
+#include "common.cuh"
+
+// ---------------------------------------------------------------- generic drivers
+
+template <typename T, typename Op>
+__device__ __forceinline__ void unary_map(const T* x, T* out, long long n, Op op) {
+    if (aligned16(x) && aligned16(out)) {
+        const long long nv = n / 8;
+        GRID_STRIDE(i, nv) {
+            float v[8];
+            load8(x + 8 * i, v);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = op(v[j]);
+            store8(out + 8 * i, v);
+        }
+        GRID_STRIDE(i, n - nv * 8) {
+            const long long k = nv * 8 + i;
+            out[k] = from_f32<T>(op(to_f32(x[k])));
+        }
+    } else {
+        GRID_STRIDE(i, n) { out[i] = from_f32<T>(op(to_f32(x[i]))); }
+    }
+}
+
+template <typename T, typename Op>
+__device__ __forceinline__ void binary_map(const T* a, const T* b, T* out, long long n, Op op) {
+    if (aligned16(a) && aligned16(b) && aligned16(out)) {
+        const long long nv = n / 8;
+        GRID_STRIDE(i, nv) {
+            float va[8], vb[8];
+            load8(a + 8 * i, va);
+            load8(b + 8 * i, vb);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) va[j] = op(va[j], vb[j]);
+            store8(out + 8 * i, va);
+        }
+        GRID_STRIDE(i, n - nv * 8) {
+            const long long k = nv * 8 + i;
+            out[k] = from_f32<T>(op(to_f32(a[k]), to_f32(b[k])));
+        }
+    } else {
+        GRID_STRIDE(i, n) { out[i] = from_f32<T>(op(to_f32(a[i]), to_f32(b[i]))); }
+    }
+}
+
+struct AddOp { __device__ float operator()(float a, float b) const { return a + b; } };
+struct SubOp { __device__ float operator()(float a, float b) const { return a - b; } };
+struct MulOp { __device__ float operator()(float a, float b) const { return a * b; } };
+struct NegOp { __device__ float operator()(float a) const { return -a; } };
+struct ExpOp { __device__ float operator()(float a) const { return expf(a); } };
+struct SiluOp {
+    __device__ float operator()(float a) const { return a / (1.0f + expf(-a)); }
+};
+// d/dx silu(x) = s(x) * (1 + x * (1 - s(x))), s = sigmoid
+struct SiluGradOp {
+    __device__ float operator()(float x, float g) const {
+        const float s = 1.0f / (1.0f + expf(-x));
+        return g * s * (1.0f + x * (1.0f - s));
+    }
+};
+struct AffineOp {
+    float scale, bias;
+    __device__ float operator()(float a) const { return fmaf(a, scale, bias); }
+};
+
+// ---------------------------------------------------------------- kernels
+
+#define PALM_BINARY(NAME, T, OP)                                                                  \
+    extern "C" __global__ void NAME(const T* a, const T* b, T* out, long long n) {                \
+        binary_map<T>(a, b, out, n, OP());                                                        \
+    }
+#define PALM_UNARY(NAME, T, OP)                                                                   \
+    extern "C" __global__ void NAME(const T* x, T* out, long long n) { unary_map<T>(x, out, n, OP()); }
+
+// out = a + b, a - b, a * b
+PALM_BINARY(add_fwd_bf16, bf16, AddOp)
+PALM_BINARY(add_fwd_f32, float, AddOp)
+PALM_BINARY(sub_fwd_bf16, bf16, SubOp)
+PALM_BINARY(sub_fwd_f32, float, SubOp)
+PALM_BINARY(mul_fwd_bf16, bf16, MulOp)
+PALM_BINARY(mul_fwd_f32, float, MulOp)
+
+// mul backward: da = g * b, db = g * a (either output may be null)
+template <typename T>
+__device__ void mul_bwd(const T* a, const T* b, const T* g, T* da, T* db, long long n) {
+    if (da) binary_map<T>(g, b, da, n, MulOp());
+    if (db) binary_map<T>(g, a, db, n, MulOp());
+}
+extern "C" __global__ void mul_bwd_bf16(const bf16* a, const bf16* b, const bf16* g, bf16* da, bf16* db, long long n) {
+    mul_bwd<bf16>(a, b, g, da, db, n);
+}
+extern "C" __global__ void mul_bwd_f32(const float* a, const float* b, const float* g, float* da, float* db, long long n) {
+    mul_bwd<float>(a, b, g, da, db, n);
+}
+
+// out = x * scale + bias   (backward: dx = affine(g, scale, 0))
+extern "C" __global__ void affine_fwd_bf16(const bf16* x, bf16* out, long long n, float scale, float bias) {
+    unary_map<bf16>(x, out, n, AffineOp{scale, bias});
+}
+extern "C" __global__ void affine_fwd_f32(const float* x, float* out, long long n, float scale, float bias) {
+    unary_map<float>(x, out, n, AffineOp{scale, bias});
+}
+
+// out = -x
+PALM_UNARY(neg_fwd_bf16, bf16, NegOp)
+PALM_UNARY(neg_fwd_f32, float, NegOp)
+
+// out = exp(x); backward dx = g * out
+PALM_UNARY(exp_fwd_bf16, bf16, ExpOp)
+PALM_UNARY(exp_fwd_f32, float, ExpOp)
+extern "C" __global__ void exp_bwd_bf16(const bf16* out, const bf16* g, bf16* dx, long long n) {
+    binary_map<bf16>(out, g, dx, n, MulOp());
+}
+extern "C" __global__ void exp_bwd_f32(const float* out, const float* g, float* dx, long long n) {
+    binary_map<float>(out, g, dx, n, MulOp());
+}
+
+// out = x * sigmoid(x); backward dx = g * s * (1 + x (1 - s)) from the forward input x
+PALM_UNARY(silu_fwd_bf16, bf16, SiluOp)
+PALM_UNARY(silu_fwd_f32, float, SiluOp)
+extern "C" __global__ void silu_bwd_bf16(const bf16* x, const bf16* g, bf16* dx, long long n) {
+    binary_map<bf16>(x, g, dx, n, SiluGradOp());
+}
+extern "C" __global__ void silu_bwd_f32(const float* x, const float* g, float* dx, long long n) {
+    binary_map<float>(x, g, dx, n, SiluGradOp());
+}
+
+// ---------------------------------------------------------------- casts (suffix = input dtype)
+
+// out (bf16) = round-to-nearest-even(x (f32))
+extern "C" __global__ void to_bf16_fwd_f32(const float* x, bf16* out, long long n) {
+    if (aligned16(x) && aligned16(out)) {
+        const long long nv = n / 8;
+        GRID_STRIDE(i, nv) {
+            float v[8];
+            load8(x + 8 * i, v);
+            store8(out + 8 * i, v);
+        }
+        GRID_STRIDE(i, n - nv * 8) { out[nv * 8 + i] = __float2bfloat16_rn(x[nv * 8 + i]); }
+    } else {
+        GRID_STRIDE(i, n) { out[i] = __float2bfloat16_rn(x[i]); }
+    }
+}
+
+// out (f32) = x (bf16), exact
+extern "C" __global__ void to_f32_fwd_bf16(const bf16* x, float* out, long long n) {
+    if (aligned16(x) && aligned16(out)) {
+        const long long nv = n / 8;
+        GRID_STRIDE(i, nv) {
+            float v[8];
+            load8(x + 8 * i, v);
+            store8(out + 8 * i, v);
+        }
+        GRID_STRIDE(i, n - nv * 8) { out[nv * 8 + i] = __bfloat162float(x[nv * 8 + i]); }
+    } else {
+        GRID_STRIDE(i, n) { out[i] = __bfloat162float(x[i]); }
+    }
+}
+
+// ---------------------------------------------------------------- fill
+
+extern "C" __global__ void fill_fwd_f32(float* out, long long n, float value) {
+    GRID_STRIDE(i, n) { out[i] = value; }
+}
+// value is given as f32 and rounded to bf16
+extern "C" __global__ void fill_fwd_bf16(bf16* out, long long n, float value) {
+    const bf16 v = __float2bfloat16_rn(value);
+    GRID_STRIDE(i, n) { out[i] = v; }
+}
+extern "C" __global__ void fill_fwd_u32(uint32_t* out, long long n, uint32_t value) {
+    GRID_STRIDE(i, n) { out[i] = value; }
+}
+
+// ---------------------------------------------------------------- strided view -> contiguous
+
+// dst[i0, i1, i2, i3] = src[offset + i0*s0 + i1*s1 + i2*s2 + i3*s3] for a rank <= 4 view with
+// dims d0..d3 (pad lower ranks on the left with dim 1 / stride 0), strides in elements (may be 0 for
+// broadcast; negative strides are fine), n = d0*d1*d2*d3.
+template <typename T>
+__device__ __forceinline__ void copy_strided(const T* src, T* dst, long long n, int d1, int d2, int d3,
+                                             long long s0, long long s1, long long s2, long long s3,
+                                             long long offset) {
+    GRID_STRIDE(i, n) {
+        long long r = i;
+        const long long i3 = r % d3;
+        r /= d3;
+        const long long i2 = r % d2;
+        r /= d2;
+        const long long i1 = r % d1;
+        const long long i0 = r / d1;
+        dst[i] = src[offset + i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3];
+    }
+}
+
+#define PALM_COPY(NAME, T)                                                                        \
+    extern "C" __global__ void NAME(const T* src, T* dst, long long n, int d0, int d1, int d2, int d3, \
+                                    long long s0, long long s1, long long s2, long long s3,       \
+                                    long long offset) {                                           \
+        (void)d0;                                                                                 \
+        copy_strided<T>(src, dst, n, d1, d2, d3, s0, s1, s2, s3, offset);                         \
+    }
+PALM_COPY(copy_strided_fwd_bf16, bf16)
+PALM_COPY(copy_strided_fwd_f32, float)
+PALM_COPY(copy_strided_fwd_u32, uint32_t)

@@ -1,0 +1,366 @@
+//! The `palm` binary end to end: train → sample → eval → info on a tiny model, bit-exact
+//! resume, the seed's checkpoint, and bad inputs (one clear error line, non-zero exit, no panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn palm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_palm"))
+        .args(args)
+        .output()
+        .expect("run palm")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A scratch folder unique to this test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("palm-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Some English to train on (repeated so there is room for windows).
+fn corpus(dir: &Path) -> PathBuf {
+    let text =
+        "We hold these truths to be self-evident, that all men are created equal. ".repeat(200);
+    let p = dir.join("corpus.txt");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const TINY: &[&str] = &[
+    "--dim",
+    "32",
+    "--depth",
+    "1",
+    "--heads",
+    "2",
+    "--dim-head",
+    "16",
+    "--batch",
+    "4",
+    "--seq-len",
+    "32",
+    "--val-windows",
+    "4",
+    "--sample-tokens",
+    "16",
+    "--device",
+    "cpu",
+];
+
+fn train(dir: &Path, data: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    palm(&args)
+}
+
+/// The training losses of a run, in order, exactly as logged.
+fn losses(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.get("loss").map(|x| format!("{}:{x}", v["step"]))
+        })
+        .collect()
+}
+
+fn assert_clean_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(
+        err.contains(needle),
+        "error should mention '{needle}': {err}"
+    );
+}
+
+#[test]
+fn train_sample_eval_info() {
+    let dir = scratch("e2e");
+    let data = corpus(&dir);
+    let run = dir.join("run");
+    let o = train(
+        &run,
+        &data,
+        &[
+            "--steps",
+            "30",
+            "--val-every",
+            "10",
+            "--lr",
+            "3e-3",
+            "--warmup",
+            "5",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bits/byte"));
+    let ckpt = run.join("model.safetensors");
+    assert!(ckpt.exists() && run.join("train_state.safetensors").exists());
+    // The loss falls on this repetitive text.
+    let l: Vec<f64> = losses(&run)
+        .iter()
+        .map(|s| s.split(':').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(l[l.len() - 1] < l[0] - 1.0, "loss did not fall: {l:?}");
+
+    let o = palm(&[
+        "sample",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--prompt",
+        "We hold",
+        "--max-tokens",
+        "20",
+        "--num",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("We hold").count(), 2);
+
+    let o = palm(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--seq-len",
+        "32",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let (loss, bpb) = (
+        v["loss"].as_f64().unwrap(),
+        v["bits_per_byte"].as_f64().unwrap(),
+    );
+    assert!((bpb - loss / std::f64::consts::LN_2).abs() < 1e-9);
+    // 14,600 bytes → (14600 − 1) / 32 = 456 windows of 32 targets.
+    assert_eq!(v["tokens"].as_u64().unwrap(), 456 * 32);
+
+    let o = palm(&["info", "--checkpoint", ckpt.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("layers.0.fn.fused_attn_ff_proj.weight"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn resume_is_bit_exact() {
+    let dir = scratch("resume");
+    let data = corpus(&dir);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let common = ["--steps", "8", "--val-every", "4", "--ckpt-every", "0"];
+    let o = train(&a, &data, &common);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut stop = common.to_vec();
+    stop.extend(["--stop-at", "3"]);
+    let o = train(&b, &data, &stop);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&b).len(), 3);
+    let o = palm(&["train", "--resume", b.to_str().unwrap(), "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&a), losses(&b));
+    // Same tensors, bit for bit (the metadata's key order may differ between files).
+    let [fa, fb] =
+        [&a, &b].map(|d| palm_engine::SafeFile::open(d.join("model.safetensors")).unwrap());
+    assert_eq!(
+        fa.names().collect::<Vec<_>>(),
+        fb.names().collect::<Vec<_>>()
+    );
+    for n in fa.names() {
+        let (x, y) = (
+            fa.get(n).unwrap().to_vec::<f32>().unwrap(),
+            fb.get(n).unwrap().to_vec::<f32>().unwrap(),
+        );
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{n} differs"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn eval_on_the_seed_checkpoint_gives_the_seed_loss() {
+    // The seed's reference batch is two rows of 34 byte tokens (zeros are padding, ignored as
+    // targets). Each row written as a 34-byte file is exactly one eval window at seq-len 33;
+    // the seed's loss is the mean over both rows' counted targets.
+    let exp =
+        palm_engine::SafeFile::open(repo().join("tests/data/palm_seed_tiny.expected.safetensors"))
+            .unwrap();
+    let toks = exp.get("tokens").unwrap().to_vec::<i64>().unwrap();
+    let want = exp.get("loss").unwrap().to_vec::<f32>().unwrap()[0] as f64;
+    let dir = scratch("seed");
+    let ckpt = repo().join("tests/data/palm_seed_tiny.safetensors");
+    let (mut nats, mut count) = (0.0, 0u64);
+    for (i, row) in toks.chunks(34).enumerate() {
+        let data = dir.join(format!("row{i}.bin"));
+        std::fs::write(&data, row.iter().map(|&t| t as u8).collect::<Vec<_>>()).unwrap();
+        let o = palm(&[
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--seq-len",
+            "33",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        let n = v["tokens"].as_u64().unwrap();
+        assert_eq!(n as usize, row[1..].iter().filter(|&&t| t != 0).count());
+        nats += v["loss"].as_f64().unwrap() * n as f64;
+        count += n;
+    }
+    let loss = nats / count as f64;
+    assert!(
+        (loss - want).abs() < 1e-4 * want,
+        "palm eval {loss} vs the seed's {want}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn bad_inputs_give_one_clear_error() {
+    let dir = scratch("bad");
+    let data = corpus(&dir);
+    let out = dir.join("run");
+    let d = data.to_str().unwrap();
+    let o = palm(&[
+        "train",
+        "--data",
+        "/nonexistent/corpus.txt",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_clean_error(&o, "/nonexistent/corpus.txt");
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    assert_clean_error(
+        &palm(&[
+            "train",
+            "--data",
+            empty.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]),
+        "empty",
+    );
+    let bad_gz = dir.join("bad.txt.gz");
+    std::fs::write(&bad_gz, "not gzip at all").unwrap();
+    assert_clean_error(
+        &palm(&[
+            "train",
+            "--data",
+            bad_gz.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]),
+        "gzip",
+    );
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "too short").unwrap();
+    assert_clean_error(
+        &palm(&[
+            "train",
+            "--data",
+            short.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]),
+        "seq-len",
+    );
+    assert_clean_error(
+        &palm(&["train", "--data", d, "--lr=-1", "--device", "cpu"]),
+        "--lr",
+    );
+    assert_clean_error(
+        &palm(&["train", "--data", d, "--preset", "huge", "--device", "cpu"]),
+        "unknown preset",
+    );
+    assert_clean_error(
+        &palm(&["train", "--data", d, "--dim-head", "15", "--device", "cpu"]),
+        "dim_head",
+    );
+    assert_clean_error(&palm(&["train", "--steps", "many"]), "invalid value");
+    assert_clean_error(&palm(&["train", "--batch", "0"]), "batch");
+    assert_clean_error(&palm(&["train", "--device", "tpu"]), "unknown device");
+    assert_clean_error(
+        &palm(&[
+            "train",
+            "--resume",
+            dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]),
+        "train_state.safetensors",
+    );
+    assert_clean_error(&palm(&["sample", "--checkpoint", d]), "corpus.txt");
+    assert_clean_error(
+        &palm(&["sample", "--checkpoint", "/nonexistent.safetensors"]),
+        "/nonexistent.safetensors",
+    );
+    assert_clean_error(
+        &palm(&[
+            "eval",
+            "--checkpoint",
+            "/nonexistent.safetensors",
+            "--data",
+            d,
+        ]),
+        "/nonexistent",
+    );
+    let seed = repo().join("tests/data/palm_seed_tiny.safetensors");
+    let s = seed.to_str().unwrap();
+    assert_clean_error(
+        &palm(&["sample", "--checkpoint", s, "--top-p", "2"]),
+        "top-p",
+    );
+    assert_clean_error(
+        &palm(&["sample", "--checkpoint", s, "--lora", "critic"]),
+        "critic",
+    );
+    assert_clean_error(
+        &palm(&["sample", "--checkpoint", s, "--prompt", ""]),
+        "prompt",
+    );
+    assert_clean_error(
+        &palm(&[
+            "eval",
+            "--checkpoint",
+            s,
+            "--data",
+            short.to_str().unwrap(),
+            "--seq-len",
+            "64",
+        ]),
+        "window",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
