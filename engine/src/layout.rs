@@ -144,6 +144,46 @@ impl Layout {
         })
     }
 
+    /// Contiguous runs `(start, len)` covering the view in row-major order: whole rows of the
+    /// last dim when its stride is 1 (rows merge into longer runs when they are adjacent).
+    pub fn for_each_run(&self, mut f: impl FnMut(usize, usize)) {
+        if self.elem_count() == 0 {
+            return;
+        }
+        if let Some(r) = self.contiguous_range() {
+            return f(r.start, r.len());
+        }
+        let rank = self.rank();
+        let (last, last_stride) = (self.dims[rank - 1], self.strides[rank - 1]);
+        let outer = &self.dims[..rank - 1];
+        let mut index = vec![0usize; outer.len()];
+        let mut base = self.offset;
+        loop {
+            if last_stride == 1 {
+                f(base, last);
+            } else {
+                for j in 0..last {
+                    f(base + j * last_stride, 1);
+                }
+            }
+            // Advance the odometer over the outer dims.
+            let mut d = outer.len();
+            loop {
+                if d == 0 {
+                    return;
+                }
+                d -= 1;
+                index[d] += 1;
+                base += self.strides[d];
+                if index[d] < outer[d] {
+                    break;
+                }
+                base -= self.strides[d] * index[d];
+                index[d] = 0;
+            }
+        }
+    }
+
     /// Buffer offsets of every element, in row-major order of the view.
     pub fn offsets(&self) -> StridedOffsets<'_> {
         StridedOffsets {

@@ -26,11 +26,14 @@ impl Default for AdamWConfig {
     }
 }
 
+/// First and second moments of one parameter.
+pub type Moments = (Vec<f32>, Vec<f32>);
+
 pub struct AdamW {
     pub cfg: AdamWConfig,
     step: u64,
     /// First and second moments, one pair per parameter (f32, same shape).
-    moments: Vec<(Vec<f32>, Vec<f32>)>,
+    moments: Vec<Moments>,
 }
 
 impl AdamW {
@@ -77,12 +80,12 @@ impl AdamW {
     }
 
     /// (step, moments) for a training checkpoint.
-    pub fn state(&self) -> (u64, &[(Vec<f32>, Vec<f32>)]) {
+    pub fn state(&self) -> (u64, &[Moments]) {
         (self.step, &self.moments)
     }
 
     /// Restore from a checkpoint; the moments must match the parameters' sizes.
-    pub fn restore(&mut self, step: u64, moments: Vec<(Vec<f32>, Vec<f32>)>) -> Result<()> {
+    pub fn restore(&mut self, step: u64, moments: Vec<Moments>) -> Result<()> {
         if moments.len() != self.moments.len()
             || moments
                 .iter()

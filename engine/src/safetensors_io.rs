@@ -205,7 +205,26 @@ pub fn save(
     let views = bytes.iter().map(|(n, b)| (n.as_str(), b));
     let buf = safetensors::serialize(views, Some(metadata))
         .map_err(|e| Error::format(path, format!("cannot serialize: {e}")))?;
-    write_atomic(path, &buf)
+    write_atomic(path, &sorted_header(&buf).unwrap_or(buf))
+}
+
+/// The same file with its JSON header's keys sorted (so saving the same tensors twice gives
+/// the same bytes; the metadata arrives as a HashMap in random order). Padding keeps the data
+/// 8-byte aligned. `None` if the bytes are not what `serialize` writes.
+fn sorted_header(buf: &[u8]) -> Option<Vec<u8>> {
+    let n = u64::from_le_bytes(buf.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(buf.get(8..8 + n)?).ok()?;
+    // serde_json's Map is a BTreeMap (sorted) without the preserve_order feature.
+    let mut text = serde_json::to_vec(&header).ok()?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + buf.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&buf[8 + n..]);
+    Some(out)
 }
 
 /// Write a whole file atomically (temp file in the same folder, fsync, rename, fsync folder).
@@ -218,14 +237,20 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let io = |e| Error::io(path, e);
-    {
+    // Unique per process and call, so concurrent saves of one path cannot collide.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let written = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         f.write_all(data).map_err(|e| Error::io(&tmp, e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).map_err(io)?;
+    written?;
     if let Ok(d) = std::fs::File::open(dir) {
         // Persist the rename itself; not every filesystem supports fsync on a directory.
         let _ = d.sync_all();

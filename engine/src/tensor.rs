@@ -195,10 +195,7 @@ impl Tensor {
             got: self.dtype(),
             want: T::DTYPE.name(),
         })?;
-        Ok(match self.layout().contiguous_range() {
-            Some(r) => data[r].to_vec(),
-            None => self.layout().offsets().map(|o| data[o]).collect(),
-        })
+        Ok(crate::cpu::gather(data, self.layout()))
     }
 
     /// Contiguous f32 elements (casting bf16), for host-side use.

@@ -107,10 +107,14 @@ pub fn get_checked(file: &SafeFile, name: &str, shape: &[usize]) -> Result<Tenso
             t.dims()
         )));
     }
-    if t.dtype() != DType::F32 {
-        return Ok(t.to_dtype(DType::F32)?);
+    match t.dtype() {
+        DType::F32 => Ok(t),
+        DType::BF16 => Ok(t.to_dtype(DType::F32)?),
+        other => Err(Error::Checkpoint(format!(
+            "{}: tensor '{name}' has dtype {other}, expected a float type (f32, bf16, f16, f64)",
+            file.path().display()
+        ))),
     }
-    Ok(t)
 }
 
 /// Load a model checkpoint (ours or the seed's). Buffers and `to_logits.weight`, when present,
@@ -137,7 +141,8 @@ pub fn params_of(file: &SafeFile) -> Result<PalmParams> {
         let bad = got
             .iter()
             .zip(&want)
-            .any(|(a, b)| (a - b).abs() > 1e-5 * (1.0 + b.abs()));
+            // Written so that NaN fails the comparison.
+            .any(|(a, b)| !((a - b).abs() <= 1e-5 * (1.0 + b.abs())));
         if bad {
             return Err(Error::Checkpoint(format!(
                 "{}: buffer '{name}' does not hold the values this model uses",

@@ -101,9 +101,24 @@ impl PalmConfig {
             (self.ff_mult > 0, "ff_mult must be > 0"),
             (self.xpos_scale_base > 0, "xpos_scale_base must be > 0"),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err(format!("invalid model config: {msg}")),
-            None => Ok(()),
+        if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(format!("invalid model config: {msg}"));
         }
+        // Every size derived from the config must fit (a hostile file could ask for 2^62 heads).
+        let fits = self
+            .heads
+            .checked_mul(self.dim_head)
+            .zip(self.dim.checked_mul(self.ff_mult))
+            .and_then(|(a, f)| {
+                a.checked_add(2 * self.dim_head)?
+                    .checked_add(f.checked_mul(2)?)
+            })
+            .and_then(|w| w.checked_mul(self.dim))
+            .zip(self.num_tokens.checked_mul(self.dim))
+            .is_some_and(|(w, e)| w < 1 << 40 && e < 1 << 40);
+        if !fits {
+            return Err("invalid model config: sizes overflow (dim, heads, dim_head, ff_mult or num_tokens too large)".into());
+        }
+        Ok(())
     }
 }

@@ -30,11 +30,11 @@ pub fn binary(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, op: BinaryOp) -> V
                 a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
             }
         }
-        _ => la
-            .offsets()
-            .zip(lb.offsets())
-            .map(|(i, j)| f(a[i], b[j]))
-            .collect(),
+        _ => {
+            let (a, b) = (super::gather(a, la), super::gather(b, lb));
+            let dims = Layout::contiguous(la.dims());
+            binary(&a, &dims, &b, &dims, op)
+        }
     }
 }
 

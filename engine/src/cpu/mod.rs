@@ -24,11 +24,11 @@ pub(crate) fn owned<T: CpuElement>(v: Vec<T>) -> CpuStorage {
     T::wrap(Buf::Owned(v))
 }
 
-fn gather<T: CpuElement>(data: &[T], layout: &Layout) -> Vec<T> {
-    match layout.contiguous_range() {
-        Some(r) => data[r].to_vec(),
-        None => layout.offsets().map(|o| data[o]).collect(),
-    }
+/// The elements of a strided view, copied into row-major order.
+pub(crate) fn gather<T: CpuElement>(data: &[T], layout: &Layout) -> Vec<T> {
+    let mut out = Vec::with_capacity(layout.elem_count());
+    layout.for_each_run(|start, len| out.extend_from_slice(&data[start..start + len]));
+    out
 }
 
 /// A contiguous copy of a strided view, any dtype.
@@ -51,7 +51,7 @@ pub(crate) fn data<'a, T: CpuElement>(t: &'a Tensor, op: &'static str) -> Result
     })?;
     Ok(match t.layout().contiguous_range() {
         Some(r) => Cow::Borrowed(&slice[r]),
-        None => Cow::Owned(t.layout().offsets().map(|o| slice[o]).collect()),
+        None => Cow::Owned(gather(slice, t.layout())),
     })
 }
 

@@ -100,15 +100,29 @@ fn mat_ref(t: &Tensor, batched: bool) -> Result<MatRef<'_>> {
 }
 
 pub(crate) fn backward(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
-    let ga = if a.tracks() {
+    // Produce each gradient in its operand's memory order: for a transposed view (W.t(), the
+    // usual linear layer) compute (gᵀ·a)ᵀ, so the gradient of W itself comes out contiguous.
+    let ga = if !a.tracks() {
+        g.clone()
+    } else if column_major(a) {
+        b.matmul(&g.t()?)?.t()?
+    } else {
         g.matmul(&b.t()?)?
-    } else {
-        g.clone()
     };
-    let gb = if b.tracks() {
-        a.t()?.matmul(g)?
-    } else {
+    let gb = if !b.tracks() {
         g.clone()
+    } else if column_major(b) {
+        g.t()?.matmul(a)?.t()?
+    } else {
+        a.t()?.matmul(g)?
     };
     Ok((ga, gb))
+}
+
+/// The last two dims are stored transposed (a `.t()` of a row-major matrix).
+fn column_major(t: &Tensor) -> bool {
+    let s = t.layout().strides();
+    let d = t.dims();
+    let r = s.len();
+    r >= 2 && s[r - 2] == 1 && d[r - 2] > 1 && s[r - 1] >= d[r - 2]
 }

@@ -29,7 +29,7 @@ impl RopeTables {
         xpos: bool,
         scale_base: f64,
     ) -> Result<Arc<Self>> {
-        if dh == 0 || dh % 2 != 0 {
+        if dh == 0 || !dh.is_multiple_of(2) {
             return Err(Error::shape("rope", format!("head dim {dh} must be even")));
         }
         let h = dh / 2;

@@ -138,15 +138,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "training on CUDA is not implemented yet (issue 3); use --device cpu".into(),
         ));
     }
-    let mut trainer = match &args.resume {
+    // A fresh run checks its data before creating anything on disk.
+    let (mut trainer, corpus) = match &args.resume {
         Some(dir) => {
             let t = Trainer::resume(dir, Some(args.steps).filter(|_| args_given_steps()))?;
             eprintln!("resuming {} at step {}", dir.display(), t.step);
-            t
+            let run = run_settings(&t)?;
+            let corpus = Corpus::load(run.data.as_deref(), 0.05, run.seq_len as usize)?;
+            (t, corpus)
         }
         None => {
             validate_args(&args)?;
             let config = model_config(&args)?;
+            let corpus = Corpus::load(args.data.as_deref(), 0.05, args.seq_len as usize)?;
             let settings = OptimSettings {
                 steps: args.steps,
                 lr: args.lr,
@@ -167,12 +171,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 ckpt_every: args.ckpt_every,
             };
             let extra = serde_json::to_value(&run).map_err(|e| Error::Invalid(e.to_string()))?;
-            Trainer::new(&config, settings, extra, &args.out)?
+            (Trainer::new(&config, settings, extra, &args.out)?, corpus)
         }
     };
-    let run: RunSettings = serde_json::from_value(trainer.extra.clone())
-        .map_err(|e| Error::Invalid(format!("bad run settings in the training state: {e}")))?;
-    let corpus = Corpus::load(run.data.as_deref(), 0.05, run.seq_len as usize)?;
+    let run = run_settings(&trainer)?;
     let c = trainer.params.config.clone();
     eprintln!(
         "training {:.2}M parameters (dim {} depth {} heads {} dim_head {}) on {} ({} train / {} val bytes), {} steps of {}×{} tokens, on the CPU",
@@ -275,6 +277,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn run_settings(t: &Trainer) -> Result<RunSettings> {
+    serde_json::from_value(t.extra.clone())
+        .map_err(|e| Error::Invalid(format!("bad run settings in the training state: {e}")))
 }
 
 /// Whether `--steps` was given on the command line (so a resume should extend the run).

@@ -1,0 +1,57 @@
+//! palm-bench: criterion benches for the CPU backend (benches/) and shared workload setup, so
+//! the benches and the torch anchor (`../shared/anchors/torch_palm.py`) run the same shapes.
+
+use palm_engine::{AdamW, Rng, Tensor};
+use palm_model::{Forward, PalmConfig, PalmParams};
+
+/// The anchor's training workloads: (config, batch, seq).
+pub fn train_workload(name: &str) -> Option<(PalmConfig, usize, usize)> {
+    let (batch, seq) = match name {
+        "tiny" => (2, 64),
+        "enwik8" => (4, 1024),
+        "small" => (16, 1024),
+        "1b" => (8, 2048),
+        _ => return None,
+    };
+    Some((PalmConfig::preset(name)?, batch, seq))
+}
+
+/// One full training step as the anchor times it: forward, loss, backward, clip 0.5, AdamW.
+pub struct TrainStep {
+    pub params: PalmParams,
+    opt: AdamW,
+    data: Tensor,
+}
+
+impl TrainStep {
+    pub fn new(config: &PalmConfig, batch: usize, seq: usize) -> Self {
+        let mut rng = Rng::new(0);
+        let params = PalmParams::init(config, &mut rng).expect("valid preset");
+        let ids: Vec<u32> = (0..batch * (seq + 1))
+            .map(|_| 1 + rng.below(config.num_tokens - 1) as u32)
+            .collect();
+        let data = Tensor::from_vec(ids, &[batch, seq + 1]).expect("shape");
+        let opt = AdamW::new(
+            palm_engine::AdamWConfig {
+                lr: 1e-4,
+                ..Default::default()
+            },
+            &params.tensors(),
+        );
+        TrainStep { params, opt, data }
+    }
+
+    pub fn step(&mut self) -> f32 {
+        let (loss, _) = self
+            .params
+            .loss(&self.data, &mut Forward::default())
+            .expect("forward");
+        let value = loss.to_scalar().expect("scalar");
+        let mut grads = loss.backward().expect("backward");
+        let mut ts = self.params.tensors();
+        palm_engine::clip_grad_norm(&mut grads, &ts, 0.5).expect("clip");
+        self.opt.step(&mut ts, &grads, 1e-4).expect("adamw");
+        self.params.set_tensors(ts).expect("same shapes");
+        value
+    }
+}
