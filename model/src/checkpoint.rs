@@ -128,7 +128,7 @@ pub fn load_model(path: &Path) -> Result<(PalmParams, SafeFile)> {
 /// The model held by an opened file.
 pub fn params_of(file: &SafeFile) -> Result<PalmParams> {
     let path = file.path();
-    let config = config_of(&file)?;
+    let config = config_of(file)?;
     let params = PalmParams::from_named(&config, |n, s| get_checked(file, n, s))?;
     let mut expected = buffers(&config)?;
     expected.push(("to_logits.weight".into(), params.token_emb.clone()));
@@ -138,12 +138,12 @@ pub fn params_of(file: &SafeFile) -> Result<PalmParams> {
         }
         let got = get_checked(file, &name, want.dims())?.to_vec::<f32>()?;
         let want = want.to_vec::<f32>()?;
-        let bad = got
+        // `all` of a positive comparison, so NaN counts as a mismatch.
+        let good = got
             .iter()
             .zip(&want)
-            // Written so that NaN fails the comparison.
-            .any(|(a, b)| !((a - b).abs() <= 1e-5 * (1.0 + b.abs())));
-        if bad {
+            .all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs()));
+        if !good {
             return Err(Error::Checkpoint(format!(
                 "{}: buffer '{name}' does not hold the values this model uses",
                 path.display()

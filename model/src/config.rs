@@ -95,7 +95,7 @@ impl PalmConfig {
             (self.depth > 0, "depth must be > 0"),
             (self.heads > 0, "heads must be > 0"),
             (
-                self.dim_head > 0 && self.dim_head % 2 == 0,
+                self.dim_head > 0 && self.dim_head.is_multiple_of(2),
                 "dim_head must be even and > 0",
             ),
             (self.ff_mult > 0, "ff_mult must be > 0"),

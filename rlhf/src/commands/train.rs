@@ -122,10 +122,10 @@ fn validate_args(a: &TrainArgs) -> Result<()> {
     if !(a.min_lr >= 0.0 && a.min_lr <= a.lr) {
         return bad("--min-lr must be between 0 and --lr");
     }
-    if !(a.grad_clip > 0.0) {
+    if !(a.grad_clip.is_finite() && a.grad_clip > 0.0) {
         return bad("--grad-clip must be positive");
     }
-    if !(a.weight_decay >= 0.0) {
+    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
         return bad("--weight-decay must be ≥ 0");
     }
     Ok(())

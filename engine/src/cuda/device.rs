@@ -1,0 +1,582 @@
+//! One GPU: its context and stream, the kernel modules (loaded lazily), the memory pool, and the
+//! one launch helper every kernel launch goes through. GPU-only: nothing here runs without a
+//! device (tests skip through [`gpu_or_skip`]).
+
+use super::launch;
+use super::launch::{DEFAULT_DYNAMIC_SMEM, KArg, LaunchCfg, Param};
+use super::pool::{DeviceAllocator, MemoryPool, PoolStats};
+use super::probe::{DeviceInfo, catch_driver_panic, probe};
+use crate::{Error, Result};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg,
+    result as cu, sys,
+};
+use cudarc::nvrtc::Ptx;
+use palm_kernels::Family;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+/// Lock a mutex, ignoring poisoning (every critical section leaves its data consistent).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn driver(what: impl std::fmt::Display, e: cu::DriverError) -> Error {
+    Error::Driver(format!("{what}: {e}"))
+}
+
+/// The device allocator under the pool: `cuMemAlloc` / `cuMemFree`.
+///
+/// Not `cuMemAllocAsync`: that allocates from the driver's own caching pool, which would hide the
+/// effect of ours under `PALM_POOL=off` and keep freed memory out of `cuMemGetInfo` until the
+/// driver trims it. Plain allocation is what the pool exists to avoid, so `PALM_POOL=off`
+/// measures exactly that. A free waits for the stream first, so no queued kernel still uses the
+/// memory (the pool frees segments rarely: on `empty_cache`, out of memory, or with the pool off).
+pub struct CudaAllocator {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    /// The first error a `free` met (free cannot return one); reported by `synchronize`.
+    deferred: Option<String>,
+}
+
+impl DeviceAllocator for CudaAllocator {
+    fn alloc(&mut self, bytes: usize) -> Result<u64> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver("binding the CUDA context", e))?;
+        // SAFETY: the context is current on this thread; the memory is uninitialised, which the
+        // pool's callers know (they write before they read, or zero it).
+        match unsafe { cu::malloc_sync(bytes) } {
+            Ok(p) => Ok(p),
+            Err(cu::DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {
+                Err(Error::OutOfMemory {
+                    requested: bytes,
+                    free: self.free_memory(),
+                })
+            }
+            Err(e) => Err(driver(format!("cuMemAlloc({bytes})"), e)),
+        }
+    }
+
+    fn free(&mut self, ptr: u64) {
+        let r = self.ctx.bind_to_thread().and_then(|()| {
+            self.stream.synchronize()?;
+            // SAFETY: `ptr` came from `cuMemAlloc` in this context (the pool frees each segment
+            // exactly once) and the stream that used it has finished.
+            unsafe { cu::free_sync(ptr) }
+        });
+        if let Err(e) = r
+            && self.deferred.is_none()
+        {
+            self.deferred = Some(format!("cuMemFree({ptr:#x}): {e}"));
+        }
+    }
+
+    fn free_memory(&self) -> usize {
+        self.ctx.mem_get_info().map(|(free, _)| free).unwrap_or(0)
+    }
+}
+
+/// A loaded kernel: its function handle, PTX signature and shared-memory limits.
+pub struct Kernel {
+    pub family: &'static str,
+    pub name: &'static str,
+    params: Vec<Param>,
+    func: CudaFunction,
+    /// Dynamic shared memory the function is currently allowed (opt-in raises it).
+    smem_allowed: AtomicU32,
+    /// The device's opt-in maximum minus the kernel's static shared memory.
+    smem_max: u32,
+}
+
+impl Kernel {
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Kernel({}/{}, {} params)",
+            self.family,
+            self.name,
+            self.params.len()
+        )
+    }
+}
+
+/// Device memory from the pool, returned to it on drop. Holds its device alive.
+pub struct CudaBuffer {
+    ptr: u64,
+    len: usize,
+    device: Arc<CudaDevice>,
+}
+
+impl CudaBuffer {
+    /// The device address (512-byte aligned within its segment).
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    /// Bytes requested (the block may be larger).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.device
+    }
+    /// This buffer as a kernel argument.
+    pub fn arg(&self) -> KArg {
+        KArg::Ptr(self.ptr)
+    }
+}
+
+impl std::fmt::Debug for CudaBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CudaBuffer({:#x}, {} B, cuda:{})",
+            self.ptr, self.len, self.device.info.ordinal
+        )
+    }
+}
+
+impl Drop for CudaBuffer {
+    fn drop(&mut self) {
+        // Stream-ordered: work already queued on the one stream runs before any later reuse.
+        // The pool handed this address out, so freeing it cannot fail.
+        let _ = lock(&self.device.pool).free(self.ptr);
+    }
+}
+
+/// Elapsed GPU time between two points on the device's stream (events with timing enabled).
+pub struct GpuTimer {
+    start: CudaEvent,
+}
+
+impl GpuTimer {
+    /// Milliseconds from the start until now on the stream; waits for the stream to get there.
+    pub fn elapsed_ms(&self, device: &CudaDevice) -> Result<f32> {
+        let end = device
+            .stream
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| driver("recording a timing event", e))?;
+        self.start
+            .elapsed_ms(&end)
+            .map_err(|e| device.sync_error("timing events", e))
+    }
+}
+
+/// One CUDA device, created once per ordinal ([`CudaDevice::get`]) and shared.
+pub struct CudaDevice {
+    info: DeviceInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    num_sms: u32,
+    smem_optin: u32,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    kernels: Mutex<HashMap<&'static str, Arc<Kernel>>>,
+    pool: Mutex<MemoryPool<CudaAllocator>>,
+    last_kernel: Mutex<&'static str>,
+    /// `PALM_CUDA_SYNC=1`: wait after every launch so a fault names its kernel.
+    sync_each_launch: bool,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaDevice({})", self.info)
+    }
+}
+
+static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
+
+impl CudaDevice {
+    /// The device with this ordinal, opened on first use (context, stream, pool) and shared after.
+    pub fn get(ordinal: usize) -> Result<Arc<CudaDevice>> {
+        let mut devices = lock(DEVICES.get_or_init(Default::default));
+        if let Some(d) = devices.get(&ordinal) {
+            return Ok(d.clone());
+        }
+        let found = probe()?;
+        let info = found
+            .into_iter()
+            .find(|d| d.ordinal == ordinal)
+            .ok_or_else(|| Error::NoCuda(format!("no CUDA device with ordinal {ordinal}")))?;
+        info.check_supported()?;
+        let dev = Arc::new(catch_driver_panic("device creation", || Self::open(info))?);
+        devices.insert(ordinal, dev.clone());
+        Ok(dev)
+    }
+
+    fn open(info: DeviceInfo) -> Result<CudaDevice> {
+        let where_ = format!("cuda:{}", info.ordinal);
+        let ctx = CudaContext::new(info.ordinal)
+            .map_err(|e| driver(format!("creating a context on {where_}"), e))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver(format!("creating a stream on {where_}"), e))?;
+        let attr = |a| {
+            ctx.attribute(a)
+                .map_err(|e| driver(format!("reading an attribute of {where_}"), e))
+        };
+        let num_sms = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let smem_optin =
+            attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        let allocator = CudaAllocator {
+            ctx: ctx.clone(),
+            stream: stream.clone(),
+            deferred: None,
+        };
+        let sync_each_launch = std::env::var("PALM_CUDA_SYNC").is_ok_and(|v| v == "1");
+        Ok(CudaDevice {
+            info,
+            ctx,
+            stream,
+            num_sms: num_sms.max(1) as u32,
+            smem_optin: smem_optin.max(0) as u32,
+            modules: Mutex::new(HashMap::new()),
+            kernels: Mutex::new(HashMap::new()),
+            pool: Mutex::new(MemoryPool::from_env(allocator)?),
+            last_kernel: Mutex::new("(none)"),
+            sync_each_launch,
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+    pub fn ordinal(&self) -> usize {
+        self.info.ordinal
+    }
+    pub fn num_sms(&self) -> u32 {
+        self.num_sms
+    }
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver("binding the CUDA context", e))
+    }
+
+    /// A driver error met while waiting, naming the last kernel launched (the usual culprit).
+    fn sync_error(&self, what: &str, e: cu::DriverError) -> Error {
+        let last = *lock(&self.last_kernel);
+        Error::Driver(format!(
+            "{what} on cuda:{}: {e} (last kernel launched: {last}; rerun with PALM_CUDA_SYNC=1 \
+             to stop at the failing launch)",
+            self.info.ordinal
+        ))
+    }
+
+    /// Wait for all queued work; reports a failed kernel or a deferred free error.
+    pub fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.sync_error("synchronize", e))?;
+        match lock(&self.pool).allocator_mut().deferred.take() {
+            Some(msg) => Err(Error::Driver(msg)),
+            None => Ok(()),
+        }
+    }
+
+    // ----- memory -----
+
+    /// `bytes` of uninitialised device memory from the pool.
+    pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<CudaBuffer> {
+        let block = lock(&self.pool).alloc(bytes)?;
+        Ok(CudaBuffer {
+            ptr: block.ptr,
+            len: bytes,
+            device: self.clone(),
+        })
+    }
+
+    /// `bytes` of zeroed device memory (the memset is queued on the stream).
+    pub fn alloc_zeroed(self: &Arc<Self>, bytes: usize) -> Result<CudaBuffer> {
+        let buf = self.alloc(bytes)?;
+        self.zero(&buf)?;
+        Ok(buf)
+    }
+
+    /// Queue a memset of the whole buffer to 0.
+    pub fn zero(&self, buf: &CudaBuffer) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `buf` is a live block of at least `buf.len()` bytes in this context; the memset
+        // is ordered on the stream every user of the block uses.
+        unsafe { cu::memset_d8_async(buf.ptr, 0, buf.len, self.stream.cu_stream()) }
+            .map_err(|e| driver("cuMemsetD8Async", e))
+    }
+
+    /// Copy host data to a new buffer. Returns once the copy is done (the host slice is free).
+    pub fn upload<T: bytemuck::Pod>(self: &Arc<Self>, data: &[T]) -> Result<CudaBuffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buf = self.alloc(bytes.len())?;
+        if !bytes.is_empty() {
+            self.bind()?;
+            // SAFETY: `buf` holds at least `bytes.len()` bytes; `bytes` stays borrowed until the
+            // stream is synchronised below, so the DMA never reads freed host memory.
+            unsafe { cu::memcpy_htod_async(buf.ptr, bytes, self.stream.cu_stream()) }
+                .map_err(|e| driver("cuMemcpyHtoDAsync", e))?;
+            self.stream
+                .synchronize()
+                .map_err(|e| self.sync_error("upload", e))?;
+        }
+        Ok(buf)
+    }
+
+    /// Copy the start of a buffer into `out` (waits for the stream, so earlier kernels finish).
+    pub fn download<T: bytemuck::Pod>(&self, buf: &CudaBuffer, out: &mut [T]) -> Result<()> {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+        if bytes.len() > buf.len {
+            return Err(Error::Invalid(format!(
+                "download of {} bytes from a {}-byte device buffer",
+                bytes.len(),
+                buf.len
+            )));
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: the source block has at least `bytes.len()` bytes; `bytes` stays mutably
+        // borrowed until the stream is synchronised below.
+        unsafe { cu::memcpy_dtoh_async(bytes, buf.ptr, self.stream.cu_stream()) }
+            .map_err(|e| driver("cuMemcpyDtoHAsync", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.sync_error("download", e))
+    }
+
+    /// The first `len` elements of a buffer as a vector.
+    pub fn to_vec<T: bytemuck::Pod>(&self, buf: &CudaBuffer, len: usize) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); len];
+        self.download(buf, &mut out)?;
+        Ok(out)
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        lock(&self.pool).stats()
+    }
+    pub fn pool_enabled(&self) -> bool {
+        lock(&self.pool).is_enabled()
+    }
+    pub fn reset_peak(&self) {
+        lock(&self.pool).reset_peak()
+    }
+    /// Hand cached free segments back to the driver; returns the bytes released.
+    pub fn empty_cache(&self) -> usize {
+        lock(&self.pool).empty_cache()
+    }
+
+    // ----- kernels -----
+
+    /// Kernel `name` of `family`, loading the family's PTX module on first use. Errors name the
+    /// kernel and list the family's kernels when the name is unknown.
+    pub fn kernel(&self, family: &'static Family, name: &str) -> Result<Arc<Kernel>> {
+        let name = launch::declared_kernel(family, name)?;
+        let mut kernels = lock(&self.kernels);
+        if let Some(k) = kernels.get(name) {
+            return Ok(k.clone());
+        }
+        self.bind()?;
+        let module = self.module(family)?;
+        let func = module.load_function(name).map_err(|e| {
+            driver(
+                format!("loading kernel {name} from module {}", family.name),
+                e,
+            )
+        })?;
+        let params = launch::ptx_params(family.ptx, name).ok_or_else(|| {
+            Error::Invalid(format!("kernel {name}: no .entry in {}.ptx", family.name))
+        })?;
+        let static_smem = func
+            .get_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+            .map_err(|e| driver(format!("reading attributes of kernel {name}"), e))?;
+        let kernel = Arc::new(Kernel {
+            family: family.name,
+            name,
+            params,
+            func,
+            smem_allowed: AtomicU32::new(DEFAULT_DYNAMIC_SMEM),
+            smem_max: self.smem_optin.saturating_sub(static_smem.max(0) as u32),
+        });
+        if let Some(bytes) = launch::declared_dynamic_smem(name) {
+            self.allow_dynamic_smem(&kernel, bytes)?;
+        }
+        kernels.insert(name, kernel.clone());
+        Ok(kernel)
+    }
+
+    /// Kernel `name` from whichever family declares it.
+    pub fn kernel_by_name(&self, name: &str) -> Result<Arc<Kernel>> {
+        let family = launch::find_family(name)
+            .ok_or_else(|| Error::Invalid(format!("no kernel family declares '{name}'")))?;
+        self.kernel(family, name)
+    }
+
+    fn module(&self, family: &'static Family) -> Result<Arc<CudaModule>> {
+        let mut modules = lock(&self.modules);
+        if let Some(m) = modules.get(family.name) {
+            return Ok(m.clone());
+        }
+        let m = self
+            .ctx
+            .load_module(Ptx::from_src(family.ptx))
+            .map_err(|e| {
+                driver(
+                    format!(
+                        "loading PTX module {} (sm_90a, PTX ISA 9.0: needs compute capability 9.0 \
+                         and a CUDA 13.0+ driver)",
+                        family.name
+                    ),
+                    e,
+                )
+            })?;
+        modules.insert(family.name, m.clone());
+        Ok(m)
+    }
+
+    /// Raise a kernel's dynamic shared memory limit to `bytes` when it is below (once per size).
+    fn allow_dynamic_smem(&self, k: &Kernel, bytes: u32) -> Result<()> {
+        if bytes <= k.smem_allowed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if bytes > k.smem_max {
+            return Err(Error::Invalid(format!(
+                "kernel {} needs {bytes} B of dynamic shared memory; cuda:{} allows {} B",
+                k.name, self.info.ordinal, k.smem_max
+            )));
+        }
+        self.bind()?;
+        k.func
+            .set_attribute(
+                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(|e| {
+                driver(
+                    format!("opting kernel {} into {bytes} B shared memory", k.name),
+                    e,
+                )
+            })?;
+        k.smem_allowed.fetch_max(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Launch a kernel on the device's stream. Every launch in the engine goes through here: the
+    /// arguments are checked against the PTX signature, the launch shape against CUDA's limits,
+    /// dynamic shared memory is opted into when needed, and a failure names the kernel.
+    pub fn launch(&self, k: &Kernel, cfg: LaunchCfg, args: &[KArg]) -> Result<()> {
+        self.launch_inner(k, cfg, args, false).map(|_| ())
+    }
+
+    /// [`launch`](Self::launch), timed with CUDA events around the kernel; waits for it.
+    pub fn launch_timed(&self, k: &Kernel, cfg: LaunchCfg, args: &[KArg]) -> Result<f32> {
+        let (start, end) = self
+            .launch_inner(k, cfg, args, true)?
+            .ok_or_else(|| Error::Driver(format!("kernel {}: no timing events", k.name)))?;
+        start
+            .elapsed_ms(&end)
+            .map_err(|e| self.sync_error("timing events", e))
+    }
+
+    /// Start a timer at the current point of the stream.
+    pub fn timer(&self) -> Result<GpuTimer> {
+        let start = self
+            .stream
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| driver("recording a timing event", e))?;
+        Ok(GpuTimer { start })
+    }
+
+    fn launch_inner(
+        &self,
+        k: &Kernel,
+        cfg: LaunchCfg,
+        args: &[KArg],
+        timed: bool,
+    ) -> Result<Option<(CudaEvent, CudaEvent)>> {
+        launch::check_launch(k.name, &k.params, args, &cfg, k.smem_max)?;
+        self.allow_dynamic_smem(k, cfg.shared_bytes)?;
+        let mut b = self.stream.launch_builder(&k.func);
+        for a in args {
+            match a {
+                KArg::Ptr(v) | KArg::U64(v) => b.arg(v),
+                KArg::I64(v) => b.arg(v),
+                KArg::I32(v) => b.arg(v),
+                KArg::U32(v) => b.arg(v),
+                KArg::F32(v) => b.arg(v),
+            };
+        }
+        if timed {
+            b.record_kernel_launch(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        }
+        let config = LaunchConfig {
+            grid_dim: cfg.grid,
+            block_dim: cfg.block,
+            shared_mem_bytes: cfg.shared_bytes,
+        };
+        // SAFETY: the arguments match the kernel's PTX parameter list in number and size
+        // (`check_launch`), each borrowed from `args` for the duration of the call; pointer
+        // arguments are pool blocks or 0 for nullable ones, and sizes/bounds are the caller's
+        // contract with the kernel (kernels/README.md). The launch shape is within CUDA's limits
+        // and dynamic shared memory within what the function was opted into.
+        let events = unsafe { b.launch(config) }.map_err(|e| {
+            driver(
+                format!(
+                    "launch of kernel {} (grid {:?}, block {:?}, {} B dynamic smem)",
+                    k.name, cfg.grid, cfg.block, cfg.shared_bytes
+                ),
+                e,
+            )
+        })?;
+        *lock(&self.last_kernel) = k.name;
+        if self.sync_each_launch {
+            self.stream
+                .synchronize()
+                .map_err(|e| self.sync_error(&format!("kernel {}", k.name), e))?;
+        }
+        Ok(events)
+    }
+}
+
+/// The device for a GPU test, or `None` after printing `skipped: <test>: <reason>` when there is
+/// no usable GPU. With `PALM_REQUIRE_GPU=1` a missing GPU fails the test instead.
+///
+/// # Panics
+/// When `PALM_REQUIRE_GPU=1` and no usable GPU is found (that is the failure).
+pub fn gpu_or_skip(test: &str) -> Option<Arc<CudaDevice>> {
+    gpu_or_skip_with(test, gpu_required())
+}
+
+/// Whether `PALM_REQUIRE_GPU=1` is set.
+pub fn gpu_required() -> bool {
+    std::env::var("PALM_REQUIRE_GPU").is_ok_and(|v| v.trim() == "1")
+}
+
+/// [`gpu_or_skip`] with the requirement given explicitly.
+///
+/// # Panics
+/// When `require` and no usable GPU is found.
+pub fn gpu_or_skip_with(test: &str, require: bool) -> Option<Arc<CudaDevice>> {
+    match CudaDevice::get(0) {
+        Ok(d) => Some(d),
+        Err(e) if require => panic!("{test}: PALM_REQUIRE_GPU=1 but no usable GPU: {e}"),
+        Err(e) => {
+            eprintln!("skipped: {test}: {e}");
+            None
+        }
+    }
+}
