@@ -20,7 +20,9 @@ fn train(c: &mut Criterion) {
                 .measurement_time(Duration::from_secs(60));
         }
         g.throughput(Throughput::Elements((batch * seq) as u64));
-        g.bench_function(name, |b| b.iter(|| step.step()));
+        g.bench_function(name, |b| {
+            b.iter(|| palm_engine::cpu::on_workers(|| step.step()))
+        });
     }
     g.finish();
 }

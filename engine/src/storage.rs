@@ -49,6 +49,14 @@ pub enum CpuStorage {
     U8(Buf<u8>),
 }
 
+impl Drop for CpuStorage {
+    fn drop(&mut self) {
+        if let CpuStorage::F32(Buf::Owned(v)) = self {
+            crate::cpu::buffers::give(std::mem::take(v));
+        }
+    }
+}
+
 impl CpuStorage {
     pub fn dtype(&self) -> DType {
         match self {

@@ -115,6 +115,16 @@ pub fn generate(
     lora: Option<&LoraScope>,
     rng: &mut Rng,
 ) -> Result<Vec<Vec<u32>>> {
+    palm_engine::cpu::on_workers(|| generate_inner(params, prompts, s, lora, rng))
+}
+
+fn generate_inner(
+    params: &PalmParams,
+    prompts: &[Vec<u32>],
+    s: &SampleSettings,
+    lora: Option<&LoraScope>,
+    rng: &mut Rng,
+) -> Result<Vec<Vec<u32>>> {
     s.validate()?;
     let _g = no_grad();
     let n = prompts.first().map_or(0, |p| p.len());

@@ -168,6 +168,14 @@ impl Trainer {
     /// One optimisation step on the loss `f` builds from the current parameters.
     pub fn step(
         &mut self,
+        f: impl FnOnce(&PalmParams, &mut Rng) -> Result<Tensor> + Send,
+    ) -> Result<StepStats> {
+        // On a pool worker, so the ops' small parallel loops run inline (see `on_workers`).
+        palm_engine::cpu::on_workers(|| self.step_inner(f))
+    }
+
+    fn step_inner(
+        &mut self,
         f: impl FnOnce(&PalmParams, &mut Rng) -> Result<Tensor>,
     ) -> Result<StepStats> {
         let loss = f(&self.params, &mut self.rng)?;

@@ -28,7 +28,7 @@ impl Shape {
 /// q (b,h,n,d), k/v (b,m,d), all contiguous. Returns (out (b,h,n,d), lse (b,h,n)).
 pub fn forward(q: &[f32], k: &[f32], v: &[f32], s: &Shape) -> (Vec<f32>, Vec<f32>) {
     let (n, m, d) = (s.n, s.m, s.d);
-    let mut out = vec![0f32; s.b * s.h * n * d];
+    let mut out = super::buffers::take(s.b * s.h * n * d);
     let mut lse = vec![0f32; s.b * s.h * n];
     out.par_chunks_mut(n * d)
         .zip(lse.par_chunks_mut(n))
@@ -91,7 +91,7 @@ pub fn backward(
     s: &Shape,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (n, m, d) = (s.n, s.m, s.d);
-    let mut dq = vec![0f32; q.len()];
+    let mut dq = super::buffers::take(q.len());
     // Per (batch, head) partial dk/dv, reduced over heads below (MQA shares k and v).
     let partial: Vec<(Vec<f32>, Vec<f32>)> = dq
         .par_chunks_mut(n * d)

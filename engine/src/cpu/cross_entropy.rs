@@ -7,6 +7,7 @@ pub fn forward(logits: &[f32], targets: &[u32], v: usize, ignore: u32) -> (Vec<f
     logits
         .par_chunks(v)
         .zip(targets.par_iter())
+        .with_min_len(super::min_rows(v))
         .map(|(row, &t)| {
             let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let lse = m + row.iter().map(|&x| (x - m).exp()).sum::<f32>().ln();
@@ -29,10 +30,11 @@ pub fn backward(
     ignore: u32,
     scale: f32,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; logits.len()];
+    let mut out = super::buffers::zeros(logits.len());
     out.par_chunks_mut(v)
         .zip(logits.par_chunks(v))
         .zip(targets.par_iter().zip(lse.par_iter()))
+        .with_min_len(super::min_rows(v))
         .for_each(|((o, row), (&t, &lse))| {
             if t == ignore {
                 return;

@@ -7,12 +7,16 @@ use half::bf16;
 use rayon::prelude::*;
 
 pub fn unary(x: &[f32], op: UnaryOp) -> Vec<f32> {
-    let f = move |v: f32| op.apply(v);
+    let mut out = super::buffers::take(x.len());
     if x.len() >= PAR_MIN {
-        x.par_iter().map(|&v| f(v)).collect()
+        out.par_iter_mut()
+            .zip(x.par_iter())
+            .with_min_len(PAR_MIN)
+            .for_each(|(o, &v)| *o = op.apply(v));
     } else {
-        x.iter().map(|&v| f(v)).collect()
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o = op.apply(v));
     }
+    out
 }
 
 /// `a op b` where both views already have the output's dims (broadcast strides allowed).
@@ -21,17 +25,21 @@ pub fn binary(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, op: BinaryOp) -> V
     match (la.contiguous_range(), lb.contiguous_range()) {
         (Some(ra), Some(rb)) => {
             let (a, b) = (&a[ra], &b[rb]);
+            let mut out = super::buffers::take(a.len());
             if a.len() >= PAR_MIN {
-                a.par_iter()
-                    .zip(b.par_iter())
-                    .map(|(&x, &y)| f(x, y))
-                    .collect()
+                out.par_iter_mut()
+                    .zip(a.par_iter().zip(b.par_iter()))
+                    .with_min_len(PAR_MIN)
+                    .for_each(|(o, (&x, &y))| *o = f(x, y));
             } else {
-                a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+                out.iter_mut()
+                    .zip(a.iter().zip(b))
+                    .for_each(|(o, (&x, &y))| *o = f(x, y));
             }
+            out
         }
         _ => {
-            let (a, b) = (super::gather(a, la), super::gather(b, lb));
+            let (a, b) = (super::gather_f32(a, la), super::gather_f32(b, lb));
             let dims = Layout::contiguous(la.dims());
             binary(&a, &dims, &b, &dims, op)
         }

@@ -7,11 +7,12 @@ pub const EPS: f32 = 1e-5;
 /// Returns (y, stats) with stats = (mean, rstd) per row.
 pub fn forward(x: &[f32], gamma: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
     let rows = x.len() / d;
-    let mut y = vec![0f32; x.len()];
+    let mut y = super::buffers::take(x.len());
     let mut stats = vec![0f32; rows * 2];
     y.par_chunks_mut(d)
         .zip(stats.par_chunks_mut(2))
         .zip(x.par_chunks(d))
+        .with_min_len(super::min_rows(d))
         .for_each(|((y, st), x)| {
             let mean = x.iter().sum::<f32>() / d as f32;
             let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
@@ -33,13 +34,14 @@ pub fn backward(
     g: &[f32],
     d: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = super::buffers::take(x.len());
     // Per-row dgamma contributions, summed in chunks so the result does not depend on threads.
     const CHUNK: usize = 64;
     let partial: Vec<Vec<f32>> = dx
         .par_chunks_mut(d * CHUNK)
         .zip(x.par_chunks(d * CHUNK).zip(g.par_chunks(d * CHUNK)))
         .zip(stats.par_chunks(2 * CHUNK))
+        .with_min_len(super::min_rows(d * CHUNK))
         .map(|((dx, (x, g)), st)| {
             let mut dgamma = vec![0f32; d];
             for (r, st) in st.chunks(2).enumerate() {

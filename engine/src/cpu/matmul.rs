@@ -57,7 +57,7 @@ pub fn gemm_into(
     check_bounds(m, k, a);
     check_bounds(k, n, b);
     let threads = rayon::current_num_threads();
-    let par = if parallel && m * n * k >= 1 << 18 && threads > 1 {
+    let par = if parallel && m * n * k >= 1 << 22 && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -92,7 +92,13 @@ pub fn gemm_into(
 
 /// `out[b] = a[b] (m×k) · b[b] (k×n)` for every batch, out contiguous (batch, m, n).
 pub fn matmul(batch: usize, m: usize, n: usize, k: usize, a: &MatRef, b: &MatRef) -> Vec<f32> {
-    let mut out = vec![0f32; batch * m * n];
+    // gemm overwrites the output (it does not read it) unless k = 0.
+    let len = batch * m * n;
+    let mut out = if k == 0 {
+        super::buffers::zeros(len)
+    } else {
+        super::buffers::take(len)
+    };
     for i in 0..batch {
         let ai = MatRef {
             offset: a.offset + i * a.batch_stride,

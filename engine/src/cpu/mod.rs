@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod buffers;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
@@ -17,8 +18,22 @@ use crate::storage::{Buf, CpuElement, CpuStorage};
 use crate::{Error, Result, Tensor};
 use std::borrow::Cow;
 
+/// Run `f` on a worker of the thread pool. Call the hot loop (a training step) through this: ops
+/// then start their parallel loops from inside the pool, so small ones run inline on the
+/// current worker instead of waking threads and blocking the caller (a measurable share of a
+/// small model's step on 2 cores).
+pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// Below this many elements a loop runs on one thread (rayon's overhead would dominate).
 pub(crate) const PAR_MIN: usize = 1 << 15;
+
+/// Rows per parallel task for rows of `cols` elements: at least `PAR_MIN` elements a task, so a
+/// small op stays one task (run inline by the calling worker, see `on_workers`).
+pub(crate) fn min_rows(cols: usize) -> usize {
+    (PAR_MIN / cols.max(1)).max(1)
+}
 
 pub(crate) fn owned<T: CpuElement>(v: Vec<T>) -> CpuStorage {
     T::wrap(Buf::Owned(v))
@@ -31,10 +46,21 @@ pub(crate) fn gather<T: CpuElement>(data: &[T], layout: &Layout) -> Vec<T> {
     out
 }
 
+/// `gather` for f32 into a recycled buffer.
+pub(crate) fn gather_f32(data: &[f32], layout: &Layout) -> Vec<f32> {
+    let mut out = buffers::take(layout.elem_count());
+    let mut at = 0;
+    layout.for_each_run(|start, len| {
+        out[at..at + len].copy_from_slice(&data[start..start + len]);
+        at += len;
+    });
+    out
+}
+
 /// A contiguous copy of a strided view, any dtype.
 pub(crate) fn copy_strided(s: &CpuStorage, layout: &Layout) -> CpuStorage {
     match s {
-        CpuStorage::F32(b) => owned(gather(b.as_slice(), layout)),
+        CpuStorage::F32(b) => owned(gather_f32(b.as_slice(), layout)),
         CpuStorage::BF16(b) => owned(gather(b.as_slice(), layout)),
         CpuStorage::U32(b) => owned(gather(b.as_slice(), layout)),
         CpuStorage::I64(b) => owned(gather(b.as_slice(), layout)),
@@ -57,5 +83,13 @@ pub(crate) fn data<'a, T: CpuElement>(t: &'a Tensor, op: &'static str) -> Result
 
 /// f32 elements, borrowed when contiguous: the CPU backend computes in f32 only.
 pub(crate) fn f32s<'a>(t: &'a Tensor, op: &'static str) -> Result<Cow<'a, [f32]>> {
-    data::<f32>(t, op)
+    let slice = f32::view(t.cpu()?).ok_or(Error::DType {
+        op,
+        got: t.dtype(),
+        want: "f32",
+    })?;
+    Ok(match t.layout().contiguous_range() {
+        Some(r) => Cow::Borrowed(&slice[r]),
+        None => Cow::Owned(gather_f32(slice, t.layout())),
+    })
 }

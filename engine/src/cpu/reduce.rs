@@ -40,7 +40,7 @@ pub fn max_last(x: &[f32], cols: usize) -> Vec<f32> {
 
 /// log-softmax over rows of `cols`.
 pub fn log_softmax(x: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+    let mut out = super::buffers::take(x.len());
     let f = |(o, r): (&mut [f32], &[f32])| {
         let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let lse = m + r.iter().map(|&v| (v - m).exp()).sum::<f32>().ln();
@@ -48,15 +48,19 @@ pub fn log_softmax(x: &[f32], cols: usize) -> Vec<f32> {
             *o = v - lse;
         }
     };
-    out.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(f);
+    out.par_chunks_mut(cols)
+        .zip(x.par_chunks(cols))
+        .with_min_len(super::min_rows(cols))
+        .for_each(f);
     out
 }
 
 /// Backward of log-softmax: g − softmax·Σg, rows of `cols`.
 pub fn log_softmax_backward(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; y.len()];
+    let mut out = super::buffers::take(y.len());
     out.par_chunks_mut(cols)
         .zip(y.par_chunks(cols).zip(g.par_chunks(cols)))
+        .with_min_len(super::min_rows(cols))
         .for_each(|(o, (y, g))| {
             let s: f32 = g.iter().sum();
             for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {

@@ -3,8 +3,8 @@
 
 use rayon::prelude::*;
 
-/// out = (u·cos + rot(u)·sin) · s, with s = scale (or 1/scale when `inverse`), rows of dh.
-/// `pos_of_row(r)` gives the table row of x's row r.
+/// out = (u·cos + rot(u)·sin) · s, with s = scale (or 1/scale when `inverse`), rows of dh;
+/// row r of x uses table row r % n (the position is the second-to-last dim).
 pub fn forward(
     x: &[f32],
     cos: &[f32],
@@ -15,9 +15,10 @@ pub fn forward(
     inverse: bool,
 ) -> Vec<f32> {
     let h = dh / 2;
-    let mut out = vec![0f32; x.len()];
+    let mut out = super::buffers::take(x.len());
     out.par_chunks_mut(dh)
         .zip(x.par_chunks(dh))
+        .with_min_len(super::min_rows(dh))
         .enumerate()
         .for_each(|(r, (o, u))| {
             let t = (r % n) * dh;
@@ -45,9 +46,10 @@ pub fn backward(
     inverse: bool,
 ) -> Vec<f32> {
     let h = dh / 2;
-    let mut out = vec![0f32; g.len()];
+    let mut out = super::buffers::take(g.len());
     out.par_chunks_mut(dh)
         .zip(g.par_chunks(dh))
+        .with_min_len(super::min_rows(dh))
         .enumerate()
         .for_each(|(r, (o, g))| {
             let t = (r % n) * dh;

@@ -4,21 +4,25 @@ use crate::ops::elementwise::sigmoid;
 use rayon::prelude::*;
 
 pub fn forward(x: &[f32], gate: &[f32]) -> Vec<f32> {
-    x.par_iter()
-        .zip(gate.par_iter())
-        .map(|(&x, &g)| g * sigmoid(g) * x)
-        .collect()
+    let mut out = super::buffers::take(x.len());
+    out.par_iter_mut()
+        .zip(x.par_iter().zip(gate.par_iter()))
+        .with_min_len(super::PAR_MIN)
+        .for_each(|(o, (&x, &g))| *o = g * sigmoid(g) * x);
+    out
 }
 
 /// Returns (dx, dgate).
 pub fn backward(x: &[f32], gate: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    x.par_iter()
-        .zip(gate.par_iter())
-        .zip(g.par_iter())
-        .map(|((&x, &a), &g)| {
+    let (mut dx, mut dgate) = (super::buffers::take(x.len()), super::buffers::take(x.len()));
+    dx.par_iter_mut()
+        .zip(dgate.par_iter_mut())
+        .zip(x.par_iter().zip(gate.par_iter()).zip(g.par_iter()))
+        .with_min_len(super::PAR_MIN)
+        .for_each(|((dx, dgate), ((&x, &a), &g))| {
             let s = sigmoid(a);
-            let silu = a * s;
-            (g * silu, g * x * s * (1.0 + a * (1.0 - s)))
-        })
-        .unzip()
+            *dx = g * a * s;
+            *dgate = g * x * s * (1.0 + a * (1.0 - s));
+        });
+    (dx, dgate)
 }

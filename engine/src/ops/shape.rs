@@ -39,7 +39,7 @@ impl Tensor {
             dims[dim] += t.dims()[dim];
         }
         let s = match first.dtype() {
-            DType::F32 => cat_cpu::<f32>(ts, dim)?,
+            DType::F32 => cat_f32(ts, dim)?,
             DType::BF16 => cat_cpu::<half::bf16>(ts, dim)?,
             DType::U32 => cat_cpu::<u32>(ts, dim)?,
             DType::I64 => cat_cpu::<i64>(ts, dim)?,
@@ -66,6 +66,30 @@ fn cat_cpu<T: CpuElement>(ts: &[&Tensor], dim: usize) -> Result<CpuStorage> {
     for o in 0..outer {
         for (d, inner) in &blocks {
             out.extend_from_slice(&d[o * inner..(o + 1) * inner]);
+        }
+    }
+    Ok(owned(out))
+}
+
+/// `cat_cpu` for f32, into a recycled buffer (concatenated gradients are large).
+fn cat_f32(ts: &[&Tensor], dim: usize) -> Result<CpuStorage> {
+    let outer: usize = ts[0].dims()[..dim].iter().product();
+    let blocks: Vec<(std::borrow::Cow<[f32]>, usize)> = ts
+        .iter()
+        .map(|t| {
+            Ok((
+                crate::cpu::f32s(t, "cat")?,
+                t.dims()[dim..].iter().product(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let total: usize = blocks.iter().map(|(d, _)| d.len()).sum();
+    let mut out = crate::cpu::buffers::take(total);
+    let mut at = 0;
+    for o in 0..outer {
+        for (d, inner) in &blocks {
+            out[at..at + inner].copy_from_slice(&d[o * inner..(o + 1) * inner]);
+            at += inner;
         }
     }
     Ok(owned(out))

@@ -34,6 +34,10 @@ pub fn score_windows(
     windows: &[Vec<u32>],
     batch: usize,
 ) -> Result<(f64, usize)> {
+    palm_engine::cpu::on_workers(|| score(params, windows, batch))
+}
+
+fn score(params: &PalmParams, windows: &[Vec<u32>], batch: usize) -> Result<(f64, usize)> {
     let _g = no_grad();
     let mut total = 0f64;
     let mut count = 0usize;

@@ -34,13 +34,13 @@ pub struct TrainArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Optimisation steps.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 2000)]
     pub steps: u64,
     /// Sequences per step.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
     /// Tokens (bytes) per sequence.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..))]
     pub seq_len: u64,
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-3)]
@@ -49,7 +49,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 2e-4)]
     pub min_lr: f32,
     /// Linear warmup steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     pub warmup: u64,
     #[arg(long, default_value_t = 0.1)]
     pub weight_decay: f32,
@@ -57,19 +57,19 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.5)]
     pub grad_clip: f32,
     /// Validate every N steps (and at the end).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 250)]
     pub val_every: u64,
     /// Validation windows (evenly spaced over the held-out part).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub val_windows: u64,
     /// Print a sample every N steps (and at the end); 0 = only at the end.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 500)]
     pub sample_every: u64,
     /// Bytes per sample.
     #[arg(long, default_value_t = 200)]
     pub sample_tokens: usize,
     /// Checkpoint every N steps (and at the end); 0 = only at the end.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 500)]
     pub ckpt_every: u64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
