@@ -37,7 +37,6 @@ pub(crate) enum Op {
     Rope {
         x: Tensor,
         tables: Arc<rope::RopeTables>,
-        offset: usize,
         inverse: bool,
     },
     Attention {
@@ -45,7 +44,6 @@ pub(crate) enum Op {
         k: Tensor,
         v: Tensor,
         lse: Tensor,
-        offset: usize,
         scale: f32,
     },
     Swiglu {
@@ -301,26 +299,17 @@ impl Tensor {
                     push(&mut grads, x, gx)?;
                     push(&mut grads, gamma, gg)?;
                 }
-                Op::Rope {
-                    x,
-                    tables,
-                    offset,
-                    inverse,
-                } => push(
-                    &mut grads,
-                    x,
-                    rope::backward(x, tables, *offset, *inverse, &g)?,
-                )?,
+                Op::Rope { x, tables, inverse } => {
+                    push(&mut grads, x, rope::backward(x, tables, *inverse, &g)?)?
+                }
                 Op::Attention {
                     q,
                     k,
                     v,
                     lse,
-                    offset,
                     scale,
                 } => {
-                    let (gq, gk, gv) =
-                        attention::backward(q, k, v, node, lse, *offset, *scale, &g)?;
+                    let (gq, gk, gv) = attention::backward(q, k, v, node, lse, *scale, &g)?;
                     push(&mut grads, q, gq)?;
                     push(&mut grads, k, gk)?;
                     push(&mut grads, v, gv)?;

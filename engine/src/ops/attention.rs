@@ -28,7 +28,6 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tenso
             k: k.clone(),
             v: v.clone(),
             lse,
-            offset: s.offset,
             scale,
         },
     ))
@@ -68,14 +67,12 @@ fn shape(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<cpu::attentio
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     out: &Tensor,
     lse: &Tensor,
-    _offset: usize,
     scale: f32,
     g: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {

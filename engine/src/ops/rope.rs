@@ -92,7 +92,6 @@ pub fn rope(x: &Tensor, tables: &Arc<RopeTables>, inverse: bool) -> Result<Tenso
         || Op::Rope {
             x: x.clone(),
             tables: tables.clone(),
-            offset: 0,
             inverse,
         },
     ))
@@ -101,7 +100,6 @@ pub fn rope(x: &Tensor, tables: &Arc<RopeTables>, inverse: bool) -> Result<Tenso
 pub(crate) fn backward(
     x: &Tensor,
     t: &Arc<RopeTables>,
-    _offset: usize,
     inverse: bool,
     g: &Tensor,
 ) -> Result<Tensor> {

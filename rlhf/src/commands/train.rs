@@ -33,9 +33,9 @@ pub struct TrainArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Optimisation steps.
-    #[arg(long, default_value_t = 2000)]
-    pub steps: u64,
+    /// Optimisation steps [default: 2000; on --resume: the run's own total unless given].
+    #[arg(long)]
+    pub steps: Option<u64>,
     /// Sequences per step.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
@@ -83,6 +83,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub stop_at: Option<u64>,
 }
+
+const DEFAULT_STEPS: u64 = 2000;
 
 /// What a resume needs besides the optimiser settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,7 +143,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // A fresh run checks its data before creating anything on disk.
     let (mut trainer, corpus) = match &args.resume {
         Some(dir) => {
-            let t = Trainer::resume(dir, Some(args.steps).filter(|_| args_given_steps()))?;
+            let t = Trainer::resume(dir, args.steps)?;
             eprintln!("resuming {} at step {}", dir.display(), t.step);
             let run = run_settings(&t)?;
             let corpus = Corpus::load(run.data.as_deref(), 0.05, run.seq_len as usize)?;
@@ -152,7 +154,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let config = model_config(&args)?;
             let corpus = Corpus::load(args.data.as_deref(), 0.05, args.seq_len as usize)?;
             let settings = OptimSettings {
-                steps: args.steps,
+                steps: args.steps.unwrap_or(DEFAULT_STEPS),
                 lr: args.lr,
                 min_lr: args.min_lr,
                 warmup: args.warmup,
@@ -282,11 +284,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
 fn run_settings(t: &Trainer) -> Result<RunSettings> {
     serde_json::from_value(t.extra.clone())
         .map_err(|e| Error::Invalid(format!("bad run settings in the training state: {e}")))
-}
-
-/// Whether `--steps` was given on the command line (so a resume should extend the run).
-fn args_given_steps() -> bool {
-    std::env::args().any(|a| a == "--steps" || a.starts_with("--steps="))
 }
 
 /// A sample from the current model with its own RNG (so sampling never shifts the training
