@@ -4,6 +4,7 @@
 use crate::cpu::adamw::{self, Hyper};
 use crate::cpu::f32s;
 use crate::{Grads, Result, Tensor};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -109,10 +110,12 @@ pub fn clip_grad_norm(grads: &mut Grads, params: &[Tensor], max_norm: f32) -> Re
     let mut sq = 0f64;
     for p in params {
         if let Some(g) = grads.get(p) {
-            sq += f32s(g, "clip_grad_norm")?
-                .iter()
-                .map(|&x| (x as f64) * (x as f64))
-                .sum::<f64>();
+            // Fixed chunks summed in order: the same norm whatever the thread count.
+            let parts: Vec<f64> = f32s(g, "clip_grad_norm")?
+                .par_chunks(crate::cpu::PAR_MIN)
+                .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                .collect();
+            sq += parts.iter().sum::<f64>();
         }
     }
     let norm = sq.sqrt() as f32;
