@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod corpus;
+pub mod data;
 pub mod error;
 pub mod trainer;
 

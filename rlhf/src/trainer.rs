@@ -3,6 +3,7 @@
 //! atomic checkpoints, and bit-exact resume (parameters, moments, step, RNG state).
 
 use crate::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use palm_engine::{AdamW, AdamWConfig, Rng, SafeFile, Tensor, clip_grad_norm, lr_at};
 use palm_model::checkpoint::{config_of, get_checked, model_metadata, model_tensors, save_model};
 use palm_model::{PalmConfig, PalmParams};
@@ -239,6 +240,127 @@ impl Trainer {
 fn to_json<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v)
         .map_err(|e| Error::Invalid(format!("cannot serialise training state: {e}")))
+}
+
+/// What a command plugs into the shared loop.
+pub trait Task: Sync {
+    /// The loss of one training batch, drawn with the run's RNG.
+    fn loss(&self, params: &PalmParams, rng: &mut Rng) -> Result<Tensor>;
+    /// Score the held-out data.
+    fn validate(&self, params: &PalmParams) -> Result<Validation>;
+    /// A sample to show progress, if the task has one.
+    fn sample(&self, _params: &PalmParams, _step: u64) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+pub struct Validation {
+    /// Logged to metrics.jsonl with the step.
+    pub metrics: serde_json::Value,
+    /// Printed after `step N: `.
+    pub line: String,
+    /// Printed in the final line.
+    pub summary: String,
+}
+
+/// When the loop validates, samples and checkpoints (every N steps, 0 = only at the end).
+pub struct Schedule {
+    pub tokens_per_step: u64,
+    pub val_every: u64,
+    pub sample_every: u64,
+    pub ckpt_every: u64,
+    /// Stop after this step as if interrupted (checkpointing first).
+    pub stop_at: Option<u64>,
+}
+
+impl Trainer {
+    /// Train until the planned step count (or `stop_at`): a progress bar with loss and tokens/s
+    /// (plain lines when stderr is not a terminal), a metrics line per step, validation, samples
+    /// and checkpoints on schedule and at the end.
+    pub fn run(&mut self, task: &dyn Task, s: &Schedule) -> Result<()> {
+        if self.done() {
+            eprintln!(
+                "already at step {} of {}: nothing to do (pass a larger --steps)",
+                self.step, self.settings.steps
+            );
+            return Ok(());
+        }
+        let pb = ProgressBar::new(self.settings.steps).with_position(self.step);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let say = |s: String| {
+            if pb.is_hidden() {
+                eprintln!("{s}")
+            } else {
+                pb.println(s)
+            }
+        };
+        let due = |every: u64, step: u64| every > 0 && step.is_multiple_of(every);
+        let mut speed = Throughput::default();
+        let mut summary = None;
+        while !self.done() {
+            let stats = self.step(|params, rng| task.loss(params, rng))?;
+            speed.add(s.tokens_per_step);
+            let step = self.step;
+            self.log(serde_json::json!({
+                "step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                "tokens_per_s": speed.per_second(), "elapsed_s": speed.elapsed(),
+            }))?;
+            pb.set_position(step);
+            pb.set_message(format!(
+                "loss {:.3}  {:.0} tok/s",
+                stats.loss,
+                speed.per_second()
+            ));
+            if pb.is_hidden() && step.is_multiple_of(20) {
+                eprintln!(
+                    "step {step} loss {:.4} lr {:.2e} {:.0} tok/s",
+                    stats.loss,
+                    stats.lr,
+                    speed.per_second()
+                );
+            }
+            let last = self.done() || s.stop_at == Some(step);
+            if last || due(s.val_every, step) {
+                let v = task.validate(&self.params)?;
+                let mut metrics = v.metrics;
+                metrics["step"] = step.into();
+                self.log(metrics)?;
+                say(format!("step {step}: {}", v.line));
+                summary = Some(v.summary);
+            }
+            if (last || due(s.sample_every, step))
+                && let Some(text) = task.sample(&self.params, step)?
+            {
+                say(format!("step {step} sample: {text}"));
+            }
+            if last || due(s.ckpt_every, step) {
+                self.save()?;
+            }
+            if s.stop_at == Some(step) && !self.done() {
+                pb.abandon();
+                eprintln!(
+                    "stopped at step {step}; continue with --resume {}",
+                    self.out.display()
+                );
+                return Ok(());
+            }
+        }
+        pb.finish();
+        eprintln!(
+            "done: {} steps, {}, {:.0} tokens/s, {:.1}s; model in {}",
+            self.step,
+            summary.unwrap_or_default(),
+            speed.per_second(),
+            speed.elapsed(),
+            self.out.join(MODEL_FILE).display()
+        );
+        Ok(())
+    }
 }
 
 /// Wall-clock timer for throughput.

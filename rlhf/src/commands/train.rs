@@ -3,12 +3,11 @@
 
 use super::eval::score_windows;
 use crate::corpus::{Corpus, random_windows, spaced_windows};
-use crate::trainer::{OptimSettings, Throughput, Trainer};
+use crate::trainer::{OptimSettings, Schedule, Task, Trainer, Validation};
 use crate::{Error, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use palm_engine::{Rng, Tensor};
-use palm_model::{Forward, PRESETS, PalmConfig, SampleSettings, generate, tokenizer};
+use palm_model::{Forward, PRESETS, PalmConfig, PalmParams, SampleSettings, generate, tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -192,111 +191,74 @@ pub fn run(args: TrainArgs) -> Result<()> {
         run.batch,
         run.seq_len
     );
-    let val_set = spaced_windows(
-        &corpus.val,
-        run.val_windows as usize,
-        run.seq_len as usize + 1,
-    );
-    let pb = ProgressBar::new(trainer.settings.steps).with_position(trainer.step);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let say = |pb: &ProgressBar, s: String| {
-        if pb.is_hidden() {
-            eprintln!("{s}")
-        } else {
-            pb.println(s)
-        }
+    let task = Pretrain {
+        train: &corpus.train,
+        val: spaced_windows(
+            &corpus.val,
+            run.val_windows as usize,
+            run.seq_len as usize + 1,
+        ),
+        batch: run.batch as usize,
+        len: run.seq_len as usize + 1,
+        sample_tokens: run.sample_tokens,
+        seed: trainer.settings.seed,
     };
-    let mut speed = Throughput::default();
-    let tokens_per_step = run.batch * run.seq_len;
-    let mut last_val = None;
-    while !trainer.done() {
-        let (b, len) = (run.batch as usize, run.seq_len as usize + 1);
-        let stats = trainer.step(|params, rng| {
-            let tokens = Tensor::from_vec(random_windows(&corpus.train, b, len, rng), &[b, len])?;
-            Ok(params.loss(&tokens, &mut Forward::default())?.0)
-        })?;
-        speed.add(tokens_per_step);
-        let step = trainer.step;
-        trainer.log(serde_json::json!({
-            "step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
-            "tokens_per_s": speed.per_second(), "elapsed_s": speed.elapsed(),
-        }))?;
-        pb.set_position(step);
-        pb.set_message(format!(
-            "loss {:.3}  {:.0} tok/s",
-            stats.loss,
-            speed.per_second()
-        ));
-        if pb.is_hidden() && step % 20 == 0 {
-            eprintln!(
-                "step {step} loss {:.4} lr {:.2e} {:.0} tok/s",
-                stats.loss,
-                stats.lr,
-                speed.per_second()
-            );
-        }
-        let last = trainer.done() || args.stop_at == Some(step);
-        if last || (run.val_every > 0 && step % run.val_every == 0) {
-            let (total, count) = score_windows(&trainer.params, &val_set, run.batch as usize)?;
-            let loss = total / count.max(1) as f64;
-            let bpb = loss / std::f64::consts::LN_2;
-            last_val = Some(bpb);
-            trainer.log(serde_json::json!({"step": step, "val_loss": loss, "val_bpb": bpb}))?;
-            say(
-                &pb,
-                format!("step {step}: validation loss {loss:.4}, {bpb:.4} bits/byte"),
-            );
-        }
-        if last || (run.sample_every > 0 && step % run.sample_every == 0) {
-            let text = sample_text(&trainer, run.sample_tokens, step)?;
-            say(&pb, format!("step {step} sample: {text}"));
-        }
-        if last || (run.ckpt_every > 0 && step % run.ckpt_every == 0) {
-            trainer.save()?;
-        }
-        if args.stop_at == Some(step) && !trainer.done() {
-            pb.abandon();
-            eprintln!(
-                "stopped at step {step}; continue with --resume {}",
-                trainer.out.display()
-            );
-            return Ok(());
-        }
+    let schedule = Schedule {
+        tokens_per_step: run.batch * run.seq_len,
+        val_every: run.val_every,
+        sample_every: run.sample_every,
+        ckpt_every: run.ckpt_every,
+        stop_at: args.stop_at,
+    };
+    trainer.run(&task, &schedule)
+}
+
+/// Next-byte prediction on random windows of the corpus; validation in bits per byte.
+struct Pretrain<'a> {
+    train: &'a [u8],
+    val: Vec<Vec<u32>>,
+    batch: usize,
+    len: usize,
+    sample_tokens: usize,
+    seed: u64,
+}
+
+impl Task for Pretrain<'_> {
+    fn loss(&self, params: &PalmParams, rng: &mut Rng) -> Result<Tensor> {
+        let (b, len) = (self.batch, self.len);
+        let tokens = Tensor::from_vec(random_windows(self.train, b, len, rng), &[b, len])?;
+        Ok(params.loss(&tokens, &mut Forward::default())?.0)
     }
-    pb.finish();
-    if let Some(bpb) = last_val {
-        eprintln!(
-            "done: {} steps, validation {bpb:.4} bits/byte, {:.0} tokens/s, {:.1}s; model in {}",
-            trainer.step,
-            speed.per_second(),
-            speed.elapsed(),
-            trainer.out.join(crate::trainer::MODEL_FILE).display()
-        );
+
+    fn validate(&self, params: &PalmParams) -> Result<Validation> {
+        let (total, count) = score_windows(params, &self.val, self.batch)?;
+        let loss = total / count.max(1) as f64;
+        let bpb = loss / std::f64::consts::LN_2;
+        Ok(Validation {
+            metrics: serde_json::json!({"val_loss": loss, "val_bpb": bpb}),
+            line: format!("validation loss {loss:.4}, {bpb:.4} bits/byte"),
+            summary: format!("validation {bpb:.4} bits/byte"),
+        })
     }
-    Ok(())
+
+    /// A sample from the current model with its own RNG (so sampling never shifts the training
+    /// stream and a resumed run stays bit-exact).
+    fn sample(&self, params: &PalmParams, step: u64) -> Result<Option<String>> {
+        let prompt = tokenizer::encode("The ");
+        let settings = SampleSettings {
+            temperature: 0.8,
+            max_tokens: self.sample_tokens,
+            ..Default::default()
+        };
+        let mut rng = Rng::new(self.seed ^ step.wrapping_mul(0x9E37_79B9));
+        let out = generate(params, &[prompt], &settings, None, &mut rng)?;
+        Ok(Some(
+            format!("The {}", tokenizer::decode(&out[0])).replace('\n', " ⏎ "),
+        ))
+    }
 }
 
 fn run_settings(t: &Trainer) -> Result<RunSettings> {
     serde_json::from_value(t.extra.clone())
         .map_err(|e| Error::Invalid(format!("bad run settings in the training state: {e}")))
-}
-
-/// A sample from the current model with its own RNG (so sampling never shifts the training
-/// stream and a resumed run stays bit-exact).
-fn sample_text(trainer: &Trainer, tokens: usize, step: u64) -> Result<String> {
-    let prompt = tokenizer::encode("The ");
-    let settings = SampleSettings {
-        temperature: 0.8,
-        max_tokens: tokens,
-        ..Default::default()
-    };
-    let mut rng = Rng::new(trainer.settings.seed ^ step.wrapping_mul(0x9E37_79B9));
-    let out = generate(&trainer.params, &[prompt], &settings, None, &mut rng)?;
-    let text = format!("The {}", tokenizer::decode(&out[0]));
-    Ok(text.replace('\n', " ⏎ "))
 }

@@ -1,0 +1,299 @@
+//! RLHF data files (DESIGN §5): JSONL, one record a line, plain or gzip (`.gz`, by extension).
+//! Readers validate every record and name the file and 1-based line of any fault; writers
+//! refuse records that could not be read back.
+
+use crate::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// Pretraining text: `{"text"}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextRecord {
+    pub text: String,
+}
+
+/// Supervised fine-tuning: `{"prompt","completion"}`; the loss is on completion tokens only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftRecord {
+    pub prompt: String,
+    pub completion: String,
+}
+
+/// One preference: `{"prompt","chosen","rejected"[,"margin"]}`, `chosen` better than `rejected`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairRecord {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    /// How much better `chosen` is (finite, ≥ 0); the loss is −log σ(r_c − r_r − margin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f32>,
+}
+
+/// A ranking of K ≥ 2 distinct responses: `{"prompt","responses":[best … worst]}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankingRecord {
+    pub prompt: String,
+    pub responses: Vec<String>,
+}
+
+/// Checks a record beyond its JSON shape; `Err` holds the message (the caller adds file and line).
+pub trait Validate {
+    fn validate(&self) -> std::result::Result<(), String>;
+}
+
+fn non_empty(field: &str, s: &str) -> std::result::Result<(), String> {
+    if s.trim().is_empty() {
+        Err(format!("empty {field}"))
+    } else {
+        Ok(())
+    }
+}
+
+impl Validate for TextRecord {
+    fn validate(&self) -> std::result::Result<(), String> {
+        non_empty("text", &self.text)
+    }
+}
+
+impl Validate for SftRecord {
+    /// The prompt may be empty (plain language modelling); the completion may not.
+    fn validate(&self) -> std::result::Result<(), String> {
+        non_empty("completion", &self.completion)
+    }
+}
+
+impl Validate for PairRecord {
+    /// Prompt non-empty; chosen ≠ rejected; margin, when given, finite and ≥ 0. Responses may
+    /// be empty (a model may stop at once).
+    fn validate(&self) -> std::result::Result<(), String> {
+        non_empty("prompt", &self.prompt)?;
+        if self.chosen == self.rejected {
+            let msg = "chosen and rejected are identical; a preference between the same response \
+                       is meaningless";
+            return Err(msg.into());
+        }
+        match self.margin {
+            Some(m) if !m.is_finite() => Err(format!("margin must be finite, got {m}")),
+            Some(m) if m < 0.0 => Err(format!("margin must be ≥ 0, got {m}")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Validate for RankingRecord {
+    /// Prompt non-empty; K ≥ 2 responses, all distinct.
+    fn validate(&self) -> std::result::Result<(), String> {
+        non_empty("prompt", &self.prompt)?;
+        let k = self.responses.len();
+        if k < 2 {
+            return Err(format!("a ranking needs at least 2 responses, got {k}"));
+        }
+        for i in 0..k {
+            for j in i + 1..k {
+                if self.responses[i] == self.responses[j] {
+                    return Err(format!(
+                        "responses {} and {} are identical; ranking identical responses is \
+                         meaningless",
+                        i + 1,
+                        j + 1
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RankingRecord {
+    /// The C(K,2) (better, worse) pairs, in order i < j: `responses[i]` chosen over
+    /// `responses[j]` — (0,1), (0,2), …, (1,2), …. Margins are `None`. The reward-model loss
+    /// scores each response once and averages −log σ(r_i − r_j) over these pairs (DESIGN §5).
+    pub fn pairs(&self) -> Vec<PairRecord> {
+        let r = &self.responses;
+        let mut out = Vec::with_capacity(r.len() * r.len().saturating_sub(1) / 2);
+        for i in 0..r.len() {
+            for j in i + 1..r.len() {
+                out.push(PairRecord {
+                    prompt: self.prompt.clone(),
+                    chosen: r[i].clone(),
+                    rejected: r[j].clone(),
+                    margin: None,
+                });
+            }
+        }
+        out
+    }
+}
+
+impl PairRecord {
+    /// The ranking `[chosen, rejected]` (K = 2); the margin is dropped.
+    pub fn into_ranking(self) -> RankingRecord {
+        RankingRecord {
+            prompt: self.prompt,
+            responses: vec![self.chosen, self.rejected],
+        }
+    }
+}
+
+fn is_gz(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
+/// serde_json's message without its " at line 1 column N" (we give our own line), plus the column.
+fn json_error(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let msg = full
+        .rfind(" at line ")
+        .map_or(full.as_str(), |i| &full[..i]);
+    let kind = match e.classify() {
+        serde_json::error::Category::Data => "bad record",
+        _ => "malformed JSON",
+    };
+    format!("{kind}: {msg} (column {})", e.column())
+}
+
+/// Read and validate every record of a JSONL file (`.gz`: gzip). Blank lines are skipped; a
+/// UTF-8 BOM on the first line and `\r\n` endings are accepted. A file without records is an error.
+pub fn read_jsonl<T: DeserializeOwned + Validate>(path: &Path) -> Result<Vec<T>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let gz = is_gz(path);
+    let mut reader: Box<dyn BufRead> = if gz {
+        Box::new(BufReader::new(flate2::read::GzDecoder::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    };
+    let mut records = Vec::new();
+    let mut buf = Vec::new();
+    let mut line_no = 0;
+    loop {
+        buf.clear();
+        line_no += 1;
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| {
+            if gz {
+                Error::data(path, Some(line_no), format!("not a valid gzip file: {e}"))
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+        if n == 0 {
+            break;
+        }
+        let bad = |msg: String| Error::data(path, Some(line_no), msg);
+        let mut line = std::str::from_utf8(&buf)
+            .map_err(|e| bad(format!("not valid UTF-8: {e}")))?
+            .trim_end_matches('\n')
+            .trim_end_matches('\r');
+        if line_no == 1 {
+            line = line.strip_prefix('\u{feff}').unwrap_or(line);
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.trim_start().starts_with('[') {
+            // serde would take a struct's fields by position from an array; the format is objects.
+            return Err(bad(
+                "bad record: expected a JSON object, found an array".into()
+            ));
+        }
+        let record: T = serde_json::from_str(line).map_err(|e| bad(json_error(&e)))?;
+        record.validate().map_err(bad)?;
+        records.push(record);
+    }
+    if records.is_empty() {
+        return Err(Error::data(path, None, "no records"));
+    }
+    Ok(records)
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e)),
+        None => Ok(()),
+    }
+}
+
+fn to_line<T: Serialize>(path: &Path, line: Option<usize>, record: &T) -> Result<String> {
+    serde_json::to_string(record)
+        .map_err(|e| Error::data(path, line, format!("cannot encode: {e}")))
+}
+
+/// Append one record as a line, then flush and fsync, so a finished record survives Ctrl-C.
+/// Creates the file and its folder if needed. If the file does not end with a newline (a
+/// write cut short), a newline is written first so the new record stands on its own line.
+/// Plain files only; the record must pass [`Validate`].
+pub fn append_jsonl<T: Serialize + Validate>(path: &Path, record: &T) -> Result<()> {
+    if is_gz(path) {
+        return Err(Error::data(
+            path,
+            None,
+            "cannot append to a .gz file; use plain JSONL",
+        ));
+    }
+    record
+        .validate()
+        .map_err(|m| Error::data(path, None, format!("record not appended: {m}")))?;
+    let mut line = to_line(path, None, record)?;
+    line.push('\n');
+    create_parent(path)?;
+    let existed = path.exists();
+    let io = |e| Error::io(path, e);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io)?;
+    if f.metadata().map_err(io)?.len() > 0 {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::End(-1)).map_err(io)?;
+        f.read_exact(&mut last).map_err(io)?;
+        if last[0] != b'\n' {
+            line.insert(0, '\n');
+        }
+    }
+    // One write for the whole line, so concurrent appenders do not interleave within it.
+    f.write_all(line.as_bytes()).map_err(io)?;
+    f.flush().map_err(io)?;
+    f.sync_all().map_err(io)?;
+    if !existed {
+        // Persist the new directory entry; not every filesystem supports fsync on a folder.
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+    }
+    Ok(())
+}
+
+/// Write a whole file atomically (gzip for `.gz`), creating its folder if needed. Every record
+/// must pass [`Validate`] and there must be at least one, so that the file reads back.
+pub fn write_jsonl<T: Serialize + Validate>(path: &Path, records: &[T]) -> Result<()> {
+    if records.is_empty() {
+        return Err(Error::data(path, None, "no records to write"));
+    }
+    let mut text = String::new();
+    for (i, r) in records.iter().enumerate() {
+        r.validate()
+            .map_err(|m| Error::data(path, Some(i + 1), m))?;
+        text.push_str(&to_line(path, Some(i + 1), r)?);
+        text.push('\n');
+    }
+    let bytes = if is_gz(path) {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(text.as_bytes())
+            .and_then(|_| enc.finish())
+            .map_err(|e| Error::io(path, e))?
+    } else {
+        text.into_bytes()
+    };
+    create_parent(path)?;
+    palm_engine::write_atomic(path, &bytes)?;
+    Ok(())
+}
