@@ -121,7 +121,18 @@ impl PalmParams {
         }
         let inputs = tokens.narrow(1, 0, n - 1)?.contiguous()?;
         let targets = tokens.narrow(1, 1, n - 1)?.contiguous()?;
-        let logits = self.logits(&inputs, opts)?;
-        Ok(cross_entropy(&logits, &targets)?)
+        self.loss_on(&inputs, &targets, opts)
+    }
+
+    /// Mean cross-entropy of next-token `targets` (b, n) given `inputs` (b, n); targets equal
+    /// to 0 are not counted (padding, or tokens a task does not train on, e.g. SFT prompts).
+    pub fn loss_on(
+        &self,
+        inputs: &Tensor,
+        targets: &Tensor,
+        opts: &mut Forward,
+    ) -> Result<(Tensor, usize)> {
+        let logits = self.logits(inputs, opts)?;
+        Ok(cross_entropy(&logits, targets)?)
     }
 }

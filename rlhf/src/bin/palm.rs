@@ -1,7 +1,7 @@
 //! The `palm` command line: train, sample, evaluate and inspect PaLM models.
 
 use clap::{Parser, Subcommand};
-use palm_rlhf::commands::{eval, info, sample, train};
+use palm_rlhf::commands::{eval, info, sample, sft, train};
 
 #[derive(Parser)]
 #[command(name = "palm", version, about = "PaLM + RLHF on our own tensor engine")]
@@ -14,6 +14,8 @@ struct Cli {
 enum Command {
     /// Pretrain a byte-level PaLM on a text corpus (default: the shipped State of the Union addresses).
     Train(train::TrainArgs),
+    /// Supervised fine-tuning on prompt/completion pairs (loss on the completion only).
+    Sft(sft::SftArgs),
     /// Continue a prompt from a checkpoint.
     Sample(sample::SampleArgs),
     /// Loss and bits per byte of a checkpoint on a text file.
@@ -26,6 +28,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train::run(a),
+        Command::Sft(a) => sft::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),

@@ -3,6 +3,7 @@
 pub mod eval;
 pub mod info;
 pub mod sample;
+pub mod sft;
 pub mod train;
 
 use crate::Result;

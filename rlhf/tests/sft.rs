@@ -1,0 +1,209 @@
+//! Supervised fine-tuning: prompt tokens are never targets, padding is ignored, and `palm sft`
+//! learns completions from a checkpoint (and resumes bit-exactly through the shared loop).
+
+use palm_rlhf::commands::sft::{Example, batch_tensors};
+use palm_rlhf::data::{SftRecord, write_jsonl};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn rec(prompt: &str, completion: &str) -> SftRecord {
+    SftRecord {
+        prompt: prompt.into(),
+        completion: completion.into(),
+    }
+}
+
+#[test]
+fn only_completion_tokens_are_targets() {
+    let e = Example::new(&rec("ab", "cd"), 100).unwrap();
+    // tokens a b c d: inputs a b c, targets (b→masked) c d
+    assert_eq!(e.inputs, vec![97, 98, 99]);
+    assert_eq!(e.targets, vec![0, 99, 100]);
+    // An empty prompt trains on every token after the first.
+    let e = Example::new(&rec("", "xyz"), 100).unwrap();
+    assert_eq!(e.targets, vec![121, 122]);
+    // Cut to max_len + 1 tokens; a prompt that fills the window leaves nothing to learn.
+    let e = Example::new(&rec("ab", "cdef"), 3).unwrap();
+    assert_eq!((e.inputs.len(), e.targets), (3, vec![0, 99, 100]));
+    assert!(Example::new(&rec("abcdef", "gh"), 4).is_none());
+}
+
+#[test]
+fn batches_pad_with_ignored_zeros() {
+    let (a, b) = (
+        Example::new(&rec("a", "bc"), 10).unwrap(),
+        Example::new(&rec("a", "bcde"), 10).unwrap(),
+    );
+    let (inputs, targets) = batch_tensors(&[&a, &b]).unwrap();
+    assert_eq!(inputs.dims(), &[2, 4]);
+    assert_eq!(
+        inputs.to_vec::<u32>().unwrap(),
+        vec![97, 98, 0, 0, 97, 98, 99, 100]
+    );
+    assert_eq!(
+        targets.to_vec::<u32>().unwrap(),
+        vec![98, 99, 0, 0, 98, 99, 100, 101]
+    );
+}
+
+fn palm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_palm"))
+        .args(args)
+        .output()
+        .expect("run palm")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("palm-sft-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn val_losses(dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"].as_f64())
+        .collect()
+}
+
+fn train_losses(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap()
+                .get("loss")
+                .map(|v| v.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn sft_learns_completions_and_resumes() {
+    let dir = scratch("e2e");
+    let tiny = [
+        "--dim",
+        "32",
+        "--depth",
+        "1",
+        "--heads",
+        "2",
+        "--dim-head",
+        "16",
+        "--device",
+        "cpu",
+    ];
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, "Ask and answer. ".repeat(300)).unwrap();
+    let base = dir.join("base");
+    let mut a = vec![
+        "train",
+        "--data",
+        corpus.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap(),
+        "--steps",
+        "10",
+    ];
+    a.extend([
+        "--batch",
+        "4",
+        "--seq-len",
+        "32",
+        "--val-windows",
+        "2",
+        "--sample-tokens",
+        "8",
+    ]);
+    a.extend(tiny);
+    let o = palm(&a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let colors = [
+        "red", "blue", "green", "gold", "gray", "pink", "teal", "plum",
+    ];
+    let records: Vec<SftRecord> = (0..40)
+        .map(|i| {
+            rec(
+                &format!("Q{i}: favourite colour? A:"),
+                &format!(" {} is my favourite.", colors[i % 8]),
+            )
+        })
+        .collect();
+    let data = dir.join("sft.jsonl");
+    write_jsonl(&data, &records).unwrap();
+    let ckpt = base.join("model.safetensors");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "sft",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ];
+        a.extend([
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "60",
+            "--val-every",
+            "10",
+            "--lr",
+            "3e-3",
+        ]);
+        a.extend([
+            "--batch",
+            "8",
+            "--seq-len",
+            "48",
+            "--warmup",
+            "5",
+            "--sample-every",
+            "0",
+            "--device",
+            "cpu",
+        ]);
+        a.extend_from_slice(extra);
+        palm(&a)
+    };
+    let (full, part) = (dir.join("full"), dir.join("part"));
+    let o = run(&full, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = val_losses(&full);
+    assert_eq!(v.len(), 6);
+    assert!(
+        v[5] < 0.5 * v[0],
+        "completion loss did not fall enough: {v:?}"
+    );
+
+    let o = run(&part, &["--stop-at", "25"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = palm(&["sft", "--resume", part.to_str().unwrap(), "--device", "cpu"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(train_losses(&full), train_losses(&part));
+
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"a\"}\n",
+    )
+    .unwrap();
+    let o = palm(&[
+        "sft",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        bad.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("bad.jsonl:2:") && !err.contains("panicked"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
