@@ -72,9 +72,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         return Err(Error::data(&args.data, None, "no target ≠ 0 to score"));
     }
     let loss = total / count as f64;
-    println!(
+    super::emit(format!(
         "{}",
         serde_json::json!({"loss": loss, "bits_per_byte": loss / std::f64::consts::LN_2, "tokens": count})
-    );
+    ));
     Ok(())
 }

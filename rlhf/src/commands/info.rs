@@ -17,16 +17,16 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let file = SafeFile::open(&args.checkpoint)?;
     let params = params_of(&file)?;
     let c = &params.config;
-    println!("checkpoint: {}", args.checkpoint.display());
-    println!(
+    super::emit(format!("checkpoint: {}", args.checkpoint.display()));
+    super::emit(format!(
         "config: num_tokens {} dim {} depth {} heads {} dim_head {} ff_mult {} xpos {} (scale base {})",
         c.num_tokens, c.dim, c.depth, c.heads, c.dim_head, c.ff_mult, c.use_xpos, c.xpos_scale_base
-    );
-    println!(
+    ));
+    super::emit(format!(
         "parameters: {} ({:.2}M)",
         c.num_params(),
         c.num_params() as f64 / 1e6
-    );
+    ));
     let mut meta: Vec<_> = file
         .metadata()
         .iter()
@@ -39,12 +39,12 @@ pub fn run(args: InfoArgs) -> Result<()> {
         } else {
             v.clone()
         };
-        println!("metadata {k}: {v}");
+        super::emit(format!("metadata {k}: {v}"));
     }
-    println!("tensors:");
+    super::emit(format!("tensors:"));
     for name in file.names() {
         if let Some((shape, dtype)) = file.info(name) {
-            println!("  {name:<48} {dtype:<5} {shape:?}");
+            super::emit(format!("  {name:<48} {dtype:<5} {shape:?}"));
         }
     }
     Ok(())

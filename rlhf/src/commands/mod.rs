@@ -18,3 +18,16 @@ pub fn resolve_device(s: &str) -> Result<Device> {
     }
     Ok(device)
 }
+
+/// Print one line to stdout. A closed pipe (`palm info … | head`) ends the program quietly, as
+/// command-line tools do, instead of panicking.
+pub fn emit(line: impl std::fmt::Display) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}

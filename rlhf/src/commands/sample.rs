@@ -68,9 +68,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let out = generate(&params, &prompts, &settings, lora.as_ref(), &mut rng)?;
     for (i, toks) in out.iter().enumerate() {
         if args.num > 1 {
-            println!("--- sample {}", i + 1);
+            super::emit(format!("--- sample {}", i + 1));
         }
-        println!("{}{}", args.prompt, tokenizer::decode(toks));
+        super::emit(format!("{}{}", args.prompt, tokenizer::decode(toks)));
     }
     Ok(())
 }
