@@ -41,7 +41,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         };
         super::emit(format!("metadata {k}: {v}"));
     }
-    super::emit(format!("tensors:"));
+    super::emit("tensors:");
     for name in file.names() {
         if let Some((shape, dtype)) = file.info(name) {
             super::emit(format!("  {name:<48} {dtype:<5} {shape:?}"));
