@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: embedded reference data (so test binaries run
 //! anywhere, including the GPU machine) and closeness checks.
 
+pub mod gradcheck;
+
 use palm_engine::SafeFile;
 
 /// The seed's tiny model (PaLM-rlhf-pytorch 0.7.5, float64 → f32).
