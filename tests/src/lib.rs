@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: embedded reference data (so test binaries run
 //! anywhere, including the GPU machine) and closeness checks.
 
+pub mod badfiles;
 pub mod gradcheck;
 
 use palm_engine::SafeFile;
