@@ -1,31 +1,11 @@
 //! The `palm` binary end to end: train → sample → eval → info on a tiny model, bit-exact
 //! resume, the seed's checkpoint, and bad inputs (one clear error line, non-zero exit, no panic).
 
+mod common;
+
+use common::{palm, scratch, stderr, stdout};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn palm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_palm"))
-        .args(args)
-        .output()
-        .expect("run palm")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A scratch folder unique to this test.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("palm-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use std::process::Output;
 
 /// Some English to train on (repeated so there is room for windows).
 fn corpus(dir: &Path) -> PathBuf {

@@ -3,8 +3,10 @@
 
 use palm_rlhf::commands::sft::{Example, batch_tensors};
 use palm_rlhf::data::{SftRecord, write_jsonl};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{palm, scratch, stderr};
+use std::path::Path;
 
 fn rec(prompt: &str, completion: &str) -> SftRecord {
     SftRecord {
@@ -44,20 +46,6 @@ fn batches_pad_with_ignored_zeros() {
         targets.to_vec::<u32>().unwrap(),
         vec![98, 99, 0, 0, 98, 99, 100, 101]
     );
-}
-
-fn palm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_palm"))
-        .args(args)
-        .output()
-        .expect("run palm")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("palm-sft-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn val_losses(dir: &Path) -> Vec<f64> {
@@ -120,7 +108,7 @@ fn sft_learns_completions_and_resumes() {
     ]);
     a.extend(tiny);
     let o = palm(&a);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
 
     let colors = [
         "red", "blue", "green", "gold", "gray", "pink", "teal", "plum",
@@ -171,7 +159,7 @@ fn sft_learns_completions_and_resumes() {
     };
     let (full, part) = (dir.join("full"), dir.join("part"));
     let o = run(&full, &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let v = val_losses(&full);
     assert_eq!(v.len(), 6);
     assert!(
@@ -180,9 +168,9 @@ fn sft_learns_completions_and_resumes() {
     );
 
     let o = run(&part, &["--stop-at", "25"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = palm(&["sft", "--resume", part.to_str().unwrap(), "--device", "cpu"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(train_losses(&full), train_losses(&part));
 
     let bad = dir.join("bad.jsonl");
@@ -200,7 +188,7 @@ fn sft_learns_completions_and_resumes() {
         "--device",
         "cpu",
     ]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(
         !o.status.success() && err.contains("bad.jsonl:2:") && !err.contains("panicked"),
         "{err}"
