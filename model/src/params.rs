@@ -3,6 +3,7 @@
 use crate::{Error, PalmConfig, Result};
 use palm_engine::{DType, Device, Rng, Tensor};
 
+#[derive(Clone)]
 pub struct LayerParams {
     /// `layers.{i}.fn.norm.gamma` (D), applied as gamma + 1.
     pub norm_gamma: Tensor,
@@ -14,6 +15,7 @@ pub struct LayerParams {
     pub ff_out: Tensor,
 }
 
+#[derive(Clone)]
 pub struct PalmParams {
     pub config: PalmConfig,
     /// `token_emb.weight` (V, D), tied with the output projection.

@@ -5,6 +5,7 @@ pub mod commands;
 pub mod corpus;
 pub mod data;
 pub mod error;
+pub mod reward;
 pub mod trainer;
 
 pub use error::{Error, Result};

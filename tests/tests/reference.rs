@@ -1,9 +1,11 @@
 //! The seed's reference vectors (PaLM-rlhf-pytorch 0.7.5, float64): our CPU backend in f32
 //! must match logits, loss, every parameter gradient, LoRA logits and the reward model.
 
+use palm_engine::Rng;
 use palm_engine::{DType, Tensor};
 use palm_model::checkpoint::{load_lora, params_of};
 use palm_model::{Forward, PalmParams};
+use palm_rlhf::reward::{Pooling, RewardModel, Scored};
 use palm_tests::{assert_close, seed_expected, seed_model};
 
 const TOL: f64 = 1e-4;
@@ -122,39 +124,29 @@ fn reward_model_forward_matches_seed() {
         .unwrap()
         .to_vec::<u8>()
         .unwrap();
-    let pe = exp
-        .get("reward.prompt_embed")
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
-    let re = exp
-        .get("reward.response_embed")
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
-    let d = params.config.dim;
-    let extra: Vec<f32> = mask
-        .iter()
-        .flat_map(|&m| if m != 0 { pe.clone() } else { re.clone() })
+    let ids = tokens.to_vec::<u32>().unwrap();
+    let n = tokens.dims()[1];
+    let mut rm = RewardModel::new(params, Pooling::Mean, &mut Rng::new(0)).unwrap();
+    rm.prompt_embed = exp.get("reward.prompt_embed").unwrap();
+    rm.response_embed = exp.get("reward.response_embed").unwrap();
+    rm.head = exp.get("reward.to_pred.weight").unwrap();
+    let rows: Vec<(usize, &[u32])> = ids
+        .chunks(n)
+        .zip(mask.chunks(n))
+        .map(|(row, m)| {
+            let plen = m.iter().take_while(|&&x| x != 0).count();
+            assert!(m[plen..].iter().all(|&x| x == 0), "prompt mask is a prefix");
+            (plen, row)
+        })
         .collect();
-    let (b, n) = (tokens.dims()[0], tokens.dims()[1]);
-    let extra = Tensor::from_vec(extra, &[b, n, d]).unwrap();
-    let emb = params
-        .embed(
-            &tokens,
-            &mut Forward {
-                extra_embed: Some(&extra),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let pooled = emb.mean_keepdim(&[1]).unwrap().reshape(&[b, d]).unwrap();
-    let head = exp.get("reward.to_pred.weight").unwrap();
-    let pred = pooled
-        .matmul(&head.t().unwrap())
-        .unwrap()
-        .reshape(&[b])
-        .unwrap();
+    let batch: Vec<Scored> = rows
+        .iter()
+        .map(|(p, row)| Scored {
+            prompt: &row[..*p],
+            response: &row[*p..],
+        })
+        .collect();
+    let pred = rm.scores(&batch).unwrap();
     assert_close(
         "reward",
         &pred.to_vec::<f32>().unwrap(),
