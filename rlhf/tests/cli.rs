@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{palm, scratch, stderr, stdout};
+use common::{TINY_MODEL, palm, scratch, stderr, stdout};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -16,15 +16,8 @@ fn corpus(dir: &Path) -> PathBuf {
     p
 }
 
-const TINY: &[&str] = &[
-    "--dim",
-    "32",
-    "--depth",
-    "1",
-    "--heads",
-    "2",
-    "--dim-head",
-    "16",
+/// Training settings small enough for a test (on top of `TINY_MODEL`).
+const TINY_RUN: &[&str] = &[
     "--batch",
     "4",
     "--seq-len",
@@ -33,8 +26,6 @@ const TINY: &[&str] = &[
     "4",
     "--sample-tokens",
     "16",
-    "--device",
-    "cpu",
 ];
 
 fn train(dir: &Path, data: &Path, extra: &[&str]) -> Output {
@@ -45,7 +36,8 @@ fn train(dir: &Path, data: &Path, extra: &[&str]) -> Output {
         "--out",
         dir.to_str().unwrap(),
     ];
-    args.extend_from_slice(TINY);
+    args.extend_from_slice(TINY_MODEL);
+    args.extend_from_slice(TINY_RUN);
     args.extend_from_slice(extra);
     palm(&args)
 }
@@ -60,6 +52,11 @@ fn losses(dir: &Path) -> Vec<String> {
             v.get("loss").map(|x| format!("{}:{x}", v["step"]))
         })
         .collect()
+}
+
+/// `palm train` on `data` with every other setting at its default.
+fn train_on(data: &Path) -> Output {
+    palm(&["train", "--data", data.to_str().unwrap(), "--device", "cpu"])
 }
 
 fn assert_clean_error(o: &Output, needle: &str) {
@@ -242,40 +239,13 @@ fn bad_inputs_give_one_clear_error() {
     assert_clean_error(&o, "/nonexistent/corpus.txt");
     let empty = dir.join("empty.txt");
     std::fs::write(&empty, "").unwrap();
-    assert_clean_error(
-        &palm(&[
-            "train",
-            "--data",
-            empty.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ]),
-        "empty",
-    );
+    assert_clean_error(&train_on(&empty), "empty");
     let bad_gz = dir.join("bad.txt.gz");
     std::fs::write(&bad_gz, "not gzip at all").unwrap();
-    assert_clean_error(
-        &palm(&[
-            "train",
-            "--data",
-            bad_gz.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ]),
-        "gzip",
-    );
+    assert_clean_error(&train_on(&bad_gz), "gzip");
     let short = dir.join("short.txt");
     std::fs::write(&short, "too short").unwrap();
-    assert_clean_error(
-        &palm(&[
-            "train",
-            "--data",
-            short.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ]),
-        "seq-len",
-    );
+    assert_clean_error(&train_on(&short), "seq-len");
     assert_clean_error(
         &palm(&["train", "--data", d, "--lr=-1", "--device", "cpu"]),
         "--lr",

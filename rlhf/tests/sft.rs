@@ -5,7 +5,7 @@ use palm_rlhf::commands::sft::{Example, batch_tensors};
 use palm_rlhf::data::{SftRecord, write_jsonl};
 mod common;
 
-use common::{palm, scratch, stderr};
+use common::{TINY_MODEL, palm, scratch, stderr};
 use std::path::Path;
 
 fn rec(prompt: &str, completion: &str) -> SftRecord {
@@ -72,18 +72,6 @@ fn train_losses(dir: &Path) -> Vec<String> {
 #[test]
 fn sft_learns_completions_and_resumes() {
     let dir = scratch("e2e");
-    let tiny = [
-        "--dim",
-        "32",
-        "--depth",
-        "1",
-        "--heads",
-        "2",
-        "--dim-head",
-        "16",
-        "--device",
-        "cpu",
-    ];
     let corpus = dir.join("corpus.txt");
     std::fs::write(&corpus, "Ask and answer. ".repeat(300)).unwrap();
     let base = dir.join("base");
@@ -106,7 +94,7 @@ fn sft_learns_completions_and_resumes() {
         "--sample-tokens",
         "8",
     ]);
-    a.extend(tiny);
+    a.extend(TINY_MODEL);
     let o = palm(&a);
     assert!(o.status.success(), "{}", stderr(&o));
 

@@ -1,19 +1,14 @@
 //! Rotary embedding with xPos scaling, half-split rotation: rot(u) = cat(−u[h:], u[:h]).
 //! Tables are (positions × dh); row t of x uses table row t.
 
+use crate::ops::rope::RopeTables;
 use rayon::prelude::*;
 
 /// out = (u·cos + rot(u)·sin) · s, with s = scale (or 1/scale when `inverse`), rows of dh;
 /// row r of x uses table row r % n (the position is the second-to-last dim).
-pub fn forward(
-    x: &[f32],
-    cos: &[f32],
-    sin: &[f32],
-    scale: &[f32],
-    dh: usize,
-    n: usize,
-    inverse: bool,
-) -> Vec<f32> {
+pub fn forward(x: &[f32], tables: &RopeTables, inverse: bool) -> Vec<f32> {
+    let (cos, sin, scale) = (&tables.cos, &tables.sin, &tables.scale);
+    let (dh, n) = (tables.dh, tables.n);
     let h = dh / 2;
     let mut out = super::buffers::take(x.len());
     out.par_chunks_mut(dh)
@@ -36,15 +31,9 @@ pub fn forward(
 }
 
 /// The transpose of `forward`: dx = cos·(s·g) + rotᵀ(sin·s·g), rotᵀ(y) = cat(y[h:], −y[:h]).
-pub fn backward(
-    g: &[f32],
-    cos: &[f32],
-    sin: &[f32],
-    scale: &[f32],
-    dh: usize,
-    n: usize,
-    inverse: bool,
-) -> Vec<f32> {
+pub fn backward(g: &[f32], tables: &RopeTables, inverse: bool) -> Vec<f32> {
+    let (cos, sin, scale) = (&tables.cos, &tables.sin, &tables.scale);
+    let (dh, n) = (tables.dh, tables.n);
     let h = dh / 2;
     let mut out = super::buffers::take(g.len());
     out.par_chunks_mut(dh)

@@ -76,15 +76,7 @@ pub fn rope(x: &Tensor, tables: &Arc<RopeTables>, inverse: bool) -> Result<Tenso
         ));
     }
     let t = tables;
-    let out = cpu::rope::forward(
-        &f32s(x, "rope")?,
-        &t.cos,
-        &t.sin,
-        &t.scale,
-        t.dh,
-        t.n,
-        inverse,
-    );
+    let out = cpu::rope::forward(&f32s(x, "rope")?, t, inverse);
     Ok(Tensor::from_op(
         Storage::Cpu(owned(out)),
         x.dims(),
@@ -103,14 +95,6 @@ pub(crate) fn backward(
     inverse: bool,
     g: &Tensor,
 ) -> Result<Tensor> {
-    let out = cpu::rope::backward(
-        &f32s(g, "rope")?,
-        &t.cos,
-        &t.sin,
-        &t.scale,
-        t.dh,
-        t.n,
-        inverse,
-    );
+    let out = cpu::rope::backward(&f32s(g, "rope")?, t, inverse);
     Tensor::from_vec(out, x.dims())
 }

@@ -3,6 +3,21 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// The smallest useful model, for end-to-end runs that must take well under a second.
+#[allow(dead_code)] // not every test file trains
+pub const TINY_MODEL: &[&str] = &[
+    "--dim",
+    "32",
+    "--depth",
+    "1",
+    "--heads",
+    "2",
+    "--dim-head",
+    "16",
+    "--device",
+    "cpu",
+];
+
 /// Run `palm` with `args` and collect its output.
 pub fn palm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_palm"))
