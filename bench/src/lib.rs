@@ -37,7 +37,8 @@ impl TrainStep {
                 ..Default::default()
             },
             &params.tensors(),
-        );
+        )
+        .expect("CPU optimizer");
         TrainStep { params, opt, data }
     }
 

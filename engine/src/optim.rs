@@ -3,7 +3,7 @@
 
 use crate::cpu::adamw::{self, Hyper};
 use crate::cpu::f32s;
-use crate::{Grads, Result, Tensor};
+use crate::{DType, Device, Error, Grads, Result, Tensor};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,24 +30,46 @@ impl Default for AdamWConfig {
 /// First and second moments of one parameter.
 pub type Moments = (Vec<f32>, Vec<f32>);
 
+/// The moments of one parameter where the parameter lives: host vectors updated in place on the
+/// CPU, device f32 tensors (owned by the optimizer alone, updated in place by the kernel) on CUDA.
+enum Slot {
+    Host(Vec<f32>, Vec<f32>),
+    Device(Tensor, Tensor),
+}
+
+impl Slot {
+    fn zeros(p: &Tensor) -> Result<Self> {
+        Ok(match p.device() {
+            Device::Cpu => Slot::Host(vec![0.0; p.elem_count()], vec![0.0; p.elem_count()]),
+            d => Slot::Device(
+                Tensor::zeros(p.dims(), DType::F32, d)?,
+                Tensor::zeros(p.dims(), DType::F32, d)?,
+            ),
+        })
+    }
+    fn len(&self) -> usize {
+        match self {
+            Slot::Host(m, _) => m.len(),
+            Slot::Device(m, _) => m.elem_count(),
+        }
+    }
+}
+
 pub struct AdamW {
     pub cfg: AdamWConfig,
     step: u64,
-    /// First and second moments, one pair per parameter (f32, same shape).
-    moments: Vec<Moments>,
+    /// First and second moments, one pair per parameter (f32, same shape and device).
+    moments: Vec<Slot>,
 }
 
 impl AdamW {
-    pub fn new(cfg: AdamWConfig, params: &[Tensor]) -> Self {
-        let moments = params
-            .iter()
-            .map(|p| (vec![0.0; p.elem_count()], vec![0.0; p.elem_count()]))
-            .collect();
-        AdamW {
+    pub fn new(cfg: AdamWConfig, params: &[Tensor]) -> Result<Self> {
+        let moments = params.iter().map(Slot::zeros).collect::<Result<_>>()?;
+        Ok(AdamW {
             cfg,
             step: 0,
             moments,
-        }
+        })
     }
 
     pub fn step_count(&self) -> u64 {
@@ -61,7 +83,7 @@ impl AdamW {
         self.step += 1;
         let t = self.step as i32;
         let c = self.cfg;
-        for (p, (m, v)) in params.iter_mut().zip(self.moments.iter_mut()) {
+        for (p, slot) in params.iter_mut().zip(self.moments.iter_mut()) {
             let Some(g) = grads.get(p) else { continue };
             let h = Hyper {
                 lr,
@@ -73,16 +95,51 @@ impl AdamW {
                 bias1: 1.0 - c.beta1.powi(t),
                 bias2: 1.0 - c.beta2.powi(t),
             };
-            let mut data = p.to_vec::<f32>()?;
-            adamw::step(&mut data, &f32s(g, "adamw")?, m, v, &h);
-            *p = Tensor::from_vec(data, p.dims())?.as_var();
+            match slot {
+                Slot::Host(m, v) => {
+                    let mut data = p.to_vec::<f32>()?;
+                    adamw::step(&mut data, &f32s(g, "adamw")?, m, v, &h);
+                    *p = Tensor::from_vec(data, p.dims())?.as_var();
+                }
+                Slot::Device(m, v) => {
+                    use crate::cuda::ops::adamw as k;
+                    if p.dtype() != DType::F32 {
+                        return Err(Error::DType {
+                            op: "adamw",
+                            got: p.dtype(),
+                            want: "f32 (master weights)",
+                        });
+                    }
+                    // A fresh buffer: the old parameter may be shared (a frozen reference copy).
+                    let next = k::private_copy(p)?;
+                    let hk = k::Step {
+                        lr: h.lr,
+                        beta1: h.beta1,
+                        beta2: h.beta2,
+                        eps: h.eps,
+                        weight_decay: h.weight_decay,
+                        bias1: h.bias1,
+                        bias2: h.bias2,
+                    };
+                    k::step(&next, m, v, g, &hk)?;
+                    *p = next.as_var();
+                }
+            }
         }
         Ok(())
     }
 
-    /// (step, moments) for a training checkpoint.
-    pub fn state(&self) -> (u64, &[Moments]) {
-        (self.step, &self.moments)
+    /// (step, moments) for a training checkpoint (copied to the host).
+    pub fn state(&self) -> Result<(u64, Vec<Moments>)> {
+        let moments = self
+            .moments
+            .iter()
+            .map(|s| match s {
+                Slot::Host(m, v) => Ok((m.clone(), v.clone())),
+                Slot::Device(m, v) => Ok((m.to_vec::<f32>()?, v.to_vec::<f32>()?)),
+            })
+            .collect::<Result<_>>()?;
+        Ok((self.step, moments))
     }
 
     /// Restore from a checkpoint; the moments must match the parameters' sizes.
@@ -91,14 +148,25 @@ impl AdamW {
             || moments
                 .iter()
                 .zip(&self.moments)
-                .any(|(a, b)| a.0.len() != b.0.len() || a.1.len() != b.1.len())
+                .any(|(a, b)| a.0.len() != b.len() || a.1.len() != b.len())
         {
             return Err(crate::Error::Invalid(
                 "optimizer state does not match the model's parameters".into(),
             ));
         }
+        for (slot, (m, v)) in self.moments.iter_mut().zip(moments) {
+            *slot = match slot {
+                Slot::Host(..) => Slot::Host(m, v),
+                Slot::Device(old, _) => {
+                    let (dims, dev) = (old.dims().to_vec(), old.device());
+                    Slot::Device(
+                        Tensor::from_vec(m, &dims)?.to_device(dev)?,
+                        Tensor::from_vec(v, &dims)?.to_device(dev)?,
+                    )
+                }
+            };
+        }
         self.step = step;
-        self.moments = moments;
         Ok(())
     }
 }
@@ -107,8 +175,19 @@ impl AdamW {
 /// `clip_grad_norm_`). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut Grads, params: &[Tensor], max_norm: f32) -> Result<f32> {
     let _g = crate::no_grad();
+    let device = params.first().map_or(Device::Cpu, |p| p.device());
     let mut sq = 0f64;
-    for p in params {
+    if device != Device::Cpu {
+        // Sum of squares on the device, one f32 read back (the norm is logged every step).
+        let acc = Tensor::zeros(&[1], DType::F32, device)?;
+        for p in params {
+            if let Some(g) = grads.get(p) {
+                crate::cuda::ops::reduce::sumsq_into(g, &acc)?;
+            }
+        }
+        sq = acc.to_scalar()? as f64;
+    }
+    for p in params.iter().filter(|_| device == Device::Cpu) {
         if let Some(g) = grads.get(p) {
             // Fixed chunks summed in order: the same norm whatever the thread count.
             let parts: Vec<f64> = f32s(g, "clip_grad_norm")?

@@ -114,13 +114,13 @@ impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
-            Storage::Cuda(s) => match *s {},
+            Storage::Cuda(s) => Device::Cuda(s.device().ordinal()),
         }
     }
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
-            Storage::Cuda(s) => match *s {},
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 }

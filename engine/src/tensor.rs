@@ -2,6 +2,7 @@
 //! the op that made it.
 
 use crate::autograd::{self, Op};
+use crate::cuda::CudaDevice;
 use crate::layout::{Layout, elem_count};
 use crate::storage::{Buf, CpuElement, CpuStorage, Storage};
 use crate::{DType, Device, Error, Result};
@@ -86,7 +87,19 @@ impl Tensor {
     }
 
     pub(crate) fn from_cpu(s: CpuStorage, dims: &[usize]) -> Self {
-        Tensor::new(Arc::new(Storage::Cpu(s)), Layout::contiguous(dims), None)
+        Self::from_storage(Storage::Cpu(s), dims)
+    }
+
+    /// An untracked contiguous tensor over new storage.
+    pub(crate) fn from_storage(s: Storage, dims: &[usize]) -> Self {
+        Tensor::new(Arc::new(s), Layout::contiguous(dims), None)
+    }
+
+    /// The same data with `op` recorded when any of `inputs` tracks gradients (the CUDA arms
+    /// compute untracked; the op entry records the op once).
+    pub(crate) fn record(&self, inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Self {
+        let op = inputs.iter().any(|t| t.tracks()).then(op);
+        Tensor::new(self.0.storage.clone(), self.0.layout.clone(), op)
     }
 
     pub fn zeros(dims: &[usize], dtype: DType, device: Device) -> Result<Self> {
@@ -94,6 +107,9 @@ impl Tensor {
     }
 
     pub fn full(value: f32, dims: &[usize], dtype: DType, device: Device) -> Result<Self> {
+        if let Device::Cuda(i) = device {
+            return crate::cuda::ops::elementwise::full(&CudaDevice::get(i)?, dims, dtype, value);
+        }
         let n = elem_count(dims);
         let t = match dtype {
             DType::F32 => Tensor::from_vec(vec![value; n], dims)?,
@@ -102,7 +118,7 @@ impl Tensor {
             DType::I64 => Tensor::from_vec(vec![value as i64; n], dims)?,
             DType::U8 => Tensor::from_vec(vec![value as u8; n], dims)?,
         };
-        t.to_device(device)
+        Ok(t)
     }
 
     pub fn scalar(value: f32) -> Self {
@@ -184,12 +200,19 @@ impl Tensor {
     pub(crate) fn cpu(&self) -> Result<&CpuStorage> {
         match &*self.0.storage {
             Storage::Cpu(s) => Ok(s),
-            Storage::Cuda(s) => match *s {},
+            Storage::Cuda(_) => Err(Error::DeviceMismatch {
+                op: "host access (copy the tensor to the CPU first)",
+                lhs: self.device(),
+                rhs: Device::Cpu,
+            }),
         }
     }
 
     /// The elements in row-major order, copied to the host.
     pub fn to_vec<T: CpuElement>(&self) -> Result<Vec<T>> {
+        if self.device() != Device::Cpu {
+            return self.to_device(Device::Cpu)?.to_vec();
+        }
         let data = T::view(self.cpu()?).ok_or(Error::DType {
             op: "to_vec",
             got: self.dtype(),
@@ -214,10 +237,36 @@ impl Tensor {
         Ok(self.to_f32_vec()?[0])
     }
 
+    /// This tensor on `device` (itself when it is there already). The copy is contiguous and
+    /// untracked: parameters are moved before training, not inside the graph.
     pub fn to_device(&self, device: Device) -> Result<Self> {
+        if self.device() == device {
+            return Ok(self.clone());
+        }
         match device {
-            Device::Cpu if self.device() == Device::Cpu => Ok(self.clone()),
-            _ => Err(crate::cuda::not_yet("to_device")),
+            Device::Cuda(i) => {
+                let dev = CudaDevice::get(i)?;
+                let on_cpu = self.to_device(Device::Cpu)?;
+                crate::cuda::ops::elementwise::upload(&dev, &on_cpu)
+            }
+            Device::Cpu => {
+                let t = self.contiguous()?;
+                let Storage::Cuda(s) = t.storage() else {
+                    return Err(Error::Invalid(
+                        "internal: to_device from a CPU tensor".into(),
+                    ));
+                };
+                let (dev, at) = (s.device(), t.layout().offset() * t.dtype().size_in_bytes());
+                let n = t.elem_count();
+                let host = match t.dtype() {
+                    DType::F32 => CpuStorage::F32(Buf::Owned(download(dev, s, at, n)?)),
+                    DType::BF16 => CpuStorage::BF16(Buf::Owned(download(dev, s, at, n)?)),
+                    DType::U32 => CpuStorage::U32(Buf::Owned(download(dev, s, at, n)?)),
+                    DType::I64 => CpuStorage::I64(Buf::Owned(download(dev, s, at, n)?)),
+                    DType::U8 => CpuStorage::U8(Buf::Owned(download(dev, s, at, n)?)),
+                };
+                Ok(Tensor::from_cpu(host, t.dims()))
+            }
         }
     }
 
@@ -290,12 +339,24 @@ impl Tensor {
         if self.layout().is_contiguous() {
             return Ok(self.clone());
         }
-        let s = crate::cpu::copy_strided(self.cpu()?, self.layout());
-        Ok(Tensor::from_op(
-            Storage::Cpu(s),
-            self.dims(),
-            &[self],
-            || Op::Copy(self.clone()),
-        ))
+        let t = match self.storage() {
+            Storage::Cpu(s) => {
+                Tensor::from_cpu(crate::cpu::copy_strided(s, self.layout()), self.dims())
+            }
+            Storage::Cuda(_) => crate::cuda::ops::elementwise::contiguous(self)?,
+        };
+        Ok(t.record(&[self], || Op::Copy(self.clone())))
     }
+}
+
+/// `n` elements of a device buffer from byte offset `at`.
+fn download<T: bytemuck::Pod>(
+    dev: &CudaDevice,
+    s: &crate::cuda::CudaStorage,
+    at: usize,
+    n: usize,
+) -> Result<Vec<T>> {
+    let mut out = vec![T::zeroed(); n];
+    dev.download_at(s.buffer(), at, &mut out)?;
+    Ok(out)
 }

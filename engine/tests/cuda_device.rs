@@ -50,13 +50,24 @@ fn probe_never_panics_and_explains() {
 }
 
 #[test]
-fn check_available_stays_an_error_even_with_a_gpu() {
-    let msg = cuda::check_available().unwrap_err().to_string();
-    assert!(msg.contains("not wired into the tensor ops"), "{msg}");
+fn auto_picks_the_gpu_when_usable_and_explains_the_fallback() {
     let (device, notice) = DeviceRequest::Auto.resolve().unwrap();
-    assert_eq!(device, palm_engine::Device::Cpu);
-    assert!(notice.unwrap().contains("using the CPU"));
-    assert!(DeviceRequest::Cuda.resolve().is_err());
+    match cuda::check_available() {
+        Ok(()) => {
+            assert_eq!(device, palm_engine::Device::Cuda(0));
+            assert!(notice.is_none());
+            assert!(DeviceRequest::Cuda.resolve().is_ok());
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(is_clear_no_gpu_message(&msg), "unclear: {msg}");
+            assert!(!gpu_required(), "PALM_REQUIRE_GPU=1 but: {msg}");
+            assert_eq!(device, palm_engine::Device::Cpu);
+            assert!(notice.unwrap().contains("using the CPU"));
+            let err = DeviceRequest::Cuda.resolve().unwrap_err().to_string();
+            assert!(err.contains("CUDA is not available"), "{err}");
+        }
+    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-// Elementwise kernels: binary arithmetic, affine, silu, exp, neg, casts, fill, strided copy.
+// Elementwise kernels: binary arithmetic, affine, unary maps, casts, fill, strided copies.
 //
 // All are grid-stride loops over `n` elements: any grid and block shape works
 // (suggested: block 256, grid min(ceil(n / 256), 132 * 16)). Same-shape contiguous operands;
@@ -52,6 +52,12 @@ __device__ __forceinline__ void binary_map(const T* a, const T* b, T* out, long 
 struct AddOp { __device__ float operator()(float a, float b) const { return a + b; } };
 struct SubOp { __device__ float operator()(float a, float b) const { return a - b; } };
 struct MulOp { __device__ float operator()(float a, float b) const { return a * b; } };
+struct DivOp { __device__ float operator()(float a, float b) const { return a / b; } };
+struct LogOp { __device__ float operator()(float a) const { return logf(a); } };
+struct SqrOp { __device__ float operator()(float a) const { return a * a; } };
+struct SqrtOp { __device__ float operator()(float a) const { return sqrtf(a); } };
+struct SigmoidOp { __device__ float operator()(float a) const { return 1.0f / (1.0f + expf(-a)); } };
+struct TanhOp { __device__ float operator()(float a) const { return tanhf(a); } };
 struct NegOp { __device__ float operator()(float a) const { return -a; } };
 struct ExpOp { __device__ float operator()(float a) const { return expf(a); } };
 struct SiluOp {
@@ -85,6 +91,8 @@ PALM_BINARY(sub_fwd_bf16, bf16, SubOp)
 PALM_BINARY(sub_fwd_f32, float, SubOp)
 PALM_BINARY(mul_fwd_bf16, bf16, MulOp)
 PALM_BINARY(mul_fwd_f32, float, MulOp)
+PALM_BINARY(div_fwd_bf16, bf16, DivOp)
+PALM_BINARY(div_fwd_f32, float, DivOp)
 
 // mul backward: da = g * b, db = g * a (either output may be null)
 template <typename T>
@@ -110,6 +118,18 @@ extern "C" __global__ void affine_fwd_f32(const float* x, float* out, long long 
 // out = -x
 PALM_UNARY(neg_fwd_bf16, bf16, NegOp)
 PALM_UNARY(neg_fwd_f32, float, NegOp)
+
+// out = log x, x², √x, σ(x), tanh x (backwards are composed from the binary kernels)
+PALM_UNARY(log_fwd_bf16, bf16, LogOp)
+PALM_UNARY(log_fwd_f32, float, LogOp)
+PALM_UNARY(sqr_fwd_bf16, bf16, SqrOp)
+PALM_UNARY(sqr_fwd_f32, float, SqrOp)
+PALM_UNARY(sqrt_fwd_bf16, bf16, SqrtOp)
+PALM_UNARY(sqrt_fwd_f32, float, SqrtOp)
+PALM_UNARY(sigmoid_fwd_bf16, bf16, SigmoidOp)
+PALM_UNARY(sigmoid_fwd_f32, float, SigmoidOp)
+PALM_UNARY(tanh_fwd_bf16, bf16, TanhOp)
+PALM_UNARY(tanh_fwd_f32, float, TanhOp)
 
 // out = exp(x); backward dx = g * out
 PALM_UNARY(exp_fwd_bf16, bf16, ExpOp)
@@ -208,3 +228,38 @@ __device__ __forceinline__ void copy_strided(const T* src, T* dst, long long n, 
 PALM_COPY(copy_strided_fwd_bf16, bf16)
 PALM_COPY(copy_strided_fwd_f32, float)
 PALM_COPY(copy_strided_fwd_u32, uint32_t)
+
+// ---------------------------------------------------------------- strided view -> strided view
+
+// dst[doff + i0*t0 + i1*t1 + i2*t2 + i3*t3] = src[soff + i0*s0 + ...] over dims d0..d3 (rank <= 4,
+// padded on the left with dim 1): writes into a view of a larger tensor (a slice of a
+// concatenation, a KV-cache slot). The destination view must not overlap itself.
+template <typename T>
+__device__ __forceinline__ void copy_into(const T* src, T* dst, long long n, int d1, int d2, int d3,
+                                          long long s0, long long s1, long long s2, long long s3,
+                                          long long soff, long long t0, long long t1, long long t2,
+                                          long long t3, long long doff) {
+    GRID_STRIDE(i, n) {
+        long long r = i;
+        const long long i3 = r % d3;
+        r /= d3;
+        const long long i2 = r % d2;
+        r /= d2;
+        const long long i1 = r % d1;
+        const long long i0 = r / d1;
+        dst[doff + i0 * t0 + i1 * t1 + i2 * t2 + i3 * t3] =
+            src[soff + i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3];
+    }
+}
+
+#define PALM_COPY_INTO(NAME, T)                                                                   \
+    extern "C" __global__ void NAME(const T* src, T* dst, long long n, int d0, int d1, int d2, int d3, \
+                                    long long s0, long long s1, long long s2, long long s3,       \
+                                    long long soff, long long t0, long long t1, long long t2,     \
+                                    long long t3, long long doff) {                               \
+        (void)d0;                                                                                 \
+        copy_into<T>(src, dst, n, d1, d2, d3, s0, s1, s2, s3, soff, t0, t1, t2, t3, doff);        \
+    }
+PALM_COPY_INTO(copy_into_fwd_bf16, bf16)
+PALM_COPY_INTO(copy_into_fwd_f32, float)
+PALM_COPY_INTO(copy_into_fwd_u32, uint32_t)

@@ -4,7 +4,8 @@
 
 use crate::{Error, KvCache, LoraScope, PalmParams, Result};
 use palm_engine::{
-    RopeTables, Tensor, attention, cross_entropy, embedding, layer_norm, rope, swiglu,
+    DType, Device, RopeTables, Tensor, attention, cross_entropy, embedding, layer_norm, rope,
+    swiglu,
 };
 
 /// Options of one forward call.
@@ -48,7 +49,7 @@ impl PalmParams {
         } else {
             (n / 2) as f64
         };
-        let tables = RopeTables::new(
+        let tables = RopeTables::shared(
             c.dim_head,
             start,
             n,
@@ -59,14 +60,18 @@ impl PalmParams {
         let scale = (c.dim_head as f32).powf(-0.5);
         let dims = c.fused_dims();
 
-        let mut x = embedding(&self.token_emb, tokens)?;
+        // Mixed precision on the GPU: the f32 master weights are cast to bf16 here (the cast is
+        // a graph op, so their gradients arrive in f32) and activations stay bf16.
+        let w = |t: &Tensor| t.to_dtype(self.compute_dtype());
+        let tokens = tokens.to_device(self.device())?;
+        let mut x = embedding(&w(&self.token_emb)?, &tokens)?;
         if let Some(e) = opts.extra_embed {
-            x = x.add(e)?;
+            x = x.add(&e.to_dtype(x.dtype())?)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let lora = opts.lora.map(|l| &l.layers[i]);
-            let h = layer_norm(&x, &layer.norm_gamma)?;
-            let p = h.matmul(&layer.fused_proj.t()?)?;
+            let h = layer_norm(&x, &w(&layer.norm_gamma)?)?;
+            let p = h.matmul(&w(&layer.fused_proj)?.t()?)?;
             let parts = p.split(2, &dims)?;
             let (mut q, mut k, mut v) = (parts[0].clone(), parts[1].clone(), parts[2].clone());
             if let Some(l) = lora {
@@ -90,23 +95,32 @@ impl PalmParams {
             }
             let o = attention(&q, &k, &v, scale)?;
             let o = o.transpose(1, 2)?.reshape(&[b, n, c.attn_inner()])?;
-            let mut attn_out = o.matmul(&layer.attn_out.t()?)?;
+            let mut attn_out = o.matmul(&w(&layer.attn_out)?.t()?)?;
             if let Some(l) = lora {
                 attn_out = attn_out.add(&l[3].apply(&o)?)?;
             }
-            let ff = swiglu(&parts[3], &parts[4])?.matmul(&layer.ff_out.t()?)?;
+            let ff = swiglu(&parts[3], &parts[4])?.matmul(&w(&layer.ff_out)?.t()?)?;
             x = x.add(&attn_out)?.add(&ff)?;
         }
         if let Some(cache) = opts.cache.as_deref_mut() {
             cache.len += n;
         }
-        Ok(layer_norm(&x, &self.norm_gamma)?)
+        Ok(layer_norm(&x, &w(&self.norm_gamma)?)?)
     }
 
-    /// Logits (b, n, V).
+    /// The dtype the forward computes in: bf16 on a GPU (tensor cores), f32 on the CPU.
+    pub fn compute_dtype(&self) -> DType {
+        match self.device() {
+            Device::Cpu => DType::F32,
+            Device::Cuda(_) => DType::BF16,
+        }
+    }
+
+    /// Logits (b, n, V), in the compute dtype.
     pub fn logits(&self, tokens: &Tensor, opts: &mut Forward) -> Result<Tensor> {
         let e = self.embed(tokens, opts)?;
-        Ok(e.matmul(&self.token_emb.t()?)?)
+        let table = self.token_emb.to_dtype(self.compute_dtype())?;
+        Ok(e.matmul(&table.t()?)?)
     }
 
     /// The seed's autoregressive loss on a (b, n + 1) batch: predict tokens[:, 1:] from
@@ -133,6 +147,6 @@ impl PalmParams {
         opts: &mut Forward,
     ) -> Result<(Tensor, usize)> {
         let logits = self.logits(inputs, opts)?;
-        Ok(cross_entropy(&logits, targets)?)
+        Ok(cross_entropy(&logits, &targets.to_device(self.device())?)?)
     }
 }

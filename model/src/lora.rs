@@ -12,8 +12,10 @@ pub struct Lora {
 }
 
 impl Lora {
+    /// delta(x) in the dtype of x (the adapters are cast to it: bf16 on the GPU).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.a)?.matmul(&self.b)?.scale(self.scale)?)
+        let (a, b) = (self.a.to_dtype(x.dtype())?, self.b.to_dtype(x.dtype())?);
+        Ok(x.matmul(&a)?.matmul(&b)?.scale(self.scale)?)
     }
     /// The dense update A·B·scale (in, out).
     pub fn delta(&self) -> Result<Tensor> {
@@ -35,6 +37,14 @@ impl LoraScope {
     fn io(config: &PalmConfig) -> [(usize, usize); 4] {
         let (d, dh, hd) = (config.dim, config.dim_head, config.attn_inner());
         [(d, hd), (d, dh), (d, dh), (hd, d)]
+    }
+
+    /// Move every adapter to `device` (still parameters).
+    pub fn move_to(&mut self, device: Device) -> Result<()> {
+        for t in self.tensors_mut() {
+            *t = t.to_device(device)?.as_var();
+        }
+        Ok(())
     }
 
     /// Fresh adapters (B = 0, so the model is unchanged until trained). `alpha` defaults to r.

@@ -95,6 +95,33 @@ impl PalmParams {
         self.named().into_iter().map(|(_, t)| t.clone()).collect()
     }
 
+    /// Where the parameters live (the embedding's device; all move together).
+    pub fn device(&self) -> Device {
+        self.token_emb.device()
+    }
+
+    /// A copy with every parameter on `device`, still marked as a parameter.
+    pub fn to_device(&self, device: Device) -> Result<Self> {
+        self.map(|t| Ok(t.to_device(device)?.as_var()))
+    }
+
+    /// A copy with every parameter in `dtype` (untracked): the bf16 weights sampling reuses on
+    /// every token instead of casting the f32 masters each time.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        self.map(|t| Ok(t.to_dtype(dtype)?.detach()))
+    }
+
+    fn map(&self, mut f: impl FnMut(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let mut out = self.clone();
+        let new = self
+            .tensors()
+            .iter()
+            .map(&mut f)
+            .collect::<Result<Vec<_>>>()?;
+        out.set_tensors(new)?;
+        Ok(out)
+    }
+
     /// Replace every parameter (same order as `named`), checking shapes.
     pub fn set_tensors(&mut self, new: Vec<Tensor>) -> Result<()> {
         let slots = self.tensors_mut();

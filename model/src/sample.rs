@@ -2,7 +2,8 @@
 //! batched generation through the KV cache.
 
 use crate::{Error, Forward, KvCache, LoraScope, PalmParams, Result};
-use palm_engine::{Rng, Tensor, no_grad};
+use palm_engine::cuda::ops::sampling::{self, Sampling};
+use palm_engine::{DType, Device, Rng, Tensor, no_grad};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleSettings {
@@ -10,7 +11,8 @@ pub struct SampleSettings {
     pub temperature: f32,
     /// Keep only the k most likely tokens.
     pub top_k: Option<usize>,
-    /// Keep the smallest set of most likely tokens whose mass reaches p.
+    /// Nucleus filter, the seed's rule: in order of likelihood, keep a token while the mass of
+    /// the tokens before it is ≤ p (so the first is always kept). The CUDA kernel does the same.
     pub top_p: Option<f32>,
     pub max_tokens: usize,
     /// A row stops after producing this token (which is not included in its output).
@@ -83,14 +85,13 @@ pub fn sample_next(logits: &[f32], s: &SampleSettings, rng: &mut Rng) -> u32 {
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if let Some(p) = s.top_p {
-        let mut acc = 0.0;
-        let mut keep = probs.len();
-        for (i, q) in probs.iter().enumerate() {
-            acc += q;
-            if acc >= p as f64 {
-                keep = i + 1;
+        let (mut before, mut keep) = (0.0, 0);
+        for q in &probs {
+            if before > p as f64 {
                 break;
             }
+            before += q;
+            keep += 1;
         }
         idx.truncate(keep);
         probs.truncate(keep);
@@ -135,12 +136,23 @@ fn generate_inner(
     }
     let b = prompts.len();
     let v = params.config.num_tokens;
+    let on_gpu = params.device() != Device::Cpu;
+    // On a GPU: bf16 weights once (not a cast per token) and sampling on the device, with a
+    // Philox stream keyed by one draw from `rng` and the token index.
+    let gpu_params;
+    let params = if on_gpu {
+        gpu_params = params.to_dtype(DType::BF16)?;
+        &gpu_params
+    } else {
+        params
+    };
+    let seed = if on_gpu { rng.next_u64() } else { 0 };
     let mut cache = KvCache::new(params.config.depth);
     let flat: Vec<u32> = prompts.concat();
     let mut input = Tensor::from_vec(flat, &[b, n])?;
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
-    for _ in 0..s.max_tokens {
+    for step in 0..s.max_tokens {
         let logits = params.logits(
             &input,
             &mut Forward {
@@ -149,13 +161,30 @@ fn generate_inner(
                 ..Default::default()
             },
         )?;
-        let last = logits.narrow(1, logits.dims()[1] - 1, 1)?.to_vec::<f32>()?;
+        let last = logits.narrow(1, logits.dims()[1] - 1, 1)?;
+        let (last, drawn) = if on_gpu {
+            let rule = Sampling {
+                temperature: s.temperature,
+                top_k: s.top_k.unwrap_or(0),
+                top_p: s.top_p.unwrap_or(1.0),
+                seed,
+                step: step as u64,
+            };
+            let ids = sampling::sample(&last.reshape(&[b, v])?, &rule)?;
+            (Vec::new(), ids.to_vec::<u32>()?)
+        } else {
+            (last.to_vec::<f32>()?, Vec::new())
+        };
         let mut next = vec![0u32; b];
         for r in 0..b {
             if done[r] {
                 continue;
             }
-            let t = sample_next(&last[r * v..(r + 1) * v], s, rng);
+            let t = if on_gpu {
+                drawn[r]
+            } else {
+                sample_next(&last[r * v..(r + 1) * v], s, rng)
+            };
             if Some(t) == s.eos {
                 done[r] = true;
             } else {

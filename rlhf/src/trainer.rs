@@ -4,7 +4,7 @@
 
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use palm_engine::{AdamW, AdamWConfig, Rng, SafeFile, Tensor, clip_grad_norm, lr_at};
+use palm_engine::{AdamW, AdamWConfig, Device, Rng, SafeFile, Tensor, clip_grad_norm, lr_at};
 use palm_model::checkpoint::{config_of, get_checked, model_metadata, model_tensors, save_model};
 use palm_model::{PalmConfig, PalmParams};
 use serde::{Deserialize, Serialize};
@@ -89,7 +89,7 @@ impl Trainer {
         rng: Rng,
     ) -> Result<Self> {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let opt = AdamW::new(adam_config(&settings), &params.tensors());
+        let opt = AdamW::new(adam_config(&settings), &params.tensors())?;
         let metrics = open_metrics(out, false)?;
         Ok(Trainer {
             params,
@@ -133,7 +133,7 @@ impl Trainer {
         }
         let config = config_of(&file)?;
         let params = PalmParams::from_named(&config, |n, s| get_checked(&file, n, s))?;
-        let mut opt = AdamW::new(adam_config(&settings), &params.tensors());
+        let mut opt = AdamW::new(adam_config(&settings), &params.tensors())?;
         let moments = params
             .named()
             .iter()
@@ -155,6 +155,20 @@ impl Trainer {
             out: dir.to_path_buf(),
             metrics,
         })
+    }
+
+    /// Move the parameters and the optimizer state to `device` (CUDA trains in mixed precision:
+    /// f32 master weights and moments, bf16 compute).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        if self.params.device() == device {
+            return Ok(());
+        }
+        let (step, moments) = self.opt.state()?;
+        self.params = self.params.to_device(device)?;
+        let mut opt = AdamW::new(self.opt.cfg, &self.params.tensors())?;
+        opt.restore(step, moments)?;
+        self.opt = opt;
+        Ok(())
     }
 
     pub fn lr(&self) -> f32 {
@@ -213,16 +227,10 @@ impl Trainer {
     pub fn save(&mut self) -> Result<()> {
         save_model(&self.out.join(MODEL_FILE), &self.params, &[])?;
         let mut tensors = model_tensors(&self.params, &[])?;
-        let (step, moments) = self.opt.state();
+        let (step, moments) = self.opt.state()?;
         for ((name, p), (m, v)) in self.params.named().into_iter().zip(moments) {
-            tensors.push((
-                format!("optim.m.{name}"),
-                Tensor::from_vec(m.clone(), p.dims())?,
-            ));
-            tensors.push((
-                format!("optim.v.{name}"),
-                Tensor::from_vec(v.clone(), p.dims())?,
-            ));
+            tensors.push((format!("optim.m.{name}"), Tensor::from_vec(m, p.dims())?));
+            tensors.push((format!("optim.v.{name}"), Tensor::from_vec(v, p.dims())?));
         }
         let mut meta: HashMap<String, String> = model_metadata(&self.params.config, &[])?;
         meta.insert("format".into(), "palm-train-state".into());
@@ -359,6 +367,15 @@ impl Trainer {
             speed.elapsed(),
             self.out.join(MODEL_FILE).display()
         );
+        if let Device::Cuda(i) = self.params.device() {
+            let dev = palm_engine::cuda::CudaDevice::get(i)?;
+            let pool = if dev.pool_enabled() {
+                ""
+            } else {
+                " (PALM_POOL=off)"
+            };
+            eprintln!("GPU memory pool{pool}: {}", dev.pool_stats());
+        }
         Ok(())
     }
 }

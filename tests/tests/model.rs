@@ -274,7 +274,7 @@ fn checkpoint_round_trip_is_exact_and_zero_copy() {
 fn training_is_deterministic() {
     let run = || {
         let (mut params, mut rng) = small();
-        let mut opt = palm_engine::AdamW::new(Default::default(), &params.tensors());
+        let mut opt = palm_engine::AdamW::new(Default::default(), &params.tensors()).unwrap();
         for _ in 0..3 {
             let ids: Vec<u32> = (0..2 * 17).map(|_| 1 + rng.below(255) as u32).collect();
             let (loss, _) = params

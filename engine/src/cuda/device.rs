@@ -185,6 +185,9 @@ pub struct CudaDevice {
     last_kernel: Mutex<&'static str>,
     /// `PALM_CUDA_SYNC=1`: wait after every launch so a fault names its kernel.
     sync_each_launch: bool,
+    /// `PALM_CUDA_POISON=1`: fill new allocations with 0xFF bytes (NaN for floats), so a kernel
+    /// that leaves part of its output unwritten fails the CPU-vs-CUDA tests.
+    poison: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -232,7 +235,8 @@ impl CudaDevice {
             stream: stream.clone(),
             deferred: None,
         };
-        let sync_each_launch = std::env::var("PALM_CUDA_SYNC").is_ok_and(|v| v == "1");
+        let flag = |name: &str| std::env::var(name).is_ok_and(|v| v.trim() == "1");
+        let (sync_each_launch, poison) = (flag("PALM_CUDA_SYNC"), flag("PALM_CUDA_POISON"));
         Ok(CudaDevice {
             info,
             ctx,
@@ -244,6 +248,7 @@ impl CudaDevice {
             pool: Mutex::new(MemoryPool::from_env(allocator)?),
             last_kernel: Mutex::new("(none)"),
             sync_each_launch,
+            poison: std::sync::atomic::AtomicBool::new(poison),
         })
     }
 
@@ -293,14 +298,48 @@ impl CudaDevice {
 
     // ----- memory -----
 
-    /// `bytes` of uninitialised device memory from the pool.
+    /// `bytes` of uninitialised device memory from the pool (0xFF bytes under `PALM_CUDA_POISON=1`).
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<CudaBuffer> {
         let block = lock(&self.pool).alloc(bytes)?;
-        Ok(CudaBuffer {
+        let buf = CudaBuffer {
             ptr: block.ptr,
             len: bytes,
             device: self.clone(),
-        })
+        };
+        if self.poison.load(Ordering::Relaxed) && bytes > 0 {
+            self.bind()?;
+            // SAFETY: `buf` is a live block of `bytes` bytes in this context, ordered on the stream.
+            unsafe { cu::memset_d8_async(buf.ptr, 0xFF, bytes, self.stream.cu_stream()) }
+                .map_err(|e| driver("cuMemsetD8Async (poison)", e))?;
+        }
+        Ok(buf)
+    }
+
+    /// A new buffer holding `bytes` bytes copied from `src` at byte offset `at` (queued on the
+    /// stream; no host wait).
+    pub fn copy_range(
+        self: &Arc<Self>,
+        src: &CudaBuffer,
+        at: usize,
+        bytes: usize,
+    ) -> Result<CudaBuffer> {
+        if at.checked_add(bytes).is_none_or(|end| end > src.len) {
+            return Err(Error::Invalid(format!(
+                "device copy of {bytes} bytes at {at} from a {}-byte buffer",
+                src.len
+            )));
+        }
+        let dst = self.alloc(bytes)?;
+        if bytes > 0 {
+            self.bind()?;
+            // SAFETY: both ranges lie inside live blocks of this context (checked above), do not
+            // overlap (`dst` is a fresh block), and the copy is ordered on the one stream.
+            unsafe {
+                cu::memcpy_dtod_async(dst.ptr, src.ptr + at as u64, bytes, self.stream.cu_stream())
+            }
+            .map_err(|e| driver("cuMemcpyDtoDAsync", e))?;
+        }
+        Ok(dst)
     }
 
     /// `bytes` of zeroed device memory (the memset is queued on the stream).
@@ -338,10 +377,20 @@ impl CudaDevice {
 
     /// Copy the start of a buffer into `out` (waits for the stream, so earlier kernels finish).
     pub fn download<T: bytemuck::Pod>(&self, buf: &CudaBuffer, out: &mut [T]) -> Result<()> {
+        self.download_at(buf, 0, out)
+    }
+
+    /// Copy bytes of a buffer from byte offset `at` into `out` (waits for the stream).
+    pub fn download_at<T: bytemuck::Pod>(
+        &self,
+        buf: &CudaBuffer,
+        at: usize,
+        out: &mut [T],
+    ) -> Result<()> {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
-        if bytes.len() > buf.len {
+        if at.checked_add(bytes.len()).is_none_or(|end| end > buf.len) {
             return Err(Error::Invalid(format!(
-                "download of {} bytes from a {}-byte device buffer",
+                "download of {} bytes at {at} from a {}-byte device buffer",
                 bytes.len(),
                 buf.len
             )));
@@ -350,9 +399,9 @@ impl CudaDevice {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: the source block has at least `bytes.len()` bytes; `bytes` stays mutably
+        // SAFETY: the source range lies inside the block (checked above); `bytes` stays mutably
         // borrowed until the stream is synchronised below.
-        unsafe { cu::memcpy_dtoh_async(bytes, buf.ptr, self.stream.cu_stream()) }
+        unsafe { cu::memcpy_dtoh_async(bytes, buf.ptr + at as u64, self.stream.cu_stream()) }
             .map_err(|e| driver("cuMemcpyDtoHAsync", e))?;
         self.stream
             .synchronize()
@@ -364,6 +413,11 @@ impl CudaDevice {
         let mut out = vec![T::zeroed(); len];
         self.download(buf, &mut out)?;
         Ok(out)
+    }
+
+    /// Fill new allocations with 0xFF bytes from now on (tests: an unwritten output is NaN).
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
     }
 
     pub fn pool_stats(&self) -> PoolStats {
@@ -417,6 +471,12 @@ impl CudaDevice {
         }
         kernels.insert(name, kernel.clone());
         Ok(kernel)
+    }
+
+    /// Run a launch plan (the kernel looked up by name).
+    pub fn run(&self, plan: &super::ops::Launch) -> Result<()> {
+        let k = self.kernel_by_name(&plan.kernel)?;
+        self.launch(&k, plan.cfg, &plan.args)
     }
 
     /// Kernel `name` from whichever family declares it.

@@ -1,11 +1,11 @@
-//! The CUDA backend. Its groundwork is here — GPU discovery ([`probe`]), the device with its
-//! context, stream, lazily loaded kernel modules and launch helper ([`CudaDevice`]), and the
-//! caching memory pool ([`pool`]) — but it is not wired into the tensor ops yet: every tensor op
-//! on CUDA still returns a clear error, so the device-agnostic API already has its CUDA arm and
-//! model code will not change when it lands.
+//! The CUDA backend: GPU discovery ([`probe`]), the device with its context, stream, lazily
+//! loaded kernel modules and the one launch helper ([`CudaDevice`]), the caching memory pool
+//! ([`pool`]), tensor storage on the device ([`CudaStorage`]) and the CUDA arm of every op
+//! ([`ops`], one module per kernel family, each a pure launch plan plus the code that runs it).
 
 mod device;
 pub mod launch;
+pub mod ops;
 pub mod pool;
 mod probe;
 
@@ -17,34 +17,46 @@ pub use launch::{KArg, LaunchCfg, Param};
 pub use pool::{DeviceAllocator, MemoryPool, PoolBlock, PoolStats};
 pub use probe::{DeviceInfo, MIN_DRIVER_VERSION, REQUIRED_CAPABILITY, probe};
 
-use crate::{Error, Result};
+use crate::{DType, Result};
+use std::sync::Arc;
 
-/// Device memory of one tensor. Uninhabited until the CUDA backend is wired into the tensor ops
-/// (device memory itself is [`CudaBuffer`]).
-#[derive(Debug)]
-pub enum CudaStorage {}
-
-pub fn not_yet(op: &str) -> Error {
-    Error::NoCuda(format!(
-        "{op} is not implemented on CUDA yet (the CUDA backend is issue 3)"
-    ))
+/// Device memory of one tensor: a pool buffer and its element type (always contiguous from the
+/// buffer's start; views add a layout on top, as on the CPU).
+pub struct CudaStorage {
+    buf: CudaBuffer,
+    dtype: DType,
 }
 
-/// Whether tensors can live on CUDA. Always an error for now — even with a usable GPU, because the
-/// CUDA backend is not wired into the tensor ops yet — whose message says what was found, so
-/// `--device auto` explains its fallback to the CPU.
-pub fn check_available() -> Result<()> {
-    const NOT_WIRED: &str = "the CUDA backend is not wired into the tensor ops yet (issue 3)";
-    match probe() {
-        Ok(devices) => {
-            let found = devices
-                .iter()
-                .find(|d| d.check_supported().is_ok())
-                .map(|d| d.to_string())
-                .unwrap_or_default();
-            Err(Error::NoCuda(format!("found {found}, but {NOT_WIRED}")))
-        }
-        Err(Error::NoCuda(why)) => Err(Error::NoCuda(format!("{why} (and {NOT_WIRED})"))),
-        Err(e) => Err(Error::NoCuda(format!("{e} (and {NOT_WIRED})"))),
+impl CudaStorage {
+    pub(crate) fn new(buf: CudaBuffer, dtype: DType) -> Self {
+        CudaStorage { buf, dtype }
     }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        self.buf.device()
+    }
+    pub fn buffer(&self) -> &CudaBuffer {
+        &self.buf
+    }
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        self.buf.len() / self.dtype.size_in_bytes()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStorage({:?}, {:?})", self.dtype, self.buf)
+    }
+}
+
+/// Whether tensors can live on CUDA: a device with compute capability 9.0 and a CUDA 13 driver
+/// could be opened. The error says what was found, so `--device auto` explains its fallback.
+pub fn check_available() -> Result<()> {
+    CudaDevice::get(0).map(|_| ())
 }

@@ -140,6 +140,25 @@ pub struct PoolStats {
     pub oom_flushes: u64,
 }
 
+impl std::fmt::Display for PoolStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+        let requests = self.cache_hits + self.cache_misses;
+        write!(
+            f,
+            "in use {:.1} MiB, reserved {:.1} MiB, peak {:.1} MiB in use / {:.1} MiB reserved, \
+             {} device allocations, {} of {} requests served from the cache",
+            mib(self.in_use),
+            mib(self.reserved),
+            mib(self.peak_in_use),
+            mib(self.peak_reserved),
+            self.device_allocs,
+            self.cache_hits,
+            requests
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Block {
     size: usize,

@@ -10,7 +10,7 @@ use crate::{Error, IGNORE_ID, Result, Tensor};
 /// returns that count.
 /// logits (…, V), targets (…) u32. With no counted target the loss is 0 (not NaN).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, usize)> {
-    crate::ops::require_cpu("cross_entropy", &[logits, targets])?;
+    let device = crate::ops::same_device("cross_entropy", &[logits, targets])?;
     let v = *logits
         .dims()
         .last()
@@ -21,15 +21,32 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, usize
             format!("logits {:?} vs targets {:?}", logits.dims(), targets.dims()),
         ));
     }
-    let tv = data::<u32>(targets, "cross_entropy targets")?;
+    // On CUDA the targets come to the host for the range check and the count of the mean (one
+    // small copy; the batch builders could pass the count instead).
+    let tv = match device {
+        crate::Device::Cpu => data::<u32>(targets, "cross_entropy targets")?,
+        crate::Device::Cuda(_) => {
+            std::borrow::Cow::Owned(targets.to_dtype(crate::DType::U32)?.to_vec::<u32>()?)
+        }
+    };
     if let Some(bad) = tv.iter().find(|&&t| t as usize >= v) {
         return Err(Error::Invalid(format!(
             "target id {bad} out of range for {v} classes"
         )));
     }
+    let count = tv.iter().filter(|&&t| t != IGNORE_ID).count();
+    if device != crate::Device::Cpu {
+        let (mean, lse) = crate::cuda::ops::cross_entropy::forward(logits, targets, count)?;
+        let t = mean.record(&[logits], || Op::CrossEntropy {
+            logits: logits.clone(),
+            targets: targets.clone(),
+            lse,
+            count,
+        });
+        return Ok((t, count));
+    }
     let (lse, losses) =
         cpu::cross_entropy::forward(&f32s(logits, "cross_entropy")?, &tv, v, IGNORE_ID);
-    let count = tv.iter().filter(|&&t| t != IGNORE_ID).count();
     let total: f64 = losses.iter().map(|&l| l as f64).sum();
     let mean = if count == 0 {
         0.0
@@ -55,6 +72,9 @@ pub(crate) fn backward(
     count: usize,
     g: &Tensor,
 ) -> Result<Tensor> {
+    if logits.device() != crate::Device::Cpu {
+        return crate::cuda::ops::cross_entropy::backward(logits, targets, lse, count, g);
+    }
     let v = *logits.dims().last().unwrap_or(&1);
     let scale = if count == 0 {
         0.0

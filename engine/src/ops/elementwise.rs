@@ -3,7 +3,7 @@
 use crate::autograd::Op;
 use crate::cpu::{self, f32s, owned};
 use crate::storage::{CpuStorage, Storage};
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor, cuda};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinaryOp {
@@ -86,9 +86,13 @@ pub fn broadcast_dims(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<
 
 impl Tensor {
     fn binary(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
-        crate::ops::require_cpu(name, &[self, rhs])?;
+        let device = crate::ops::same_device(name, &[self, rhs])?;
         let dims = broadcast_dims(name, self.dims(), rhs.dims())?;
         let (a, b) = (self.broadcast_as(&dims)?, rhs.broadcast_as(&dims)?);
+        if device != Device::Cpu {
+            let out = cuda::ops::elementwise::binary(&a, &b, op)?;
+            return Ok(out.record(&[&a, &b], || Op::Binary(a.clone(), b.clone(), op)));
+        }
         let out = {
             let (sa, sb) = (cpu_f32(&a, name)?, cpu_f32(&b, name)?);
             cpu::elementwise::binary(sa, a.layout(), sb, b.layout(), op)
@@ -115,17 +119,17 @@ impl Tensor {
     }
 
     fn unary(&self, op: UnaryOp, name: &'static str) -> Result<Tensor> {
-        crate::ops::require_cpu(name, &[self])?;
-        let out = cpu::elementwise::unary(&f32s(self, name)?, op);
-        Ok(Tensor::from_op(
-            Storage::Cpu(owned(out)),
-            self.dims(),
-            &[self],
-            || match op {
-                UnaryOp::Affine(m, _) => Op::Affine(self.clone(), m),
-                _ => Op::Unary(self.clone(), op),
-            },
-        ))
+        let out = match self.device() {
+            Device::Cpu => Tensor::from_cpu(
+                owned(cpu::elementwise::unary(&f32s(self, name)?, op)),
+                self.dims(),
+            ),
+            Device::Cuda(_) => cuda::ops::elementwise::unary(self, op)?,
+        };
+        Ok(out.record(&[self], || match op {
+            UnaryOp::Affine(m, _) => Op::Affine(self.clone(), m),
+            _ => Op::Unary(self.clone(), op),
+        }))
     }
 
     pub fn neg(&self) -> Result<Tensor> {
@@ -165,7 +169,12 @@ impl Tensor {
         if self.dtype() == dtype {
             return Ok(self.clone());
         }
-        crate::ops::require_cpu("to_dtype", &[self])?;
+        let differentiable = self.dtype().is_float() && dtype.is_float();
+        let inputs: &[&Tensor] = if differentiable { &[self] } else { &[] };
+        if self.device() != Device::Cpu {
+            let out = cuda::ops::elementwise::cast(self, dtype)?;
+            return Ok(out.record(inputs, || Op::Cast(self.clone())));
+        }
         use cpu::data;
         let s: CpuStorage = match (self.dtype(), dtype) {
             (DType::F32, DType::BF16) => owned(cpu::elementwise::f32_to_bf16(&data::<f32>(
@@ -209,8 +218,6 @@ impl Tensor {
                 });
             }
         };
-        let differentiable = self.dtype().is_float() && dtype.is_float();
-        let inputs: &[&Tensor] = if differentiable { &[self] } else { &[] };
         Ok(Tensor::from_op(
             Storage::Cpu(s),
             self.dims(),

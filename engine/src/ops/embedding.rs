@@ -7,7 +7,7 @@ use crate::{Error, Result, Tensor};
 
 /// `weight[ids]`: ids of any shape (u32) → ids.dims + [d]. Ids ≥ V are an error.
 pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    crate::ops::require_cpu("embedding", &[weight, ids])?;
+    let device = crate::ops::same_device("embedding", &[weight, ids])?;
     let (v, d) = match weight.dims() {
         [v, d] => (*v, *d),
         other => {
@@ -17,6 +17,15 @@ pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
             ));
         }
     };
+    let mut dims = ids.dims().to_vec();
+    dims.push(d);
+    if device != crate::Device::Cpu {
+        let out = crate::cuda::ops::embedding::gather(weight, ids, &dims)?;
+        return Ok(out.record(&[weight], || Op::Embedding {
+            weight: weight.clone(),
+            ids: ids.clone(),
+        }));
+    }
     let idv = data::<u32>(ids, "embedding ids")?;
     if let Some(bad) = idv.iter().find(|&&i| i as usize >= v) {
         return Err(Error::Invalid(format!(
@@ -24,8 +33,6 @@ pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
         )));
     }
     let out = cpu::embedding::gather(&f32s(weight, "embedding")?, d, &idv);
-    let mut dims = ids.dims().to_vec();
-    dims.push(d);
     Ok(Tensor::from_op(
         Storage::Cpu(owned(out)),
         &dims,
@@ -38,6 +45,9 @@ pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
 }
 
 pub(crate) fn backward(weight: &Tensor, ids: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if weight.device() != crate::Device::Cpu {
+        return crate::cuda::ops::embedding::scatter_add(weight, ids, g);
+    }
     let (v, d) = (weight.dims()[0], weight.dims()[1]);
     let out = cpu::embedding::scatter_add(
         v,

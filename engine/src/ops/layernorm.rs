@@ -6,7 +6,7 @@ use crate::storage::Storage;
 use crate::{Error, Result, Tensor};
 
 pub fn layer_norm(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
-    crate::ops::require_cpu("layer_norm", &[x, gamma])?;
+    let device = crate::ops::same_device("layer_norm", &[x, gamma])?;
     let d = *x
         .dims()
         .last()
@@ -20,6 +20,14 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
                 x.dims()
             ),
         ));
+    }
+    if device != crate::Device::Cpu {
+        let (y, stats) = crate::cuda::ops::layernorm::forward(x, gamma)?;
+        return Ok(y.record(&[x, gamma], || Op::LayerNorm {
+            x: x.clone(),
+            gamma: gamma.clone(),
+            stats,
+        }));
     }
     let (y, stats) =
         cpu::layernorm::forward(&f32s(x, "layer_norm")?, &f32s(gamma, "layer_norm")?, d);
@@ -43,6 +51,9 @@ pub(crate) fn backward(
     stats: &Tensor,
     g: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
+    if x.device() != crate::Device::Cpu {
+        return crate::cuda::ops::layernorm::backward(x, gamma, stats, g);
+    }
     let d = gamma.dims()[0];
     let (dx, dg) = cpu::layernorm::backward(
         &f32s(x, "layer_norm")?,

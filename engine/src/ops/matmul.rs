@@ -42,7 +42,7 @@ impl Tensor {
     }
 
     fn matmul_primitive(&self, rhs: &Tensor) -> Result<Tensor> {
-        crate::ops::require_cpu("matmul", &[self, rhs])?;
+        let device = crate::ops::same_device("matmul", &[self, rhs])?;
         let (ra, rb) = (self.rank(), rhs.rank());
         let batched = match (ra, rb) {
             (2, 2) => false,
@@ -55,6 +55,16 @@ impl Tensor {
             return Err(self.mm_err(rhs));
         }
         let batch = if batched { self.dims()[0] } else { 1 };
+        let dims: Vec<usize> = if batched {
+            vec![batch, m, n]
+        } else {
+            vec![m, n]
+        };
+        if device != crate::Device::Cpu {
+            let d = crate::cuda::ops::matmul::Dims { batch, m, n, k };
+            let out = crate::cuda::ops::matmul::matmul(self, rhs, d, &dims)?;
+            return Ok(out.record(&[self, rhs], || Op::Matmul(self.clone(), rhs.clone())));
+        }
         let out = cpu::matmul::matmul(
             batch,
             m,
@@ -63,11 +73,6 @@ impl Tensor {
             &mat_ref(self, batched)?,
             &mat_ref(rhs, batched)?,
         );
-        let dims: Vec<usize> = if batched {
-            vec![batch, m, n]
-        } else {
-            vec![m, n]
-        };
         Ok(Tensor::from_op(
             Storage::Cpu(owned(out)),
             &dims,

@@ -29,11 +29,3 @@ pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
     }
     Ok(d)
 }
-
-/// The CPU arm of a dispatch, or the "not on CUDA yet" error.
-pub(crate) fn require_cpu(op: &'static str, ts: &[&Tensor]) -> Result<()> {
-    match same_device(op, ts)? {
-        Device::Cpu => Ok(()),
-        Device::Cuda(_) => Err(crate::cuda::not_yet(op)),
-    }
-}

@@ -39,7 +39,9 @@ impl Tensor {
 
     /// Row maximum over the last dim (keepdim). Not differentiable: used for stability shifts.
     pub fn max_last_keepdim(&self) -> Result<Tensor> {
-        crate::ops::require_cpu("max", &[self])?;
+        if self.device() != crate::Device::Cpu {
+            return crate::cuda::ops::reduce::max_last(self);
+        }
         let cols = self.dim(self.rank().saturating_sub(1))?;
         let mut dims = self.dims().to_vec();
         *dims.last_mut().unwrap_or(&mut 0) = 1;
@@ -49,7 +51,10 @@ impl Tensor {
 
     /// log-softmax over the last dim.
     pub fn log_softmax(&self) -> Result<Tensor> {
-        crate::ops::require_cpu("log_softmax", &[self])?;
+        if self.device() != crate::Device::Cpu {
+            let out = crate::cuda::ops::reduce::log_softmax(self)?;
+            return Ok(out.record(&[self], || Op::LogSoftmax(self.clone())));
+        }
         let cols = self.dim(self.rank().saturating_sub(1))?;
         let out = cpu::reduce::log_softmax(&f32s(self, "log_softmax")?, cols.max(1));
         Ok(Tensor::from_op(
@@ -71,7 +76,6 @@ pub fn sum_to(x: &Tensor, dims: &[usize]) -> Result<Tensor> {
     if x.dims() == dims {
         return Ok(x.clone());
     }
-    crate::ops::require_cpu("sum", &[x])?;
     let lead = x
         .rank()
         .checked_sub(dims.len())
@@ -86,13 +90,21 @@ pub fn sum_to(x: &Tensor, dims: &[usize]) -> Result<Tensor> {
             ));
         }
     }
-    let out = cpu::reduce::sum_to(&f32s(x, "sum")?, x.dims(), &keep);
-    let t = Tensor::from_op(Storage::Cpu(owned(out)), &keep, &[x], || Op::Sum(x.clone()));
+    let out = match x.device() {
+        crate::Device::Cpu => Tensor::from_cpu(
+            owned(cpu::reduce::sum_to(&f32s(x, "sum")?, x.dims(), &keep)),
+            &keep,
+        ),
+        crate::Device::Cuda(_) => crate::cuda::ops::reduce::sum_to(x, &keep)?,
+    };
+    let t = out.record(&[x], || Op::Sum(x.clone()));
     if lead == 0 { Ok(t) } else { t.reshape(dims) }
 }
 
 pub(crate) fn log_softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
-    crate::ops::require_cpu("log_softmax", &[y, g])?;
+    if crate::ops::same_device("log_softmax", &[y, g])? != crate::Device::Cpu {
+        return crate::cuda::ops::reduce::log_softmax_backward(y, g);
+    }
     let cols = y.dims().last().copied().unwrap_or(1).max(1);
     let out =
         cpu::reduce::log_softmax_backward(&f32s(y, "log_softmax")?, &f32s(g, "log_softmax")?, cols);

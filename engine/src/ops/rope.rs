@@ -6,8 +6,7 @@
 
 use crate::autograd::Op;
 use crate::cpu::{self, f32s, owned};
-use crate::storage::Storage;
-use crate::{Error, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 use std::sync::Arc;
 
 /// cos, sin and xPos scale for a run of positions, each (positions × dh).
@@ -17,6 +16,8 @@ pub struct RopeTables {
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
     pub scale: Vec<f32>,
+    /// The tables uploaded to a GPU on first use there (cos, sin, scale as one (3, n, dh) f32).
+    pub(crate) on_device: std::sync::OnceLock<Tensor>,
 }
 
 impl RopeTables {
@@ -39,6 +40,7 @@ impl RopeTables {
             cos: vec![0.0; n * dh],
             sin: vec![0.0; n * dh],
             scale: vec![1.0; n * dh],
+            on_device: std::sync::OnceLock::new(),
         };
         for r in 0..n {
             let pos = (start + r) as f64;
@@ -57,12 +59,38 @@ impl RopeTables {
         }
         Ok(Arc::new(t))
     }
+
+    /// [`RopeTables::new`] through a small process-wide cache, so a training run builds (and on
+    /// a GPU uploads) its tables once instead of on every forward.
+    pub fn shared(
+        dh: usize,
+        start: usize,
+        n: usize,
+        center: f64,
+        xpos: bool,
+        scale_base: f64,
+    ) -> Result<Arc<Self>> {
+        type Key = (usize, usize, usize, u64, bool, u64);
+        static CACHE: std::sync::Mutex<Vec<(Key, Arc<RopeTables>)>> =
+            std::sync::Mutex::new(Vec::new());
+        const KEEP: usize = 16;
+        let key = (dh, start, n, center.to_bits(), xpos, scale_base.to_bits());
+        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, t)) = cache.iter().find(|(k, _)| *k == key) {
+            return Ok(t.clone());
+        }
+        let t = Self::new(dh, start, n, center, xpos, scale_base)?;
+        if cache.len() >= KEEP {
+            cache.remove(0);
+        }
+        cache.push((key, t.clone()));
+        Ok(t)
+    }
 }
 
 /// Apply to x (…, n, dh) where the second-to-last dim is the position; `inverse` divides by
 /// the scale (keys).
 pub fn rope(x: &Tensor, tables: &Arc<RopeTables>, inverse: bool) -> Result<Tensor> {
-    crate::ops::require_cpu("rope", &[x])?;
     let r = x.rank();
     if r < 2 || x.dims()[r - 1] != tables.dh || x.dims()[r - 2] != tables.n {
         return Err(Error::shape(
@@ -75,18 +103,18 @@ pub fn rope(x: &Tensor, tables: &Arc<RopeTables>, inverse: bool) -> Result<Tenso
             ),
         ));
     }
-    let t = tables;
-    let out = cpu::rope::forward(&f32s(x, "rope")?, t, inverse);
-    Ok(Tensor::from_op(
-        Storage::Cpu(owned(out)),
-        x.dims(),
-        &[x],
-        || Op::Rope {
-            x: x.clone(),
-            tables: tables.clone(),
-            inverse,
-        },
-    ))
+    let out = match x.device() {
+        Device::Cpu => Tensor::from_cpu(
+            owned(cpu::rope::forward(&f32s(x, "rope")?, tables, inverse)),
+            x.dims(),
+        ),
+        Device::Cuda(_) => crate::cuda::ops::rope::apply(x, tables, inverse, false)?,
+    };
+    Ok(out.record(&[x], || Op::Rope {
+        x: x.clone(),
+        tables: tables.clone(),
+        inverse,
+    }))
 }
 
 pub(crate) fn backward(
@@ -95,6 +123,9 @@ pub(crate) fn backward(
     inverse: bool,
     g: &Tensor,
 ) -> Result<Tensor> {
+    if g.device() != Device::Cpu {
+        return crate::cuda::ops::rope::apply(g, t, inverse, true);
+    }
     let out = cpu::rope::backward(&f32s(g, "rope")?, t, inverse);
     Tensor::from_vec(out, x.dims())
 }

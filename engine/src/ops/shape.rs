@@ -12,7 +12,7 @@ impl Tensor {
         let first = ts
             .first()
             .ok_or_else(|| Error::shape("cat", "no tensors"))?;
-        crate::ops::require_cpu("cat", ts)?;
+        let device = crate::ops::same_device("cat", ts)?;
         let rank = first.rank();
         if dim >= rank {
             return Err(Error::shape(
@@ -38,6 +38,11 @@ impl Tensor {
             }
             dims[dim] += t.dims()[dim];
         }
+        let list: Vec<Tensor> = ts.iter().map(|t| (*t).clone()).collect();
+        if device != crate::Device::Cpu {
+            let out = crate::cuda::ops::elementwise::cat(ts, dim, &dims)?;
+            return Ok(out.record(ts, || Op::Cat(list, dim)));
+        }
         let s = match first.dtype() {
             DType::F32 => cat_f32(ts, dim)?,
             DType::BF16 => cat_cpu::<half::bf16>(ts, dim)?,
@@ -45,7 +50,6 @@ impl Tensor {
             DType::I64 => cat_cpu::<i64>(ts, dim)?,
             DType::U8 => cat_cpu::<u8>(ts, dim)?,
         };
-        let list: Vec<Tensor> = ts.iter().map(|t| (*t).clone()).collect();
         Ok(Tensor::from_op(Storage::Cpu(s), &dims, ts, || {
             Op::Cat(list, dim)
         }))

@@ -6,12 +6,19 @@ use crate::storage::Storage;
 use crate::{Error, Result, Tensor};
 
 pub fn swiglu(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    crate::ops::require_cpu("swiglu", &[x, gate])?;
+    let device = crate::ops::same_device("swiglu", &[x, gate])?;
     if x.dims() != gate.dims() {
         return Err(Error::shape(
             "swiglu",
             format!("x {:?} vs gate {:?}", x.dims(), gate.dims()),
         ));
+    }
+    if device != crate::Device::Cpu {
+        let out = crate::cuda::ops::swiglu::forward(x, gate)?;
+        return Ok(out.record(&[x, gate], || Op::Swiglu {
+            x: x.clone(),
+            gate: gate.clone(),
+        }));
     }
     let out = cpu::swiglu::forward(&f32s(x, "swiglu")?, &f32s(gate, "swiglu")?);
     Ok(Tensor::from_op(
@@ -26,6 +33,9 @@ pub fn swiglu(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
 }
 
 pub(crate) fn backward(x: &Tensor, gate: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    if x.device() != crate::Device::Cpu {
+        return crate::cuda::ops::swiglu::backward(x, gate, g);
+    }
     let (dx, dg) = cpu::swiglu::backward(
         &f32s(x, "swiglu")?,
         &f32s(gate, "swiglu")?,

@@ -52,8 +52,9 @@ fn score(params: &PalmParams, windows: &[Vec<u32>], batch: usize) -> Result<(f64
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    super::resolve_device(&args.device)?;
+    let device = super::resolve_device(&args.device)?;
     let (params, _) = load_model(&args.checkpoint)?;
+    let params = params.to_device(device)?;
     let (_, bytes) = read_bytes(Some(&args.data))?;
     let windows = strided_windows(&bytes, args.seq_len as usize);
     if windows.is_empty() {

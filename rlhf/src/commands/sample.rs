@@ -41,9 +41,10 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
-    super::resolve_device(&args.device)?;
+    let device = super::resolve_device(&args.device)?;
     let (params, file) = load_model(&args.checkpoint)?;
-    let lora = match &args.lora {
+    let params = params.to_device(device)?;
+    let mut lora = match &args.lora {
         Some(name) => Some(load_lora(&file, &params.config, name)?.ok_or_else(|| {
             crate::Error::Invalid(format!(
                 "{} has no LoRA scope '{name}'",
@@ -52,6 +53,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
         })?),
         None => None,
     };
+    if let Some(l) = lora.as_mut() {
+        l.move_to(device)?;
+    }
     let prompt = tokenizer::encode(&args.prompt);
     if prompt.is_empty() {
         return Err(crate::Error::Invalid("--prompt must not be empty".into()));

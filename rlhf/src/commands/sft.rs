@@ -187,11 +187,6 @@ impl Task for Sft {
 
 pub fn run(args: SftArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    if device != palm_engine::Device::Cpu {
-        return Err(Error::Invalid(
-            "fine-tuning on CUDA is not implemented yet (issue 3); use --device cpu".into(),
-        ));
-    }
     let mut trainer = match &args.resume {
         Some(dir) => Trainer::resume(dir, args.steps)?,
         None => {
@@ -224,6 +219,7 @@ pub fn run(args: SftArgs) -> Result<()> {
             Trainer::from_params(params, settings, extra, &args.out, Rng::new(args.seed))?
         }
     };
+    trainer.to_device(device)?;
     let run: RunSettings = serde_json::from_value(trainer.extra.clone())
         .map_err(|e| Error::Invalid(format!("bad run settings in the training state: {e}")))?;
     let records = read_jsonl::<SftRecord>(&run.data)?;

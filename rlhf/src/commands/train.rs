@@ -134,11 +134,6 @@ fn validate_args(a: &TrainArgs) -> Result<()> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    if device != palm_engine::Device::Cpu {
-        return Err(Error::Invalid(
-            "training on CUDA is not implemented yet (issue 3); use --device cpu".into(),
-        ));
-    }
     // A fresh run checks its data before creating anything on disk.
     let (mut trainer, corpus) = match &args.resume {
         Some(dir) => {
@@ -175,10 +170,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (Trainer::new(&config, settings, extra, &args.out)?, corpus)
         }
     };
+    trainer.to_device(device)?;
     let run = run_settings(&trainer)?;
     let c = trainer.params.config.clone();
     eprintln!(
-        "training {:.2}M parameters (dim {} depth {} heads {} dim_head {}) on {} ({} train / {} val bytes), {} steps of {}×{} tokens, on the CPU",
+        "training {:.2}M parameters (dim {} depth {} heads {} dim_head {}) on {} ({} train / {} val bytes), {} steps of {}×{} tokens, on {}",
         c.num_params() as f64 / 1e6,
         c.dim,
         c.depth,
@@ -189,7 +185,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         corpus.val.len(),
         trainer.settings.steps,
         run.batch,
-        run.seq_len
+        run.seq_len,
+        describe(device)
     );
     let task = Pretrain {
         train: &corpus.train,
@@ -255,6 +252,21 @@ impl Task for Pretrain<'_> {
         Ok(Some(
             format!("The {}", tokenizer::decode(&out[0])).replace('\n', " ⏎ "),
         ))
+    }
+}
+
+/// "the CPU" or the GPU's name, for the start line.
+fn describe(device: palm_engine::Device) -> String {
+    match device {
+        palm_engine::Device::Cpu => "the CPU".into(),
+        palm_engine::Device::Cuda(i) => palm_engine::cuda::CudaDevice::get(i)
+            .map(|d| {
+                format!(
+                    "{} (mixed precision: bf16 compute, f32 master weights)",
+                    d.info()
+                )
+            })
+            .unwrap_or_else(|_| format!("cuda:{i}")),
     }
 }
 

@@ -1,0 +1,184 @@
+//! Tensor-core matmul (`matmul.cu`): C = op(A)·op(B), bf16 in, f32 accumulate, bf16 or f32 out.
+//! f32 operands are rounded to bf16 first (the tensor cores' input type), like PyTorch's
+//! autocast; the result keeps the operands' dtype.
+
+use super::{Launch, alloc, base_ptr, device_of, int, out_ptr, tensor, untracked};
+use crate::cuda::launch::{KArg, LaunchCfg};
+use crate::{DType, Error, Result, Tensor};
+
+/// One operand as the kernels read it: row-major (`trans = false`, element (i, j) at
+/// `ptr + i·ld + j`) or stored transposed (`trans = true`, at `ptr + j·ld + i`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Operand {
+    pub ptr: u64,
+    pub trans: bool,
+    pub ld: usize,
+    /// Elements between batch entries (0 when shared).
+    pub batch_stride: usize,
+}
+
+/// Shapes of one (batched) product: C (batch, m, n) = A (batch, m, k) · B (batch, k, n).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dims {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+fn aligned(o: &Operand) -> bool {
+    o.ld.is_multiple_of(8) && o.batch_stride.is_multiple_of(8) && o.ptr.is_multiple_of(16)
+}
+
+/// The launch for C = op(A)·op(B) into a contiguous C. Picks the 128×128 tile when it fills the
+/// GPU, the 64×64 one otherwise, and the unaligned variant when strides or addresses are not
+/// multiples of 8 elements / 16 bytes.
+pub fn plan_matmul(
+    a: Operand,
+    b: Operand,
+    c: u64,
+    d: Dims,
+    f32_out: bool,
+    sms: u32,
+) -> Result<Launch> {
+    let layout = match (a.trans, b.trans) {
+        (false, false) => "nn",
+        (false, true) => "nt",
+        (true, false) => "tn",
+        (true, true) => {
+            return Err(Error::Invalid(
+                "internal: matmul with both operands transposed (make one contiguous)".into(),
+            ));
+        }
+    };
+    let c_ok = d.n.is_multiple_of(8) && c.is_multiple_of(16);
+    let big = d.m.div_ceil(128) * d.n.div_ceil(128) * d.batch >= sms as usize;
+    let (tile, bm, threads, smem) = if !(aligned(&a) && aligned(&b) && c_ok) {
+        ("_unaligned", 64, 128, 0)
+    } else if big {
+        ("", 128, 256, 81920)
+    } else {
+        ("_64", 64, 128, 0)
+    };
+    let out = if f32_out { "_f32out" } else { "" };
+    let grid = (
+        int(d.n.div_ceil(bm), "matmul grid")? as u32,
+        int(d.m.div_ceil(bm), "matmul grid")? as u32,
+        int(d.batch, "matmul batch")? as u32,
+    );
+    Ok(Launch::new(
+        format!("matmul_{layout}_bf16{tile}{out}"),
+        LaunchCfg::new(grid, (threads, 1, 1), smem),
+        vec![
+            KArg::Ptr(a.ptr),
+            KArg::Ptr(b.ptr),
+            KArg::Ptr(c),
+            KArg::I32(int(d.m, "m")?),
+            KArg::I32(int(d.n, "n")?),
+            KArg::I32(int(d.k, "k")?),
+            KArg::I32(int(a.ld, "lda")?),
+            KArg::I32(int(b.ld, "ldb")?),
+            KArg::I32(int(d.n, "ldc")?),
+            KArg::I64(a.batch_stride as i64),
+            KArg::I64(b.batch_stride as i64),
+            KArg::I64((d.m * d.n) as i64),
+            KArg::F32(1.0),
+            KArg::F32(0.0),
+        ],
+    ))
+}
+
+/// How a (batch,) rows × cols view can be read without a copy, or `None`.
+pub fn operand_of(dims: &[usize], strides: &[usize], ptr: u64) -> Option<Operand> {
+    let r = dims.len();
+    let (rows, cols) = (dims[r - 2], dims[r - 1]);
+    let (rs, cs) = (strides[r - 2], strides[r - 1]);
+    let batch_stride = if r == 3 && dims[0] > 1 { strides[0] } else { 0 };
+    if cs == 1 || cols == 1 {
+        let ld = if rows == 1 { cols.max(1) } else { rs };
+        return Some(Operand {
+            ptr,
+            trans: false,
+            ld,
+            batch_stride,
+        });
+    }
+    if rs == 1 || rows == 1 {
+        let ld = if cols == 1 { rows.max(1) } else { cs };
+        return Some(Operand {
+            ptr,
+            trans: true,
+            ld,
+            batch_stride,
+        });
+    }
+    None
+}
+
+fn operand(t: &Tensor) -> Result<(Tensor, Operand)> {
+    if let Some(o) = operand_of(t.dims(), t.layout().strides(), base_ptr(t)?) {
+        return Ok((t.clone(), o));
+    }
+    let c = t.contiguous()?;
+    let o = operand_of(c.dims(), c.layout().strides(), base_ptr(&c)?)
+        .ok_or_else(|| Error::Invalid("internal: contiguous matmul operand".into()))?;
+    Ok((c, o))
+}
+
+/// (m×k)·(k×n) or (b×m×k)·(b×k×n), shapes checked by the caller.
+pub(crate) fn matmul(a: &Tensor, b: &Tensor, d: Dims, out_dims: &[usize]) -> Result<Tensor> {
+    untracked(|| {
+        if a.dtype() != b.dtype() {
+            return Err(Error::DType {
+                op: "matmul",
+                got: b.dtype(),
+                want: a.dtype().name(),
+            });
+        }
+        let f32_out = match a.dtype() {
+            DType::BF16 => false,
+            DType::F32 => true,
+            other => {
+                return Err(Error::DType {
+                    op: "matmul",
+                    got: other,
+                    want: "f32 or bf16",
+                });
+            }
+        };
+        let dev = device_of(a)?;
+        if d.k == 0 {
+            return super::elementwise::full(&dev, out_dims, a.dtype(), 0.0);
+        }
+        let (a, b) = if f32_out {
+            (a.to_dtype(DType::BF16)?, b.to_dtype(DType::BF16)?)
+        } else {
+            (a.clone(), b.clone())
+        };
+        let (_ka, mut oa) = operand(&a)?;
+        let (kb, mut ob) = operand(&b)?;
+        let _kb2;
+        if oa.trans && ob.trans {
+            let c = kb.contiguous()?;
+            ob = operand_of(c.dims(), c.layout().strides(), base_ptr(&c)?)
+                .ok_or_else(|| Error::Invalid("internal: contiguous matmul operand".into()))?;
+            _kb2 = c;
+        }
+        if d.batch > 1 && a.rank() == 2 {
+            oa.batch_stride = 0;
+        }
+        let out_dtype = if f32_out { DType::F32 } else { DType::BF16 };
+        let out = alloc(&dev, out_dtype, d.batch * d.m * d.n)?;
+        if d.batch * d.m * d.n > 0 {
+            dev.run(&plan_matmul(
+                oa,
+                ob,
+                out_ptr(&out),
+                d,
+                f32_out,
+                dev.num_sms(),
+            )?)?;
+        }
+        Ok(tensor(out, out_dims))
+    })
+}
