@@ -72,7 +72,7 @@ impl Labeler {
     pub fn rank(&self, responses: Vec<String>) -> Vec<String> {
         let mut scored: Vec<(i64, String)> =
             responses.into_iter().map(|r| (self.score(&r), r)).collect();
-        scored.sort_by(|a, b| b.0.cmp(&a.0));
+        scored.sort_by_key(|s| std::cmp::Reverse(s.0));
         scored.into_iter().map(|(_, r)| r).collect()
     }
 }

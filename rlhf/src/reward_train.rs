@@ -26,20 +26,21 @@ pub struct Ranked {
 }
 
 impl Ranked {
-    /// A record fitted into `max_len` tokens a sequence: the prompt loses tokens from its front
-    /// until the longest response fits (one prompt for all responses, so they are compared on
-    /// the same context), and a response longer than `max_len` is cut at its end. The flag
-    /// says whether anything was cut.
+    /// A record fitted into `max_len` (≥ 2) tokens a sequence: a response longer than
+    /// `max_len − 1` is cut at its end, and the prompt loses tokens from its front until the
+    /// longest response fits, keeping at least its last one (one prompt for all responses, so
+    /// they are compared in the same context). The flag says whether anything was cut.
     pub fn new(r: &PreferenceRecord, max_len: usize) -> (Ranked, bool) {
         let (prompt, responses, margin) = r.ranking();
+        let keep = max_len.max(2) - 1;
         let mut responses: Vec<Vec<u32>> = responses.iter().map(|s| tokenizer::encode(s)).collect();
         let mut prompt = tokenizer::encode(prompt);
         let longest = responses.iter().map(Vec::len).max().unwrap_or(0);
-        let room = max_len.saturating_sub(longest);
-        let cut = prompt.len() > room || longest > max_len;
+        let room = max_len.max(2) - longest.min(keep);
+        let cut = prompt.len() > room || longest > keep;
         prompt.drain(..prompt.len().saturating_sub(room));
         for resp in &mut responses {
-            resp.truncate(max_len);
+            resp.truncate(keep);
         }
         let ranked = Ranked {
             prompt,

@@ -184,7 +184,7 @@ fn lora_trains_adapters_and_leaves_the_trunk() {
     assert!(acc[acc.len() - 1] >= 0.75, "held-out accuracy {acc:?}");
     let (base, rm) = (
         SafeFile::open(&ckpt).unwrap(),
-        SafeFile::open(&out.join("reward.safetensors")).unwrap(),
+        SafeFile::open(out.join("reward.safetensors")).unwrap(),
     );
     let mut trunk = 0;
     for name in base.names() {
@@ -249,7 +249,7 @@ fn bad_inputs_give_one_clear_error() {
         ),
         (
             "both.jsonl",
-            format!("{{\"prompt\": \"p\", \"responses\": [\"a\", \"b\"], \"chosen\": \"a\"}}\n"),
+            r#"{"prompt": "p", "responses": ["a", "b"], "chosen": "a"}"#.to_string(),
             "both.jsonl:1: bad record: a record is a ranking",
         ),
         (

@@ -45,7 +45,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub lora: bool,
     /// Rank of the LoRA adapters (with --lora).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 8, requires = "lora", value_parser = clap::value_parser!(u64).range(1..))]
     pub lora_rank: u64,
     /// Passes over the training rankings.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -53,8 +53,8 @@ pub struct TrainArgs {
     /// Rankings per step (every response of a ranking is scored in the same batch).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
-    /// Longest sequence (prompt + response) in tokens: the prompt loses its front first, then
-    /// responses are cut at the end.
+    /// Longest sequence (prompt + response) in tokens: responses keep at most N − 1 (cut at
+    /// the end), and the prompt loses its front until the longest response fits.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..))]
     pub seq_len: u64,
     /// Fraction of the rankings held out (chosen with --seed) for the loss and pairwise accuracy
