@@ -137,7 +137,13 @@ fn train(args: TrainArgs) -> Result<()> {
     check_args(&args)?;
     // Data and checkpoint are checked before anything is created on disk.
     let records = read_jsonl::<PreferenceRecord>(&args.data)?;
-    let (trunk, _) = load_model(&args.checkpoint)?;
+    let (trunk, file) = load_model(&args.checkpoint)?;
+    if file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT) {
+        eprintln!(
+            "note: {} is a reward model; only its trunk is used (a fresh head and segment embeddings)",
+            args.checkpoint.display()
+        );
+    }
     let mut rng = Rng::new(args.seed);
     let (train_idx, val_idx) = reward_train::split_held_out(records.len(), args.val_frac, &mut rng)
         .map_err(|e| Error::data(&args.data, None, e.to_string()))?;
