@@ -44,6 +44,79 @@ pub struct RankingRecord {
     pub responses: Vec<String>,
 }
 
+/// A prompt to sample responses for (`palm label`): `{"prompt"}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptRecord {
+    pub prompt: String,
+}
+
+/// A reward-model training record: a ranking, or a pair (a ranking of 2 with an optional
+/// margin). Told apart per line by its fields, so one file may mix both.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(try_from = "PreferenceFields")]
+pub enum PreferenceRecord {
+    Ranking(RankingRecord),
+    Pair(PairRecord),
+}
+
+/// Every field either kind may have; `TryFrom` decides which kind a line is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreferenceFields {
+    prompt: String,
+    responses: Option<Vec<String>>,
+    chosen: Option<String>,
+    rejected: Option<String>,
+    margin: Option<f32>,
+}
+
+impl TryFrom<PreferenceFields> for PreferenceRecord {
+    type Error = String;
+    fn try_from(f: PreferenceFields) -> std::result::Result<Self, String> {
+        match (f.responses, f.chosen, f.rejected) {
+            (Some(responses), None, None) if f.margin.is_none() => {
+                Ok(PreferenceRecord::Ranking(RankingRecord {
+                    prompt: f.prompt,
+                    responses,
+                }))
+            }
+            (Some(_), None, None) => Err("\"margin\" belongs to pairs; a ranking has none".into()),
+            (None, Some(chosen), Some(rejected)) => Ok(PreferenceRecord::Pair(PairRecord {
+                prompt: f.prompt,
+                chosen,
+                rejected,
+                margin: f.margin,
+            })),
+            (None, None, None) => Err("expected \"responses\" (a ranking) or \"chosen\" and \
+                                       \"rejected\" (a pair)"
+                .into()),
+            (Some(_), _, _) => Err("a record is a ranking (\"responses\") or a pair \
+                                    (\"chosen\", \"rejected\"), not both"
+                .into()),
+            (None, _, _) => Err("a pair needs both \"chosen\" and \"rejected\"".into()),
+        }
+    }
+}
+
+impl PreferenceRecord {
+    /// The prompt, the responses best to worst, and the margin (0 unless a pair gives one).
+    pub fn ranking(&self) -> (&str, Vec<&str>, f32) {
+        match self {
+            PreferenceRecord::Ranking(r) => (
+                &r.prompt,
+                r.responses.iter().map(String::as_str).collect(),
+                0.0,
+            ),
+            PreferenceRecord::Pair(p) => (
+                &p.prompt,
+                vec![p.chosen.as_str(), p.rejected.as_str()],
+                p.margin.unwrap_or(0.0),
+            ),
+        }
+    }
+}
+
 /// Checks a record beyond its JSON shape; `Err` holds the message (the caller adds file and line).
 pub trait Validate {
     fn validate(&self) -> std::result::Result<(), String>;
@@ -112,6 +185,21 @@ impl Validate for RankingRecord {
     }
 }
 
+impl Validate for PromptRecord {
+    fn validate(&self) -> std::result::Result<(), String> {
+        non_empty("prompt", &self.prompt)
+    }
+}
+
+impl Validate for PreferenceRecord {
+    fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            PreferenceRecord::Ranking(r) => r.validate(),
+            PreferenceRecord::Pair(p) => p.validate(),
+        }
+    }
+}
+
 impl RankingRecord {
     /// The C(K,2) (better, worse) pairs, in order i < j: `responses[i]` chosen over
     /// `responses[j]` — (0,1), (0,2), …, (1,2), …. Margins are `None`. The reward-model loss
@@ -147,7 +235,8 @@ fn is_gz(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "gz")
 }
 
-/// serde_json's message without its " at line 1 column N" (we give our own line), plus the column.
+/// serde_json's message without its " at line 1 column N" (we give our own line), plus the column
+/// where serde_json knows one (not for a record rejected as a whole, where it says 0).
 fn json_error(e: &serde_json::Error) -> String {
     let full = e.to_string();
     let msg = full
@@ -157,7 +246,10 @@ fn json_error(e: &serde_json::Error) -> String {
         serde_json::error::Category::Data => "bad record",
         _ => "malformed JSON",
     };
-    format!("{kind}: {msg} (column {})", e.column())
+    match e.column() {
+        0 => format!("{kind}: {msg}"),
+        c => format!("{kind}: {msg} (column {c})"),
+    }
 }
 
 /// Read and validate every record of a JSONL file (`.gz`: gzip). Blank lines are skipped; a

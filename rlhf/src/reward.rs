@@ -1,13 +1,23 @@
 //! The reward model (DESIGN §5): a PaLM trunk (optionally with a LoRA scope), segment
 //! embeddings added to the token embeddings (prompt vs response, as the seed), pooling over the
 //! final-LayerNorm output (`mean` over the sequence as the seed, or the `last` token as TRL),
-//! and a linear head to one scalar. Trained on rankings with the pairwise loss below.
+//! and a linear head to one scalar. Trained on rankings with the pairwise loss below; saved as
+//! one self-contained safetensors file (trunk, adapters, segment embeddings, head, pooling).
 
 use crate::{Error, Result};
-use palm_engine::{DType, Device, Rng, Tensor};
-use palm_model::{Forward, LoraScope, PalmParams};
+use palm_engine::{DType, Device, Rng, SafeFile, Tensor, no_grad};
+use palm_model::checkpoint::{get_checked, load_lora, model_metadata, model_tensors, params_of};
+use palm_model::{Forward, LoraScope, PalmParams, tokenizer};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The LoRA scope a reward model trains (DESIGN §5).
+pub const LORA_SCOPE: &str = "reward";
+/// The `format` metadata of a saved reward model.
+pub const FORMAT: &str = "palm-reward";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// Mean over every real (non-padding) position: the seed's choice.
     Mean,
@@ -15,8 +25,18 @@ pub enum Pooling {
     Last,
 }
 
+impl Pooling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Last => "last",
+        }
+    }
+}
+
 pub struct RewardModel {
     pub trunk: PalmParams,
+    /// With adapters the trunk is frozen: only they, the segment embeddings and the head train.
     pub lora: Option<LoraScope>,
     /// Added to the embeddings of prompt positions (D).
     pub prompt_embed: Tensor,
@@ -106,6 +126,165 @@ impl RewardModel {
             .reshape(&[b, d])?;
         Ok(pooled.matmul(&self.head.t()?)?.reshape(&[b])?)
     }
+
+    /// Scores of `responses` to `prompt` (byte tokens), one batch, no gradients.
+    pub fn score_texts(&self, prompt: &str, responses: &[&str]) -> Result<Vec<f32>> {
+        let p = tokenizer::encode(prompt);
+        let rs: Vec<Vec<u32>> = responses.iter().map(|r| tokenizer::encode(r)).collect();
+        let batch: Vec<Scored> = rs
+            .iter()
+            .map(|r| Scored {
+                prompt: &p,
+                response: r,
+            })
+            .collect();
+        palm_engine::cpu::on_workers(|| {
+            let _g = no_grad();
+            self.scores(&batch)?.to_vec::<f32>().map_err(Error::from)
+        })
+    }
+
+    /// Freeze the trunk and add fresh adapters of scope `reward` (rank `r`, alpha = r as the
+    /// seed). B = 0, so scores do not change until the adapters train.
+    pub fn add_lora(&mut self, r: usize, rng: &mut Rng) -> Result<()> {
+        self.lora = Some(LoraScope::new(
+            &self.trunk.config,
+            LORA_SCOPE,
+            r,
+            None,
+            rng,
+        )?);
+        self.freeze_trunk();
+        Ok(())
+    }
+
+    /// Cut the trunk out of the gradient graph, so backward computes no gradient for it.
+    fn freeze_trunk(&mut self) {
+        for t in self.trunk.tensors_mut() {
+            *t = t.detach();
+        }
+    }
+
+    /// What trains: the adapters if there are any (the trunk is frozen), else the trunk; then
+    /// the segment embeddings and the head. A fixed order, for the optimiser's moments.
+    fn trainable_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = match &mut self.lora {
+            Some(l) => l.tensors_mut(),
+            None => self.trunk.tensors_mut(),
+        };
+        out.extend([
+            &mut self.prompt_embed,
+            &mut self.response_embed,
+            &mut self.head,
+        ]);
+        out
+    }
+
+    /// The trainable tensors (see `set_trainable`), in a fixed order.
+    pub fn trainable(&mut self) -> Vec<Tensor> {
+        self.trainable_mut()
+            .into_iter()
+            .map(|t| t.clone())
+            .collect()
+    }
+
+    /// Replace the trainable tensors (the order of `trainable`), checking shapes.
+    pub fn set_trainable(&mut self, new: Vec<Tensor>) -> Result<()> {
+        let slots = self.trainable_mut();
+        if slots.len() != new.len() {
+            return Err(Error::Invalid(format!(
+                "reward model: expected {} trainable tensors, got {}",
+                slots.len(),
+                new.len()
+            )));
+        }
+        for (slot, t) in slots.into_iter().zip(new) {
+            if slot.dims() != t.dims() {
+                return Err(Error::Invalid(format!(
+                    "reward model: tensor of shape {:?} replaced by {:?}",
+                    slot.dims(),
+                    t.dims()
+                )));
+            }
+            *slot = t;
+        }
+        Ok(())
+    }
+
+    /// Save atomically as one self-contained file: the trunk under the seed's names (so `palm
+    /// info`/`sample` read it as a model), adapters `finetune_modules.reward.*`, and
+    /// `prompt_embed`, `response_embed`, `to_pred.weight`; pooling in the metadata.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let loras: Vec<&LoraScope> = self.lora.iter().collect();
+        let mut tensors = model_tensors(&self.trunk, &loras)?;
+        tensors.push(("prompt_embed".into(), self.prompt_embed.clone()));
+        tensors.push(("response_embed".into(), self.response_embed.clone()));
+        tensors.push(("to_pred.weight".into(), self.head.clone()));
+        let mut meta = model_metadata(&self.trunk.config, &loras)?;
+        meta.insert("format".into(), FORMAT.into());
+        let settings = RewardSettings {
+            pooling: self.pooling,
+        };
+        let json = serde_json::to_string(&settings)
+            .map_err(|e| Error::Invalid(format!("reward settings to JSON: {e}")))?;
+        meta.insert("reward".into(), json);
+        palm_engine::save_safetensors(path, &tensors, meta)?;
+        Ok(())
+    }
+
+    /// Load a file written by `save`; anything else (a plain model, a wrong shape) is an error
+    /// naming the file and, where one is at fault, the tensor.
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = SafeFile::open(path)?;
+        let bad = |msg: String| Error::data(path, None, msg);
+        match file.metadata().get("format").map(String::as_str) {
+            Some(FORMAT) => {}
+            Some(other) => {
+                return Err(bad(format!(
+                    "not a reward model (format '{other}', expected '{FORMAT}'); make one with \
+                     `palm reward train`"
+                )));
+            }
+            None => {
+                return Err(bad(format!(
+                    "not a reward model (no 'format' in the metadata, expected '{FORMAT}')"
+                )));
+            }
+        }
+        let settings: RewardSettings = file
+            .metadata()
+            .get("reward")
+            .ok_or_else(|| bad("no 'reward' settings in the metadata".into()))
+            .and_then(|j| {
+                serde_json::from_str(j)
+                    .map_err(|e| bad(format!("bad 'reward' settings in the metadata: {e}")))
+            })?;
+        let trunk = params_of(&file)?;
+        let d = trunk.config.dim;
+        let lora = load_lora(&file, &trunk.config, LORA_SCOPE)?;
+        let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            Ok(get_checked(&file, name, shape)?.as_var())
+        };
+        let mut rm = RewardModel {
+            prompt_embed: get("prompt_embed", &[d])?,
+            response_embed: get("response_embed", &[d])?,
+            head: get("to_pred.weight", &[1, d])?,
+            trunk,
+            lora,
+            pooling: settings.pooling,
+        };
+        if rm.lora.is_some() {
+            rm.freeze_trunk();
+        }
+        Ok(rm)
+    }
+}
+
+/// A reward model's own settings, saved as JSON under `reward` in the metadata.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RewardSettings {
+    pooling: Pooling,
 }
 
 /// The ranking loss of one prompt's K responses scored best to worst: the mean over all

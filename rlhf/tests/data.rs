@@ -1,10 +1,10 @@
-//! The RLHF data layer: round trips, gzip, ranking expansion, and every bad input named by file
-//! and line.
+//! The RLHF data layer: round trips, gzip, ranking expansion, preference files mixing rankings
+//! and pairs, and every bad input named by file and line.
 
 use palm_rlhf::Error;
 use palm_rlhf::data::{
-    PairRecord, RankingRecord, SftRecord, TextRecord, Validate, append_jsonl, read_jsonl,
-    write_jsonl,
+    PairRecord, PreferenceRecord, PromptRecord, RankingRecord, SftRecord, TextRecord, Validate,
+    append_jsonl, read_jsonl, write_jsonl,
 };
 use serde::de::DeserializeOwned;
 use std::io::Write;
@@ -481,4 +481,67 @@ fn writers_refuse_what_cannot_be_read_back() {
     write_jsonl(&p, &texts()).unwrap();
     write_jsonl(&p, &texts()[..1]).unwrap();
     assert_eq!(read_jsonl::<TextRecord>(&p).unwrap(), texts()[..1]);
+}
+
+#[test]
+fn preference_files_mix_rankings_and_pairs() {
+    let tmp = Tmp::new("pref");
+    let body = concat!(
+        r#"{"prompt":"p","responses":["a","b","c"]}"#,
+        "\n",
+        r#"{"prompt":"q","chosen":"d","rejected":"e","margin":0.5}"#,
+        "\n",
+        r#"{"prompt":"r","chosen":"f","rejected":"g"}"#,
+        "\n",
+    );
+    let got: Vec<PreferenceRecord> = read_jsonl(&tmp.file("mixed.jsonl", body.as_bytes())).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            PreferenceRecord::Ranking(ranking("p", &["a", "b", "c"])),
+            PreferenceRecord::Pair(pair("q", "d", "e", Some(0.5))),
+            PreferenceRecord::Pair(pair("r", "f", "g", None)),
+        ]
+    );
+    assert_eq!(got[0].ranking(), ("p", vec!["a", "b", "c"], 0.0));
+    assert_eq!(got[1].ranking(), ("q", vec!["d", "e"], 0.5));
+    assert_eq!(got[2].ranking(), ("r", vec!["f", "g"], 0.0));
+    // Each kind's own checks still apply, named by line.
+    for (line, needle) in [
+        (r#"{"prompt":"p","chosen":"a","rejected":"a"}"#, "identical"),
+        (
+            r#"{"prompt":"p","chosen":"a","rejected":"b","margin":-1}"#,
+            "margin must be ≥ 0",
+        ),
+        (
+            r#"{"prompt":"p","responses":["a"]}"#,
+            "at least 2 responses",
+        ),
+        (r#"{"prompt":"p","chosen":"a"}"#, "a pair needs both"),
+        (r#"{"prompt":"p"}"#, "expected \"responses\""),
+    ] {
+        let p = tmp.file(
+            "bad.jsonl",
+            format!("{}\n{line}\n", &body[..body.find('\n').unwrap()]).as_bytes(),
+        );
+        let e = read_jsonl::<PreferenceRecord>(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.jsonl:2:") && e.contains(needle), "{e}");
+    }
+}
+
+#[test]
+fn prompt_records() {
+    let tmp = Tmp::new("prompts");
+    let prompts = vec![
+        PromptRecord {
+            prompt: "Hi".into(),
+        },
+        PromptRecord {
+            prompt: "Tell me ✓".into(),
+        },
+    ];
+    round_trip(&tmp, "prompt", &prompts);
+    let p = tmp.file("bad.jsonl", b"{\"prompt\":\"a\"}\n{\"prompt\":\" \"}\n");
+    let e = read_jsonl::<PromptRecord>(&p).unwrap_err().to_string();
+    assert!(e.contains("bad.jsonl:2: empty prompt"), "{e}");
 }

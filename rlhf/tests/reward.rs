@@ -1,10 +1,13 @@
-//! Reward model: the pairwise ranking loss against a direct computation, its gradient, and
-//! scores that do not depend on the padding of a batch. (The seed's reward forward is checked
+//! Reward model: the pairwise ranking loss against a direct computation, its gradient, scores
+//! that do not depend on the padding of a batch, save → load, the frozen trunk under LoRA, and
+//! the training data's cutting and held-out split. (The seed's reward forward is checked
 //! in tests/tests/reference.rs.)
 
 use palm_engine::{Rng, Tensor};
 use palm_model::{PalmConfig, PalmParams};
+use palm_rlhf::data::{PairRecord, PreferenceRecord, RankingRecord};
 use palm_rlhf::reward::{Pooling, RewardModel, Scored, ranking_loss};
+use palm_rlhf::reward_train::{Ranked, batch_loss, split_held_out};
 
 fn softplus(x: f64) -> f64 {
     x.max(0.0) + (-x.abs()).exp().ln_1p()
@@ -104,4 +107,135 @@ fn scores_do_not_depend_on_batch_padding() {
             .unwrap();
         assert!((shifted.to_vec::<f32>().unwrap()[0] - alone[0]).abs() > 1e-6);
     }
+}
+
+fn record(prompt: &str, responses: &[&str]) -> PreferenceRecord {
+    PreferenceRecord::Ranking(RankingRecord {
+        prompt: prompt.into(),
+        responses: responses.iter().map(|r| r.to_string()).collect(),
+    })
+}
+
+fn ids(s: &str) -> Vec<u32> {
+    s.bytes().map(u32::from).collect()
+}
+
+#[test]
+fn rankings_are_cut_to_the_sequence_length() {
+    let r = record("abcdef", &["xy", "wxyz"]);
+    let (whole, cut) = Ranked::new(&r, 10);
+    assert!(!cut);
+    assert_eq!(
+        (whole.prompt, whole.responses),
+        (ids("abcdef"), vec![ids("xy"), ids("wxyz")])
+    );
+    // The prompt loses its front until the longest response fits, for every response alike.
+    let (r6, cut) = Ranked::new(&r, 6);
+    assert!(cut);
+    assert_eq!(
+        (r6.prompt, r6.responses),
+        (ids("ef"), vec![ids("xy"), ids("wxyz")])
+    );
+    // Responses keep at most max_len − 1 tokens; the prompt keeps its last one.
+    let (r3, _) = Ranked::new(&r, 3);
+    assert_eq!(
+        (r3.prompt, r3.responses),
+        (ids("f"), vec![ids("xy"), ids("wx")])
+    );
+    // Pairs are rankings of two with their margin.
+    let pair = PreferenceRecord::Pair(PairRecord {
+        prompt: "p".into(),
+        chosen: "good".into(),
+        rejected: "bad".into(),
+        margin: Some(0.5),
+    });
+    let (p, _) = Ranked::new(&pair, 10);
+    assert_eq!(
+        (p.pairs(), p.responses, p.margin),
+        (1, vec![ids("good"), ids("bad")], 0.5)
+    );
+    assert_eq!(
+        Ranked::new(&record("p", &["a", "b", "c", "d"]), 9)
+            .0
+            .pairs(),
+        6
+    );
+}
+
+#[test]
+fn held_out_split_is_seeded_and_disjoint() {
+    let split = |n, frac, seed| split_held_out(n, frac, &mut Rng::new(seed)).unwrap();
+    let (train, val) = split(10, 0.25, 1);
+    // round(2.5) = 3 held out.
+    assert_eq!((train.len(), val.len()), (7, 3));
+    let mut all: Vec<usize> = train.iter().chain(&val).copied().collect();
+    all.sort();
+    assert_eq!(all, (0..10).collect::<Vec<_>>());
+    assert_eq!(split(10, 0.25, 1), (train.clone(), val.clone()));
+    assert_ne!(split(10, 0.25, 2).1, val);
+    // At least one on each side.
+    assert_eq!(split(2, 0.01, 0).1.len(), 1);
+    assert_eq!(split(3, 0.99, 0).0.len(), 1);
+    assert!(split_held_out(1, 0.5, &mut Rng::new(0)).is_err());
+}
+
+/// A reward model with every part non-trivial: segment embeddings and, optionally, adapters
+/// whose B is not zero (so they change the scores).
+fn busy_model(pooling: Pooling, lora: bool, rng: &mut Rng) -> RewardModel {
+    let trunk = PalmParams::init(&PalmConfig::new(256, 32, 2, 2, 16), rng).unwrap();
+    let mut rm = RewardModel::new(trunk, pooling, rng).unwrap();
+    rm.prompt_embed = Tensor::randn(&[32], 0.5, rng).as_var();
+    rm.response_embed = Tensor::randn(&[32], 0.5, rng).as_var();
+    if lora {
+        rm.add_lora(4, rng).unwrap();
+        for l in rm.lora.as_mut().unwrap().layers.iter_mut().flatten() {
+            l.b = Tensor::randn(l.b.dims(), 0.05, rng).as_var();
+        }
+    }
+    rm
+}
+
+#[test]
+fn save_then_load_scores_identically() {
+    let dir = std::env::temp_dir().join(format!("palm-test-rm-save-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let responses = [" yes", " no, thanks", "?"];
+    for (pooling, lora) in [(Pooling::Mean, false), (Pooling::Last, true)] {
+        let mut rng = Rng::new(11);
+        let rm = busy_model(pooling, lora, &mut rng);
+        let want = rm.score_texts("Hi:", &responses).unwrap();
+        let path = dir.join(format!("rm-{lora}.safetensors"));
+        rm.save(&path).unwrap();
+        let mut back = RewardModel::load(&path).unwrap();
+        assert_eq!((back.pooling, back.lora.is_some()), (pooling, lora));
+        assert_eq!(back.score_texts("Hi:", &responses).unwrap(), want);
+        if lora {
+            // The adapters were saved and matter: without them the scores differ.
+            back.lora = None;
+            assert_ne!(back.score_texts("Hi:", &responses).unwrap(), want);
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn lora_freezes_the_trunk() {
+    let mut rng = Rng::new(5);
+    let mut rm = busy_model(Pooling::Mean, true, &mut rng);
+    let r = Ranked::new(&record("Q:", &[" aaa", " bb", " c"]), 16).0;
+    let grads = batch_loss(&rm, &[&r]).unwrap().backward().unwrap();
+    for (name, t) in rm.trunk.named() {
+        assert!(grads.get(t).is_none(), "{name} got a gradient");
+    }
+    let trainable = rm.trainable();
+    // 4 adapters × (A, B) per layer, 2 layers, then the segment embeddings and the head.
+    assert_eq!(trainable.len(), 2 * 4 * 2 + 3);
+    for t in &trainable {
+        assert!(grads.get(t).is_some(), "a trainable tensor got no gradient");
+    }
+    // Without adapters the trunk trains.
+    let mut full = busy_model(Pooling::Mean, false, &mut rng);
+    assert_eq!(full.trainable().len(), full.trunk.named().len() + 3);
+    let grads = batch_loss(&full, &[&r]).unwrap().backward().unwrap();
+    assert!(grads.get(&full.trunk.token_emb).is_some());
 }

@@ -1,7 +1,8 @@
-//! The `palm` command line: train, sample, evaluate and inspect PaLM models.
+//! The `palm` command line: train, fine-tune, sample, evaluate and inspect PaLM models; train
+//! and use reward models; label sampled responses.
 
 use clap::{Parser, Subcommand};
-use palm_rlhf::commands::{eval, info, sample, sft, train};
+use palm_rlhf::commands::{eval, info, label, reward, sample, sft, train};
 
 #[derive(Parser)]
 #[command(name = "palm", version, about = "PaLM + RLHF on our own tensor engine")]
@@ -16,6 +17,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Supervised fine-tuning on prompt/completion pairs (loss on the completion only).
     Sft(sft::SftArgs),
+    /// Reward model: `train` it on rankings or pairs, `score` responses with it.
+    Reward(reward::RewardArgs),
+    /// Sample responses per prompt and rank them with a scripted labeler (AFINN, length, count).
+    Label(label::LabelArgs),
     /// Continue a prompt from a checkpoint.
     Sample(sample::SampleArgs),
     /// Loss and bits per byte of a checkpoint on a text file.
@@ -29,6 +34,8 @@ fn main() {
     let result = match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sft(a) => sft::run(a),
+        Command::Reward(a) => reward::run(a),
+        Command::Label(a) => label::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),

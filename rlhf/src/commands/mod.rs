@@ -2,6 +2,8 @@
 
 pub mod eval;
 pub mod info;
+pub mod label;
+pub mod reward;
 pub mod sample;
 pub mod sft;
 pub mod train;

@@ -42,3 +42,29 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A freshly initialised model as small as `TINY_MODEL`, saved as a checkpoint in `dir`
+/// (no training: a trunk for reward models and a policy to sample from).
+#[allow(dead_code)] // not every test file needs a checkpoint
+pub fn tiny_checkpoint(dir: &std::path::Path, seed: u64) -> PathBuf {
+    let mut rng = palm_engine::Rng::new(seed);
+    let config = palm_model::PalmConfig::new(256, 32, 1, 2, 16);
+    let params = palm_model::PalmParams::init(&config, &mut rng).unwrap();
+    let path = dir.join("policy.safetensors");
+    palm_model::checkpoint::save_model(&path, &params, &[]).unwrap();
+    path
+}
+
+/// A failed run that printed exactly one `error:` line mentioning `needle`, and no panic.
+#[allow(dead_code)] // not every test file checks failures
+pub fn assert_one_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line: {err}");
+    assert!(
+        lines[0].contains(needle),
+        "error should mention '{needle}': {err}"
+    );
+}

@@ -1,0 +1,328 @@
+//! Reward-model training (DESIGN §5): rankings and pairs as token ids, a seeded held-out split,
+//! AdamW with warmup + cosine over epochs of shuffled batches, and the held-out pairwise
+//! accuracy after every epoch. A loop of its own rather than the shared `Trainer`, which
+//! optimises `PalmParams` alone: a reward model also trains its segment embeddings and head,
+//! and with `--lora` only adapters in front of a frozen trunk.
+
+use crate::data::PreferenceRecord;
+use crate::reward::{RewardModel, Scored, ranking_loss};
+use crate::trainer::Throughput;
+use crate::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
+use palm_model::tokenizer;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const MODEL_FILE: &str = "reward.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// One prompt's responses as token ids, best first, with the margin of its pairs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    pub prompt: Vec<u32>,
+    pub responses: Vec<Vec<u32>>,
+    pub margin: f32,
+}
+
+impl Ranked {
+    /// A record fitted into `max_len` (≥ 2) tokens a sequence: a response longer than
+    /// `max_len − 1` is cut at its end, and the prompt loses tokens from its front until the
+    /// longest response fits, keeping at least its last one (one prompt for all responses, so
+    /// they are compared in the same context). The flag says whether anything was cut.
+    pub fn new(r: &PreferenceRecord, max_len: usize) -> (Ranked, bool) {
+        let (prompt, responses, margin) = r.ranking();
+        let keep = max_len.max(2) - 1;
+        let mut responses: Vec<Vec<u32>> = responses.iter().map(|s| tokenizer::encode(s)).collect();
+        let mut prompt = tokenizer::encode(prompt);
+        let longest = responses.iter().map(Vec::len).max().unwrap_or(0);
+        let room = max_len.max(2) - longest.min(keep);
+        let cut = prompt.len() > room || longest > keep;
+        prompt.drain(..prompt.len().saturating_sub(room));
+        for resp in &mut responses {
+            resp.truncate(keep);
+        }
+        let ranked = Ranked {
+            prompt,
+            responses,
+            margin,
+        };
+        (ranked, cut)
+    }
+
+    /// The C(K,2) (better, worse) pairs it holds.
+    pub fn pairs(&self) -> usize {
+        let k = self.responses.len();
+        k * k.saturating_sub(1) / 2
+    }
+}
+
+/// Shuffle `0..n` with `rng` and hold out `round(n · val_frac)` of it (at least one, leaving at
+/// least one to train on): (train, held-out) indices.
+pub fn split_held_out(n: usize, val_frac: f64, rng: &mut Rng) -> Result<(Vec<usize>, Vec<usize>)> {
+    if n < 2 {
+        return Err(Error::Invalid(format!(
+            "need at least 2 rankings (one is held out), got {n}"
+        )));
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    shuffle(&mut idx, rng);
+    let held = ((n as f64 * val_frac).round() as usize).clamp(1, n - 1);
+    let val = idx.split_off(n - held);
+    Ok((idx, val))
+}
+
+/// Fisher–Yates with the run's RNG.
+fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.below(i + 1));
+    }
+}
+
+/// The scores (N,) of every response of `batch`, ranking after ranking, in one forward pass.
+fn score_batch(rm: &RewardModel, batch: &[&Ranked]) -> Result<Tensor> {
+    let seqs: Vec<Scored> = batch
+        .iter()
+        .flat_map(|r| {
+            r.responses.iter().map(|resp| Scored {
+                prompt: &r.prompt,
+                response: resp,
+            })
+        })
+        .collect();
+    rm.scores(&seqs)
+}
+
+/// The mean over the batch's rankings of their ranking losses (each the mean over its pairs).
+fn loss_of(scores: &Tensor, batch: &[&Ranked]) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    let mut at = 0;
+    for r in batch {
+        let k = r.responses.len();
+        let l = ranking_loss(&scores.narrow(0, at, k)?, r.margin)?;
+        at += k;
+        total = Some(match total {
+            None => l,
+            Some(t) => t.add(&l)?,
+        });
+    }
+    let total = total.ok_or_else(|| Error::Invalid("an empty batch of rankings".into()))?;
+    Ok(total.scale(1.0 / batch.len() as f32)?)
+}
+
+/// The training loss of one batch (with gradients).
+pub fn batch_loss(rm: &RewardModel, batch: &[&Ranked]) -> Result<Tensor> {
+    loss_of(&score_batch(rm, batch)?, batch)
+}
+
+/// How a reward model does on held-out rankings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldOut {
+    /// Mean ranking loss over the rankings.
+    pub loss: f64,
+    /// Pairs with r_better > r_worse (a tie counts as wrong).
+    pub correct: usize,
+    pub pairs: usize,
+}
+
+impl HeldOut {
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.pairs.max(1) as f64
+    }
+}
+
+/// Score `rankings`, `batch` at a time, without gradients.
+pub fn evaluate(rm: &RewardModel, rankings: &[Ranked], batch: usize) -> Result<HeldOut> {
+    palm_engine::cpu::on_workers(|| {
+        let _g = no_grad();
+        let (mut loss, mut correct, mut pairs) = (0f64, 0, 0);
+        for chunk in rankings.chunks(batch.max(1)) {
+            let refs: Vec<&Ranked> = chunk.iter().collect();
+            let scores = score_batch(rm, &refs)?;
+            loss += loss_of(&scores, &refs)?.to_scalar()? as f64 * refs.len() as f64;
+            let values = scores.to_vec::<f32>()?;
+            let mut at = 0;
+            for r in chunk {
+                let s = &values[at..at + r.responses.len()];
+                for i in 0..s.len() {
+                    correct += s[i + 1..].iter().filter(|&&worse| s[i] > worse).count();
+                }
+                pairs += r.pairs();
+                at += r.responses.len();
+            }
+        }
+        Ok(HeldOut {
+            loss: loss / rankings.len().max(1) as f64,
+            correct,
+            pairs,
+        })
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSettings {
+    pub epochs: u64,
+    /// Rankings per step.
+    pub batch: usize,
+    pub lr: f32,
+    pub min_lr: f32,
+    pub warmup: u64,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+}
+
+/// Train `rm` on `train`, reporting on `val` before training and after every epoch; the model is
+/// saved to `out/reward.safetensors` after every epoch (atomically) and the metrics appended to
+/// `out/metrics.jsonl`. Returns the held-out results, the untrained one first.
+pub fn train(
+    rm: &mut RewardModel,
+    train: &[Ranked],
+    val: &[Ranked],
+    s: &TrainSettings,
+    rng: &mut Rng,
+    out: &Path,
+) -> Result<Vec<HeldOut>> {
+    if train.is_empty() || val.is_empty() {
+        return Err(Error::Invalid(
+            "reward training needs rankings to train on and to hold out".into(),
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut metrics = Metrics::create(out)?;
+    let batch = s.batch.max(1);
+    let steps_per_epoch = train.len().div_ceil(batch) as u64;
+    let total = steps_per_epoch * s.epochs;
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            lr: s.lr,
+            weight_decay: s.weight_decay,
+            ..AdamWConfig::default()
+        },
+        &rm.trainable(),
+    );
+    let pb = progress(total);
+    let say = |line: String| {
+        if pb.is_hidden() {
+            eprintln!("{line}")
+        } else {
+            pb.println(line)
+        }
+    };
+    let start = evaluate(rm, val, batch)?;
+    say(format!("epoch 0 (untrained): {}", held_line(&start)));
+    metrics.log(epoch_json(0, 0, None, &start))?;
+    let mut results = vec![start];
+    let mut speed = Throughput::default();
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut step = 0u64;
+    for epoch in 1..=s.epochs {
+        shuffle(&mut order, rng);
+        let mut epoch_loss = 0f64;
+        for chunk in order.chunks(batch) {
+            let picked: Vec<&Ranked> = chunk.iter().map(|&i| &train[i]).collect();
+            let lr = lr_at(step, s.warmup, total, s.lr, s.min_lr);
+            let (loss, grad_norm) =
+                palm_engine::cpu::on_workers(|| optimise(rm, &mut opt, &picked, lr, s.grad_clip))?;
+            step += 1;
+            epoch_loss += loss as f64;
+            speed.add(picked.iter().map(|r| r.responses.len() as u64).sum());
+            metrics.log(serde_json::json!({
+                "step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "responses_per_s": speed.per_second(), "elapsed_s": speed.elapsed(),
+            }))?;
+            pb.set_position(step);
+            pb.set_message(format!("epoch {epoch} loss {loss:.3}"));
+            if pb.is_hidden() && step.is_multiple_of(20) {
+                eprintln!("step {step} loss {loss:.4} lr {lr:.2e}");
+            }
+        }
+        let train_loss = epoch_loss / steps_per_epoch as f64;
+        let held = evaluate(rm, val, batch)?;
+        say(format!(
+            "epoch {epoch}/{}: train loss {train_loss:.4}, {}, {:.1}s",
+            s.epochs,
+            held_line(&held),
+            speed.elapsed()
+        ));
+        metrics.log(epoch_json(epoch, step, Some(train_loss), &held))?;
+        rm.save(&out.join(MODEL_FILE))?;
+        results.push(held);
+    }
+    pb.finish_and_clear();
+    metrics.flush()?;
+    Ok(results)
+}
+
+/// One AdamW step on a batch: (loss, gradient norm before clipping).
+fn optimise(
+    rm: &mut RewardModel,
+    opt: &mut AdamW,
+    batch: &[&Ranked],
+    lr: f32,
+    grad_clip: f32,
+) -> Result<(f32, f32)> {
+    let loss = batch_loss(rm, batch)?;
+    let value = loss.to_scalar()?;
+    if !value.is_finite() {
+        return Err(Error::Invalid(format!(
+            "reward-model loss became {value}; try a lower --lr"
+        )));
+    }
+    let mut grads = loss.backward()?;
+    drop(loss);
+    let mut tensors = rm.trainable();
+    let norm = clip_grad_norm(&mut grads, &tensors, grad_clip)?;
+    opt.step(&mut tensors, &grads, lr)?;
+    rm.set_trainable(tensors)?;
+    Ok((value, norm))
+}
+
+pub fn held_line(h: &HeldOut) -> String {
+    format!(
+        "held-out loss {:.4}, pairwise accuracy {:.3} ({}/{} pairs)",
+        h.loss,
+        h.accuracy(),
+        h.correct,
+        h.pairs
+    )
+}
+
+fn epoch_json(epoch: u64, step: u64, train_loss: Option<f64>, h: &HeldOut) -> serde_json::Value {
+    serde_json::json!({
+        "epoch": epoch, "step": step, "train_loss": train_loss, "val_loss": h.loss,
+        "val_accuracy": h.accuracy(), "val_correct": h.correct, "val_pairs": h.pairs,
+    })
+}
+
+/// A bar with the step count and loss, or nothing when stderr is not a terminal (then the loop
+/// prints plain lines).
+fn progress(total: u64) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// `metrics.jsonl`: one JSON object a line.
+struct Metrics {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Metrics {
+    fn create(out: &Path) -> Result<Self> {
+        let path = out.join(METRICS_FILE);
+        let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Metrics { path, file })
+    }
+    fn log(&mut self, v: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.file.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}
