@@ -199,7 +199,7 @@ pub fn train(
             ..AdamWConfig::default()
         },
         &rm.trainable(),
-    );
+    )?;
     let pb = progress(total);
     let say = |line: String| {
         if pb.is_hidden() {
