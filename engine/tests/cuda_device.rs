@@ -217,10 +217,21 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     GPU.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A real GPU: these tests load kernel modules, time events and exhaust device memory, which the
+/// emulated device (`PALM_CUDA_EMULATE=1`) does not model.
+fn hardware(test: &str) -> Option<std::sync::Arc<CudaDevice>> {
+    let dev = gpu_or_skip(test)?;
+    if dev.is_emulated() {
+        eprintln!("skipped: {test}: needs a real GPU, not the emulated device");
+        return None;
+    }
+    Some(dev)
+}
+
 #[test]
 fn gpu_discovery() {
     let _serial = serial();
-    let Some(dev) = gpu_or_skip("gpu_discovery") else {
+    let Some(dev) = hardware("gpu_discovery") else {
         return;
     };
     let info = dev.info();
@@ -239,7 +250,7 @@ fn gpu_discovery() {
 #[test]
 fn gpu_loads_every_family_and_kernel() {
     let _serial = serial();
-    let Some(dev) = gpu_or_skip("gpu_loads_every_family_and_kernel") else {
+    let Some(dev) = hardware("gpu_loads_every_family_and_kernel") else {
         return;
     };
     for fam in FAMILIES {
@@ -269,7 +280,7 @@ fn gpu_loads_every_family_and_kernel() {
 #[test]
 fn gpu_fill_round_trip_through_the_pool() {
     let _serial = serial();
-    let Some(dev) = gpu_or_skip("gpu_fill_round_trip_through_the_pool") else {
+    let Some(dev) = hardware("gpu_fill_round_trip_through_the_pool") else {
         return;
     };
     let n = 1_000_003usize; // not a multiple of the 8-wide vector path
@@ -308,7 +319,7 @@ fn gpu_fill_round_trip_through_the_pool() {
 #[test]
 fn gpu_event_timed_launch() {
     let _serial = serial();
-    let Some(dev) = gpu_or_skip("gpu_event_timed_launch") else {
+    let Some(dev) = hardware("gpu_event_timed_launch") else {
         return;
     };
     let fill = dev.kernel(&ELEMENTWISE, "fill_fwd_f32").unwrap();
@@ -331,7 +342,7 @@ fn gpu_event_timed_launch() {
 #[test]
 fn gpu_out_of_memory_is_an_error() {
     let _serial = serial();
-    let Some(dev) = gpu_or_skip("gpu_out_of_memory_is_an_error") else {
+    let Some(dev) = hardware("gpu_out_of_memory_is_an_error") else {
         return;
     };
     let too_much = dev.info().total_memory * 2;

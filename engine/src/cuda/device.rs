@@ -2,6 +2,7 @@
 //! one launch helper every kernel launch goes through. GPU-only: nothing here runs without a
 //! device (tests skip through [`gpu_or_skip`]).
 
+use super::emulator::Emulator;
 use super::launch;
 use super::launch::{DEFAULT_DYNAMIC_SMEM, KArg, LaunchCfg, Param};
 use super::pool::{DeviceAllocator, MemoryPool, PoolStats};
@@ -34,15 +35,32 @@ fn driver(what: impl std::fmt::Display, e: cu::DriverError) -> Error {
 /// measures exactly that. A free waits for the stream first, so no queued kernel still uses the
 /// memory (the pool frees segments rarely: on `empty_cache`, out of memory, or with the pool off).
 pub struct CudaAllocator {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    backend: Backend,
     /// The first error a `free` met (free cannot return one); reported by `synchronize`.
     deferred: Option<String>,
 }
 
+/// A real GPU: its context and the one stream every op is queued on.
+#[derive(Clone)]
+struct Hw {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+}
+
+/// What stands behind a [`CudaDevice`]: the driver, or the emulator (`PALM_CUDA_EMULATE=1`).
+#[derive(Clone)]
+enum Backend {
+    Hw(Hw),
+    Emulated(Arc<Mutex<Emulator>>),
+}
+
 impl DeviceAllocator for CudaAllocator {
     fn alloc(&mut self, bytes: usize) -> Result<u64> {
-        self.ctx
+        let hw = match &self.backend {
+            Backend::Hw(hw) => hw.clone(),
+            Backend::Emulated(e) => return Ok(lock(e).alloc(bytes)),
+        };
+        hw.ctx
             .bind_to_thread()
             .map_err(|e| driver("binding the CUDA context", e))?;
         // SAFETY: the context is current on this thread; the memory is uninitialised, which the
@@ -60,8 +78,12 @@ impl DeviceAllocator for CudaAllocator {
     }
 
     fn free(&mut self, ptr: u64) {
-        let r = self.ctx.bind_to_thread().and_then(|()| {
-            self.stream.synchronize()?;
+        let hw = match &self.backend {
+            Backend::Hw(hw) => hw.clone(),
+            Backend::Emulated(e) => return lock(e).free(ptr),
+        };
+        let r = hw.ctx.bind_to_thread().and_then(|()| {
+            hw.stream.synchronize()?;
             // SAFETY: `ptr` came from `cuMemAlloc` in this context (the pool frees each segment
             // exactly once) and the stream that used it has finished.
             unsafe { cu::free_sync(ptr) }
@@ -74,7 +96,10 @@ impl DeviceAllocator for CudaAllocator {
     }
 
     fn free_memory(&self) -> usize {
-        self.ctx.mem_get_info().map(|(free, _)| free).unwrap_or(0)
+        match &self.backend {
+            Backend::Hw(hw) => hw.ctx.mem_get_info().map(|(free, _)| free).unwrap_or(0),
+            Backend::Emulated(e) => EMULATED_MEMORY.saturating_sub(lock(e).used()),
+        }
     }
 }
 
@@ -163,6 +188,7 @@ impl GpuTimer {
     /// Milliseconds from the start until now on the stream; waits for the stream to get there.
     pub fn elapsed_ms(&self, device: &CudaDevice) -> Result<f32> {
         let end = device
+            .hw()?
             .stream
             .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(|e| driver("recording a timing event", e))?;
@@ -175,8 +201,7 @@ impl GpuTimer {
 /// One CUDA device, created once per ordinal ([`CudaDevice::get`]) and shared.
 pub struct CudaDevice {
     info: DeviceInfo,
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    backend: Backend,
     num_sms: u32,
     smem_optin: u32,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
@@ -196,6 +221,14 @@ impl std::fmt::Debug for CudaDevice {
     }
 }
 
+/// Memory the emulated device reports (8 GiB).
+const EMULATED_MEMORY: usize = 8 << 30;
+
+/// `PALM_CUDA_EMULATE=1`: CUDA tensors live on the emulated device instead of a GPU.
+pub fn emulation_requested() -> bool {
+    std::env::var("PALM_CUDA_EMULATE").is_ok_and(|v| v.trim() == "1")
+}
+
 static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
 
 impl CudaDevice {
@@ -204,6 +237,11 @@ impl CudaDevice {
         let mut devices = lock(DEVICES.get_or_init(Default::default));
         if let Some(d) = devices.get(&ordinal) {
             return Ok(d.clone());
+        }
+        if emulation_requested() {
+            let dev = Arc::new(Self::open_emulated(ordinal)?);
+            devices.insert(ordinal, dev.clone());
+            return Ok(dev);
         }
         let found = probe()?;
         let info = found
@@ -230,17 +268,16 @@ impl CudaDevice {
         let num_sms = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         let smem_optin =
             attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        let backend = Backend::Hw(Hw { ctx, stream });
         let allocator = CudaAllocator {
-            ctx: ctx.clone(),
-            stream: stream.clone(),
+            backend: backend.clone(),
             deferred: None,
         };
         let flag = |name: &str| std::env::var(name).is_ok_and(|v| v.trim() == "1");
         let (sync_each_launch, poison) = (flag("PALM_CUDA_SYNC"), flag("PALM_CUDA_POISON"));
         Ok(CudaDevice {
             info,
-            ctx,
-            stream,
+            backend,
             num_sms: num_sms.max(1) as u32,
             smem_optin: smem_optin.max(0) as u32,
             modules: Mutex::new(HashMap::new()),
@@ -249,6 +286,33 @@ impl CudaDevice {
             last_kernel: Mutex::new("(none)"),
             sync_each_launch,
             poison: std::sync::atomic::AtomicBool::new(poison),
+        })
+    }
+
+    /// The emulated device: host memory, kernels carried out by `emulator.rs` (H100 limits).
+    fn open_emulated(ordinal: usize) -> Result<CudaDevice> {
+        let info = DeviceInfo {
+            ordinal,
+            name: "emulated sm_90 (PALM_CUDA_EMULATE=1; kernels run as Rust on the CPU)".into(),
+            compute_capability: super::probe::REQUIRED_CAPABILITY,
+            total_memory: EMULATED_MEMORY,
+        };
+        let backend = Backend::Emulated(Arc::new(Mutex::new(Emulator::new())));
+        let allocator = CudaAllocator {
+            backend: backend.clone(),
+            deferred: None,
+        };
+        Ok(CudaDevice {
+            info,
+            backend,
+            num_sms: 132,
+            smem_optin: 232_448,
+            modules: Mutex::new(HashMap::new()),
+            kernels: Mutex::new(HashMap::new()),
+            pool: Mutex::new(MemoryPool::from_env(allocator)?),
+            last_kernel: Mutex::new("(none)"),
+            sync_each_launch: false,
+            poison: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -261,15 +325,31 @@ impl CudaDevice {
     pub fn num_sms(&self) -> u32 {
         self.num_sms
     }
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
+    /// Whether this is the emulated device (`PALM_CUDA_EMULATE=1`), not a GPU.
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.backend, Backend::Emulated(_))
     }
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+
+    /// The real GPU's context and stream, or an error on the emulated device.
+    fn hw(&self) -> Result<&Hw> {
+        match &self.backend {
+            Backend::Hw(hw) => Ok(hw),
+            Backend::Emulated(_) => Err(Error::NoCuda(
+                "the emulated device has no driver context (kernel modules, events)".into(),
+            )),
+        }
+    }
+
+    fn emu(&self) -> Option<MutexGuard<'_, Emulator>> {
+        match &self.backend {
+            Backend::Emulated(e) => Some(lock(e)),
+            Backend::Hw(_) => None,
+        }
     }
 
     fn bind(&self) -> Result<()> {
-        self.ctx
+        self.hw()?
+            .ctx
             .bind_to_thread()
             .map_err(|e| driver("binding the CUDA context", e))
     }
@@ -286,8 +366,12 @@ impl CudaDevice {
 
     /// Wait for all queued work; reports a failed kernel or a deferred free error.
     pub fn synchronize(&self) -> Result<()> {
+        if self.is_emulated() {
+            return Ok(());
+        }
         self.bind()?;
-        self.stream
+        self.hw()?
+            .stream
             .synchronize()
             .map_err(|e| self.sync_error("synchronize", e))?;
         match lock(&self.pool).allocator_mut().deferred.take() {
@@ -306,10 +390,15 @@ impl CudaDevice {
             len: bytes,
             device: self.clone(),
         };
-        if self.poison.load(Ordering::Relaxed) && bytes > 0 {
+        if self.poison.load(Ordering::Relaxed)
+            && bytes > 0
+            && let Some(mut e) = self.emu()
+        {
+            e.memset(buf.ptr, 0xFF, bytes)?;
+        } else if self.poison.load(Ordering::Relaxed) && bytes > 0 {
             self.bind()?;
             // SAFETY: `buf` is a live block of `bytes` bytes in this context, ordered on the stream.
-            unsafe { cu::memset_d8_async(buf.ptr, 0xFF, bytes, self.stream.cu_stream()) }
+            unsafe { cu::memset_d8_async(buf.ptr, 0xFF, bytes, self.hw()?.stream.cu_stream()) }
                 .map_err(|e| driver("cuMemsetD8Async (poison)", e))?;
         }
         Ok(buf)
@@ -330,12 +419,21 @@ impl CudaDevice {
             )));
         }
         let dst = self.alloc(bytes)?;
-        if bytes > 0 {
+        if bytes > 0
+            && let Some(mut e) = self.emu()
+        {
+            e.copy(dst.ptr, src.ptr + at as u64, bytes)?;
+        } else if bytes > 0 {
             self.bind()?;
             // SAFETY: both ranges lie inside live blocks of this context (checked above), do not
             // overlap (`dst` is a fresh block), and the copy is ordered on the one stream.
             unsafe {
-                cu::memcpy_dtod_async(dst.ptr, src.ptr + at as u64, bytes, self.stream.cu_stream())
+                cu::memcpy_dtod_async(
+                    dst.ptr,
+                    src.ptr + at as u64,
+                    bytes,
+                    self.hw()?.stream.cu_stream(),
+                )
             }
             .map_err(|e| driver("cuMemcpyDtoDAsync", e))?;
         }
@@ -351,10 +449,13 @@ impl CudaDevice {
 
     /// Queue a memset of the whole buffer to 0.
     pub fn zero(&self, buf: &CudaBuffer) -> Result<()> {
+        if let Some(mut e) = self.emu() {
+            return e.memset(buf.ptr, 0, buf.len);
+        }
         self.bind()?;
         // SAFETY: `buf` is a live block of at least `buf.len()` bytes in this context; the memset
         // is ordered on the stream every user of the block uses.
-        unsafe { cu::memset_d8_async(buf.ptr, 0, buf.len, self.stream.cu_stream()) }
+        unsafe { cu::memset_d8_async(buf.ptr, 0, buf.len, self.hw()?.stream.cu_stream()) }
             .map_err(|e| driver("cuMemsetD8Async", e))
     }
 
@@ -362,13 +463,18 @@ impl CudaDevice {
     pub fn upload<T: bytemuck::Pod>(self: &Arc<Self>, data: &[T]) -> Result<CudaBuffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buf = self.alloc(bytes.len())?;
-        if !bytes.is_empty() {
+        if !bytes.is_empty()
+            && let Some(mut e) = self.emu()
+        {
+            e.bytes_mut(buf.ptr, bytes.len())?.copy_from_slice(bytes);
+        } else if !bytes.is_empty() {
             self.bind()?;
+            let stream = &self.hw()?.stream;
             // SAFETY: `buf` holds at least `bytes.len()` bytes; `bytes` stays borrowed until the
             // stream is synchronised below, so the DMA never reads freed host memory.
-            unsafe { cu::memcpy_htod_async(buf.ptr, bytes, self.stream.cu_stream()) }
+            unsafe { cu::memcpy_htod_async(buf.ptr, bytes, stream.cu_stream()) }
                 .map_err(|e| driver("cuMemcpyHtoDAsync", e))?;
-            self.stream
+            stream
                 .synchronize()
                 .map_err(|e| self.sync_error("upload", e))?;
         }
@@ -398,12 +504,17 @@ impl CudaDevice {
         if bytes.is_empty() {
             return Ok(());
         }
+        if let Some(e) = self.emu() {
+            bytes.copy_from_slice(e.bytes(buf.ptr + at as u64, bytes.len())?);
+            return Ok(());
+        }
         self.bind()?;
+        let stream = &self.hw()?.stream;
         // SAFETY: the source range lies inside the block (checked above); `bytes` stays mutably
         // borrowed until the stream is synchronised below.
-        unsafe { cu::memcpy_dtoh_async(bytes, buf.ptr + at as u64, self.stream.cu_stream()) }
+        unsafe { cu::memcpy_dtoh_async(bytes, buf.ptr + at as u64, stream.cu_stream()) }
             .map_err(|e| driver("cuMemcpyDtoHAsync", e))?;
-        self.stream
+        stream
             .synchronize()
             .map_err(|e| self.sync_error("download", e))
     }
@@ -475,6 +586,26 @@ impl CudaDevice {
 
     /// Run a launch plan (the kernel looked up by name).
     pub fn run(&self, plan: &super::ops::Launch) -> Result<()> {
+        if let Some(mut e) = self.emu() {
+            // The same checks a real launch passes, then the emulated kernel.
+            let family = launch::find_family(&plan.kernel).ok_or_else(|| {
+                Error::Invalid(format!("no kernel family declares '{}'", plan.kernel))
+            })?;
+            let params = launch::ptx_params(family.ptx, &plan.kernel).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "kernel {}: no .entry in {}.ptx",
+                    plan.kernel, family.name
+                ))
+            })?;
+            launch::check_launch(
+                &plan.kernel,
+                &params,
+                &plan.args,
+                &plan.cfg,
+                self.smem_optin,
+            )?;
+            return e.launch(&plan.kernel, &plan.cfg, &plan.args);
+        }
         let k = self.kernel_by_name(&plan.kernel)?;
         self.launch(&k, plan.cfg, &plan.args)
     }
@@ -492,6 +623,7 @@ impl CudaDevice {
             return Ok(m.clone());
         }
         let m = self
+            .hw()?
             .ctx
             .load_module(Ptx::from_src(family.ptx))
             .map_err(|e| {
@@ -555,6 +687,7 @@ impl CudaDevice {
     /// Start a timer at the current point of the stream.
     pub fn timer(&self) -> Result<GpuTimer> {
         let start = self
+            .hw()?
             .stream
             .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(|e| driver("recording a timing event", e))?;
@@ -570,7 +703,8 @@ impl CudaDevice {
     ) -> Result<Option<(CudaEvent, CudaEvent)>> {
         launch::check_launch(k.name, &k.params, args, &cfg, k.smem_max)?;
         self.allow_dynamic_smem(k, cfg.shared_bytes)?;
-        let mut b = self.stream.launch_builder(&k.func);
+        let stream = &self.hw()?.stream;
+        let mut b = stream.launch_builder(&k.func);
         for a in args {
             match a {
                 KArg::Ptr(v) | KArg::U64(v) => b.arg(v),
@@ -604,7 +738,7 @@ impl CudaDevice {
         })?;
         *lock(&self.last_kernel) = k.name;
         if self.sync_each_launch {
-            self.stream
+            stream
                 .synchronize()
                 .map_err(|e| self.sync_error(&format!("kernel {}", k.name), e))?;
         }

@@ -4,14 +4,15 @@
 //! ([`ops`], one module per kernel family, each a pure launch plan plus the code that runs it).
 
 mod device;
+mod emulator;
 pub mod launch;
 pub mod ops;
 pub mod pool;
 mod probe;
 
 pub use device::{
-    CudaAllocator, CudaBuffer, CudaDevice, GpuTimer, Kernel, gpu_or_skip, gpu_or_skip_with,
-    gpu_required,
+    CudaAllocator, CudaBuffer, CudaDevice, GpuTimer, Kernel, emulation_requested, gpu_or_skip,
+    gpu_or_skip_with, gpu_required,
 };
 pub use launch::{KArg, LaunchCfg, Param};
 pub use pool::{DeviceAllocator, MemoryPool, PoolBlock, PoolStats};

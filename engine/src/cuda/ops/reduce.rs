@@ -88,10 +88,11 @@ pub(crate) fn max_last(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Sum `x` down to `keep` (same rank, 1 where summed), one axis at a time: a trailing axis is a
-/// row sum, a leading one a column sum, a middle one is moved last first.
+/// row sum, a leading one a column sum, a middle one is moved last first. The partial sums stay
+/// in f32 (a bf16 input is widened once and the result rounded once).
 pub(crate) fn sum_to(x: &Tensor, keep: &[usize]) -> Result<Tensor> {
     untracked(|| {
-        let mut cur = x.contiguous()?;
+        let mut cur = x.to_dtype(DType::F32)?.contiguous()?;
         for axis in 0..keep.len() {
             let dims = cur.dims().to_vec();
             if dims[axis] == keep[axis] {
@@ -112,7 +113,7 @@ pub(crate) fn sum_to(x: &Tensor, keep: &[usize]) -> Result<Tensor> {
             nd[axis] = 1;
             cur = red.reshape(&nd)?;
         }
-        Ok(cur)
+        cur.to_dtype(x.dtype())
     })
 }
 

@@ -1,0 +1,394 @@
+//! Every CUDA op against the CPU oracle, forward and gradient, on random shapes that include odd
+//! sizes that do not divide the kernels' tiles (DESIGN §6: ‖cuda − cpu‖/‖cpu‖ ≤ 1e-2 in bf16,
+//! 1e-5 for f32 elementwise). Inputs are rounded to the tested dtype before the CPU sees them, so
+//! only the kernels' own error is measured; new device memory is poisoned (NaN) so an output a
+//! kernel forgets to write fails. Each test skips with a reason without a GPU and fails instead
+//! under `PALM_REQUIRE_GPU=1`.
+
+use palm_engine::cuda::gpu_or_skip;
+use palm_engine::cuda::ops::sampling::{Sampling, sample};
+use palm_engine::{
+    AdamW, DType, Device, Rng, RopeTables, Tensor, attention, clip_grad_norm, cross_entropy,
+    embedding, layer_norm, rope, swiglu,
+};
+use palm_tests::assert_close;
+use proptest::prelude::*;
+
+const GPU: Device = Device::Cuda(0);
+
+/// Whether a GPU is here (poisoning its new allocations); prints why not otherwise.
+fn gpu(test: &str) -> bool {
+    match gpu_or_skip(test) {
+        Some(d) => {
+            d.set_poison(true);
+            true
+        }
+        None => false,
+    }
+}
+
+fn cases(n: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: n,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn randn(dims: &[usize], seed: u64) -> Tensor {
+    Tensor::randn(dims, 1.0, &mut Rng::new(seed))
+}
+
+/// `t` as the CPU reference sees it: rounded to `dt`, back in f32.
+fn rounded(t: &Tensor, dt: DType) -> Tensor {
+    t.to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap()
+}
+
+fn tol(dt: DType) -> f64 {
+    if dt == DType::F32 { 1e-5 } else { 1e-2 }
+}
+
+fn host(t: &Tensor) -> Vec<f32> {
+    t.to_f32_vec().unwrap()
+}
+
+/// Run `f` on the CPU (f32, inputs rounded to `dt`) and on the GPU (inputs in `dt`); compare the
+/// outputs and the gradients of Σ out·w for every input.
+fn compare(name: &str, dt: DType, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
+    // A bf16 gradient passes through several bf16-rounded ops (a composed backward), so its
+    // largest elementwise error may reach a few roundings; the norm criterion stays 1e-2.
+    let grad_tol = if dt == DType::F32 { 1e-5 } else { 2e-2 };
+    compare_tol(name, dt, tol(dt), grad_tol, inputs, f)
+}
+
+/// Matmul runs on the tensor cores in bf16 whatever the operands' dtype (f32 operands are
+/// rounded, the result stays f32), so both dtypes are held to the bf16 tolerance on inputs
+/// already rounded to bf16.
+fn compare_mm(name: &str, dt: DType, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
+    let inputs: Vec<Tensor> = inputs.iter().map(|t| rounded(t, DType::BF16)).collect();
+    compare_tol(name, dt, 1e-2, 2e-2, &inputs, f)
+}
+
+fn compare_tol(
+    name: &str,
+    dt: DType,
+    out_tol: f64,
+    grad_tol: f64,
+    inputs: &[Tensor],
+    f: impl Fn(&[Tensor]) -> Tensor,
+) {
+    let cpu: Vec<Tensor> = inputs.iter().map(|t| rounded(t, dt).as_var()).collect();
+    let dev: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| t.to_device(GPU).unwrap().to_dtype(dt).unwrap().as_var())
+        .collect();
+    let (oc, og) = (f(&cpu), f(&dev));
+    assert_eq!(og.device(), GPU, "{name}: result left the GPU");
+    assert_eq!(oc.dims(), og.dims(), "{name}: shape");
+    assert_close(&format!("{name} ({dt:?})"), &host(&og), &host(&oc), out_tol);
+    let w = randn(oc.dims(), 99);
+    let gc = oc.mul(&rounded(&w, og.dtype())).unwrap().sum_all().unwrap();
+    let wg = w.to_device(GPU).unwrap().to_dtype(og.dtype()).unwrap();
+    let gg = og.mul(&wg).unwrap().sum_all().unwrap();
+    let (gc, gg) = (gc.backward().unwrap(), gg.backward().unwrap());
+    for (i, (c, g)) in cpu.iter().zip(&dev).enumerate() {
+        if let Some(want) = gc.get(c) {
+            let got = gg
+                .get(g)
+                .unwrap_or_else(|| panic!("{name}: no GPU gradient for input {i}"));
+            assert_eq!(got.device(), GPU);
+            assert_close(
+                &format!("{name} ({dt:?}) grad {i}"),
+                &host(got),
+                &host(want),
+                grad_tol,
+            );
+        }
+    }
+}
+
+const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
+
+proptest! {
+    #![proptest_config(cases(8))]
+
+    #[test]
+    fn elementwise_with_broadcast(r in 1usize..70, c in 1usize..300, seed in 0u64..1000) {
+        if !gpu("elementwise_with_broadcast") { return Ok(()); }
+        for dt in DTYPES {
+            let (a, b) = (randn(&[r, c], seed), randn(&[1, c], seed + 1));
+            let bpos = b.exp().unwrap();
+            compare("add", dt, &[a.clone(), b.clone()], |x| x[0].add(&x[1]).unwrap());
+            compare("sub", dt, &[a.clone(), b.clone()], |x| x[1].sub(&x[0]).unwrap());
+            compare("mul", dt, &[a.clone(), randn(&[r, 1], seed + 2)], |x| x[0].mul(&x[1]).unwrap());
+            compare("div", dt, &[a.clone(), bpos], |x| x[0].div(&x[1]).unwrap());
+        }
+    }
+
+    #[test]
+    fn unary_maps(n in 1usize..5000, seed in 0u64..1000) {
+        if !gpu("unary_maps") { return Ok(()); }
+        for dt in DTYPES {
+            let x = randn(&[n], seed);
+            let pos = x.sqr().unwrap().affine(1.0, 0.1).unwrap();
+            compare("neg", dt, std::slice::from_ref(&x), |x| x[0].neg().unwrap());
+            compare("exp", dt, std::slice::from_ref(&x), |x| x[0].exp().unwrap());
+            compare("sqr", dt, std::slice::from_ref(&x), |x| x[0].sqr().unwrap());
+            compare("sigmoid", dt, std::slice::from_ref(&x), |x| x[0].sigmoid().unwrap());
+            compare("silu", dt, std::slice::from_ref(&x), |x| x[0].silu().unwrap());
+            compare("tanh", dt, std::slice::from_ref(&x), |x| x[0].tanh().unwrap());
+            compare("affine", dt, std::slice::from_ref(&x), |x| x[0].affine(-1.5, 0.25).unwrap());
+            compare("log", dt, std::slice::from_ref(&pos), |x| x[0].log().unwrap());
+            compare("sqrt", dt, std::slice::from_ref(&pos), |x| x[0].sqrt().unwrap());
+        }
+    }
+
+    #[test]
+    fn views_copies_and_concatenation(a in 1usize..9, b in 1usize..40, c in 1usize..70, seed in 0u64..1000) {
+        if !gpu("views_copies_and_concatenation") { return Ok(()); }
+        for dt in DTYPES {
+            let x = randn(&[a, b, c], seed);
+            let y = randn(&[a, 3, c], seed + 1);
+            compare("transpose+contiguous", dt, std::slice::from_ref(&x), |t| {
+                t[0].transpose(0, 2).unwrap().contiguous().unwrap()
+            });
+            compare("narrow", dt, std::slice::from_ref(&x), |t| {
+                t[0].narrow(2, c / 3, c - c / 3).unwrap().contiguous().unwrap()
+            });
+            compare("cat dim 1", dt, &[x.clone(), y.clone()], |t| Tensor::cat(&[&t[0], &t[1]], 1).unwrap());
+            compare("cat dim 2 of views", dt, std::slice::from_ref(&x), |t| {
+                let v = t[0].transpose(1, 2).unwrap();
+                Tensor::cat(&[&v, &v.narrow(2, 0, 1).unwrap()], 2).unwrap()
+            });
+            compare("broadcast copy", dt, &[randn(&[1, b, 1], seed)], |t| {
+                t[0].broadcast_as(&[a, b, c]).unwrap().contiguous().unwrap()
+            });
+        }
+        // Casts are exact both ways for bf16-representable values; u32 ids round-trip.
+        let x = rounded(&randn(&[a, b], seed), DType::BF16);
+        let back = x.to_device(GPU).unwrap().to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        prop_assert_eq!(host(&back), host(&x));
+        let ids: Vec<u32> = (0..a * b).map(|i| (i * 7919) as u32).collect();
+        let t = Tensor::from_vec(ids.clone(), &[a, b]).unwrap().to_device(GPU).unwrap();
+        prop_assert_eq!(t.to_vec::<u32>().unwrap(), ids);
+    }
+
+    #[test]
+    fn reductions(a in 1usize..6, b in 1usize..50, c in 1usize..300, seed in 0u64..1000) {
+        if !gpu("reductions") { return Ok(()); }
+        for dt in DTYPES {
+            let x = randn(&[a, b, c], seed);
+            for dims in [vec![2], vec![0], vec![1], vec![0, 2], vec![0, 1, 2]] {
+                compare(&format!("sum {dims:?}"), dt, std::slice::from_ref(&x), |t| t[0].sum_keepdim(&dims).unwrap());
+            }
+            compare("log_softmax", dt, std::slice::from_ref(&x), |t| t[0].log_softmax().unwrap());
+            let (mc, mg) = (rounded(&x, dt).max_last_keepdim().unwrap(), x.to_device(GPU).unwrap().to_dtype(dt).unwrap().max_last_keepdim().unwrap());
+            prop_assert_eq!(host(&mg), host(&mc));
+        }
+    }
+
+    #[test]
+    fn matmul_layouts(m in 1usize..200, n in 1usize..200, k in 1usize..150, batch in 1usize..4, seed in 0u64..1000) {
+        if !gpu("matmul_layouts") { return Ok(()); }
+        for dt in DTYPES {
+            let (a, b) = (randn(&[m, k], seed), randn(&[k, n], seed + 1));
+            compare_mm("matmul nn", dt, &[a.clone(), b.clone()], |t| t[0].matmul(&t[1]).unwrap());
+            compare_mm("matmul nt", dt, &[a.clone(), randn(&[n, k], seed + 2)], |t| t[0].matmul(&t[1].t().unwrap()).unwrap());
+            compare_mm("matmul tn", dt, &[randn(&[k, m], seed + 3), b.clone()], |t| t[0].t().unwrap().matmul(&t[1]).unwrap());
+            compare_mm("matmul tt", dt, &[randn(&[k, m], seed + 4), randn(&[n, k], seed + 5)], |t| {
+                t[0].t().unwrap().matmul(&t[1].t().unwrap()).unwrap()
+            });
+            compare_mm("matmul batched", dt, &[randn(&[batch, m, k], seed + 6), randn(&[batch, k, n], seed + 7)], |t| {
+                t[0].matmul(&t[1]).unwrap()
+            });
+            compare_mm("matmul rows", dt, &[randn(&[batch, m, k], seed + 8), b.clone()], |t| t[0].matmul(&t[1]).unwrap());
+        }
+    }
+
+    #[test]
+    fn embedding_gather_and_scatter(v in 2usize..300, d in 1usize..200, b in 1usize..4, n in 1usize..40, seed in 0u64..1000) {
+        if !gpu("embedding_gather_and_scatter") { return Ok(()); }
+        let mut rng = Rng::new(seed);
+        let ids: Vec<u32> = (0..b * n).map(|_| rng.below(v) as u32).collect();
+        let ids = Tensor::from_vec(ids, &[b, n]).unwrap();
+        for dt in DTYPES {
+            let table = randn(&[v, d], seed);
+            let ids = ids.clone();
+            compare("embedding", dt, &[table], move |t| {
+                embedding(&t[0], &ids.to_device(t[0].device()).unwrap()).unwrap()
+            });
+        }
+    }
+
+    #[test]
+    fn layer_norm_rows(r in 1usize..300, d in 1usize..1100, seed in 0u64..1000) {
+        if !gpu("layer_norm_rows") { return Ok(()); }
+        for dt in DTYPES {
+            let x = randn(&[r, d], seed).affine(3.0, 1.0).unwrap();
+            let g = randn(&[d], seed + 1).scale(0.1).unwrap();
+            compare("layer_norm", dt, &[x, g], |t| layer_norm(&t[0], &t[1]).unwrap());
+        }
+    }
+
+    #[test]
+    fn rope_with_xpos(b in 1usize..3, h in 1usize..5, n in 1usize..70, half in 1usize..33, start in 0usize..50, seed in 0u64..1000) {
+        if !gpu("rope_with_xpos") { return Ok(()); }
+        let dh = 2 * half;
+        let tables = RopeTables::shared(dh, start, n, (n / 2) as f64, true, 512.0).unwrap();
+        for dt in DTYPES {
+            for inverse in [false, true] {
+                let t2 = tables.clone();
+                compare("rope", dt, &[randn(&[b, h, n, dh], seed)], move |t| rope(&t[0], &t2, inverse).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn swiglu_in_place_and_separate(r in 1usize..100, f in 1usize..300, seed in 0u64..1000) {
+        if !gpu("swiglu_in_place_and_separate") { return Ok(()); }
+        for dt in DTYPES {
+            // x and gate as column ranges of one projection (the model's case), and as two tensors.
+            compare("swiglu fused", dt, &[randn(&[2, r, 2 * f + 8], seed)], |t| {
+                let parts = t[0].split(2, &[8, f, f]).unwrap();
+                swiglu(&parts[1], &parts[2]).unwrap()
+            });
+            compare("swiglu separate", dt, &[randn(&[r, f], seed), randn(&[r, f], seed + 1)], |t| {
+                swiglu(&t[0], &t[1]).unwrap()
+            });
+        }
+    }
+
+    #[test]
+    fn cross_entropy_rows(r in 1usize..200, v in 2usize..600, seed in 0u64..1000) {
+        if !gpu("cross_entropy_rows") { return Ok(()); }
+        let mut rng = Rng::new(seed);
+        // Some targets are 0 (ignored), never all of them.
+        let mut targets: Vec<u32> = (0..r).map(|_| rng.below(v) as u32).collect();
+        targets[0] = 1;
+        let targets = Tensor::from_vec(targets, &[r]).unwrap();
+        for dt in DTYPES {
+            let t2 = targets.clone();
+            compare("cross_entropy", dt, &[randn(&[r, v], seed).scale(3.0).unwrap()], move |t| {
+                cross_entropy(&t[0], &t2.to_device(t[0].device()).unwrap()).unwrap().0
+            });
+        }
+    }
+
+    #[test]
+    fn causal_multi_query_attention(b in 1usize..3, h in 1usize..5, n in 1usize..150, extra in 0usize..70, di in 0usize..3, seed in 0u64..1000) {
+        if !gpu("causal_multi_query_attention") { return Ok(()); }
+        // 64 and 128 run the fused kernels; 32 the composed path.
+        let d = [64, 128, 32][di];
+        let m = n + extra;
+        let scale = (d as f32).powf(-0.5);
+        compare("attention", DType::BF16, &[randn(&[b, h, n, d], seed), randn(&[b, m, d], seed + 1), randn(&[b, m, d], seed + 2)], |t| {
+            attention(&t[0], &t[1], &t[2], scale).unwrap()
+        });
+    }
+}
+
+#[test]
+fn sampling_rules() {
+    if !gpu("sampling_rules") {
+        return;
+    }
+    let (rows, v) = (37, 1000);
+    let logits = randn(&[rows, v], 5).scale(4.0).unwrap();
+    let host_rows = host(&logits);
+    let order = |r: usize| {
+        let row = &host_rows[r * v..(r + 1) * v];
+        let mut idx: Vec<usize> = (0..v).collect();
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        idx
+    };
+    let dev = logits.to_device(GPU).unwrap();
+    let rule = |temperature, top_k, top_p, step| Sampling {
+        temperature,
+        top_k,
+        top_p,
+        seed: 11,
+        step,
+    };
+    // Greedy, and top-k = 1 at any temperature, are the argmax.
+    for s in [rule(0.0, 0, 1.0, 0), rule(1.5, 1, 1.0, 1)] {
+        let got = sample(&dev, &s).unwrap().to_vec::<u32>().unwrap();
+        for (r, &t) in got.iter().enumerate() {
+            assert_eq!(t as usize, order(r)[0], "row {r} under {s:?}");
+        }
+    }
+    // Top-k = 3: always one of the three largest; over many steps, more than one of them.
+    let mut seen = std::collections::HashSet::new();
+    for step in 0..40 {
+        let got = sample(&dev, &rule(2.0, 3, 1.0, step))
+            .unwrap()
+            .to_vec::<u32>()
+            .unwrap();
+        for (r, &t) in got.iter().enumerate() {
+            assert!(order(r)[..3].contains(&(t as usize)), "row {r}: {t}");
+        }
+        seen.insert(got[0]);
+    }
+    assert!(seen.len() > 1, "top-k 3 at temperature 2 never varied");
+    // The same (seed, step) draws the same tokens.
+    let a = sample(&dev, &rule(1.0, 0, 0.9, 7))
+        .unwrap()
+        .to_vec::<u32>()
+        .unwrap();
+    let b = sample(&dev, &rule(1.0, 0, 0.9, 7))
+        .unwrap()
+        .to_vec::<u32>()
+        .unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn adamw_and_clipping_match_the_cpu() {
+    if !gpu("adamw_and_clipping_match_the_cpu") {
+        return;
+    }
+    let shapes: [&[usize]; 3] = [&[33, 17], &[17], &[5, 6]];
+    let params: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| randn(s, i as u64).as_var())
+        .collect();
+    let run = |device: Device| {
+        let mut ps: Vec<Tensor> = params
+            .iter()
+            .map(|p| p.to_device(device).unwrap().as_var())
+            .collect();
+        let mut opt = AdamW::new(Default::default(), &ps).unwrap();
+        let mut norms = Vec::new();
+        for step in 0..3 {
+            let loss = ps
+                .iter()
+                .map(|p| {
+                    p.sqr()
+                        .unwrap()
+                        .scale(3.0 + step as f32)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                })
+                .reduce(|a, b| a.add(&b).unwrap())
+                .unwrap();
+            let mut grads = loss.backward().unwrap();
+            norms.push(clip_grad_norm(&mut grads, &ps, 1.0).unwrap());
+            opt.step(&mut ps, &grads, 1e-2).unwrap();
+        }
+        let (_, moments) = opt.state().unwrap();
+        (ps.iter().map(host).collect::<Vec<_>>(), norms, moments)
+    };
+    let (pc, nc, mc) = run(Device::Cpu);
+    let (pg, ng, mg) = run(GPU);
+    for (a, b) in ng.iter().zip(&nc) {
+        assert!((a - b).abs() <= 1e-4 * b.abs(), "grad norm {a} vs {b}");
+    }
+    for (i, (a, b)) in pg.iter().zip(&pc).enumerate() {
+        assert_close(&format!("param {i}"), a, b, 1e-5);
+    }
+    for (i, (a, b)) in mg.iter().zip(&mc).enumerate() {
+        assert_close(&format!("m {i}"), &a.0, &b.0, 1e-5);
+        assert_close(&format!("v {i}"), &a.1, &b.1, 1e-5);
+    }
+}
