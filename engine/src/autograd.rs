@@ -2,8 +2,8 @@
 //! inputs; `backward` walks that graph in reverse topological order with one short arm per op.
 
 use crate::ops::{
-    attention, cross_entropy, elementwise, embedding, layernorm, matmul, reduce, rope, shape,
-    swiglu,
+    attention, cross_entropy, elementwise, embedding, layernorm, logprob, matmul, reduce, rope,
+    shape, swiglu,
 };
 use crate::{Result, Tensor, TensorId};
 use std::cell::Cell;
@@ -57,6 +57,14 @@ pub(crate) enum Op {
         count: usize,
     },
     LogSoftmax(Tensor),
+    /// `logprob` (with ids) or `entropy` (with its saved output) of softmax(logits·inv_temp).
+    Logprob {
+        logits: Tensor,
+        ids: Option<Tensor>,
+        lse: Tensor,
+        entropy: Option<Tensor>,
+        inv_temp: f32,
+    },
 }
 
 impl Op {
@@ -79,7 +87,7 @@ impl Op {
             Op::Rope { x, .. } => vec![x],
             Op::Attention { q, k, v, .. } => vec![q, k, v],
             Op::Swiglu { x, gate } => vec![x, gate],
-            Op::CrossEntropy { logits, .. } => vec![logits],
+            Op::CrossEntropy { logits, .. } | Op::Logprob { logits, .. } => vec![logits],
         }
     }
 }
@@ -330,6 +338,17 @@ impl Tensor {
                     cross_entropy::backward(logits, targets, lse, *count, &g)?,
                 )?,
                 Op::LogSoftmax(x) => push(&mut grads, x, reduce::log_softmax_backward(node, &g)?)?,
+                Op::Logprob {
+                    logits,
+                    ids,
+                    lse,
+                    entropy,
+                    inv_temp,
+                } => push(
+                    &mut grads,
+                    logits,
+                    logprob::backward(logits, ids.as_ref(), lse, entropy.as_ref(), *inv_temp, &g)?,
+                )?,
             }
         }
         Ok(grads)

@@ -23,6 +23,7 @@ pub use ops::attention::attention;
 pub use ops::cross_entropy::cross_entropy;
 pub use ops::embedding::embedding;
 pub use ops::layernorm::layer_norm;
+pub use ops::logprob::{entropy, logprob};
 pub use ops::rope::{RopeTables, rope};
 pub use ops::swiglu::swiglu;
 pub use optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};

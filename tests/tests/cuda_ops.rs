@@ -9,7 +9,7 @@ use palm_engine::cuda::gpu_or_skip;
 use palm_engine::cuda::ops::sampling::{Sampling, sample};
 use palm_engine::{
     AdamW, DType, Device, Rng, RopeTables, Tensor, attention, clip_grad_norm, cross_entropy,
-    embedding, layer_norm, rope, swiglu,
+    embedding, entropy, layer_norm, logprob, rope, swiglu,
 };
 use palm_tests::assert_close;
 use proptest::prelude::*;
@@ -27,7 +27,12 @@ fn gpu(test: &str) -> bool {
     }
 }
 
+/// `n` cases, or `PROPTEST_CASES` when set (the sanitizer runs use 2).
 fn cases(n: u32) -> ProptestConfig {
+    let n = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
     ProptestConfig {
         cases: n,
         failure_persistence: None,
@@ -271,6 +276,22 @@ proptest! {
             compare("cross_entropy", dt, &[randn(&[r, v], seed).scale(3.0).unwrap()], move |t| {
                 cross_entropy(&t[0], &t2.to_device(t[0].device()).unwrap()).unwrap().0
             });
+        }
+    }
+
+    #[test]
+    fn logprob_and_entropy_rows(r in 1usize..100, v in 2usize..600, seed in 0u64..1000) {
+        if !gpu("logprob_and_entropy_rows") { return Ok(()); }
+        let mut rng = Rng::new(seed);
+        let ids: Vec<u32> = (0..r).map(|_| rng.below(v) as u32).collect();
+        let ids = Tensor::from_vec(ids, &[r]).unwrap();
+        for dt in DTYPES {
+            let i2 = ids.clone();
+            let x = randn(&[r, v], seed).scale(2.0).unwrap();
+            compare("logprob", dt, std::slice::from_ref(&x), move |t| {
+                logprob(&t[0], &i2.to_device(t[0].device()).unwrap(), 0.8).unwrap()
+            });
+            compare("entropy", dt, &[x], |t| entropy(&t[0], 1.3).unwrap());
         }
     }
 

@@ -1,9 +1,9 @@
 //! Gradient checks (see `palm_tests::gradcheck`): embedding, layer norm, rope, attention,
-//! swiglu, softmax, cross-entropy, and autograd itself.
+//! swiglu, softmax, cross-entropy, logprob/entropy, and autograd itself.
 
 use palm_engine::{
-    DType, Device, Rng, RopeTables, Tensor, attention, cross_entropy, embedding, layer_norm,
-    no_grad, rope, swiglu,
+    DType, Device, Rng, RopeTables, Tensor, attention, cross_entropy, embedding, entropy,
+    layer_norm, logprob, no_grad, rope, swiglu,
 };
 use palm_tests::gradcheck::*;
 use proptest::prelude::*;
@@ -292,6 +292,45 @@ proptest! {
                     "ignored row {r} got a gradient: {:?}", &g[0][r * v..(r + 1) * v]);
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(cfg(32))]
+
+    /// logprob and entropy: values against a direct f64 computation, gradients by finite
+    /// differences; an id beyond the vocabulary gives 0 and no gradient.
+    #[test]
+    fn logprob_and_entropy(
+        rows in 1usize..6,
+        v in 2usize..9,
+        temp_i in 0usize..3,
+        seed in any::<u64>(),
+    ) {
+        let temperature = [1.0f32, 0.7, 1.6][temp_i];
+        let mut rng = Rng::new(seed ^ 0x1B);
+        let mut ids: Vec<u32> = (0..rows).map(|_| rng.below(v) as u32).collect();
+        ids[0] = v as u32; // out of range
+        let it = Tensor::from_vec(ids.clone(), &[rows]).unwrap();
+        let dims = [rows, v];
+        let logits = inp(normal(&dims, seed).iter().map(|x| 2.0 * x).collect(), &dims);
+        let lt = Tensor::from_vec(logits.data.clone(), &dims).unwrap();
+        let lp = logprob(&lt, &it, temperature).unwrap().to_vec::<f32>().unwrap();
+        let h = entropy(&lt, temperature).unwrap().to_vec::<f32>().unwrap();
+        for r in 0..rows {
+            let z: Vec<f64> = logits.data[r * v..(r + 1) * v].iter().map(|&x| x as f64 / temperature as f64).collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + z.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
+            let want_lp = if (ids[r] as usize) < v { z[ids[r] as usize] - lse } else { 0.0 };
+            let want_h = -z.iter().map(|z| (z - lse).exp() * (z - lse)).sum::<f64>();
+            prop_assert!((lp[r] as f64 - want_lp).abs() < 1e-5 * (1.0 + want_lp.abs()), "logp {} vs {want_lp}", lp[r]);
+            prop_assert!((h[r] as f64 - want_h).abs() < 1e-5 * (1.0 + want_h), "entropy {} vs {want_h}", h[r]);
+        }
+        let g = gradcheck(&format!("logprob ({rows},{v}) T={temperature}"), std::slice::from_ref(&logits), 1e-2, TOL,
+            |t| Ok(vec![logprob(&t[0], &it, temperature)?]));
+        prop_assert!(g[0][..v].iter().all(|&x| x == 0.0), "out-of-range id got a gradient");
+        gradcheck(&format!("entropy ({rows},{v}) T={temperature}"), &[logits], 1e-2, TOL,
+            |t| Ok(vec![entropy(&t[0], temperature)?]));
     }
 }
 

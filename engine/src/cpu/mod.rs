@@ -8,6 +8,7 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod layernorm;
+pub mod logprob;
 pub mod matmul;
 pub mod reduce;
 pub mod rope;

@@ -276,6 +276,7 @@ impl Emulator {
                 "rope" => self.rope(ty, &a, false),
                 "swiglu" => self.swiglu_fwd(ty, &a),
                 "cross_entropy" => self.cross_entropy_fwd(ty, &a),
+                "logprob" => self.logprob_fwd(ty, &a),
                 "sample" => self.sample(ty, &a),
                 "adamw" => self.adamw(ty, &a),
                 _ => Err(bad(format!("kernel {name} is not emulated"))),
@@ -293,6 +294,7 @@ impl Emulator {
             "rope_bwd_bf16" | "rope_bwd_f32" => self.rope(ty, &a, true),
             "swiglu_bwd_bf16" | "swiglu_bwd_f32" => self.swiglu_bwd(ty, &a),
             "cross_entropy_bwd_bf16" | "cross_entropy_bwd_f32" => self.cross_entropy_bwd(ty, &a),
+            "logprob_bwd_bf16" | "logprob_bwd_f32" => self.logprob_bwd(ty, &a),
             _ => Err(bad(format!("kernel {name} is not emulated"))),
         }
     }
@@ -527,6 +529,75 @@ impl Emulator {
             }
         }
         self.store(a.p(3), ty, &out)
+    }
+
+    fn logprob_fwd(&mut self, ty: Ty, a: &Args) -> Result<()> {
+        let (rows, v, it) = (a.n(5)?, a.n(6)?, a.f(7));
+        let x = self.load(a.p(0), ty, rows * v)?;
+        let ids = if a.p(2) != 0 {
+            self.load_u32(a.p(1), rows)?
+        } else {
+            Vec::new()
+        };
+        let (mut lp, mut h, mut lse) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows]);
+        for r in 0..rows {
+            let z: Vec<f32> = x[r * v..(r + 1) * v].iter().map(|x| x * it).collect();
+            let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let l = m + z.iter().map(|z| (z - m).exp()).sum::<f32>().ln();
+            lse[r] = l;
+            h[r] = l - z.iter().map(|z| (z - l).exp() * z).sum::<f32>();
+            if let Some(&id) = ids.get(r) {
+                lp[r] = z.get(id as usize).map_or(0.0, |z| z - l);
+            }
+        }
+        for (p, vals) in [(a.p(2), &lp), (a.p(3), &h), (a.p(4), &lse)] {
+            if p != 0 {
+                self.store(p, Ty::F32, vals)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn logprob_bwd(&mut self, ty: Ty, a: &Args) -> Result<()> {
+        let (rows, v, it) = (a.n(7)?, a.n(8)?, a.f(9));
+        let x = self.load(a.p(0), ty, rows * v)?;
+        let ids = if a.p(1) != 0 {
+            self.load_u32(a.p(1), rows)?
+        } else {
+            Vec::new()
+        };
+        let lse = self.load(a.p(2), Ty::F32, rows)?;
+        let opt = |s: &Self, p: u64| {
+            if p != 0 {
+                s.load(p, Ty::F32, rows).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let (dlp, dh) = (opt(self, a.p(4))?, opt(self, a.p(5))?);
+        let h = if dh.is_some() {
+            opt(self, a.p(3))?
+        } else {
+            None
+        };
+        let mut out = vec![0.0; rows * v];
+        for r in 0..rows {
+            let id = ids.get(r).map_or(usize::MAX, |&i| i as usize);
+            let gl = dlp
+                .as_ref()
+                .map_or(0.0, |d| if id < v { d[r] } else { 0.0 });
+            let (gh, hr) = (
+                dh.as_ref().map_or(0.0, |d| d[r]),
+                h.as_ref().map_or(0.0, |h| h[r]),
+            );
+            for c in 0..v {
+                let lp = x[r * v + c] * it - lse[r];
+                let p = lp.exp();
+                let onehot = if c == id { 1.0 } else { 0.0 };
+                out[r * v + c] = it * (gl * (onehot - p) - gh * p * (lp + hr));
+            }
+        }
+        self.store(a.p(6), ty, &out)
     }
 
     fn adamw(&mut self, ty: Ty, a: &Args) -> Result<()> {

@@ -91,6 +91,8 @@ fn reduce_and_row_plans_match_the_ptx() {
             );
             check(&cross_entropy::plan_fwd(sfx, P, P, P, P, rows, cols).unwrap());
             check(&cross_entropy::plan_bwd(sfx, P, P, P, P, rows, cols, 0.5, P).unwrap());
+            check(&logprob::plan_fwd(sfx, P, P, P, 0, P, rows, cols, 1.25).unwrap());
+            check(&logprob::plan_bwd(sfx, P, P, P, P, 0, P, P, rows, cols, 1.25).unwrap());
             check(&embedding::plan(false, sfx, P, P, P, rows, cols.min(4096), 256).unwrap());
             check(&embedding::plan(true, sfx, P, P, P, rows, cols.min(4096), 256).unwrap());
             check(&swiglu::plan_fwd(sfx, P, 3 * cols, 0, cols, P, rows, cols).unwrap());
