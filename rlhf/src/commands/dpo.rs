@@ -110,6 +110,12 @@ pub fn run(args: DpoArgs) -> Result<()> {
     // Data and checkpoint are checked before anything is created on disk.
     let records = read_jsonl::<PreferenceRecord>(&args.data)?;
     let (mut params, file) = load_model(&args.policy)?;
+    if file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT) {
+        eprintln!(
+            "note: {} is a reward model; its trunk is used as the policy",
+            args.policy.display()
+        );
+    }
     if let Some(actor) = load_lora(&file, &params.config, LORA_SCOPE)? {
         eprintln!(
             "note: {} holds '{LORA_SCOPE}' adapters; they are merged into the policy and the reference",
