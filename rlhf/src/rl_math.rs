@@ -178,7 +178,7 @@ pub fn kl_k3_host(logp: f32, ref_logp: f32) -> f32 {
 /// Rows without a counted token get no score (there is no token to credit).
 pub fn token_rewards(kl: &[f32], scores: &[f32], mask: &[f32], beta: f32) -> Result<Vec<f32>> {
     let b = scores.len();
-    if b == 0 || mask.len() % b != 0 {
+    if b == 0 || !mask.len().is_multiple_of(b) {
         return Err(bad(format!(
             "token_rewards: {} mask values for {b} scores",
             mask.len()
@@ -216,7 +216,7 @@ pub fn gae(
     gamma: f32,
     lam: f32,
 ) -> Result<Gae> {
-    if n == 0 || mask.len() % n != 0 {
+    if n == 0 || !mask.len().is_multiple_of(n) {
         return Err(bad(format!(
             "gae: {} mask values do not make rows of {n}",
             mask.len()
@@ -666,7 +666,7 @@ pub fn dpo_loss(
 /// responses to one prompt; each becomes (r − mean)/(std + eps) within its group, std unbiased
 /// (as TRL's `torch.std`). A group of equal rewards gets advantages 0.
 pub fn group_advantages(rewards: &[f32], group: usize, eps: f32) -> Result<Vec<f32>> {
-    if group < 2 || rewards.is_empty() || rewards.len() % group != 0 {
+    if group < 2 || rewards.is_empty() || !rewards.len().is_multiple_of(group) {
         return Err(bad(format!(
             "GRPO needs groups of at least 2 responses: {} rewards in groups of {group}",
             rewards.len()

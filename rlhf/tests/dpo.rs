@@ -345,6 +345,17 @@ fn lora_trains_only_the_adapters_and_samples() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("Q1: say it"));
+    // A LoRA-trained policy as the next run's start: its adapters are merged (and it says so),
+    // and the new run starts from policy = reference again.
+    let next = dir.join("next");
+    let o = dpo(&model, &data, &next, &["--lora", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("holds 'actor' adapters"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(validations(&next)[0], (0, 0.0, 0.0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -471,13 +471,13 @@ fn grpo_advantages_and_loss() {
     )
     .unwrap();
     let (mut want, mut kl, mut tokens) = (0.0, 0.0, 0.0);
-    for row in 0..b {
+    for (row, &a) in adv.iter().enumerate() {
         let idx: Vec<usize> = (row * n..(row + 1) * n)
             .filter(|&t| mask[t] > 0.0)
             .collect();
         let mut s = 0.0;
         for &t in &idx {
-            let (l, _) = surrogate(logp[t] as f64, old[t] as f64, adv[row] as f64, eps as f64);
+            let (l, _) = surrogate(logp[t] as f64, old[t] as f64, a as f64, eps as f64);
             let lr = (reference[t] - logp[t]) as f64;
             let k3 = lr.exp() - 1.0 - lr;
             s += l + beta as f64 * k3;
