@@ -356,6 +356,13 @@ fn lora_trains_only_the_adapters_and_samples() {
         stderr(&o)
     );
     assert_eq!(validations(&next)[0], (0, 0.0, 0.0));
+    // The merged adapters are now part of the frozen base it saved.
+    let name = "layers.0.fn.attn_out.weight";
+    let merged = SafeFile::open(next.join("model.safetensors")).unwrap();
+    assert_ne!(
+        base.get(name).unwrap().to_vec::<f32>().unwrap(),
+        merged.get(name).unwrap().to_vec::<f32>().unwrap()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
