@@ -1,13 +1,15 @@
-//! palm-rlhf: training loops (pretraining, SFT, reward model; PPO, DPO, GRPO next), labelers,
-//! data formats and the `palm` command-line interface.
+//! palm-rlhf: training loops (pretraining, SFT, reward model, DPO; the PPO and GRPO math, their
+//! loops next), labelers, data formats and the `palm` command-line interface.
 
 pub mod commands;
 pub mod corpus;
 pub mod data;
+pub mod dpo;
 pub mod error;
 pub mod labelers;
 pub mod reward;
 pub mod reward_train;
+pub mod rl_math;
 pub mod trainer;
 
 pub use error::{Error, Result};

@@ -1,8 +1,8 @@
 //! The `palm` command line: train, fine-tune, sample, evaluate and inspect PaLM models; train
-//! and use reward models; label sampled responses.
+//! and use reward models; label sampled responses; DPO.
 
 use clap::{Parser, Subcommand};
-use palm_rlhf::commands::{eval, info, label, reward, sample, sft, train};
+use palm_rlhf::commands::{dpo, eval, info, label, reward, sample, sft, train};
 
 #[derive(Parser)]
 #[command(name = "palm", version, about = "PaLM + RLHF on our own tensor engine")]
@@ -19,6 +19,8 @@ enum Command {
     Sft(sft::SftArgs),
     /// Reward model: `train` it on rankings or pairs, `score` responses with it.
     Reward(reward::RewardArgs),
+    /// Direct Preference Optimisation of a policy on preference pairs or rankings.
+    Dpo(dpo::DpoArgs),
     /// Sample responses per prompt and rank them with a scripted labeler (AFINN, length, count).
     Label(label::LabelArgs),
     /// Continue a prompt from a checkpoint.
@@ -35,6 +37,7 @@ fn main() {
         Command::Train(a) => train::run(a),
         Command::Sft(a) => sft::run(a),
         Command::Reward(a) => reward::run(a),
+        Command::Dpo(a) => dpo::run(a),
         Command::Label(a) => label::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),

@@ -1,0 +1,439 @@
+//! DPO training (DESIGN §5): preference pairs as token ids, the frozen reference's sequence
+//! log-probs computed once, and AdamW on the policy (all weights, or LoRA adapters of scope
+//! `actor` in front of the frozen base) with warmup + cosine, reporting loss, implicit-reward
+//! accuracy and margin per step and on held-out pairs.
+//!
+//! A loop of its own rather than the shared `Trainer`: that optimises and saves `PalmParams`
+//! alone, while `--lora` trains (and saves) adapters, and its `Task` returns only a loss,
+//! where DPO reports accuracy and margin every step.
+
+use crate::data::PreferenceRecord;
+use crate::reward_train::Ranked;
+use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_logprobs};
+use crate::trainer::Throughput;
+use crate::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
+use palm_model::checkpoint::save_model;
+use palm_model::{Forward, LoraScope, PalmParams};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The LoRA scope DPO trains (DESIGN §5: the policy is the actor).
+pub const LORA_SCOPE: &str = "actor";
+
+/// One preference as token ids: `chosen` preferred to `rejected` as answers to `prompt`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub prompt: Vec<u32>,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+}
+
+/// The pairs of `records` fitted into `max_len` tokens a sequence (cut as the reward model's
+/// data, see `Ranked::new`); a ranking of K gives its C(K,2) pairs, best over worse. Returns the
+/// pairs and how many records were cut.
+pub fn pairs_of(records: &[&PreferenceRecord], max_len: usize) -> (Vec<Pair>, usize) {
+    let (mut pairs, mut cut) = (Vec::new(), 0);
+    for r in records {
+        let (ranked, was_cut) = Ranked::new(r, max_len);
+        cut += usize::from(was_cut);
+        let rs = &ranked.responses;
+        for i in 0..rs.len() {
+            for j in i + 1..rs.len() {
+                pairs.push(Pair {
+                    prompt: ranked.prompt.clone(),
+                    chosen: rs[i].clone(),
+                    rejected: rs[j].clone(),
+                });
+            }
+        }
+    }
+    (pairs, cut)
+}
+
+/// The policy being trained: the model and, with LoRA, adapters in front of a frozen copy.
+pub struct Policy {
+    pub params: PalmParams,
+    pub lora: Option<LoraScope>,
+}
+
+impl Policy {
+    /// All weights train.
+    pub fn full(params: PalmParams) -> Self {
+        Policy { params, lora: None }
+    }
+
+    /// Fresh adapters of scope `actor`, rank `r` (B = 0, so the policy starts as the reference),
+    /// the base cut out of the gradient graph.
+    pub fn with_lora(mut params: PalmParams, r: usize, rng: &mut Rng) -> Result<Self> {
+        let lora = LoraScope::new(&params.config, LORA_SCOPE, r, None, rng)?;
+        for t in params.tensors_mut() {
+            *t = t.detach();
+        }
+        Ok(Policy {
+            params,
+            lora: Some(lora),
+        })
+    }
+
+    /// What the optimiser updates, in a fixed order.
+    pub fn trainable(&self) -> Vec<Tensor> {
+        match &self.lora {
+            Some(l) => l.named().into_iter().map(|(_, t)| t.clone()).collect(),
+            None => self.params.tensors(),
+        }
+    }
+
+    /// Replace the trainable tensors (the order of `trainable`), checking shapes.
+    pub fn set_trainable(&mut self, new: Vec<Tensor>) -> Result<()> {
+        let Some(lora) = &mut self.lora else {
+            return Ok(self.params.set_tensors(new)?);
+        };
+        let slots = lora.tensors_mut();
+        if slots.len() != new.len() {
+            return Err(Error::Invalid(format!(
+                "LoRA scope '{LORA_SCOPE}': expected {} tensors, got {}",
+                slots.len(),
+                new.len()
+            )));
+        }
+        for (slot, t) in slots.into_iter().zip(new) {
+            if slot.dims() != t.dims() {
+                return Err(Error::Invalid(format!(
+                    "LoRA scope '{LORA_SCOPE}': tensor of shape {:?} replaced by {:?}",
+                    slot.dims(),
+                    t.dims()
+                )));
+            }
+            *slot = t;
+        }
+        Ok(())
+    }
+
+    /// Save the base weights and (with LoRA) the `actor` adapters, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let loras: Vec<&LoraScope> = self.lora.iter().collect();
+        Ok(save_model(path, &self.params, &loras)?)
+    }
+
+    /// The log-probability of each response given its prompt, summed over the response's
+    /// tokens: (rows,). Rows are right-padded with 0 to the longest; the prompt and padding are
+    /// masked out. Every sequence must have at least 2 tokens in the batch's longest row.
+    pub fn response_logprobs(&self, rows: &[(&[u32], &[u32])]) -> Result<Tensor> {
+        let longest = rows.iter().map(|(p, r)| p.len() + r.len()).max();
+        let n = match longest {
+            Some(l) if l >= 2 => l - 1,
+            _ => {
+                return Err(Error::Invalid(
+                    "dpo: no sequence of 2 tokens or more in a batch".into(),
+                ));
+            }
+        };
+        let (mut inputs, mut targets, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+        for (prompt, response) in rows {
+            let tokens: Vec<u32> = prompt.iter().chain(response.iter()).copied().collect();
+            let pad = |from: usize| {
+                tokens
+                    .iter()
+                    .skip(from)
+                    .copied()
+                    .chain(std::iter::repeat(0))
+            };
+            inputs.extend(pad(0).take(n));
+            targets.extend(pad(1).take(n));
+            mask.extend(response_mask(&tokens, prompt.len(), None, n));
+        }
+        let b = rows.len();
+        let inputs = Tensor::from_vec(inputs, &[b, n])?;
+        let targets = Tensor::from_vec(targets, &[b, n])?;
+        let opts = &mut Forward {
+            lora: self.lora.as_ref(),
+            ..Default::default()
+        };
+        let logits = self.params.logits(&inputs, opts)?;
+        masked_row_sums(&token_logprobs(&logits, &targets)?, &mask)
+    }
+
+    /// (chosen, rejected) sequence log-probs of `pairs`, one forward pass for both.
+    fn pair_logprobs(&self, pairs: &[&Pair]) -> Result<(Tensor, Tensor)> {
+        let rows: Vec<(&[u32], &[u32])> = pairs
+            .iter()
+            .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
+            .chain(
+                pairs
+                    .iter()
+                    .map(|p| (p.prompt.as_slice(), p.rejected.as_slice())),
+            )
+            .collect();
+        let all = self.response_logprobs(&rows)?;
+        let b = pairs.len();
+        Ok((all.narrow(0, 0, b)?, all.narrow(0, b, b)?))
+    }
+}
+
+/// Pairs with the frozen reference's sequence log-probs of their responses.
+pub struct Scored {
+    pub pairs: Vec<Pair>,
+    pub ref_chosen: Vec<f32>,
+    pub ref_rejected: Vec<f32>,
+}
+
+/// Score `pairs` under the reference (the policy before training), `batch` pairs at a time.
+/// Done once: the reference is frozen, so its log-probs never change.
+pub fn score_reference(reference: &Policy, pairs: Vec<Pair>, batch: usize) -> Result<Scored> {
+    let (mut ref_chosen, mut ref_rejected) = (Vec::new(), Vec::new());
+    palm_engine::cpu::on_workers(|| {
+        let _g = no_grad();
+        for chunk in pairs.chunks(batch.max(1)) {
+            let refs: Vec<&Pair> = chunk.iter().collect();
+            let (c, r) = reference.pair_logprobs(&refs)?;
+            ref_chosen.extend(c.to_f32_vec()?);
+            ref_rejected.extend(r.to_f32_vec()?);
+        }
+        Ok::<_, Error>(())
+    })?;
+    Ok(Scored {
+        pairs,
+        ref_chosen,
+        ref_rejected,
+    })
+}
+
+/// The DPO loss and statistics of the pairs `idx` of `data`.
+fn batch_loss(
+    policy: &Policy,
+    data: &Scored,
+    idx: &[usize],
+    beta: f32,
+) -> Result<crate::rl_math::DpoLoss> {
+    let picked: Vec<&Pair> = idx.iter().map(|&i| &data.pairs[i]).collect();
+    let (c, r) = policy.pair_logprobs(&picked)?;
+    let ref_c: Vec<f32> = idx.iter().map(|&i| data.ref_chosen[i]).collect();
+    let ref_r: Vec<f32> = idx.iter().map(|&i| data.ref_rejected[i]).collect();
+    dpo_loss(&c, &r, &ref_c, &ref_r, beta)
+}
+
+/// How the policy does on held-out pairs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldOut {
+    pub loss: f64,
+    pub stats: DpoStats,
+}
+
+/// Loss and implicit-reward statistics over every pair of `data`, without gradients.
+pub fn evaluate(policy: &Policy, data: &Scored, batch: usize, beta: f32) -> Result<HeldOut> {
+    palm_engine::cpu::on_workers(|| {
+        let _g = no_grad();
+        let (mut loss, mut correct) = (0f64, 0);
+        let (mut margin, mut chosen, mut rejected) = (0f64, 0f64, 0f64);
+        let all: Vec<usize> = (0..data.pairs.len()).collect();
+        for idx in all.chunks(batch.max(1)) {
+            let out = batch_loss(policy, data, idx, beta)?;
+            let (k, s) = (idx.len() as f64, out.stats);
+            loss += out.loss.to_scalar()? as f64 * k;
+            correct += s.correct;
+            margin += s.margin as f64 * k;
+            chosen += s.chosen_reward as f64 * k;
+            rejected += s.rejected_reward as f64 * k;
+        }
+        let n = data.pairs.len().max(1) as f64;
+        Ok(HeldOut {
+            loss: loss / n,
+            stats: DpoStats {
+                pairs: data.pairs.len(),
+                correct,
+                margin: (margin / n) as f32,
+                chosen_reward: (chosen / n) as f32,
+                rejected_reward: (rejected / n) as f32,
+            },
+        })
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSettings {
+    pub beta: f32,
+    pub epochs: u64,
+    /// Pairs per step.
+    pub batch: usize,
+    pub lr: f32,
+    pub min_lr: f32,
+    pub warmup: u64,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+    /// Validate (and save) every N steps as well as at the end; 0 = only at the end.
+    pub val_every: u64,
+    /// Print a step line every N steps; 0 = never.
+    pub log_every: u64,
+}
+
+/// Train `policy` on `train`, validating on `val` before training, every `val_every` steps and
+/// at the end; the policy is saved to `out/model.safetensors` at each validation after the
+/// first (atomically) and the metrics of every step and validation appended to
+/// `out/metrics.jsonl`. Returns the held-out results, the untrained one first.
+pub fn train(
+    policy: &mut Policy,
+    train: &Scored,
+    val: &Scored,
+    s: &TrainSettings,
+    rng: &mut Rng,
+    out: &Path,
+) -> Result<Vec<HeldOut>> {
+    if train.pairs.is_empty() || val.pairs.is_empty() {
+        return Err(Error::Invalid(
+            "DPO needs pairs to train on and to hold out".into(),
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut metrics = Metrics::create(out)?;
+    let batch = s.batch.max(1);
+    let total = train.pairs.len().div_ceil(batch) as u64 * s.epochs;
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            lr: s.lr,
+            weight_decay: s.weight_decay,
+            ..AdamWConfig::default()
+        },
+        &policy.trainable(),
+    )?;
+    let pb = progress(total);
+    let say = |line: String| {
+        if pb.is_hidden() {
+            eprintln!("{line}")
+        } else {
+            pb.println(line)
+        }
+    };
+    let validate = |policy: &Policy, step: u64, metrics: &mut Metrics| -> Result<HeldOut> {
+        let held = evaluate(policy, val, batch, s.beta)?;
+        say(format!("step {step}: {}", held_line(&held)));
+        metrics.log(serde_json::json!({
+            "step": step, "val_loss": held.loss, "val_accuracy": held.stats.accuracy(),
+            "val_margin": held.stats.margin, "val_chosen_reward": held.stats.chosen_reward,
+            "val_rejected_reward": held.stats.rejected_reward, "val_pairs": held.stats.pairs,
+        }))?;
+        Ok(held)
+    };
+    let mut results = vec![validate(policy, 0, &mut metrics)?];
+    let mut speed = Throughput::default();
+    let mut order: Vec<usize> = (0..train.pairs.len()).collect();
+    let mut step = 0u64;
+    for epoch in 1..=s.epochs {
+        shuffle(&mut order, rng);
+        for idx in order.chunks(batch) {
+            let lr = lr_at(step, s.warmup, total, s.lr, s.min_lr);
+            let (loss, stats, grad_norm) =
+                palm_engine::cpu::on_workers(|| optimise(policy, &mut opt, train, idx, s, lr))?;
+            step += 1;
+            speed.add(idx.len() as u64);
+            metrics.log(serde_json::json!({
+                "step": step, "epoch": epoch, "loss": loss, "accuracy": stats.accuracy(),
+                "margin": stats.margin, "chosen_reward": stats.chosen_reward,
+                "rejected_reward": stats.rejected_reward, "lr": lr, "grad_norm": grad_norm,
+                "pairs_per_s": speed.per_second(), "elapsed_s": speed.elapsed(),
+            }))?;
+            pb.set_position(step);
+            pb.set_message(format!(
+                "loss {loss:.3} acc {:.2} margin {:.3}",
+                stats.accuracy(),
+                stats.margin
+            ));
+            if s.log_every > 0 && step.is_multiple_of(s.log_every) {
+                say(format!(
+                    "step {step} (epoch {epoch}): loss {loss:.4}, reward accuracy {:.3}, margin {:.4}, lr {lr:.2e}",
+                    stats.accuracy(),
+                    stats.margin
+                ));
+            }
+            let last = step == total;
+            if last || (s.val_every > 0 && step.is_multiple_of(s.val_every)) {
+                results.push(validate(policy, step, &mut metrics)?);
+                policy.save(&out.join(MODEL_FILE))?;
+            }
+        }
+    }
+    pb.finish_and_clear();
+    metrics.flush()?;
+    Ok(results)
+}
+
+/// One AdamW step on the pairs `idx`: (loss, statistics, gradient norm before clipping).
+fn optimise(
+    policy: &mut Policy,
+    opt: &mut AdamW,
+    data: &Scored,
+    idx: &[usize],
+    s: &TrainSettings,
+    lr: f32,
+) -> Result<(f32, DpoStats, f32)> {
+    let out = batch_loss(policy, data, idx, s.beta)?;
+    let value = out.loss.to_scalar()?;
+    if !value.is_finite() {
+        return Err(Error::Invalid(format!(
+            "DPO loss became {value}; try a lower --lr"
+        )));
+    }
+    let mut grads = out.loss.backward()?;
+    drop(out.loss);
+    let mut tensors = policy.trainable();
+    let norm = clip_grad_norm(&mut grads, &tensors, s.grad_clip)?;
+    opt.step(&mut tensors, &grads, lr)?;
+    policy.set_trainable(tensors)?;
+    Ok((value, out.stats, norm))
+}
+
+pub fn held_line(h: &HeldOut) -> String {
+    format!(
+        "held-out loss {:.4}, reward accuracy {:.3} ({}/{} pairs), margin {:.4} (chosen {:.4}, rejected {:.4})",
+        h.loss,
+        h.stats.accuracy(),
+        h.stats.correct,
+        h.stats.pairs,
+        h.stats.margin,
+        h.stats.chosen_reward,
+        h.stats.rejected_reward
+    )
+}
+
+/// Fisher–Yates with the run's RNG.
+fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.below(i + 1));
+    }
+}
+
+/// A bar with the step count and the last step's metrics, or nothing when stderr is not a
+/// terminal (then the loop prints plain lines).
+fn progress(total: u64) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// `metrics.jsonl`: one JSON object a line.
+struct Metrics {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Metrics {
+    fn create(out: &Path) -> Result<Self> {
+        let path = out.join(METRICS_FILE);
+        let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Metrics { path, file })
+    }
+    fn log(&mut self, v: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.file.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}

@@ -1,0 +1,752 @@
+//! The RLHF losses and estimators of DESIGN §5 (TRL / OpenRLHF / InstructGPT math) on engine
+//! tensors: per-token log-probs and entropy under a response mask, the k1/k3 KL estimators,
+//! GAE and whitening, PPO's clipped policy and value losses, KL controllers, DPO and GRPO.
+//!
+//! Differentiated inputs (the policy's log-probs, values) are tensors; what a loss treats as
+//! constant (rollout log-probs, advantages, returns, masks) is host `f32`, row-major (b, n).
+//! The engine has no elementwise max or clamp, so the clipped losses choose their branch per
+//! token on the host and build the tensor of the chosen branch: where the clipped branch wins,
+//! the clip is active and that branch is a constant (zero gradient), so value and gradient are
+//! exactly those of the max/clip formula.
+
+use crate::{Error, Result};
+use palm_engine::{DType, Tensor};
+
+fn bad(msg: String) -> Error {
+    Error::Invalid(msg)
+}
+
+/// (b, n) of a 2-D tensor, or an error naming `what`.
+fn dims2(t: &Tensor, what: &str) -> Result<(usize, usize)> {
+    match t.dims() {
+        [b, n] => Ok((*b, *n)),
+        d => Err(bad(format!("{what} must be (batch, seq), got shape {d:?}"))),
+    }
+}
+
+/// Check that a host slice holds `len` values.
+fn check_len(what: &str, xs: &[f32], len: usize) -> Result<()> {
+    if xs.len() == len {
+        Ok(())
+    } else {
+        Err(bad(format!("{what}: {} values, expected {len}", xs.len())))
+    }
+}
+
+/// A host vector as an f32 tensor of `dims` on the device of `like`.
+fn constant(values: Vec<f32>, dims: &[usize], like: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::from_vec(values, dims)?.to_device(like.device())?)
+}
+
+/// Which next-token targets of one row count, as a mask of width `n` (1 = counted).
+///
+/// The row is `tokens` = prompt then response, unpadded; target t is `tokens[t + 1]`. Target t
+/// counts when `tokens[t + 1]` is a response token (t + 1 ≥ `prompt_len`), is not padding
+/// (t + 1 < `tokens.len()`), and no earlier response token was `eos` (the EOS itself counts:
+/// the policy chose to stop). Positions from `tokens.len() − 1` to `n` are padding.
+pub fn response_mask(tokens: &[u32], prompt_len: usize, eos: Option<u32>, n: usize) -> Vec<f32> {
+    let mut mask = vec![0f32; n];
+    let mut ended = false;
+    for (t, m) in mask.iter_mut().enumerate() {
+        let Some(&tok) = tokens.get(t + 1) else { break };
+        if t + 1 < prompt_len {
+            continue;
+        }
+        if ended {
+            break;
+        }
+        *m = 1.0;
+        ended = eos == Some(tok);
+    }
+    mask
+}
+
+/// Per-token log-probabilities of `ids` (b, n) u32 under `logits` (b, n, V):
+/// logp[b, t] = log softmax(logits[b, t])[ids[b, t]], shape (b, n).
+///
+/// The gather is a product with a one-hot tensor (the engine has no gather op); its gradient is
+/// onehot − softmax on each row, as for cross-entropy.
+pub fn token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, n, v) = match logits.dims() {
+        [b, n, v] => (*b, *n, *v),
+        d => {
+            return Err(bad(format!(
+                "logits must be (batch, seq, vocab), got {d:?}"
+            )));
+        }
+    };
+    if dims2(ids, "token ids")? != (b, n) {
+        return Err(bad(format!(
+            "token ids {:?} do not match logits {:?}",
+            ids.dims(),
+            logits.dims()
+        )));
+    }
+    let ids = ids.to_vec::<u32>()?;
+    let mut onehot = vec![0f32; b * n * v];
+    for (i, &id) in ids.iter().enumerate() {
+        let id = id as usize;
+        if id >= v {
+            return Err(bad(format!("token id {id} out of range for {v} classes")));
+        }
+        onehot[i * v + id] = 1.0;
+    }
+    let logp = logits.to_dtype(DType::F32)?.log_softmax()?;
+    Ok(logp
+        .mul(&constant(onehot, &[b, n, v], &logp)?)?
+        .sum_keepdim(&[2])?
+        .reshape(&[b, n])?)
+}
+
+/// Per-token entropy of the policy, H[b, t] = −Σ_v p_v log p_v with p = softmax(logits[b, t]),
+/// shape (b, n).
+pub fn token_entropy(logits: &Tensor) -> Result<Tensor> {
+    let (b, n) = match logits.dims() {
+        [b, n, _] => (*b, *n),
+        d => {
+            return Err(bad(format!(
+                "logits must be (batch, seq, vocab), got {d:?}"
+            )));
+        }
+    };
+    let logp = logits.to_dtype(DType::F32)?.log_softmax()?;
+    Ok(logp
+        .exp()?
+        .mul(&logp)?
+        .sum_keepdim(&[2])?
+        .neg()?
+        .reshape(&[b, n])?)
+}
+
+/// Σ_t x[b, t]·mask[b, t] for each row: (b, n) → (b,). A sequence's log-probability is this
+/// sum of its counted tokens' log-probs.
+pub fn masked_row_sums(x: &Tensor, mask: &[f32]) -> Result<Tensor> {
+    let (b, n) = dims2(x, "masked_row_sums input")?;
+    check_len("mask", mask, b * n)?;
+    Ok(x.mul(&constant(mask.to_vec(), &[b, n], x)?)?
+        .sum_keepdim(&[1])?
+        .reshape(&[b])?)
+}
+
+/// Σ x·w over every element, for host weights `w` of the same shape as `x`.
+fn weighted_sum(x: &Tensor, w: Vec<f32>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    Ok(x.mul(&constant(w, &dims, x)?)?.sum_all()?)
+}
+
+/// Σ mask, or an error when nothing is counted (a mean over no token is meaningless).
+fn counted(mask: &[f32], what: &str) -> Result<f32> {
+    let c: f32 = mask.iter().sum();
+    if c > 0.0 {
+        Ok(c)
+    } else {
+        Err(bad(format!("{what}: no counted token (the mask is all 0)")))
+    }
+}
+
+/// Σ x·mask / Σ mask: the mean over counted tokens, a scalar tensor.
+pub fn masked_mean(x: &Tensor, mask: &[f32]) -> Result<Tensor> {
+    check_len("mask", mask, x.elem_count())?;
+    let c = counted(mask, "masked_mean")?;
+    weighted_sum(x, mask.iter().map(|m| m / c).collect())
+}
+
+/// The k1 KL estimator per token: logπ − logπ_ref (unbiased, can be negative).
+pub fn kl_k1(logp: &Tensor, ref_logp: &Tensor) -> Result<Tensor> {
+    Ok(logp.sub(ref_logp)?)
+}
+
+/// The k3 KL estimator per token: (r − 1) − log r with r = π_ref/π = exp(logπ_ref − logπ)
+/// (unbiased for KL(π‖π_ref) under samples of π, and never negative).
+pub fn kl_k3(logp: &Tensor, ref_logp: &Tensor) -> Result<Tensor> {
+    let log_r = ref_logp.sub(logp)?;
+    Ok(log_r.exp()?.affine(1.0, -1.0)?.sub(&log_r)?)
+}
+
+/// Host versions of k1/k3 for rollout statistics.
+pub fn kl_k1_host(logp: f32, ref_logp: f32) -> f32 {
+    logp - ref_logp
+}
+
+pub fn kl_k3_host(logp: f32, ref_logp: f32) -> f32 {
+    let log_r = ref_logp - logp;
+    log_r.exp() - 1.0 - log_r
+}
+
+/// PPO's per-token rewards (TRL): −β·KL_t on every counted token, plus the reward model's
+/// score of row b at its last counted token. `kl`, `mask` are (b, n) row-major; `scores` (b,).
+/// Rows without a counted token get no score (there is no token to credit).
+pub fn token_rewards(kl: &[f32], scores: &[f32], mask: &[f32], beta: f32) -> Result<Vec<f32>> {
+    let b = scores.len();
+    if b == 0 || !mask.len().is_multiple_of(b) {
+        return Err(bad(format!(
+            "token_rewards: {} mask values for {b} scores",
+            mask.len()
+        )));
+    }
+    check_len("kl", kl, mask.len())?;
+    let n = mask.len() / b;
+    let mut r: Vec<f32> = kl.iter().zip(mask).map(|(k, m)| -beta * k * m).collect();
+    for (row, score) in scores.iter().enumerate() {
+        let m = &mask[row * n..(row + 1) * n];
+        if let Some(last) = m.iter().rposition(|&x| x > 0.0) {
+            r[row * n + last] += score;
+        }
+    }
+    Ok(r)
+}
+
+/// Advantages and returns from GAE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gae {
+    pub advantages: Vec<f32>,
+    pub returns: Vec<f32>,
+}
+
+/// Generalised advantage estimation over rows of `n` tokens (row-major, host):
+/// δ_t = r_t + γ·V_{t'} − V_t, A_t = δ_t + γλ·A_{t'}, returns R_t = A_t + V_t, where t' is the
+/// next counted token of the row (V and A after the last one are 0: the episode ends there).
+/// Tokens with mask 0 get A = R = 0 and are skipped by the recursion, so the prompt and
+/// padding do not take part.
+pub fn gae(
+    rewards: &[f32],
+    values: &[f32],
+    mask: &[f32],
+    n: usize,
+    gamma: f32,
+    lam: f32,
+) -> Result<Gae> {
+    if n == 0 || !mask.len().is_multiple_of(n) {
+        return Err(bad(format!(
+            "gae: {} mask values do not make rows of {n}",
+            mask.len()
+        )));
+    }
+    check_len("gae rewards", rewards, mask.len())?;
+    check_len("gae values", values, mask.len())?;
+    let mut advantages = vec![0f32; mask.len()];
+    let mut returns = vec![0f32; mask.len()];
+    for row in 0..mask.len() / n {
+        let (mut next_value, mut next_adv) = (0f32, 0f32);
+        for t in (row * n..(row + 1) * n).rev() {
+            if mask[t] == 0.0 {
+                continue;
+            }
+            let delta = rewards[t] + gamma * next_value - values[t];
+            next_adv = delta + gamma * lam * next_adv;
+            advantages[t] = next_adv;
+            returns[t] = next_adv + values[t];
+            next_value = values[t];
+        }
+    }
+    Ok(Gae {
+        advantages,
+        returns,
+    })
+}
+
+/// Whitening over counted tokens (TRL's `masked_whiten`): (x − mean)/√(var + 1e-8), the
+/// variance unbiased (Bessel); with `shift_mean` false the mean is added back. Uncounted
+/// tokens become 0. Needs at least two counted tokens.
+pub fn whiten(x: &[f32], mask: &[f32], shift_mean: bool) -> Result<Vec<f32>> {
+    check_len("whiten mask", mask, x.len())?;
+    let count: f64 = mask.iter().map(|&m| m as f64).sum();
+    if count < 2.0 {
+        return Err(bad(format!(
+            "whiten needs at least 2 counted tokens, got {count}"
+        )));
+    }
+    let mean = x
+        .iter()
+        .zip(mask)
+        .map(|(&v, &m)| (v * m) as f64)
+        .sum::<f64>()
+        / count;
+    let var = x
+        .iter()
+        .zip(mask)
+        .map(|(&v, &m)| m as f64 * (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / (count - 1.0);
+    let inv = 1.0 / (var + 1e-8).sqrt();
+    Ok(x.iter()
+        .zip(mask)
+        .map(|(&v, &m)| {
+            if m == 0.0 {
+                return 0.0;
+            }
+            let w = (v as f64 - mean) * inv;
+            (if shift_mean { w } else { w + mean }) as f32
+        })
+        .collect())
+}
+
+/// The per-token clipped surrogate max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)), ρ = exp(logp − old),
+/// as a tensor shaped like `logp`, and per token whether the clipped branch won. Uncounted
+/// tokens are 0 (their ratio is not even formed, so garbage there cannot overflow).
+fn clipped_surrogate(
+    logp: &Tensor,
+    old_logp: &[f32],
+    adv: &[f32],
+    mask: &[f32],
+    eps: f32,
+) -> Result<(Tensor, Vec<bool>)> {
+    if !(eps > 0.0 && eps.is_finite()) {
+        return Err(bad(format!("clip range ε must be > 0, got {eps}")));
+    }
+    let dims = logp.dims().to_vec();
+    let now = logp.to_f32_vec()?;
+    let len = now.len();
+    check_len("old log-probs", old_logp, len)?;
+    check_len("advantages", adv, len)?;
+    check_len("mask", mask, len)?;
+    let (mut shift, mut coef, mut konst, mut clipped) = (
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+    );
+    for i in 0..len {
+        if mask[i] == 0.0 {
+            // logp − logp = 0: ratio 1, times coefficient 0.
+            shift.push(now[i]);
+            coef.push(0.0);
+            konst.push(0.0);
+            clipped.push(false);
+            continue;
+        }
+        let ratio = (now[i] - old_logp[i]).exp();
+        let unclipped = -adv[i] * ratio;
+        let clip = -adv[i] * ratio.clamp(1.0 - eps, 1.0 + eps);
+        shift.push(old_logp[i]);
+        if unclipped >= clip {
+            coef.push(-adv[i]);
+            konst.push(0.0);
+            clipped.push(false);
+        } else {
+            coef.push(0.0);
+            konst.push(clip);
+            clipped.push(true);
+        }
+    }
+    let ratio = logp.sub(&constant(shift, &dims, logp)?)?.exp()?;
+    let per_token = ratio
+        .mul(&constant(coef, &dims, logp)?)?
+        .add(&constant(konst, &dims, logp)?)?;
+    Ok((per_token, clipped))
+}
+
+/// Fraction of counted tokens where `flag` holds.
+fn masked_fraction(flag: &[bool], mask: &[f32]) -> f32 {
+    let c: f32 = mask.iter().sum();
+    let hit: f32 = flag
+        .iter()
+        .zip(mask)
+        .filter(|(f, _)| **f)
+        .map(|(_, m)| m)
+        .sum();
+    hit / c.max(f32::MIN_POSITIVE)
+}
+
+/// PPO's clipped policy loss and its statistics.
+pub struct PolicyLoss {
+    /// mean over counted tokens of max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)), ρ = π/π_old.
+    pub loss: Tensor,
+    /// Fraction of counted tokens where the clipped branch won.
+    pub clip_frac: f32,
+    /// ½·mean over counted tokens of (logπ − logπ_old)² (TRL's approx-KL).
+    pub approx_kl: f32,
+}
+
+/// PPO's clipped policy loss: `logp` (b, n) the current policy's log-probs of the rollout's
+/// tokens; `old_logp`, `adv`, `mask` (b, n) from the rollout; clip range `eps`.
+pub fn ppo_policy_loss(
+    logp: &Tensor,
+    old_logp: &[f32],
+    adv: &[f32],
+    mask: &[f32],
+    eps: f32,
+) -> Result<PolicyLoss> {
+    dims2(logp, "policy log-probs")?;
+    let (per_token, clipped) = clipped_surrogate(logp, old_logp, adv, mask, eps)?;
+    let loss = masked_mean(&per_token, mask)?;
+    let now = logp.to_f32_vec()?;
+    let c = counted(mask, "approx-KL")?;
+    let approx_kl = 0.5
+        * now
+            .iter()
+            .zip(old_logp)
+            .zip(mask)
+            .map(|((a, b), m)| m * (a - b) * (a - b))
+            .sum::<f32>()
+        / c;
+    Ok(PolicyLoss {
+        loss,
+        clip_frac: masked_fraction(&clipped, mask),
+        approx_kl,
+    })
+}
+
+/// PPO's clipped value loss and its clip fraction.
+pub struct ValueLoss {
+    /// ½·mean over counted tokens of max((V − R)², (V_old + clip(V − V_old, −ε_v, ε_v) − R)²).
+    pub loss: Tensor,
+    /// Fraction of counted tokens where the clipped branch won.
+    pub clip_frac: f32,
+}
+
+/// PPO's clipped value loss: `values` (b, n) the critic's current predictions; `old_values`,
+/// `returns`, `mask` (b, n) from the rollout; clip range `eps_v`.
+pub fn ppo_value_loss(
+    values: &Tensor,
+    old_values: &[f32],
+    returns: &[f32],
+    mask: &[f32],
+    eps_v: f32,
+) -> Result<ValueLoss> {
+    let dims = values.dims().to_vec();
+    dims2(values, "values")?;
+    if !(eps_v > 0.0 && eps_v.is_finite()) {
+        return Err(bad(format!("value clip range must be > 0, got {eps_v}")));
+    }
+    let now = values.to_f32_vec()?;
+    let len = now.len();
+    check_len("old values", old_values, len)?;
+    check_len("returns", returns, len)?;
+    check_len("mask", mask, len)?;
+    let (mut keep, mut konst, mut clipped) = (vec![0f32; len], vec![0f32; len], vec![false; len]);
+    for i in 0..len {
+        if mask[i] == 0.0 {
+            continue;
+        }
+        let plain = (now[i] - returns[i]).powi(2);
+        let v_clip = old_values[i] + (now[i] - old_values[i]).clamp(-eps_v, eps_v);
+        let clip = (v_clip - returns[i]).powi(2);
+        if plain >= clip {
+            keep[i] = 1.0;
+        } else {
+            konst[i] = clip;
+            clipped[i] = true;
+        }
+    }
+    let per_token = values
+        .sub(&constant(returns.to_vec(), &dims, values)?)?
+        .sqr()?
+        .mul(&constant(keep, &dims, values)?)?
+        .add(&constant(konst, &dims, values)?)?;
+    Ok(ValueLoss {
+        loss: masked_mean(&per_token, mask)?.scale(0.5)?,
+        clip_frac: masked_fraction(&clipped, mask),
+    })
+}
+
+/// PPO's coefficients (DESIGN §5 defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PpoConfig {
+    /// Policy clip range ε.
+    pub clip: f32,
+    /// Value clip range ε_v.
+    pub value_clip: f32,
+    pub vf_coef: f32,
+    /// Weight of the entropy bonus (subtracted from the loss).
+    pub ent_coef: f32,
+}
+
+impl Default for PpoConfig {
+    fn default() -> Self {
+        PpoConfig {
+            clip: 0.2,
+            value_clip: 0.2,
+            vf_coef: 0.1,
+            ent_coef: 0.01,
+        }
+    }
+}
+
+/// One rollout minibatch as PPO's loss needs it, host (b, n) row-major.
+pub struct PpoBatch<'a> {
+    pub old_logp: &'a [f32],
+    pub old_values: &'a [f32],
+    /// Whitened advantages.
+    pub advantages: &'a [f32],
+    pub returns: &'a [f32],
+    pub mask: &'a [f32],
+}
+
+/// PPO's total loss and the metrics logged per update.
+pub struct PpoLoss {
+    /// policy_loss + vf_coef·value_loss − ent_coef·entropy.
+    pub loss: Tensor,
+    pub policy_loss: f32,
+    pub value_loss: f32,
+    /// Mean entropy over counted tokens.
+    pub entropy: f32,
+    pub approx_kl: f32,
+    pub clip_frac: f32,
+    pub value_clip_frac: f32,
+}
+
+/// The whole PPO loss from the current policy's log-probs and entropies and the critic's
+/// values, each (b, n) over the rollout's tokens.
+pub fn ppo_loss(
+    logp: &Tensor,
+    entropy: &Tensor,
+    values: &Tensor,
+    batch: &PpoBatch,
+    cfg: &PpoConfig,
+) -> Result<PpoLoss> {
+    let pg = ppo_policy_loss(logp, batch.old_logp, batch.advantages, batch.mask, cfg.clip)?;
+    let vf = ppo_value_loss(
+        values,
+        batch.old_values,
+        batch.returns,
+        batch.mask,
+        cfg.value_clip,
+    )?;
+    let ent = masked_mean(entropy, batch.mask)?;
+    let loss = pg
+        .loss
+        .add(&vf.loss.scale(cfg.vf_coef)?)?
+        .sub(&ent.scale(cfg.ent_coef)?)?;
+    Ok(PpoLoss {
+        policy_loss: pg.loss.to_scalar()?,
+        value_loss: vf.loss.to_scalar()?,
+        entropy: ent.to_scalar()?,
+        approx_kl: pg.approx_kl,
+        clip_frac: pg.clip_frac,
+        value_clip_frac: vf.clip_frac,
+        loss,
+    })
+}
+
+/// The KL coefficient β of PPO's per-token reward: fixed, or adapted toward a target KL
+/// (Ziegler et al. 2019).
+#[derive(Debug, Clone, PartialEq)]
+pub enum KlController {
+    Fixed {
+        beta: f32,
+    },
+    Adaptive {
+        beta: f32,
+        target: f32,
+        horizon: f32,
+    },
+}
+
+impl KlController {
+    pub fn fixed(beta: f32) -> Result<Self> {
+        if !(beta >= 0.0 && beta.is_finite()) {
+            return Err(bad(format!("KL coefficient must be ≥ 0, got {beta}")));
+        }
+        Ok(KlController::Fixed { beta })
+    }
+
+    pub fn adaptive(beta: f32, target: f32, horizon: f32) -> Result<Self> {
+        Self::fixed(beta)?;
+        if !(target > 0.0 && target.is_finite() && horizon > 0.0 && horizon.is_finite()) {
+            return Err(bad(format!(
+                "adaptive KL needs target > 0 and horizon > 0, got {target} and {horizon}"
+            )));
+        }
+        Ok(KlController::Adaptive {
+            beta,
+            target,
+            horizon,
+        })
+    }
+
+    pub fn beta(&self) -> f32 {
+        match self {
+            KlController::Fixed { beta } | KlController::Adaptive { beta, .. } => *beta,
+        }
+    }
+
+    /// After a batch of `n_steps` samples with mean KL `kl`: an adaptive controller sets
+    /// β ← β·(1 + clip((kl − target)/target, −0.2, 0.2)·n_steps/horizon); a fixed one keeps β.
+    pub fn update(&mut self, kl: f32, n_steps: u64) {
+        if let KlController::Adaptive {
+            beta,
+            target,
+            horizon,
+        } = self
+        {
+            let err = ((kl - *target) / *target).clamp(-0.2, 0.2);
+            *beta *= 1.0 + err * n_steps as f32 / *horizon;
+        }
+    }
+}
+
+/// DPO's metrics over a batch of pairs, with implicit rewards β·(logπ − logπ_ref).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpoStats {
+    pub pairs: usize,
+    /// Pairs whose chosen reward is above the rejected one (a tie counts as wrong, as TRL).
+    pub correct: usize,
+    /// Mean chosen reward − rejected reward.
+    pub margin: f32,
+    pub chosen_reward: f32,
+    pub rejected_reward: f32,
+}
+
+impl DpoStats {
+    pub fn accuracy(&self) -> f32 {
+        self.correct as f32 / self.pairs.max(1) as f32
+    }
+}
+
+pub struct DpoLoss {
+    pub loss: Tensor,
+    pub stats: DpoStats,
+}
+
+/// The DPO loss (Rafailov et al. 2023), mean over B pairs of
+/// −log σ(β·[(logπ(y_w) − logπ_ref(y_w)) − (logπ(y_l) − logπ_ref(y_l))]).
+///
+/// `chosen`, `rejected` (B,): the policy's sequence log-probs of the preferred and the
+/// dispreferred responses; `ref_chosen`, `ref_rejected`: the frozen reference's, on the host.
+pub fn dpo_loss(
+    chosen: &Tensor,
+    rejected: &Tensor,
+    ref_chosen: &[f32],
+    ref_rejected: &[f32],
+    beta: f32,
+) -> Result<DpoLoss> {
+    let b = chosen.elem_count();
+    if b == 0 || rejected.elem_count() != b {
+        return Err(bad(format!(
+            "dpo: {b} chosen and {} rejected log-probs",
+            rejected.elem_count()
+        )));
+    }
+    check_len("reference chosen log-probs", ref_chosen, b)?;
+    check_len("reference rejected log-probs", ref_rejected, b)?;
+    if !(beta > 0.0 && beta.is_finite()) {
+        return Err(bad(format!("DPO β must be > 0, got {beta}")));
+    }
+    let (chosen, rejected) = (chosen.reshape(&[b, 1])?, rejected.reshape(&[b, 1])?);
+    let ref_diff: Vec<f32> = ref_chosen
+        .iter()
+        .zip(ref_rejected)
+        .map(|(c, r)| c - r)
+        .collect();
+    let x = chosen
+        .sub(&rejected)?
+        .sub(&constant(ref_diff, &[b, 1], &chosen)?)?
+        .scale(beta)?;
+    // −log σ(x) = −log_softmax([x, 0])[0]: stable for any x.
+    let zeros = Tensor::zeros(&[b, 1], DType::F32, x.device())?;
+    let loss = Tensor::cat(&[&x, &zeros], 1)?
+        .log_softmax()?
+        .narrow(1, 0, 1)?
+        .mean_all()?
+        .neg()?;
+    let (pc, pr) = (chosen.to_f32_vec()?, rejected.to_f32_vec()?);
+    let (mut correct, mut cr, mut rr) = (0, 0f64, 0f64);
+    for i in 0..b {
+        let c = beta * (pc[i] - ref_chosen[i]);
+        let r = beta * (pr[i] - ref_rejected[i]);
+        correct += usize::from(c > r);
+        cr += c as f64;
+        rr += r as f64;
+    }
+    let (cr, rr) = ((cr / b as f64) as f32, (rr / b as f64) as f32);
+    Ok(DpoLoss {
+        loss,
+        stats: DpoStats {
+            pairs: b,
+            correct,
+            margin: cr - rr,
+            chosen_reward: cr,
+            rejected_reward: rr,
+        },
+    })
+}
+
+/// GRPO's advantages (Shao et al. 2024): rewards come in consecutive groups of `group`
+/// responses to one prompt; each becomes (r − mean)/(std + eps) within its group, std unbiased
+/// (as TRL's `torch.std`). A group of equal rewards gets advantages 0.
+pub fn group_advantages(rewards: &[f32], group: usize, eps: f32) -> Result<Vec<f32>> {
+    if group < 2 || rewards.is_empty() || !rewards.len().is_multiple_of(group) {
+        return Err(bad(format!(
+            "GRPO needs groups of at least 2 responses: {} rewards in groups of {group}",
+            rewards.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(rewards.len());
+    for g in rewards.chunks(group) {
+        let k = g.len() as f64;
+        let mean = g.iter().map(|&r| r as f64).sum::<f64>() / k;
+        let var = g.iter().map(|&r| (r as f64 - mean).powi(2)).sum::<f64>() / (k - 1.0);
+        let denom = var.sqrt() + eps as f64;
+        out.extend(g.iter().map(|&r| ((r as f64 - mean) / denom) as f32));
+    }
+    Ok(out)
+}
+
+/// GRPO's loss and its statistics.
+pub struct GrpoLoss {
+    pub loss: Tensor,
+    pub clip_frac: f32,
+    /// Mean k3 KL to the reference over counted tokens.
+    pub kl: f32,
+}
+
+/// GRPO's clipped ratio loss, averaged per response then over responses (the paper's
+/// 1/G Σ_i 1/|o_i| Σ_t):
+/// L = mean_i mean_t∈o_i [max(−A_i·ρ, −A_i·clip(ρ, 1 − ε, 1 + ε)) + β·k3_t],
+/// ρ = π/π_old per token, A_i the response's group advantage, k3 against the reference.
+///
+/// `logp` (b, n) the current policy's log-probs; `old_logp`, `ref_logp`, `mask` (b, n);
+/// `adv` (b,). With β = 0 the reference is not used (`ref_logp` may be empty).
+pub fn grpo_loss(
+    logp: &Tensor,
+    old_logp: &[f32],
+    ref_logp: &[f32],
+    adv: &[f32],
+    mask: &[f32],
+    eps: f32,
+    beta: f32,
+) -> Result<GrpoLoss> {
+    let (b, n) = dims2(logp, "policy log-probs")?;
+    check_len("GRPO advantages", adv, b)?;
+    check_len("mask", mask, b * n)?;
+    let per_token_adv: Vec<f32> = (0..b * n).map(|i| adv[i / n]).collect();
+    let (mut per_token, clipped) = clipped_surrogate(logp, old_logp, &per_token_adv, mask, eps)?;
+    let mut kl = 0.0;
+    if beta != 0.0 {
+        check_len("reference log-probs", ref_logp, b * n)?;
+        // The reference at uncounted tokens is the policy itself, so k3 there is exactly 0.
+        let now = logp.to_f32_vec()?;
+        let reference: Vec<f32> = (0..b * n)
+            .map(|i| if mask[i] == 0.0 { now[i] } else { ref_logp[i] })
+            .collect();
+        let c = counted(mask, "GRPO KL")?;
+        kl = (0..b * n)
+            .map(|i| mask[i] * kl_k3_host(now[i], reference[i]))
+            .sum::<f32>()
+            / c;
+        let k3 = kl_k3(logp, &constant(reference, &[b, n], logp)?)?;
+        per_token = per_token.add(&k3.scale(beta)?)?;
+    }
+    // Weights 1/(|o_i|·responses) over each response's counted tokens.
+    let lens: Vec<f32> = mask.chunks(n).map(|m| m.iter().sum()).collect();
+    let responses = lens.iter().filter(|&&l| l > 0.0).count();
+    if responses == 0 {
+        return Err(bad("GRPO loss: no counted token in any response".into()));
+    }
+    let w: Vec<f32> = (0..b * n)
+        .map(|i| {
+            let l = lens[i / n];
+            if l > 0.0 {
+                mask[i] / (l * responses as f32)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(GrpoLoss {
+        loss: weighted_sum(&per_token, w)?,
+        clip_frac: masked_fraction(&clipped, mask),
+        kl,
+    })
+}
