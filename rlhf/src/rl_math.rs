@@ -62,10 +62,8 @@ pub fn response_mask(tokens: &[u32], prompt_len: usize, eos: Option<u32>, n: usi
 }
 
 /// Per-token log-probabilities of `ids` (b, n) u32 under `logits` (b, n, V):
-/// logp[b, t] = log softmax(logits[b, t])[ids[b, t]], shape (b, n).
-///
-/// The gather is a product with a one-hot tensor (the engine has no gather op); its gradient is
-/// onehot − softmax on each row, as for cross-entropy.
+/// logp[b, t] = log softmax(logits[b, t])[ids[b, t]], shape (b, n), f32. The engine's fused
+/// `logprob` op (no (b, n, V) intermediate; its gradient is onehot − softmax per row).
 pub fn token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (b, n, v) = match logits.dims() {
         [b, n, v] => (*b, *n, *v),
@@ -82,40 +80,26 @@ pub fn token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
             logits.dims()
         )));
     }
-    let ids = ids.to_vec::<u32>()?;
-    let mut onehot = vec![0f32; b * n * v];
-    for (i, &id) in ids.iter().enumerate() {
-        let id = id as usize;
-        if id >= v {
-            return Err(bad(format!("token id {id} out of range for {v} classes")));
-        }
-        onehot[i * v + id] = 1.0;
+    let ids = ids.to_dtype(DType::U32)?;
+    if let Some(&id) = ids.to_vec::<u32>()?.iter().find(|&&id| id as usize >= v) {
+        return Err(bad(format!("token id {id} out of range for {v} classes")));
     }
-    let logp = logits.to_dtype(DType::F32)?.log_softmax()?;
-    Ok(logp
-        .mul(&constant(onehot, &[b, n, v], &logp)?)?
-        .sum_keepdim(&[2])?
-        .reshape(&[b, n])?)
+    Ok(palm_engine::logprob(
+        logits,
+        &ids.to_device(logits.device())?,
+        1.0,
+    )?)
 }
 
 /// Per-token entropy of the policy, H[b, t] = −Σ_v p_v log p_v with p = softmax(logits[b, t]),
-/// shape (b, n).
+/// shape (b, n), f32 (the engine's fused `entropy` op).
 pub fn token_entropy(logits: &Tensor) -> Result<Tensor> {
-    let (b, n) = match logits.dims() {
-        [b, n, _] => (*b, *n),
-        d => {
-            return Err(bad(format!(
-                "logits must be (batch, seq, vocab), got {d:?}"
-            )));
-        }
-    };
-    let logp = logits.to_dtype(DType::F32)?.log_softmax()?;
-    Ok(logp
-        .exp()?
-        .mul(&logp)?
-        .sum_keepdim(&[2])?
-        .neg()?
-        .reshape(&[b, n])?)
+    match logits.dims() {
+        [_, _, _] => Ok(palm_engine::entropy(logits, 1.0)?),
+        d => Err(bad(format!(
+            "logits must be (batch, seq, vocab), got {d:?}"
+        ))),
+    }
 }
 
 /// Σ_t x[b, t]·mask[b, t] for each row: (b, n) → (b,). A sequence's log-probability is this
