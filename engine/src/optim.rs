@@ -83,7 +83,9 @@ impl AdamW {
         self.step += 1;
         let t = self.step as i32;
         let c = self.cfg;
-        for (p, slot) in params.iter_mut().zip(self.moments.iter_mut()) {
+        // Device parameters are updated together, in one multi-tensor launch, after the loop.
+        let mut device: Vec<(usize, Tensor, f32)> = Vec::new();
+        for (i, (p, slot)) in params.iter_mut().zip(self.moments.iter_mut()).enumerate() {
             let Some(g) = grads.get(p) else { continue };
             let h = Hyper {
                 lr,
@@ -101,8 +103,7 @@ impl AdamW {
                     adamw::step(&mut data, &f32s(g, "adamw")?, m, v, &h);
                     *p = Tensor::from_vec(data, p.dims())?.as_var();
                 }
-                Slot::Device(m, v) => {
-                    use crate::cuda::ops::adamw as k;
+                Slot::Device(..) => {
                     if p.dtype() != DType::F32 {
                         return Err(Error::DType {
                             op: "adamw",
@@ -111,20 +112,44 @@ impl AdamW {
                         });
                     }
                     // A fresh buffer: the old parameter may be shared (a frozen reference copy).
-                    let next = k::private_copy(p)?;
-                    let hk = k::Step {
-                        lr: h.lr,
-                        beta1: h.beta1,
-                        beta2: h.beta2,
-                        eps: h.eps,
-                        weight_decay: h.weight_decay,
-                        bias1: h.bias1,
-                        bias2: h.bias2,
-                    };
-                    k::step(&next, m, v, g, &hk)?;
-                    *p = next.as_var();
+                    let next = crate::cuda::ops::adamw::private_copy(p)?;
+                    device.push((i, next, h.weight_decay));
                 }
             }
+        }
+        if device.is_empty() {
+            return Ok(());
+        }
+        use crate::cuda::ops::adamw as k;
+        let mut slots = Vec::with_capacity(device.len());
+        for (i, next, wd) in &device {
+            let (Slot::Device(m, v), Some(g)) = (&self.moments[*i], grads.get(&params[*i])) else {
+                return Err(Error::Invalid("internal: adamw slot moved".into()));
+            };
+            slots.push(k::Slot {
+                param: next,
+                m,
+                v,
+                grad: g,
+                weight_decay: *wd,
+            });
+        }
+        let hk = k::Step {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: 0.0,
+            bias1: 1.0 - c.beta1.powi(t),
+            bias2: 1.0 - c.beta2.powi(t),
+        };
+        let copies = k::step_multi(&slots, &hk)?;
+        drop(slots);
+        for ((i, next, _), copy) in device.into_iter().zip(copies) {
+            let var = next.as_var();
+            // The bf16 copy the kernel wrote: the next forward's cast of this weight is free.
+            var.set_shadow(copy)?;
+            params[i] = var;
         }
         Ok(())
     }

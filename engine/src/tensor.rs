@@ -6,8 +6,8 @@ use crate::cuda::CudaDevice;
 use crate::layout::{Layout, elem_count};
 use crate::storage::{Buf, CpuElement, CpuStorage, Storage};
 use crate::{DType, Device, Error, Result};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TensorId(u64);
@@ -28,6 +28,10 @@ pub(crate) struct Inner {
     op: Option<Op>,
     /// A leaf whose gradient is wanted (a parameter).
     is_var: bool,
+    /// The same values in another dtype, written alongside (the bf16 copy of an f32 master
+    /// weight that the optimizer's kernel stores in the same pass): `to_dtype` returns it
+    /// instead of casting again.
+    shadow: OnceLock<Tensor>,
 }
 
 #[derive(Clone)]
@@ -56,6 +60,7 @@ impl Tensor {
             dtype,
             op,
             is_var: false,
+            shadow: OnceLock::new(),
         }))
     }
 
@@ -140,7 +145,30 @@ impl Tensor {
             dtype: self.0.dtype,
             op: None,
             is_var: true,
+            // Same storage, so the same values in the other dtype.
+            shadow: self.0.shadow.clone(),
         }))
+    }
+
+    /// Attach `copy`, the values of this tensor in another dtype (contiguous, same shape and
+    /// device); later `to_dtype` calls to that dtype return it. Ignored when one is attached.
+    pub(crate) fn set_shadow(&self, copy: Tensor) -> Result<()> {
+        if copy.dims() != self.dims() || copy.device() != self.device() {
+            return Err(Error::Invalid(format!(
+                "internal: shadow {:?} on {} for a tensor {:?} on {}",
+                copy.dims(),
+                copy.device(),
+                self.dims(),
+                self.device()
+            )));
+        }
+        let _ = self.0.shadow.set(copy.detach());
+        Ok(())
+    }
+
+    /// The attached copy in `dtype`, if any.
+    pub(crate) fn shadow(&self, dtype: DType) -> Option<&Tensor> {
+        self.0.shadow.get().filter(|s| s.dtype() == dtype)
     }
 
     /// The same data, cut off from the gradient graph.

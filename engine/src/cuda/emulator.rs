@@ -279,6 +279,7 @@ impl Emulator {
                 "logprob" => self.logprob_fwd(ty, &a),
                 "sample" => self.sample(ty, &a),
                 "adamw" => self.adamw(ty, &a),
+                "adamw_multi" => self.adamw_multi(ty, &a),
                 _ => Err(bad(format!("kernel {name} is not emulated"))),
             },
             "embedding_bwd_bf16" | "embedding_bwd_f32" => self.embedding_bwd(ty, &a),
@@ -633,6 +634,47 @@ impl Emulator {
         self.store(a.p(2), Ty::F32, &v)?;
         if a.p(4) != 0 {
             self.store(a.p(4), Ty::Bf16, &p)?;
+        }
+        Ok(())
+    }
+
+    /// The multi-tensor kernel: pointer arrays read from device memory, then the single-tensor
+    /// update on each (weight decay per tensor when that array is given).
+    fn adamw_multi(&mut self, ty: Ty, a: &Args) -> Result<()> {
+        let n = a.n(7)?;
+        let words = |s: &Self, p: u64| -> Result<Vec<u64>> {
+            Ok(bytemuck::pod_collect_to_vec(s.bytes(p, n * 8)?))
+        };
+        let (ps, ms, vs, gs) = (
+            words(self, a.p(0))?,
+            words(self, a.p(1))?,
+            words(self, a.p(2))?,
+            words(self, a.p(3))?,
+        );
+        let bf = if a.p(4) != 0 {
+            words(self, a.p(4))?
+        } else {
+            vec![0; n]
+        };
+        let sizes = words(self, a.p(5))?;
+        let wds = if a.p(6) != 0 {
+            self.load(a.p(6), Ty::F32, n)?
+        } else {
+            vec![a.f(12); n]
+        };
+        for t in 0..n {
+            let mut args = vec![
+                KArg::Ptr(ps[t]),
+                KArg::Ptr(ms[t]),
+                KArg::Ptr(vs[t]),
+                KArg::Ptr(gs[t]),
+                KArg::Ptr(bf[t]),
+                KArg::I64(sizes[t] as i64),
+            ];
+            args.extend((8..12).map(|i| a.0[i]));
+            args.push(KArg::F32(wds[t]));
+            args.extend((13..18).map(|i| a.0[i]));
+            self.adamw(ty, &Args(&args))?;
         }
         Ok(())
     }

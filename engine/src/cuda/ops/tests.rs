@@ -120,6 +120,7 @@ fn reduce_and_row_plans_match_the_ptx() {
             bias2: 0.05,
         };
         check(&adamw::plan(sfx, P, P, P, P, 1_000_003, &h, SMS));
+        check(&adamw::plan_multi(sfx, P, 18, &h, SMS));
     }
     check(&layernorm::plan_dgamma(P, P, 264, 4096).unwrap());
 }
