@@ -1,7 +1,7 @@
 //! palm-bench: criterion benches for the CPU backend (benches/) and shared workload setup, so
 //! the benches and the torch anchor (`../shared/anchors/torch_palm.py`) run the same shapes.
 
-use palm_engine::{AdamW, Rng, Tensor};
+use palm_engine::{AdamW, Device, Error, Result, Rng, Tensor};
 use palm_model::{Forward, PalmConfig, PalmParams};
 
 /// The anchor's training workloads: (config, batch, seq).
@@ -25,34 +25,48 @@ pub struct TrainStep {
 
 impl TrainStep {
     pub fn new(config: &PalmConfig, batch: usize, seq: usize) -> Self {
+        Self::on(config, batch, seq, Device::Cpu).expect("CPU training step")
+    }
+
+    /// The same step with parameters, optimizer state and data on `device`.
+    pub fn on(config: &PalmConfig, batch: usize, seq: usize, device: Device) -> Result<Self> {
         let mut rng = Rng::new(0);
-        let params = PalmParams::init(config, &mut rng).expect("valid preset");
+        let params = PalmParams::init(config, &mut rng)
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .to_device(device)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let ids: Vec<u32> = (0..batch * (seq + 1))
             .map(|_| 1 + rng.below(config.num_tokens - 1) as u32)
             .collect();
-        let data = Tensor::from_vec(ids, &[batch, seq + 1]).expect("shape");
+        let data = Tensor::from_vec(ids, &[batch, seq + 1])?.to_device(device)?;
         let opt = AdamW::new(
             palm_engine::AdamWConfig {
                 lr: 1e-4,
                 ..Default::default()
             },
             &params.tensors(),
-        )
-        .expect("CPU optimizer");
-        TrainStep { params, opt, data }
+        )?;
+        Ok(TrainStep { params, opt, data })
     }
 
     pub fn step(&mut self) -> f32 {
+        self.try_step().expect("training step")
+    }
+
+    /// Forward, loss, backward, clip 0.5, AdamW; the loss.
+    pub fn try_step(&mut self) -> Result<f32> {
         let (loss, _) = self
             .params
             .loss(&self.data, &mut Forward::default())
-            .expect("forward");
-        let value = loss.to_scalar().expect("scalar");
-        let mut grads = loss.backward().expect("backward");
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let value = loss.to_scalar()?;
+        let mut grads = loss.backward()?;
         let mut ts = self.params.tensors();
-        palm_engine::clip_grad_norm(&mut grads, &ts, 0.5).expect("clip");
-        self.opt.step(&mut ts, &grads, 1e-4).expect("adamw");
-        self.params.set_tensors(ts).expect("same shapes");
-        value
+        palm_engine::clip_grad_norm(&mut grads, &ts, 0.5)?;
+        self.opt.step(&mut ts, &grads, 1e-4)?;
+        self.params
+            .set_tensors(ts)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(value)
     }
 }
