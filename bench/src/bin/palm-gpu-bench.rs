@@ -349,14 +349,14 @@ fn main() {
         iters: if smoke { 2 } else { 10 },
     };
     let run = |name: &str, f: fn(&Bench) -> Result<()>| {
-        if what == "all" || what == name {
-            if let Err(e) = f(&b) {
-                eprintln!("error in {name}: {e}");
-                println!(
-                    "{}",
-                    json!({"bench": name, "impl": "palm", "error": e.to_string()})
-                );
-            }
+        if (what == "all" || what == name)
+            && let Err(e) = f(&b)
+        {
+            eprintln!("error in {name}: {e}");
+            println!(
+                "{}",
+                json!({"bench": name, "impl": "palm", "error": e.to_string()})
+            );
         }
     };
     run("ceilings", ceilings);
