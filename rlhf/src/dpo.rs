@@ -69,7 +69,8 @@ impl Policy {
     /// Fresh adapters of scope `actor`, rank `r` (B = 0, so the policy starts as the reference),
     /// the base cut out of the gradient graph.
     pub fn with_lora(mut params: PalmParams, r: usize, rng: &mut Rng) -> Result<Self> {
-        let lora = LoraScope::new(&params.config, LORA_SCOPE, r, None, rng)?;
+        let mut lora = LoraScope::new(&params.config, LORA_SCOPE, r, None, rng)?;
+        lora.move_to(params.device())?;
         for t in params.tensors_mut() {
             *t = t.detach();
         }

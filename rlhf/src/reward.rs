@@ -108,23 +108,55 @@ impl RewardModel {
                 _ => 0.0,
             }));
         }
-        let tokens = Tensor::from_vec(ids, &[b, n])?;
+        // Host-built inputs go to the trunk's device; f32 parameters are cast to its compute
+        // dtype (bf16 on a GPU), and the scores come back in f32.
+        let (device, dtype) = (self.trunk.device(), self.trunk.compute_dtype());
+        let tokens = Tensor::from_vec(ids, &[b, n])?.to_device(device)?;
         // extra = mask·prompt_embed + (1 − mask)·response_embed, (b, n, D)
-        let mask = Tensor::from_vec(is_prompt, &[b, n, 1])?;
-        let extra = mask
-            .mul(&self.prompt_embed)?
-            .add(&mask.affine(-1.0, 1.0)?.mul(&self.response_embed)?)?;
+        let mask = Tensor::from_vec(is_prompt, &[b, n, 1])?
+            .to_device(device)?
+            .to_dtype(dtype)?;
+        let extra = mask.mul(&self.prompt_embed.to_dtype(dtype)?)?.add(
+            &mask
+                .affine(-1.0, 1.0)?
+                .mul(&self.response_embed.to_dtype(dtype)?)?,
+        )?;
         let opts = &mut Forward {
             lora: self.lora.as_ref(),
             extra_embed: Some(&extra),
             ..Default::default()
         };
         let emb = self.trunk.embed(&tokens, opts)?;
-        let pooled = emb
-            .mul(&Tensor::from_vec(pool, &[b, n, 1])?)?
-            .sum_keepdim(&[1])?
-            .reshape(&[b, d])?;
-        Ok(pooled.matmul(&self.head.t()?)?.reshape(&[b])?)
+        let pool = Tensor::from_vec(pool, &[b, n, 1])?
+            .to_device(device)?
+            .to_dtype(dtype)?;
+        let pooled = emb.mul(&pool)?.sum_keepdim(&[1])?.reshape(&[b, d])?;
+        let head = self.head.to_dtype(dtype)?;
+        Ok(pooled
+            .matmul(&head.t()?)?
+            .reshape(&[b])?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// The model with every tensor on `device` (parameters stay parameters; a frozen trunk
+    /// stays frozen).
+    pub fn to_device(mut self, device: Device) -> Result<Self> {
+        let frozen = self.lora.is_some();
+        self.trunk = self.trunk.to_device(device)?;
+        if frozen {
+            self.freeze_trunk();
+        }
+        if let Some(l) = self.lora.as_mut() {
+            l.move_to(device)?;
+        }
+        for t in [
+            &mut self.prompt_embed,
+            &mut self.response_embed,
+            &mut self.head,
+        ] {
+            *t = t.to_device(device)?.as_var();
+        }
+        Ok(self)
     }
 
     /// Scores of `responses` to `prompt` (byte tokens), one batch, no gradients.
@@ -296,24 +328,30 @@ pub fn ranking_loss(scores: &Tensor, margin: f32) -> Result<Tensor> {
             "a ranking needs at least 2 responses, got {k}"
         )));
     }
-    // Differences r_i − r_j for i < j as one product with a ±1 pair matrix (P × K).
-    let mut pairs = Vec::new();
-    for i in 0..k {
-        for j in i + 1..k {
-            let mut row = vec![0f32; k];
-            row[i] = 1.0;
-            row[j] = -1.0;
-            pairs.extend(row);
-        }
-    }
-    let p = pairs.len() / k;
-    let diff = Tensor::from_vec(pairs, &[p, k])?
-        .matmul(&scores.reshape(&[k, 1])?)?
-        .affine(1.0, -margin)?;
+    // Every difference r_i − r_j − margin by broadcasting (exact in f32 on any device); the
+    // pairs i < j are kept by a mask that also takes the mean.
+    let device = scores.device();
+    let col = scores.to_dtype(DType::F32)?.reshape(&[k, 1])?;
+    let diff = col
+        .sub(&col.reshape(&[1, k])?)?
+        .affine(1.0, -margin)?
+        .reshape(&[k * k, 1])?;
     // −log σ(x) = −log_softmax([x, 0])[0]: the engine's stable log-softmax does the work.
-    let both = Tensor::cat(
-        &[&diff, &Tensor::zeros(&[p, 1], DType::F32, Device::Cpu)?],
-        1,
-    )?;
-    Ok(both.log_softmax()?.narrow(1, 0, 1)?.mean_all()?.neg()?)
+    let zeros = Tensor::zeros(&[k * k, 1], DType::F32, device)?;
+    let nll = Tensor::cat(&[&diff, &zeros], 1)?
+        .log_softmax()?
+        .narrow(1, 0, 1)?
+        .neg()?;
+    let pairs = k * (k - 1) / 2;
+    let mask: Vec<f32> = (0..k * k)
+        .map(|ij| {
+            if ij / k < ij % k {
+                1.0 / pairs as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, &[k * k, 1])?.to_device(device)?;
+    Ok(nll.mul(&mask)?.sum_all()?)
 }

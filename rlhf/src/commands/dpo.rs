@@ -71,8 +71,8 @@ pub struct DpoArgs {
     /// Seeds the held-out split, the adapters' initialisation and the pair order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu (CUDA is not implemented for DPO yet), or auto.
-    #[arg(long, default_value = "cpu")]
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
     pub device: String,
 }
 
@@ -101,11 +101,6 @@ fn check_args(a: &DpoArgs) -> Result<()> {
 
 pub fn run(args: DpoArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    if device != palm_engine::Device::Cpu {
-        return Err(Error::Invalid(
-            "DPO on CUDA is not implemented yet; use --device cpu".into(),
-        ));
-    }
     check_args(&args)?;
     // Data and checkpoint are checked before anything is created on disk.
     let records = read_jsonl::<PreferenceRecord>(&args.data)?;
@@ -137,6 +132,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
             args.seq_len
         );
     }
+    let params = params.to_device(device)?;
     let mut policy = match args.lora {
         Some(r) => Policy::with_lora(params, r as usize, &mut rng)?,
         None => Policy::full(params),

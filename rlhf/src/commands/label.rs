@@ -48,7 +48,7 @@ pub struct LabelArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// cpu, cuda or auto.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "auto")]
     pub device: String,
 }
 
@@ -85,9 +85,10 @@ fn distinct(responses: Vec<String>) -> Vec<String> {
 }
 
 pub fn run(args: LabelArgs) -> Result<()> {
-    super::resolve_device(&args.device)?;
+    let device = super::resolve_device(&args.device)?;
     let prompts = read_jsonl::<PromptRecord>(&args.prompts)?;
     let (params, _) = load_model(&args.checkpoint)?;
+    let params = params.to_device(device)?;
     let settings = SampleSettings {
         temperature: args.temperature,
         top_k: args.top_k,

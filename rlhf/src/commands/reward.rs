@@ -96,7 +96,7 @@ pub struct ScoreArgs {
     #[arg(long, required = true)]
     pub response: Vec<String>,
     /// cpu, cuda or auto.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "auto")]
     pub device: String,
 }
 
@@ -129,11 +129,6 @@ fn check_args(a: &TrainArgs) -> Result<()> {
 
 fn train(args: TrainArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    if device != palm_engine::Device::Cpu {
-        return Err(Error::Invalid(
-            "reward training on CUDA is not implemented yet (issue 3); use --device cpu".into(),
-        ));
-    }
     check_args(&args)?;
     // Data and checkpoint are checked before anything is created on disk.
     let records = read_jsonl::<PreferenceRecord>(&args.data)?;
@@ -165,6 +160,7 @@ fn train(args: TrainArgs) -> Result<()> {
     if args.lora {
         rm.add_lora(args.lora_rank as usize, &mut rng)?;
     }
+    let mut rm = rm.to_device(device)?;
     let pairs = |rs: &[Ranked]| rs.iter().map(Ranked::pairs).sum::<usize>();
     let c = &rm.trunk.config;
     let what = if args.lora {
@@ -219,11 +215,11 @@ fn model_path(p: &Path) -> PathBuf {
 }
 
 fn score(args: ScoreArgs) -> Result<()> {
-    super::resolve_device(&args.device)?;
+    let device = super::resolve_device(&args.device)?;
     if args.prompt.is_empty() {
         return Err(Error::Invalid("--prompt must not be empty".into()));
     }
-    let rm = RewardModel::load(&model_path(&args.checkpoint))?;
+    let rm = RewardModel::load(&model_path(&args.checkpoint))?.to_device(device)?;
     let responses: Vec<&str> = args.response.iter().map(String::as_str).collect();
     let scores = rm.score_texts(&args.prompt, &responses)?;
     for (r, s) in responses.iter().zip(scores) {

@@ -36,7 +36,7 @@ pub struct SampleArgs {
     #[arg(long)]
     pub lora: Option<String>,
     /// cpu, cuda or auto.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "auto")]
     pub device: String,
 }
 
