@@ -4,16 +4,16 @@
 //! inputs give one clear error.
 
 mod common;
+mod rl_common;
 
-use common::{TINY_MODEL, assert_one_error, palm, scratch, stderr, stdout, tiny_checkpoint};
-use palm_engine::{Rng, SafeFile, Tensor, no_grad};
-use palm_model::checkpoint::{load_lora, load_model};
+use common::{assert_one_error, palm, scratch, stderr, stdout, tiny_checkpoint};
+use palm_engine::{Rng, Tensor, no_grad};
 use palm_model::{Forward, LoraScope, PalmConfig, PalmParams, tokenizer};
-use palm_rlhf::data::{PromptRecord, write_jsonl};
 use palm_rlhf::labelers::Labeler;
 use palm_rlhf::ppo::{self, Critic, KlEstimator, PpoSettings};
 use palm_rlhf::rl_run::Learner;
 use palm_rlhf::rollout::{self, Episode, Padded, Sampling};
+use rl_common::{deterministic, held_out_score, metrics, pretrain, tensors, write_prompts};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -249,100 +249,6 @@ fn prompt_padding_and_post_eos_tokens_take_no_part() {
     assert_eq!(shaped, vec![4.0, 3.5, -4.0]);
 }
 
-/// Lines "<word> say: <letters from abcde>\n": a tiny language whose answers a rule can score.
-fn corpus(rng: &mut Rng) -> String {
-    let words = ["now", "then", "so", "please", "ok", "well", "yes", "and"];
-    let mut out = String::new();
-    while out.len() < 30_000 {
-        out.push_str(words[rng.below(words.len())]);
-        out.push_str(" say: ");
-        for _ in 0..2 + rng.below(9) {
-            out.push(b"abcde"[rng.below(5)] as char);
-        }
-        out.push('\n');
-    }
-    out
-}
-
-/// Pretrain the tiny model on `corpus` with `palm train`.
-fn pretrain(dir: &Path) -> PathBuf {
-    let data = dir.join("corpus.txt");
-    std::fs::write(&data, corpus(&mut Rng::new(11))).unwrap();
-    let out = dir.join("base");
-    let mut a = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    a.extend([
-        "--steps",
-        "80",
-        "--batch",
-        "8",
-        "--seq-len",
-        "48",
-        "--lr",
-        "5e-3",
-        "--warmup",
-        "5",
-        "--val-windows",
-        "2",
-        "--sample-tokens",
-        "8",
-    ]);
-    a.extend(TINY_MODEL);
-    let o = palm(&a);
-    assert!(o.status.success(), "{}", stderr(&o));
-    out.join("model.safetensors")
-}
-
-fn write_prompts(path: &Path, words: &[&str]) {
-    let records: Vec<PromptRecord> = words
-        .iter()
-        .map(|w| PromptRecord {
-            prompt: format!("{w} say: "),
-        })
-        .collect();
-    write_jsonl(path, &records).unwrap();
-}
-
-/// Mean and standard error of `rule`'s score over 16 samples for each of `prompts`, from a
-/// checkpoint (with its actor adapters when `lora`).
-fn held_out_score(ckpt: &Path, lora: bool, prompts: &[&str], rule: &Labeler) -> (f64, f64) {
-    let (params, file) = load_model(ckpt).unwrap();
-    let actor = lora.then(|| load_lora(&file, &params.config, "actor").unwrap().unwrap());
-    let tokens: Vec<Vec<u32>> = prompts
-        .iter()
-        .flat_map(|p| std::iter::repeat_n(tokenizer::encode(&format!("{p} say: ")), 16))
-        .collect();
-    let s = Sampling {
-        temperature: 1.0,
-        max_new: 12,
-        eos: Some(u32::from(b'\n')),
-    };
-    let episodes =
-        rollout::sample_episodes(&params, actor.as_ref(), &tokens, &s, &mut Rng::new(1234))
-            .unwrap();
-    let scores: Vec<f64> = episodes
-        .iter()
-        .map(|e| rule.score(&tokenizer::decode(e.text())) as f64)
-        .collect();
-    let n = scores.len() as f64;
-    let mean = scores.iter().sum::<f64>() / n;
-    let var = scores.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, (var / n).sqrt())
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn ppo_cmd(policy: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut a = vec![
         "ppo",
@@ -457,31 +363,6 @@ fn ppo_raises_a_rule_reward_on_held_out_prompts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Metrics without the wall-clock fields.
-fn deterministic(m: &[serde_json::Value]) -> Vec<serde_json::Value> {
-    m.iter()
-        .map(|v| {
-            let mut v = v.clone();
-            let o = v.as_object_mut().unwrap();
-            o.retain(|k, _| !k.ends_with("_s"));
-            v
-        })
-        .collect()
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let f = SafeFile::open(path).unwrap();
-    let mut names: Vec<String> = f.names().map(String::from).collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|n| {
-            let v = f.get(&n).unwrap().to_vec::<f32>().unwrap();
-            (n, v)
-        })
-        .collect()
-}
-
 #[test]
 fn resume_is_bit_exact() {
     let dir = scratch("ppo-resume");
@@ -591,5 +472,69 @@ fn bad_inputs_give_one_clear_error() {
         &palm(&["ppo", "--resume", run.to_str().unwrap(), "--updates", "2"]),
         "does not match",
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_reward_model_scores_responses_without_their_eos() {
+    use palm_rlhf::reward::{Pooling, RewardModel};
+    use palm_rlhf::rollout::RewardSource;
+    let dir = scratch("ppo-rm");
+    let mut rng = Rng::new(8);
+    let rm = RewardModel::new(tiny_params(9), Pooling::Last, &mut rng).unwrap();
+    let rm_path = dir.join("rm.safetensors");
+    rm.save(&rm_path).unwrap();
+    let t = |s: &str| tokenizer::encode(s);
+    let episodes = vec![
+        Episode {
+            prompt: t("Hi: "),
+            response: t("good\n"),
+            ended: true,
+        },
+        Episode {
+            prompt: t("Say it: "),
+            response: t("bad news"),
+            ended: false,
+        },
+        Episode {
+            prompt: t("Hi: "),
+            response: t("\n"),
+            ended: true,
+        },
+    ];
+    let source = RewardSource::load(Some(&rm_path), None).unwrap();
+    // Two per forward, so the first forward pads its shorter row.
+    let got = source.score(&episodes, 2).unwrap();
+    let want = [
+        rm.score_texts("Hi: ", &["good"]).unwrap()[0],
+        rm.score_texts("Say it: ", &["bad news"]).unwrap()[0],
+        rm.score_texts("Hi: ", &[""]).unwrap()[0],
+    ];
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+    }
+    assert!(got[0] != got[1] && got[0] != got[2]);
+
+    // And `palm ppo --reward` trains against it.
+    let ckpt = tiny_checkpoint(&dir, 2);
+    let prompts = dir.join("prompts.jsonl");
+    write_prompts(&prompts, &["a", "b"]);
+    let out = dir.join("run");
+    let flags = ["--reward", rm_path.to_str().unwrap(), "--updates", "2"];
+    let o = ppo_cmd(
+        &ckpt,
+        &prompts,
+        &out,
+        &[&flags[..], &["--batch", "4", "--max-new", "6"]].concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("a reward model (last pooling)"),
+        "{}",
+        stderr(&o)
+    );
+    let m = metrics(&out);
+    assert_eq!(m.len(), 2);
+    assert!(m[1]["score_std"].as_f64().unwrap() > 0.0, "{}", m[1]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
