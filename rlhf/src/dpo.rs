@@ -10,17 +10,17 @@
 use crate::data::PreferenceRecord;
 use crate::reward_train::Ranked;
 use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_logprobs};
+use crate::rl_run::{MetricsFile, shuffle};
 use crate::trainer::Throughput;
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
 use palm_model::checkpoint::save_model;
 use palm_model::{Forward, LoraScope, PalmParams};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const MODEL_FILE: &str = "model.safetensors";
-pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const METRICS_FILE: &str = crate::rl_run::METRICS_FILE;
 /// The LoRA scope DPO trains (DESIGN §5: the policy is the actor).
 pub const LORA_SCOPE: &str = "actor";
 
@@ -289,7 +289,7 @@ pub fn train(
         ));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut metrics = Metrics::create(out)?;
+    let mut metrics = MetricsFile::open(out, false)?;
     let batch = s.batch.max(1);
     let total = train.pairs.len().div_ceil(batch) as u64 * s.epochs;
     let mut opt = AdamW::new(
@@ -308,10 +308,10 @@ pub fn train(
             pb.println(line)
         }
     };
-    let validate = |policy: &Policy, step: u64, metrics: &mut Metrics| -> Result<HeldOut> {
+    let validate = |policy: &Policy, step: u64, metrics: &mut MetricsFile| -> Result<HeldOut> {
         let held = evaluate(policy, val, batch, s.beta)?;
         say(format!("step {step}: {}", held_line(&held)));
-        metrics.log(serde_json::json!({
+        metrics.log(&serde_json::json!({
             "step": step, "val_loss": held.loss, "val_accuracy": held.stats.accuracy(),
             "val_margin": held.stats.margin, "val_chosen_reward": held.stats.chosen_reward,
             "val_rejected_reward": held.stats.rejected_reward, "val_pairs": held.stats.pairs,
@@ -330,7 +330,7 @@ pub fn train(
                 palm_engine::cpu::on_workers(|| optimise(policy, &mut opt, train, idx, s, lr))?;
             step += 1;
             speed.add(idx.len() as u64);
-            metrics.log(serde_json::json!({
+            metrics.log(&serde_json::json!({
                 "step": step, "epoch": epoch, "loss": loss, "accuracy": stats.accuracy(),
                 "margin": stats.margin, "chosen_reward": stats.chosen_reward,
                 "rejected_reward": stats.rejected_reward, "lr": lr, "grad_norm": grad_norm,
@@ -399,13 +399,6 @@ pub fn held_line(h: &HeldOut) -> String {
     )
 }
 
-/// Fisher–Yates with the run's RNG.
-fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
-    for i in (1..v.len()).rev() {
-        v.swap(i, rng.below(i + 1));
-    }
-}
-
 /// A bar with the step count and the last step's metrics, or nothing when stderr is not a
 /// terminal (then the loop prints plain lines).
 fn progress(total: u64) -> ProgressBar {
@@ -417,24 +410,4 @@ fn progress(total: u64) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb
-}
-
-/// `metrics.jsonl`: one JSON object a line.
-struct Metrics {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl Metrics {
-    fn create(out: &Path) -> Result<Self> {
-        let path = out.join(METRICS_FILE);
-        let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(Metrics { path, file })
-    }
-    fn log(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.file.flush().map_err(|e| Error::io(&self.path, e))
-    }
 }

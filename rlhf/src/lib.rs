@@ -1,15 +1,19 @@
-//! palm-rlhf: training loops (pretraining, SFT, reward model, DPO; the PPO and GRPO math, their
-//! loops next), labelers, data formats and the `palm` command-line interface.
+//! palm-rlhf: training loops (pretraining, SFT, reward model, DPO, PPO, GRPO), labelers, data
+//! formats and the `palm` command-line interface.
 
 pub mod commands;
 pub mod corpus;
 pub mod data;
 pub mod dpo;
 pub mod error;
+pub mod grpo;
 pub mod labelers;
+pub mod ppo;
 pub mod reward;
 pub mod reward_train;
 pub mod rl_math;
+pub mod rl_run;
+pub mod rollout;
 pub mod trainer;
 
 pub use error::{Error, Result};

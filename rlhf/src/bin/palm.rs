@@ -1,8 +1,8 @@
 //! The `palm` command line: train, fine-tune, sample, evaluate and inspect PaLM models; train
-//! and use reward models; label sampled responses; DPO.
+//! and use reward models; label sampled responses; DPO, PPO and GRPO.
 
 use clap::{Parser, Subcommand};
-use palm_rlhf::commands::{dpo, eval, info, label, reward, sample, sft, train};
+use palm_rlhf::commands::{dpo, eval, grpo, info, label, ppo, reward, sample, sft, train};
 
 #[derive(Parser)]
 #[command(name = "palm", version, about = "PaLM + RLHF on our own tensor engine")]
@@ -21,6 +21,10 @@ enum Command {
     Reward(reward::RewardArgs),
     /// Direct Preference Optimisation of a policy on preference pairs or rankings.
     Dpo(dpo::DpoArgs),
+    /// PPO of a policy (LoRA actor + critic) against a reward model or a scripted rule.
+    Ppo(ppo::PpoArgs),
+    /// GRPO of a policy (LoRA actor, groups of sampled responses) against a reward model or a rule.
+    Grpo(grpo::GrpoArgs),
     /// Sample responses per prompt and rank them with a scripted labeler (AFINN, length, count).
     Label(label::LabelArgs),
     /// Continue a prompt from a checkpoint.
@@ -38,6 +42,8 @@ fn main() {
         Command::Sft(a) => sft::run(a),
         Command::Reward(a) => reward::run(a),
         Command::Dpo(a) => dpo::run(a),
+        Command::Ppo(a) => ppo::run(a),
+        Command::Grpo(a) => grpo::run(a),
         Command::Label(a) => label::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),

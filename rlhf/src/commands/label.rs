@@ -60,7 +60,7 @@ fn parse_labeler(s: &str) -> std::result::Result<Labeler, String> {
     s.parse()
 }
 
-fn parse_stop(s: &str) -> std::result::Result<Stop, String> {
+pub fn parse_stop(s: &str) -> std::result::Result<Stop, String> {
     match s {
         "newline" => Ok(Stop(Some(u32::from(b'\n')))),
         "none" => Ok(Stop(None)),

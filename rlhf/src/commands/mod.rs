@@ -2,8 +2,10 @@
 
 pub mod dpo;
 pub mod eval;
+pub mod grpo;
 pub mod info;
 pub mod label;
+pub mod ppo;
 pub mod reward;
 pub mod sample;
 pub mod sft;

@@ -1,0 +1,272 @@
+//! GRPO (DESIGN §5, Shao et al. 2024): no critic. Each prompt gets a group of G sampled
+//! responses; a response's advantage is its score standardised within its group, and the actor
+//! (LoRA `actor` over the frozen policy) minimises the clipped ratio loss on its token log-probs,
+//! optionally with β·k3 KL to the reference (the frozen policy itself).
+
+use crate::rl_math::{group_advantages, grpo_loss, kl_k3_host, masked_mean};
+use crate::rl_run::{self, Learner, MetricsFile, Progress, Report, RlRun};
+use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, gather, mean_std};
+use crate::{Error, Result};
+use palm_engine::{AdamW, Rng, no_grad};
+use palm_model::PalmParams;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The `format` of a GRPO state file.
+pub const STATE_FORMAT: &str = "palm-grpo-state";
+/// Added to a group's standard deviation (a group of equal scores gets advantages 0).
+const ADV_EPS: f32 = 1e-4;
+
+/// Everything a GRPO run is configured by, saved in its state so a resume continues alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrpoSettings {
+    pub policy: PathBuf,
+    pub reward: Option<PathBuf>,
+    pub rule: Option<String>,
+    pub prompts: PathBuf,
+    pub max_prompt: usize,
+    pub lora_rank: usize,
+    pub updates: u64,
+    /// Prompts per update; the update has `batch · group` episodes.
+    pub batch: usize,
+    /// Responses per prompt, G.
+    pub group: usize,
+    pub max_new: usize,
+    pub eos: Option<u32>,
+    pub temperature: f32,
+    /// Weight of the k3 KL to the reference in the loss (0: none).
+    pub beta: f32,
+    pub clip: f32,
+    pub epochs: u64,
+    pub minibatches: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+    pub sample_every: u64,
+    pub ckpt_every: u64,
+    pub seed: u64,
+}
+
+impl GrpoSettings {
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            temperature: self.temperature,
+            max_new: self.max_new,
+            eos: self.eos,
+        }
+    }
+}
+
+/// One update's episodes with their group advantages and rollout log-probs, host (b, n).
+pub struct Groups {
+    pub batch: Padded,
+    pub scores: Vec<f32>,
+    /// One per episode.
+    pub advantages: Vec<f32>,
+    pub old_logp: Vec<f32>,
+    pub ref_logp: Vec<f32>,
+}
+
+/// Advantages within groups of `s.group` consecutive episodes and the log-probs of the actor
+/// and the reference (no gradients).
+pub fn groups(
+    base: &PalmParams,
+    learner: &Learner,
+    episodes: &[Episode],
+    scores: Vec<f32>,
+    s: &GrpoSettings,
+) -> Result<Groups> {
+    let advantages = group_advantages(&scores, s.group, ADV_EPS)?;
+    let batch = Padded::new(episodes, s.eos)?;
+    let t = s.temperature;
+    let old_logp = rollout::logprobs_host(base, Some(&learner.actor), &batch, t)?;
+    // The reference is scored even with β = 0: the KL is logged either way.
+    let ref_logp = rollout::logprobs_host(base, None, &batch, t)?;
+    Ok(Groups {
+        batch,
+        scores,
+        advantages,
+        old_logp,
+        ref_logp,
+    })
+}
+
+/// Means over an update's minibatch steps.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TrainStats {
+    pub loss: f32,
+    pub clip_frac: f32,
+    pub entropy: f32,
+    pub ratio: f32,
+    pub grad_norm: f32,
+    pub steps: usize,
+}
+
+/// `epochs` passes over the groups' episodes in `minibatches` shuffled minibatches, one AdamW
+/// step each.
+pub fn train_on(
+    base: &PalmParams,
+    learner: &mut Learner,
+    opt: &mut AdamW,
+    g: &Groups,
+    s: &GrpoSettings,
+    rng: &mut Rng,
+) -> Result<TrainStats> {
+    let (b, n) = (g.batch.b, g.batch.n);
+    let size = b.div_ceil(s.minibatches.max(1));
+    let mut t = TrainStats::default();
+    for _ in 0..s.epochs {
+        let mut order: Vec<usize> = (0..b).collect();
+        rl_run::shuffle(&mut order, rng);
+        for idx in order.chunks(size) {
+            let mb = g.batch.rows(idx);
+            let logits = rollout::logits(base, Some(&learner.actor), &mb)?;
+            let logp = rollout::token_logprobs(&logits, &mb, s.temperature)?;
+            let old = gather(&g.old_logp, n, idx);
+            let reference = gather(&g.ref_logp, n, idx);
+            let adv: Vec<f32> = idx.iter().map(|&i| g.advantages[i]).collect();
+            let out = grpo_loss(&logp, &old, &reference, &adv, &mb.mask, s.clip, s.beta)?;
+            let entropy = {
+                let _g = no_grad();
+                masked_mean(&rollout::token_entropy(&logits, s.temperature)?, &mb.mask)?
+                    .to_scalar()?
+            };
+            let ratio = crate::ppo::mean_ratio(&logp.to_f32_vec()?, &old, &mb.mask);
+            t.loss += out.loss.to_scalar()?;
+            t.clip_frac += out.clip_frac;
+            t.entropy += entropy;
+            t.ratio += ratio;
+            t.grad_norm += rl_run::optimise(learner, opt, out.loss, s.grad_clip, s.lr)?;
+            t.steps += 1;
+        }
+    }
+    let k = t.steps.max(1) as f32;
+    Ok(TrainStats {
+        loss: t.loss / k,
+        clip_frac: t.clip_frac / k,
+        entropy: t.entropy / k,
+        ratio: t.ratio / k,
+        grad_norm: t.grad_norm / k,
+        steps: t.steps,
+    })
+}
+
+/// A GRPO run: the models, the optimizer, where it stands, and its inputs.
+pub struct GrpoRun {
+    pub base: PalmParams,
+    pub learner: Learner,
+    pub opt: AdamW,
+    pub progress: Progress,
+    pub settings: GrpoSettings,
+    pub prompts: Vec<Vec<u32>>,
+    pub reward: RewardSource,
+    pub out: PathBuf,
+    pub metrics: MetricsFile,
+}
+
+impl RlRun for GrpoRun {
+    fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    fn schedule(&self) -> (u64, u64, u64) {
+        let s = &self.settings;
+        (s.updates, s.sample_every, s.ckpt_every)
+    }
+
+    fn out(&self) -> &Path {
+        &self.out
+    }
+
+    fn metrics(&mut self) -> &mut MetricsFile {
+        &mut self.metrics
+    }
+
+    fn save(&mut self) -> Result<()> {
+        let settings = serde_json::to_value(&self.settings)
+            .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;
+        rl_run::save_checkpoint(
+            &self.out,
+            &self.base,
+            &self.learner,
+            &self.opt,
+            &self.progress,
+            STATE_FORMAT,
+            &settings,
+        )?;
+        self.metrics.flush()
+    }
+
+    /// One update: G responses to each of `batch` prompts, group advantages, the epochs.
+    fn update(&mut self) -> Result<Report> {
+        let s = self.settings.clone();
+        let t0 = Instant::now();
+        let idx = self.progress.take_prompts(s.batch, self.prompts.len());
+        let prompts: Vec<Vec<u32>> = idx
+            .iter()
+            .flat_map(|&i| std::iter::repeat_n(self.prompts[i].clone(), s.group))
+            .collect();
+        let episodes = rollout::sample_episodes(
+            &self.base,
+            Some(&self.learner.actor),
+            &prompts,
+            &s.sampling(),
+            &mut self.progress.rng,
+        )?;
+        let scores = self.reward.score(&episodes, s.batch * s.group)?;
+        let g = palm_engine::cpu::on_workers(|| {
+            groups(&self.base, &self.learner, &episodes, scores, &s)
+        })?;
+        let rollout_s = rl_run::secs(t0);
+        let t1 = Instant::now();
+        let (base, learner, opt, rng) = (
+            &self.base,
+            &mut self.learner,
+            &mut self.opt,
+            &mut self.progress.rng,
+        );
+        let stats = palm_engine::cpu::on_workers(|| train_on(base, learner, opt, &g, &s, rng))?;
+        let train_s = rl_run::secs(t1);
+        self.progress.update += 1;
+
+        let n = g.batch.n;
+        let seq_kl: Vec<f32> = (0..g.batch.b)
+            .map(|r| {
+                (r * n..(r + 1) * n)
+                    .map(|i| g.batch.mask[i] * kl_k3_host(g.old_logp[i], g.ref_logp[i]))
+                    .sum()
+            })
+            .collect();
+        let (kl, _) = mean_std(&seq_kl);
+        let (score_mean, score_std) = mean_std(&g.scores);
+        let (length, _) = mean_std(&g.batch.lengths());
+        let eos_rate = episodes.iter().filter(|e| e.ended).count() as f32 / episodes.len() as f32;
+        // Groups whose responses all scored alike teach nothing (advantages 0).
+        let flat = g
+            .scores
+            .chunks(s.group)
+            .filter(|c| c.iter().all(|&x| x == c[0]))
+            .count() as f32
+            / s.batch as f32;
+        let metrics = serde_json::json!({
+            "update": self.progress.update,
+            "episodes": self.progress.update * (s.batch * s.group) as u64,
+            "score_mean": score_mean, "score_std": score_std,
+            "kl": kl, "beta": s.beta, "loss": stats.loss, "entropy": stats.entropy,
+            "clip_frac": stats.clip_frac, "ratio_mean": stats.ratio,
+            "grad_norm": stats.grad_norm, "flat_groups": flat,
+            "response_length": length, "eos_rate": eos_rate,
+            "rollout_s": rollout_s, "train_s": train_s,
+        });
+        let line = format!(
+            "score {score_mean:.3}±{score_std:.3} kl {kl:.4} loss {:.4} ent {:.3} clip {:.3} flat groups {flat:.2} len {length:.1} eos {eos_rate:.2} ({rollout_s:.2}s rollout, {train_s:.2}s train)",
+            stats.loss, stats.entropy, stats.clip_frac
+        );
+        Ok(Report {
+            metrics,
+            line,
+            samples: rl_run::samples_of(&episodes, &g.scores, 2),
+        })
+    }
+}

@@ -1,0 +1,508 @@
+//! PPO (DESIGN §5, the TRL / OpenRLHF / InstructGPT recipe) on a frozen base: the actor is the
+//! base plus LoRA `actor`, the reference is the base itself, the critic is the base plus LoRA
+//! `critic` and a per-token value head. One update = sample a batch of episodes, score them,
+//! turn log-probs, KL, values and scores into advantages (GAE, whitened) and returns, then
+//! `ppo_epochs` passes of `minibatches` clipped-loss AdamW steps.
+
+use crate::rl_math::{
+    KlController, PpoBatch, PpoConfig, gae, kl_k1_host, kl_k3_host, ppo_loss, token_rewards, whiten,
+};
+use crate::rl_run::{self, Learner, MetricsFile, Progress, Report, RlRun};
+use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, gather, mean_std};
+use crate::{Error, Result};
+use palm_engine::{AdamW, Rng, SafeFile, Tensor, no_grad};
+use palm_model::checkpoint::{get_checked, load_lora};
+use palm_model::{LoraScope, PalmConfig, PalmParams};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The critic's adapters (DESIGN §5).
+pub const CRITIC: &str = "critic";
+/// The `format` of a PPO state file.
+pub const STATE_FORMAT: &str = "palm-ppo-state";
+
+/// The value model: the frozen base with adapters of scope `critic` and a linear head from the
+/// final-LayerNorm output to one value per position (`value_head.weight` (1, D), `.bias` (1)).
+pub struct Critic {
+    pub lora: LoraScope,
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Critic {
+    /// Fresh adapters (B = 0) and a head like `nn.Linear(dim, 1)` (uniform ±1/√dim, bias 0).
+    pub fn new(config: &PalmConfig, r: usize, rng: &mut Rng) -> Result<Self> {
+        let lora = LoraScope::new(config, CRITIC, r, None, rng)?;
+        let d = config.dim;
+        let bound = 1.0 / (d as f32).sqrt();
+        let w: Vec<f32> = (0..d)
+            .map(|_| (rng.uniform() * 2.0 - 1.0) * bound)
+            .collect();
+        Ok(Critic {
+            lora,
+            weight: Tensor::from_vec(w, &[1, d])?.as_var(),
+            bias: Tensor::from_vec(vec![0f32], &[1])?.as_var(),
+        })
+    }
+
+    /// The critic saved in a state file, its shapes checked against `config`.
+    pub fn load(file: &SafeFile, config: &PalmConfig) -> Result<Self> {
+        let lora = load_lora(file, config, CRITIC)?
+            .ok_or_else(|| Error::data(file.path(), None, format!("no '{CRITIC}' adapters")))?;
+        Ok(Critic {
+            lora,
+            weight: get_checked(file, "value_head.weight", &[1, config.dim])?.as_var(),
+            bias: get_checked(file, "value_head.bias", &[1])?.as_var(),
+        })
+    }
+
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .lora
+            .named()
+            .into_iter()
+            .map(|(n, t)| (n, t.clone()))
+            .collect();
+        out.push(("value_head.weight".into(), self.weight.clone()));
+        out.push(("value_head.bias".into(), self.bias.clone()));
+        out
+    }
+
+    pub fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = self.lora.tensors_mut();
+        out.extend([&mut self.weight, &mut self.bias]);
+        out
+    }
+
+    /// V (b, n): position t values the state after the batch's input tokens 0..=t, i.e. before
+    /// target t is chosen, so values line up with the targets' log-probs and mask.
+    pub fn values(&self, base: &PalmParams, batch: &Padded) -> Result<Tensor> {
+        let opts = &mut palm_model::Forward {
+            lora: Some(&self.lora),
+            ..Default::default()
+        };
+        let h = base.embed(&batch.input_tensor()?, opts)?;
+        Ok(h.matmul(&self.weight.t()?)?
+            .add(&self.bias)?
+            .reshape(&[batch.b, batch.n])?)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KlEstimator {
+    /// logπ − logπ_ref: unbiased, can be negative.
+    K1,
+    /// (r − 1) − log r, r = π_ref/π: unbiased and never negative.
+    K3,
+}
+
+/// Everything a PPO run is configured by, saved in its state so a resume continues alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PpoSettings {
+    pub policy: PathBuf,
+    pub reward: Option<PathBuf>,
+    pub rule: Option<String>,
+    pub prompts: PathBuf,
+    pub max_prompt: usize,
+    pub lora_rank: usize,
+    pub updates: u64,
+    /// Episodes per update.
+    pub batch: usize,
+    pub max_new: usize,
+    pub eos: Option<u32>,
+    pub temperature: f32,
+    pub kl: KlEstimator,
+    pub beta: f32,
+    pub target_kl: Option<f32>,
+    pub kl_horizon: f32,
+    pub score_clip: Option<f32>,
+    pub missing_eos_penalty: Option<f32>,
+    pub gamma: f32,
+    pub lam: f32,
+    pub clip: f32,
+    pub value_clip: f32,
+    pub vf_coef: f32,
+    pub ent_coef: f32,
+    pub ppo_epochs: u64,
+    pub minibatches: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+    pub sample_every: u64,
+    pub ckpt_every: u64,
+    pub seed: u64,
+}
+
+impl PpoSettings {
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            temperature: self.temperature,
+            max_new: self.max_new,
+            eos: self.eos,
+        }
+    }
+
+    pub fn kl_controller(&self, beta: f32) -> Result<KlController> {
+        match self.target_kl {
+            Some(t) => KlController::adaptive(beta, t, self.kl_horizon),
+            None => KlController::fixed(beta),
+        }
+    }
+
+    fn loss_config(&self) -> PpoConfig {
+        PpoConfig {
+            clip: self.clip,
+            value_clip: self.value_clip,
+            vf_coef: self.vf_coef,
+            ent_coef: self.ent_coef,
+        }
+    }
+}
+
+/// Scores as PPO uses them: minus `missing_eos_penalty` for responses cut at the token limit,
+/// then clipped to ±`clip`.
+pub fn shape_scores(
+    raw: &[f32],
+    episodes: &[Episode],
+    missing_eos_penalty: Option<f32>,
+    clip: Option<f32>,
+) -> Vec<f32> {
+    raw.iter()
+        .zip(episodes)
+        .map(|(&s, e)| {
+            let s = match missing_eos_penalty {
+                Some(p) if !e.ended => s - p,
+                _ => s,
+            };
+            clip.map_or(s, |c| s.clamp(-c, c))
+        })
+        .collect()
+}
+
+/// One batch of episodes with everything PPO's loss needs, host (b, n) row-major. Uncounted
+/// positions (prompt, padding) hold 0 in `kl`, `rewards`, `advantages` and `returns`.
+pub struct Experience {
+    pub batch: Padded,
+    pub scores: Vec<f32>,
+    pub old_logp: Vec<f32>,
+    pub ref_logp: Vec<f32>,
+    pub values: Vec<f32>,
+    /// The chosen KL estimator per token.
+    pub kl: Vec<f32>,
+    pub rewards: Vec<f32>,
+    /// Whitened over the batch's counted tokens.
+    pub advantages: Vec<f32>,
+    pub returns: Vec<f32>,
+}
+
+impl Experience {
+    /// Per-row sums of the per-token KL.
+    pub fn sequence_kl(&self) -> Vec<f32> {
+        self.kl
+            .chunks(self.batch.n)
+            .map(|r| r.iter().sum())
+            .collect()
+    }
+}
+
+/// Score `episodes` under the actor, the reference and the critic (no gradients) and compute
+/// per-token rewards (−β·KL, the score at the last counted token), GAE and whitened advantages.
+pub fn experience(
+    base: &PalmParams,
+    learner: &Learner,
+    episodes: &[Episode],
+    scores: Vec<f32>,
+    beta: f32,
+    s: &PpoSettings,
+) -> Result<Experience> {
+    let critic = learner
+        .critic
+        .as_ref()
+        .ok_or_else(|| Error::Invalid("PPO needs a critic".into()))?;
+    let batch = Padded::new(episodes, s.eos)?;
+    let t = s.temperature;
+    let old_logp = rollout::logprobs_host(base, Some(&learner.actor), &batch, t)?;
+    let ref_logp = rollout::logprobs_host(base, None, &batch, t)?;
+    let values = {
+        let _g = no_grad();
+        critic.values(base, &batch)?.to_f32_vec()?
+    };
+    let estimator = match s.kl {
+        KlEstimator::K1 => kl_k1_host,
+        KlEstimator::K3 => kl_k3_host,
+    };
+    let kl: Vec<f32> = (0..batch.mask.len())
+        .map(|i| batch.mask[i] * estimator(old_logp[i], ref_logp[i]))
+        .collect();
+    let rewards = token_rewards(&kl, &scores, &batch.mask, beta)?;
+    let g = gae(&rewards, &values, &batch.mask, batch.n, s.gamma, s.lam)?;
+    let advantages = whiten(&g.advantages, &batch.mask, true)?;
+    Ok(Experience {
+        batch,
+        scores,
+        old_logp,
+        ref_logp,
+        values,
+        kl,
+        rewards,
+        advantages,
+        returns: g.returns,
+    })
+}
+
+/// Means over an update's minibatch steps.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TrainStats {
+    pub policy_loss: f32,
+    pub value_loss: f32,
+    pub entropy: f32,
+    pub approx_kl: f32,
+    pub clip_frac: f32,
+    pub value_clip_frac: f32,
+    /// Mean of π/π_old over counted tokens.
+    pub ratio: f32,
+    pub grad_norm: f32,
+    pub steps: usize,
+}
+
+impl TrainStats {
+    fn add(&mut self, other: &TrainStats) {
+        self.policy_loss += other.policy_loss;
+        self.value_loss += other.value_loss;
+        self.entropy += other.entropy;
+        self.approx_kl += other.approx_kl;
+        self.clip_frac += other.clip_frac;
+        self.value_clip_frac += other.value_clip_frac;
+        self.ratio += other.ratio;
+        self.grad_norm += other.grad_norm;
+        self.steps += 1;
+    }
+
+    fn mean(mut self) -> Self {
+        let k = self.steps.max(1) as f32;
+        for x in [
+            &mut self.policy_loss,
+            &mut self.value_loss,
+            &mut self.entropy,
+            &mut self.approx_kl,
+            &mut self.clip_frac,
+            &mut self.value_clip_frac,
+            &mut self.ratio,
+            &mut self.grad_norm,
+        ] {
+            *x /= k;
+        }
+        self
+    }
+}
+
+/// Mean of exp(logp − old) over counted tokens.
+pub fn mean_ratio(logp: &[f32], old: &[f32], mask: &[f32]) -> f32 {
+    let (mut sum, mut count) = (0f64, 0f64);
+    for i in 0..mask.len() {
+        if mask[i] > 0.0 {
+            sum += ((logp[i] - old[i]) as f64).exp();
+            count += 1.0;
+        }
+    }
+    (sum / count.max(1.0)) as f32
+}
+
+/// The PPO loss of the experience's rows `idx` under the current actor and critic.
+pub fn minibatch_loss(
+    base: &PalmParams,
+    learner: &Learner,
+    exp: &Experience,
+    idx: &[usize],
+    s: &PpoSettings,
+) -> Result<(crate::rl_math::PpoLoss, f32)> {
+    let critic = learner
+        .critic
+        .as_ref()
+        .ok_or_else(|| Error::Invalid("PPO needs a critic".into()))?;
+    let mb = exp.batch.rows(idx);
+    let n = mb.n;
+    let logits = rollout::logits(base, Some(&learner.actor), &mb)?;
+    let logp = rollout::token_logprobs(&logits, &mb, s.temperature)?;
+    let entropy = rollout::token_entropy(&logits, s.temperature)?;
+    let values = critic.values(base, &mb)?;
+    let (old_logp, old_values) = (gather(&exp.old_logp, n, idx), gather(&exp.values, n, idx));
+    let (advantages, returns) = (
+        gather(&exp.advantages, n, idx),
+        gather(&exp.returns, n, idx),
+    );
+    let batch = PpoBatch {
+        old_logp: &old_logp,
+        old_values: &old_values,
+        advantages: &advantages,
+        returns: &returns,
+        mask: &mb.mask,
+    };
+    let ratio = mean_ratio(&logp.to_f32_vec()?, &old_logp, &mb.mask);
+    Ok((
+        ppo_loss(&logp, &entropy, &values, &batch, &s.loss_config())?,
+        ratio,
+    ))
+}
+
+/// `ppo_epochs` passes over the experience, each in `minibatches` shuffled minibatches, one
+/// AdamW step per minibatch.
+pub fn train_on(
+    base: &PalmParams,
+    learner: &mut Learner,
+    opt: &mut AdamW,
+    exp: &Experience,
+    s: &PpoSettings,
+    rng: &mut Rng,
+) -> Result<TrainStats> {
+    let b = exp.batch.b;
+    let size = b.div_ceil(s.minibatches.max(1));
+    let mut total = TrainStats::default();
+    for _ in 0..s.ppo_epochs {
+        let mut order: Vec<usize> = (0..b).collect();
+        rl_run::shuffle(&mut order, rng);
+        for idx in order.chunks(size) {
+            let (out, ratio) = minibatch_loss(base, learner, exp, idx, s)?;
+            let grad_norm = rl_run::optimise(learner, opt, out.loss, s.grad_clip, s.lr)?;
+            total.add(&TrainStats {
+                policy_loss: out.policy_loss,
+                value_loss: out.value_loss,
+                entropy: out.entropy,
+                approx_kl: out.approx_kl,
+                clip_frac: out.clip_frac,
+                value_clip_frac: out.value_clip_frac,
+                ratio,
+                grad_norm,
+                steps: 0,
+            });
+        }
+    }
+    Ok(total.mean())
+}
+
+/// 1 − Var(R − V)/Var(R) over counted tokens: how much of the returns the critic explains.
+pub fn explained_variance(values: &[f32], returns: &[f32], mask: &[f32]) -> f32 {
+    let pick = |f: &dyn Fn(usize) -> f32| -> Vec<f32> {
+        (0..mask.len()).filter(|&i| mask[i] > 0.0).map(f).collect()
+    };
+    let (_, sd_r) = mean_std(&pick(&|i| returns[i]));
+    let (_, sd_d) = mean_std(&pick(&|i| returns[i] - values[i]));
+    if sd_r == 0.0 {
+        return 0.0;
+    }
+    1.0 - (sd_d * sd_d) / (sd_r * sd_r)
+}
+
+/// A PPO run: the models, the optimizer, where it stands, and its inputs.
+pub struct PpoRun {
+    pub base: PalmParams,
+    pub learner: Learner,
+    pub opt: AdamW,
+    pub progress: Progress,
+    pub settings: PpoSettings,
+    pub kl_ctl: KlController,
+    pub prompts: Vec<Vec<u32>>,
+    pub reward: RewardSource,
+    pub out: PathBuf,
+    pub metrics: MetricsFile,
+}
+
+impl RlRun for PpoRun {
+    fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    fn schedule(&self) -> (u64, u64, u64) {
+        let s = &self.settings;
+        (s.updates, s.sample_every, s.ckpt_every)
+    }
+
+    fn out(&self) -> &Path {
+        &self.out
+    }
+
+    fn metrics(&mut self) -> &mut MetricsFile {
+        &mut self.metrics
+    }
+
+    fn save(&mut self) -> Result<()> {
+        let settings = serde_json::to_value(&self.settings)
+            .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;
+        rl_run::save_checkpoint(
+            &self.out,
+            &self.base,
+            &self.learner,
+            &self.opt,
+            &self.progress,
+            STATE_FORMAT,
+            &settings,
+        )?;
+        self.metrics.flush()
+    }
+
+    /// One update: rollout, experience, PPO epochs, the β controller.
+    fn update(&mut self) -> Result<Report> {
+        let s = self.settings.clone();
+        let t0 = Instant::now();
+        let idx = self.progress.take_prompts(s.batch, self.prompts.len());
+        let prompts: Vec<Vec<u32>> = idx.iter().map(|&i| self.prompts[i].clone()).collect();
+        let episodes = rollout::sample_episodes(
+            &self.base,
+            Some(&self.learner.actor),
+            &prompts,
+            &s.sampling(),
+            &mut self.progress.rng,
+        )?;
+        let raw = self.reward.score(&episodes, s.batch)?;
+        let scores = shape_scores(&raw, &episodes, s.missing_eos_penalty, s.score_clip);
+        let beta = self.kl_ctl.beta();
+        let exp = palm_engine::cpu::on_workers(|| {
+            experience(&self.base, &self.learner, &episodes, scores, beta, &s)
+        })?;
+        let rollout_s = rl_run::secs(t0);
+        let t1 = Instant::now();
+        let (base, learner, opt, rng) = (
+            &self.base,
+            &mut self.learner,
+            &mut self.opt,
+            &mut self.progress.rng,
+        );
+        let stats = palm_engine::cpu::on_workers(|| train_on(base, learner, opt, &exp, &s, rng))?;
+        let train_s = rl_run::secs(t1);
+
+        let seq_kl = exp.sequence_kl();
+        let (kl, _) = mean_std(&seq_kl);
+        self.kl_ctl.update(kl, s.batch as u64);
+        self.progress.beta = self.kl_ctl.beta();
+        self.progress.update += 1;
+        let (raw_mean, _) = mean_std(&raw);
+        let (score_mean, score_std) = mean_std(&exp.scores);
+        let lengths = exp.batch.lengths();
+        let (length, _) = mean_std(&lengths);
+        let eos_rate = episodes.iter().filter(|e| e.ended).count() as f32 / episodes.len() as f32;
+        let metrics = serde_json::json!({
+            "update": self.progress.update,
+            "episodes": self.progress.update * s.batch as u64,
+            "score_mean": score_mean, "score_std": score_std, "raw_score_mean": raw_mean,
+            "kl": kl, "non_score_reward": -beta * kl, "beta": beta,
+            "entropy": stats.entropy, "approx_kl": stats.approx_kl,
+            "clip_frac": stats.clip_frac, "ratio_mean": stats.ratio,
+            "policy_loss": stats.policy_loss, "value_loss": stats.value_loss,
+            "value_clip_frac": stats.value_clip_frac,
+            "explained_variance": explained_variance(&exp.values, &exp.returns, &exp.batch.mask),
+            "grad_norm": stats.grad_norm, "response_length": length, "eos_rate": eos_rate,
+            "rollout_s": rollout_s, "train_s": train_s,
+        });
+        let line = format!(
+            "score {score_mean:.3}±{score_std:.3} kl {kl:.4} β {beta:.4} ent {:.3} approx-kl {:.4} clip {:.3} vloss {:.4} len {length:.1} eos {eos_rate:.2} ({rollout_s:.2}s rollout, {train_s:.2}s train)",
+            stats.entropy, stats.approx_kl, stats.clip_frac, stats.value_loss
+        );
+        Ok(Report {
+            metrics,
+            line,
+            samples: rl_run::samples_of(&episodes, &exp.scores, 2),
+        })
+    }
+}

@@ -1,0 +1,444 @@
+//! The run machinery PPO and GRPO share: the trained adapters (actor, and PPO's critic) over a
+//! frozen base, one AdamW step on them, the metrics file, and checkpoints that resume
+//! bit-exactly — `model.safetensors` (the base and the actor adapters, for `palm sample --lora
+//! actor`) and a state file with every trained tensor, the optimizer moments, the RNG, the
+//! prompt cursor and β.
+
+use crate::ppo::Critic;
+use crate::{Error, Result};
+use palm_engine::{AdamW, AdamWConfig, Rng, SafeFile, Tensor, clip_grad_norm};
+use palm_model::checkpoint::{
+    config_of, get_checked, load_lora, load_model, model_metadata, save_model,
+};
+use palm_model::{LoraScope, PalmParams};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const STATE_FILE: &str = "rl_state.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The policy's adapters (DESIGN §5).
+pub const ACTOR: &str = "actor";
+
+/// What trains: the actor's adapters and, for PPO, the critic (its adapters and value head).
+/// The base weights they sit on are frozen (cut out of the gradient graph).
+pub struct Learner {
+    pub actor: LoraScope,
+    pub critic: Option<Critic>,
+}
+
+impl Learner {
+    /// The trained tensors with their file names, in a fixed order (the optimizer's).
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .actor
+            .named()
+            .into_iter()
+            .map(|(n, t)| (n, t.clone()))
+            .collect();
+        if let Some(c) = &self.critic {
+            out.extend(c.named());
+        }
+        out
+    }
+
+    pub fn tensors(&self) -> Vec<Tensor> {
+        self.named().into_iter().map(|(_, t)| t).collect()
+    }
+
+    fn slots(&mut self) -> Vec<&mut Tensor> {
+        let mut out = self.actor.tensors_mut();
+        if let Some(c) = &mut self.critic {
+            out.extend(c.tensors_mut());
+        }
+        out
+    }
+
+    /// Replace the trained tensors (the order of `named`), checking shapes.
+    pub fn set(&mut self, new: Vec<Tensor>) -> Result<()> {
+        let slots = self.slots();
+        if slots.len() != new.len() {
+            return Err(Error::Invalid(format!(
+                "expected {} trained tensors, got {}",
+                slots.len(),
+                new.len()
+            )));
+        }
+        for (slot, t) in slots.into_iter().zip(new) {
+            if slot.dims() != t.dims() {
+                return Err(Error::Invalid(format!(
+                    "a trained tensor of shape {:?} replaced by {:?}",
+                    slot.dims(),
+                    t.dims()
+                )));
+            }
+            *slot = t;
+        }
+        Ok(())
+    }
+
+    /// The LoRA scopes, for the files' metadata (rank and alpha of each).
+    fn scopes(&self) -> Vec<&LoraScope> {
+        let mut out = vec![&self.actor];
+        out.extend(self.critic.iter().map(|c| &c.lora));
+        out
+    }
+}
+
+/// Cut every base weight out of the gradient graph: only adapters (and heads) train.
+pub fn freeze(params: &mut PalmParams) {
+    for t in params.tensors_mut() {
+        *t = t.detach();
+    }
+}
+
+pub fn adam(lr: f32, weight_decay: f32, learner: &Learner) -> Result<AdamW> {
+    let cfg = AdamWConfig {
+        lr,
+        weight_decay,
+        ..AdamWConfig::default()
+    };
+    Ok(AdamW::new(cfg, &learner.tensors())?)
+}
+
+/// Backward through `loss`, clip the global gradient norm, one AdamW step. Returns the norm
+/// before clipping. A non-finite loss is an error (the run would only produce NaNs after).
+pub fn optimise(
+    learner: &mut Learner,
+    opt: &mut AdamW,
+    loss: Tensor,
+    grad_clip: f32,
+    lr: f32,
+) -> Result<f32> {
+    let value = loss.to_scalar()?;
+    if !value.is_finite() {
+        return Err(Error::Invalid(format!(
+            "the loss became {value}; try a lower --lr"
+        )));
+    }
+    let mut grads = loss.backward()?;
+    drop(loss);
+    let mut tensors = learner.tensors();
+    let norm = clip_grad_norm(&mut grads, &tensors, grad_clip)?;
+    opt.step(&mut tensors, &grads, lr)?;
+    learner.set(tensors)?;
+    Ok(norm)
+}
+
+/// Fisher–Yates with the run's RNG.
+pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.below(i + 1));
+    }
+}
+
+/// `metrics.jsonl`: one JSON object a line.
+pub struct MetricsFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsFile {
+    /// A new file in `out`, or (resuming) the run's file to append to.
+    pub fn open(out: &Path, append: bool) -> Result<Self> {
+        let path = out.join(METRICS_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsFile { path, file })
+    }
+    pub fn log(&mut self, v: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
+    }
+    pub fn flush(&mut self) -> Result<()> {
+        self.file.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Where a run stands between updates: with the trained tensors and the moments, all that a
+/// resume needs to continue as if never stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Updates done.
+    pub update: u64,
+    /// Index of the next prompt (prompts are taken in file order, cyclically).
+    pub cursor: usize,
+    pub rng: Rng,
+    /// The KL coefficient now (the adaptive controller changes it).
+    pub beta: f32,
+}
+
+impl Progress {
+    /// The next `count` prompt indices, advancing the cursor.
+    pub fn take_prompts(&mut self, count: usize, total: usize) -> Vec<usize> {
+        let idx = (0..count).map(|i| (self.cursor + i) % total).collect();
+        self.cursor = (self.cursor + count) % total;
+        idx
+    }
+}
+
+/// Save `model.safetensors` (base + actor adapters) and the state file into `out`, each
+/// atomically. `format` names the run kind; `settings` are its command settings (JSON).
+pub fn save_checkpoint(
+    out: &Path,
+    base: &PalmParams,
+    learner: &Learner,
+    opt: &AdamW,
+    progress: &Progress,
+    format: &str,
+    settings: &serde_json::Value,
+) -> Result<()> {
+    save_model(&out.join(MODEL_FILE), base, &[&learner.actor])?;
+    let named = learner.named();
+    let (step, moments) = opt.state()?;
+    let mut tensors = named.clone();
+    for ((name, t), (m, v)) in named.iter().zip(moments) {
+        tensors.push((format!("optim.m.{name}"), Tensor::from_vec(m, t.dims())?));
+        tensors.push((format!("optim.v.{name}"), Tensor::from_vec(v, t.dims())?));
+    }
+    let mut meta = model_metadata(&base.config, &learner.scopes())?;
+    meta.insert("format".into(), format.into());
+    meta.insert("settings".into(), settings.to_string());
+    meta.insert("update".into(), progress.update.to_string());
+    meta.insert("optim_step".into(), step.to_string());
+    meta.insert("cursor".into(), progress.cursor.to_string());
+    // β as its bits: a decimal round trip is exact too, but bits make it obvious.
+    meta.insert("beta_bits".into(), progress.beta.to_bits().to_string());
+    let rng = serde_json::to_string(&progress.rng.state().to_vec())
+        .map_err(|e| Error::Invalid(format!("cannot serialise the RNG state: {e}")))?;
+    meta.insert("rng".into(), rng);
+    palm_engine::save_safetensors(out.join(STATE_FILE), &tensors, meta)?;
+    Ok(())
+}
+
+/// A run checkpoint read back.
+pub struct Checkpoint {
+    pub base: PalmParams,
+    pub learner: Learner,
+    pub opt: AdamW,
+    pub progress: Progress,
+    pub settings: serde_json::Value,
+}
+
+/// Read the checkpoint in `dir` written by `save_checkpoint` with the same `format`. `critic`
+/// builds the critic from the state file (`None` for a run without one). Every tensor is checked
+/// against the model's config, so a state from another model is an error naming the tensor.
+pub fn load_checkpoint(
+    dir: &Path,
+    format: &str,
+    opt_cfg: impl FnOnce(&serde_json::Value) -> Result<(f32, f32)>,
+    critic: impl FnOnce(&SafeFile, &PalmParams) -> Result<Option<Critic>>,
+) -> Result<Checkpoint> {
+    let path = dir.join(STATE_FILE);
+    let file = SafeFile::open(&path)?;
+    let bad = |msg: String| Error::data(&path, None, msg);
+    let meta = |k: &str| {
+        file.metadata()
+            .get(k)
+            .cloned()
+            .ok_or_else(|| bad(format!("not a {format} state: no '{k}' in the metadata")))
+    };
+    let kind = meta("format")?;
+    if kind != format {
+        return Err(bad(format!(
+            "a '{kind}' state, not '{format}': resume it with its own command"
+        )));
+    }
+    let int = |k: &str| -> Result<u64> {
+        meta(k)?
+            .parse()
+            .map_err(|e| bad(format!("bad '{k}' in the metadata: {e}")))
+    };
+    let settings: serde_json::Value = serde_json::from_str(&meta("settings")?)
+        .map_err(|e| bad(format!("bad 'settings' in the metadata: {e}")))?;
+    let rng: [u64; 4] = serde_json::from_str(&meta("rng")?)
+        .map_err(|e| bad(format!("bad 'rng' in the metadata: {e}")))?;
+    let beta_bits = u32::try_from(int("beta_bits")?)
+        .map_err(|_| bad("bad 'beta_bits' in the metadata".into()))?;
+    let progress = Progress {
+        update: int("update")?,
+        cursor: int("cursor")? as usize,
+        rng: Rng::from_state(rng),
+        beta: f32::from_bits(beta_bits),
+    };
+    let (mut base, _) = load_model(&dir.join(MODEL_FILE))?;
+    let config = config_of(&file)?;
+    if config != base.config {
+        return Err(bad(format!(
+            "its model config does not match {}",
+            dir.join(MODEL_FILE).display()
+        )));
+    }
+    freeze(&mut base);
+    let actor = load_lora(&file, &base.config, ACTOR)?
+        .ok_or_else(|| bad(format!("no '{ACTOR}' adapters")))?;
+    let learner = Learner {
+        actor,
+        critic: critic(&file, &base)?,
+    };
+    let (lr, wd) = opt_cfg(&settings)?;
+    let mut opt = adam(lr, wd, &learner)?;
+    let moments = learner
+        .named()
+        .iter()
+        .map(|(n, t)| {
+            let m = get_checked(&file, &format!("optim.m.{n}"), t.dims())?.to_vec::<f32>()?;
+            let v = get_checked(&file, &format!("optim.v.{n}"), t.dims())?.to_vec::<f32>()?;
+            Ok((m, v))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    opt.restore(int("optim_step")?, moments)?;
+    Ok(Checkpoint {
+        base,
+        learner,
+        opt,
+        progress,
+        settings,
+    })
+}
+
+/// Seconds since `t`.
+pub fn secs(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+/// The policy to start from, with its weights frozen: a model checkpoint, its `actor` adapters
+/// (a LoRA run's output) merged in, so it is both the start and the reference.
+pub fn load_policy(path: &Path) -> Result<PalmParams> {
+    let (mut params, file) = load_model(path)?;
+    if file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT) {
+        eprintln!(
+            "note: {} is a reward model; its trunk is used as the policy",
+            path.display()
+        );
+    }
+    if let Some(actor) = load_lora(&file, &params.config, ACTOR)? {
+        eprintln!(
+            "note: {} holds '{ACTOR}' adapters; they are merged into the policy and the reference",
+            path.display()
+        );
+        actor.merge_into(&mut params)?;
+    }
+    freeze(&mut params);
+    Ok(params)
+}
+
+/// Prompts of a `{"prompt"}` JSONL file as tokens, each cut to its last `max` tokens.
+pub fn read_prompts(path: &Path, max: usize) -> Result<Vec<Vec<u32>>> {
+    let records = crate::data::read_jsonl::<crate::data::PromptRecord>(path)?;
+    Ok(records
+        .iter()
+        .map(|r| {
+            let t = palm_model::tokenizer::encode(&r.prompt);
+            t[t.len().saturating_sub(max)..].to_vec()
+        })
+        .collect())
+}
+
+/// What one update reports: its metrics line, the progress line, and a few samples.
+pub struct Report {
+    pub metrics: serde_json::Value,
+    pub line: String,
+    /// (prompt, response, score) of the first episodes.
+    pub samples: Vec<(String, String, f32)>,
+}
+
+impl Report {
+    fn get(&self, key: &str) -> f64 {
+        self.metrics[key].as_f64().unwrap_or(f64::NAN)
+    }
+}
+
+/// A run the shared loop drives (PPO, GRPO).
+pub trait RlRun {
+    /// One update; `progress().update` counts it.
+    fn update(&mut self) -> Result<Report>;
+    fn progress(&self) -> &Progress;
+    /// (total updates, sample every, checkpoint every).
+    fn schedule(&self) -> (u64, u64, u64);
+    fn out(&self) -> &Path;
+    fn metrics(&mut self) -> &mut MetricsFile;
+    /// Write the checkpoint (and flush the metrics).
+    fn save(&mut self) -> Result<()>;
+}
+
+/// Run updates until the planned total (or `stop_at`): a metrics line and a progress line per
+/// update, the instability warnings, samples and checkpoints on schedule and at the end.
+pub fn drive(run: &mut dyn RlRun, stop_at: Option<u64>) -> Result<()> {
+    let (total, sample_every, ckpt_every) = run.schedule();
+    if run.progress().update >= total {
+        eprintln!(
+            "already at update {} of {total}: nothing to do (pass a larger --updates)",
+            run.progress().update
+        );
+        return Ok(());
+    }
+    let due = |every: u64, u: u64| every > 0 && u.is_multiple_of(every);
+    let timer = std::time::Instant::now();
+    let mut last_score = f64::NAN;
+    while run.progress().update < total {
+        let r = run.update()?;
+        run.metrics().log(&r.metrics)?;
+        let u = run.progress().update;
+        last_score = r.get("score_mean");
+        eprintln!("update {u}/{total}: {}", r.line);
+        warn_if_unstable(r.get("kl"), r.get("ratio_mean"));
+        let stop = stop_at == Some(u);
+        let last = u == total || stop;
+        if last || due(sample_every, u) {
+            for (p, resp, score) in &r.samples {
+                eprintln!("  sample (score {score:.3}): {p:?} → {resp:?}");
+            }
+        }
+        if last || due(ckpt_every, u) {
+            run.save()?;
+        }
+        if stop && u < total {
+            eprintln!(
+                "stopped at update {u}; continue with --resume {}",
+                run.out().display()
+            );
+            return Ok(());
+        }
+    }
+    eprintln!(
+        "done: {total} updates, last score mean {last_score:.3}, {:.1}s; model in {} (sample with --lora {ACTOR})",
+        secs(timer),
+        run.out().join(MODEL_FILE).display(),
+    );
+    Ok(())
+}
+
+/// The instability warnings of DESIGN §5: a KL estimate below −1 (the policy gives its own
+/// samples less mass than the reference does: k1 is unreliable there) and a mean ratio above 10.
+pub fn warn_if_unstable(kl: f64, ratio: f64) {
+    if kl < -1.0 {
+        eprintln!(
+            "warning: KL {kl:.3} < −1: the policy puts less mass on its own samples than the reference (try --kl k3, a larger --beta or a lower --lr)"
+        );
+    }
+    if ratio > 10.0 {
+        eprintln!(
+            "warning: mean ratio π/π_old {ratio:.2} > 10: updates are too large (lower --lr or the epochs)"
+        );
+    }
+}
+
+/// The first `k` episodes as (prompt, response, score) for printing.
+pub fn samples_of(
+    episodes: &[crate::rollout::Episode],
+    scores: &[f32],
+    k: usize,
+) -> Vec<(String, String, f32)> {
+    use palm_model::tokenizer::decode;
+    episodes
+        .iter()
+        .zip(scores)
+        .take(k)
+        .map(|(e, &s)| (decode(&e.prompt), decode(e.text()), s))
+        .collect()
+}
