@@ -83,9 +83,24 @@ impl Critic {
             ..Default::default()
         };
         let h = base.embed(&batch.input_tensor()?, opts)?;
-        Ok(h.matmul(&self.weight.t()?)?
-            .add(&self.bias)?
-            .reshape(&[batch.b, batch.n])?)
+        // The head runs in the trunk's compute dtype (bf16 on a GPU); values come back in f32.
+        let (w, b) = (
+            self.weight.to_dtype(h.dtype())?,
+            self.bias.to_dtype(h.dtype())?,
+        );
+        Ok(h.matmul(&w.t()?)?
+            .add(&b)?
+            .reshape(&[batch.b, batch.n])?
+            .to_dtype(palm_engine::DType::F32)?)
+    }
+
+    /// Move the adapters and the head to `device`.
+    pub fn move_to(&mut self, device: palm_engine::Device) -> Result<()> {
+        self.lora.move_to(device)?;
+        for t in [&mut self.weight, &mut self.bias] {
+            *t = t.to_device(device)?.as_var();
+        }
+        Ok(())
     }
 }
 

@@ -138,9 +138,8 @@ impl RewardModel {
             .to_dtype(DType::F32)?)
     }
 
-    /// The model with every tensor on `device` (parameters stay parameters; a frozen trunk
-    /// stays frozen).
-    pub fn to_device(mut self, device: Device) -> Result<Self> {
+    /// Move every tensor to `device` (parameters stay parameters; a frozen trunk stays frozen).
+    pub fn move_to(&mut self, device: Device) -> Result<()> {
         let frozen = self.lora.is_some();
         self.trunk = self.trunk.to_device(device)?;
         if frozen {
@@ -156,7 +155,7 @@ impl RewardModel {
         ] {
             *t = t.to_device(device)?.as_var();
         }
-        Ok(self)
+        Ok(())
     }
 
     /// Scores of `responses` to `prompt` (byte tokens), one batch, no gradients.

@@ -301,6 +301,31 @@ pub fn load_checkpoint(
     })
 }
 
+/// Move a run to `device`: the frozen base (still frozen), the trained adapters and head, the
+/// optimizer's moments (rebuilt there with the same step) and a reward model.
+pub fn move_to(
+    device: palm_engine::Device,
+    base: &mut PalmParams,
+    learner: &mut Learner,
+    opt: &mut AdamW,
+    reward: &mut crate::rollout::RewardSource,
+) -> Result<()> {
+    if base.device() == device {
+        return Ok(());
+    }
+    *base = base.to_device(device)?;
+    freeze(base);
+    learner.actor.move_to(device)?;
+    if let Some(c) = learner.critic.as_mut() {
+        c.move_to(device)?;
+    }
+    let (step, moments) = opt.state()?;
+    let mut moved = AdamW::new(opt.cfg, &learner.tensors())?;
+    moved.restore(step, moments)?;
+    *opt = moved;
+    reward.move_to(device)
+}
+
 /// Seconds since `t`.
 pub fn secs(t: std::time::Instant) -> f64 {
     t.elapsed().as_secs_f64()

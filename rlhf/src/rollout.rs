@@ -189,11 +189,8 @@ pub fn logits(params: &PalmParams, lora: Option<&LoraScope>, batch: &Padded) -> 
 /// Per-token log-probs (b, n) of the batch's targets under softmax(logits / temperature): the
 /// distribution the rollout sampled from. Uncounted positions hold values the losses ignore.
 pub fn token_logprobs(logits: &Tensor, batch: &Padded, temperature: f32) -> Result<Tensor> {
-    Ok(palm_engine::logprob(
-        logits,
-        &batch.target_tensor()?,
-        temperature,
-    )?)
+    let targets = batch.target_tensor()?.to_device(logits.device())?;
+    Ok(palm_engine::logprob(logits, &targets, temperature)?)
 }
 
 /// Per-token entropies (b, n) of softmax(logits / temperature).
@@ -232,6 +229,14 @@ impl RewardSource {
             _ => Err(Error::Invalid(
                 "give exactly one of --reward RM and --rule afinn|length:N|count:CHAR".into(),
             )),
+        }
+    }
+
+    /// Put a reward model on `device` (a rule needs nothing).
+    pub fn move_to(&mut self, device: palm_engine::Device) -> Result<()> {
+        match self {
+            RewardSource::Model(m) => m.move_to(device),
+            RewardSource::Rule(_) => Ok(()),
         }
     }
 

@@ -236,3 +236,59 @@ fn sampling_on_the_gpu() {
     assert_eq!(s1, s2);
     assert_ne!(s1, s3);
 }
+
+#[test]
+fn reward_model_and_rlhf_logprobs_on_the_gpu() {
+    if !gpu("reward_model_and_rlhf_logprobs_on_the_gpu") {
+        return;
+    }
+    use palm_rlhf::reward::{Pooling, RewardModel, Scored};
+    // The seed's reward model (reference.rs checks it on the CPU), moved to the GPU.
+    let (params, tokens) = seed_on(Device::Cpu);
+    let exp = seed_expected();
+    let mask = exp
+        .get("reward.prompt_mask")
+        .unwrap()
+        .to_vec::<u8>()
+        .unwrap();
+    let ids = tokens.to_vec::<u32>().unwrap();
+    let n = tokens.dims()[1];
+    let mut rm = RewardModel::new(params.clone(), Pooling::Mean, &mut Rng::new(0)).unwrap();
+    rm.prompt_embed = exp.get("reward.prompt_embed").unwrap();
+    rm.response_embed = exp.get("reward.response_embed").unwrap();
+    rm.head = exp.get("reward.to_pred.weight").unwrap();
+    rm.move_to(GPU).unwrap();
+    let batch: Vec<Scored> = ids
+        .chunks(n)
+        .zip(mask.chunks(n))
+        .map(|(row, m)| {
+            let plen = m.iter().take_while(|&&x| x != 0).count();
+            Scored {
+                prompt: &row[..plen],
+                response: &row[plen..],
+            }
+        })
+        .collect();
+    let scores = rm.scores(&batch).unwrap();
+    assert_eq!((scores.device(), scores.dtype()), (GPU, DType::F32));
+    assert_close(
+        "reward on the GPU",
+        &scores.to_vec::<f32>().unwrap(),
+        &expected("reward.expected"),
+        MODEL_TOL,
+    );
+    // Per-token log-probs and entropies (PPO, DPO, GRPO) on the GPU against the CPU.
+    let inputs = tokens.narrow(1, 0, n - 1).unwrap().contiguous().unwrap();
+    let targets = tokens.narrow(1, 1, n - 1).unwrap().contiguous().unwrap();
+    let _g = no_grad();
+    let on = |p: &PalmParams| {
+        let logits = p.logits(&inputs, &mut Forward::default()).unwrap();
+        let lp = palm_rlhf::rl_math::token_logprobs(&logits, &targets).unwrap();
+        let h = palm_rlhf::rl_math::token_entropy(&logits).unwrap();
+        (lp.to_f32_vec().unwrap(), h.to_f32_vec().unwrap())
+    };
+    let (lc, hc) = on(&params);
+    let (lg, hg) = on(&params.to_device(GPU).unwrap());
+    assert_close("token log-probs", &lg, &lc, MODEL_TOL);
+    assert_close("token entropies", &hg, &hc, MODEL_TOL);
+}

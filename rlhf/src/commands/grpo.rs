@@ -90,8 +90,8 @@ pub struct GrpoArgs {
     /// Seeds the adapters, sampling and the minibatch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu (GRPO on CUDA is not implemented yet), or auto.
-    #[arg(long, default_value = "cpu")]
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
     pub device: String,
 }
 
@@ -149,15 +149,17 @@ fn parse_settings(v: &serde_json::Value) -> Result<GrpoSettings> {
 
 pub fn run(args: GrpoArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    if device != palm_engine::Device::Cpu {
-        return Err(Error::Invalid(
-            "GRPO on CUDA is not implemented yet; use --device cpu".into(),
-        ));
-    }
     let mut run = match &args.resume {
         Some(dir) => resume(dir, &args)?,
         None => fresh(&args)?,
     };
+    rl_run::move_to(
+        device,
+        &mut run.base,
+        &mut run.learner,
+        &mut run.opt,
+        &mut run.reward,
+    )?;
     let s = &run.settings;
     eprintln!(
         "GRPO of {} (LoRA rank {} '{ACTOR}', {:.2}M frozen parameters, β {}) against {}; {} prompts from {}; updates {}..{} of {} prompts × {} responses × {} epochs × {} minibatches",

@@ -113,8 +113,8 @@ pub struct PpoArgs {
     /// Seeds the adapters, the value head, sampling and the minibatch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu (PPO on CUDA is not implemented yet), or auto.
-    #[arg(long, default_value = "cpu")]
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
     pub device: String,
 }
 
@@ -211,15 +211,17 @@ fn parse_settings(v: &serde_json::Value) -> Result<PpoSettings> {
 
 pub fn run(args: PpoArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    if device != palm_engine::Device::Cpu {
-        return Err(Error::Invalid(
-            "PPO on CUDA is not implemented yet; use --device cpu".into(),
-        ));
-    }
     let mut run = match &args.resume {
         Some(dir) => resume(dir, &args)?,
         None => fresh(&args)?,
     };
+    rl_run::move_to(
+        device,
+        &mut run.base,
+        &mut run.learner,
+        &mut run.opt,
+        &mut run.reward,
+    )?;
     let s = &run.settings;
     eprintln!(
         "PPO of {} (LoRA rank {} '{ACTOR}' + critic, {:.2}M frozen parameters) against {}; {} prompts from {}; updates {}..{} of {} episodes × {} epochs × {} minibatches",

@@ -160,7 +160,7 @@ fn train(args: TrainArgs) -> Result<()> {
     if args.lora {
         rm.add_lora(args.lora_rank as usize, &mut rng)?;
     }
-    let mut rm = rm.to_device(device)?;
+    rm.move_to(device)?;
     let pairs = |rs: &[Ranked]| rs.iter().map(Ranked::pairs).sum::<usize>();
     let c = &rm.trunk.config;
     let what = if args.lora {
@@ -219,7 +219,8 @@ fn score(args: ScoreArgs) -> Result<()> {
     if args.prompt.is_empty() {
         return Err(Error::Invalid("--prompt must not be empty".into()));
     }
-    let rm = RewardModel::load(&model_path(&args.checkpoint))?.to_device(device)?;
+    let mut rm = RewardModel::load(&model_path(&args.checkpoint))?;
+    rm.move_to(device)?;
     let responses: Vec<&str> = args.response.iter().map(String::as_str).collect();
     let scores = rm.score_texts(&args.prompt, &responses)?;
     for (r, s) in responses.iter().zip(scores) {
