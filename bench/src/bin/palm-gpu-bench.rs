@@ -5,6 +5,7 @@
 //! palm-gpu-bench all                 # every workload at the anchor's shapes
 //! palm-gpu-bench matmul|attention|train|generate|adamw|ceilings
 //! palm-gpu-bench all --smoke         # tiny shapes: checks the harness (e.g. PALM_CUDA_EMULATE=1)
+//! palm-gpu-bench ppo --cpu [--config enwik8|small] [--smoke]   # PPO episodes/s on the CPU
 //! palm-gpu-bench compare OURS.jsonl TORCH.jsonl   # markdown table: ours, torch, ratio
 //! ```
 //!
@@ -235,6 +236,106 @@ fn adamw(b: &Bench) -> Result<()> {
     Ok(())
 }
 
+/// The original implementation's PPO throughput on an H200 (issue 5), for reference.
+fn original_ppo(name: &str) -> Option<f64> {
+    match name {
+        "enwik8" => Some(1.43),
+        "small" => Some(0.74),
+        _ => None,
+    }
+}
+
+/// PPO end to end (rollout through the KV cache + rule reward + learning: 4 epochs of clipped
+/// policy/value losses on the actor and critic LoRA), prompt 64 + response 64 tokens: episodes
+/// per second over timed updates after one warm-up update, on `device`.
+fn ppo_on(device: Device, smoke: bool, batch: usize, only: Option<&str>) -> Result<Vec<Value>> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: palm_rlhf::commands::ppo::PpoArgs,
+    }
+    let bad = |e: String| palm_engine::Error::Invalid(e);
+    let (names, len, updates): (&[&str], usize, usize) = if smoke {
+        (&["tiny"], 8, 2)
+    } else {
+        (&["enwik8", "small"], 64, 3)
+    };
+    let mut out = Vec::new();
+    for &name in names.iter().filter(|n| only.is_none_or(|o| o == **n)) {
+        let Some((config, _, _)) = train_workload(name) else {
+            continue;
+        };
+        let dir =
+            std::env::temp_dir().join(format!("palm-ppo-bench-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| bad(e.to_string()))?;
+        let policy = dir.join("policy.safetensors");
+        let params = PalmParams::init(&config, &mut Rng::new(0)).map_err(|e| bad(e.to_string()))?;
+        palm_model::checkpoint::save_model(&policy, &params, &[])
+            .map_err(|e| bad(e.to_string()))?;
+        let mut rng = Rng::new(1);
+        let prompts: String = (0..64)
+            .map(|_| {
+                let p: String = (0..len)
+                    .map(|_| (b'a' + rng.below(26) as u8) as char)
+                    .collect();
+                format!("{}\n", json!({"prompt": p}))
+            })
+            .collect();
+        let prompts_path = dir.join("prompts.jsonl");
+        std::fs::write(&prompts_path, prompts).map_err(|e| bad(e.to_string()))?;
+        let (b_s, len_s) = (batch.to_string(), len.to_string());
+        let rule = format!("length:{len}");
+        let cmd = Cmd::try_parse_from([
+            "ppo",
+            "--policy",
+            &policy.to_string_lossy(),
+            "--prompts",
+            &prompts_path.to_string_lossy(),
+            "--rule",
+            &rule,
+            "--eos",
+            "none",
+            "--max-new",
+            &len_s,
+            "--max-prompt",
+            &len_s,
+            "--batch",
+            &b_s,
+            "--updates",
+            "1000",
+            "--out",
+            &dir.join("run").to_string_lossy(),
+        ])
+        .map_err(|e| bad(e.to_string()))?;
+        let mut run =
+            palm_rlhf::commands::ppo::start(&cmd.args, device).map_err(|e| bad(e.to_string()))?;
+        use palm_rlhf::rl_run::RlRun;
+        run.update().map_err(|e| bad(e.to_string()))?;
+        let t = Instant::now();
+        for _ in 0..updates {
+            run.update().map_err(|e| bad(e.to_string()))?;
+        }
+        let s = t.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut v = json!({"bench": "ppo", "config": name, "batch": batch, "prompt": len,
+            "response": len, "updates": updates, "s_per_update": s / updates as f64,
+            "episodes_per_s": (batch * updates) as f64 / s});
+        if let Some(o) = original_ppo(name) {
+            v["original_episodes_per_s_h200"] = o.into();
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn ppo(b: &Bench) -> Result<()> {
+    for v in ppo_on(GPU, b.smoke, if b.smoke { 4 } else { 64 }, None)? {
+        b.emit(v);
+    }
+    Ok(())
+}
+
 // ---- compare ------------------------------------------------------------------------------
 
 fn read_lines(path: &str) -> Vec<Value> {
@@ -268,6 +369,10 @@ fn key(v: &Value) -> Option<(String, &'static str)> {
             "tokens_per_s",
         )),
         "adamw" => Some((format!("adamw {}", s("params")), "gbps")),
+        "ppo" => Some((
+            format!("ppo {} b{}", s("config"), s("batch")),
+            "episodes_per_s",
+        )),
         "ceilings" => Some((
             format!("ceiling {}", s("what")),
             if v.get("gbps").is_some() {
@@ -326,13 +431,40 @@ fn main() {
         "train",
         "generate",
         "adamw",
+        "ppo",
     ];
     if !known.contains(&what) {
         eprintln!(
-            "usage: palm-gpu-bench {} [--smoke] | compare OURS TORCH",
+            "usage: palm-gpu-bench {} [--smoke] | ppo --cpu | compare OURS TORCH",
             known.join("|")
         );
         std::process::exit(2);
+    }
+    let smoke = args.iter().any(|a| a == "--smoke");
+    if args.iter().any(|a| a == "--cpu") {
+        // The CPU backend: PPO only (the other workloads have criterion benches).
+        let only = args
+            .iter()
+            .position(|a| a == "--config")
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str);
+        match ppo_on(Device::Cpu, smoke, 8, only) {
+            Ok(lines) => {
+                for mut v in lines {
+                    v["impl"] = "palm".into();
+                    v["device"] = "cpu".into();
+                    if smoke {
+                        v["smoke"] = true.into();
+                    }
+                    println!("{v}");
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
     }
     let dev = match CudaDevice::get(0) {
         Ok(d) => d,
@@ -341,7 +473,6 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let smoke = args.iter().any(|a| a == "--smoke");
     let b = Bench {
         dev,
         smoke,
@@ -365,4 +496,5 @@ fn main() {
     run("train", train);
     run("generate", generate_bench);
     run("adamw", adamw);
+    run("ppo", ppo);
 }

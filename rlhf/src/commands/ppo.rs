@@ -211,17 +211,7 @@ fn parse_settings(v: &serde_json::Value) -> Result<PpoSettings> {
 
 pub fn run(args: PpoArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    let mut run = match &args.resume {
-        Some(dir) => resume(dir, &args)?,
-        None => fresh(&args)?,
-    };
-    rl_run::move_to(
-        device,
-        &mut run.base,
-        &mut run.learner,
-        &mut run.opt,
-        &mut run.reward,
-    )?;
+    let mut run = start(&args, device)?;
     let s = &run.settings;
     eprintln!(
         "PPO of {} (LoRA rank {} '{ACTOR}' + critic, {:.2}M frozen parameters) against {}; {} prompts from {}; updates {}..{} of {} episodes × {} epochs × {} minibatches",
@@ -238,6 +228,23 @@ pub fn run(args: PpoArgs) -> Result<()> {
         s.minibatches
     );
     rl_run::drive(&mut run, args.stop_at)
+}
+
+/// A new run (or the one to resume) with everything on `device`, ready for
+/// `RlRun::update` (the benchmark drives it update by update).
+pub fn start(args: &PpoArgs, device: palm_engine::Device) -> Result<PpoRun> {
+    let mut run = match &args.resume {
+        Some(dir) => resume(dir, args)?,
+        None => fresh(args)?,
+    };
+    rl_run::move_to(
+        device,
+        &mut run.base,
+        &mut run.learner,
+        &mut run.opt,
+        &mut run.reward,
+    )?;
+    Ok(run)
 }
 
 /// A new run: everything is read and checked before the run folder is created.
