@@ -1,5 +1,6 @@
 //! palm-rlhf: training loops (pretraining, SFT, reward model, DPO; the PPO and GRPO math, their
-//! loops next), labelers, data formats and the `palm` command-line interface.
+//! loops next), labelers and the `palm rank` interaction, data formats and the `palm`
+//! command-line interface.
 
 pub mod commands;
 pub mod corpus;
@@ -7,9 +8,11 @@ pub mod data;
 pub mod dpo;
 pub mod error;
 pub mod labelers;
+pub mod rank;
 pub mod reward;
 pub mod reward_train;
 pub mod rl_math;
+pub mod sampling;
 pub mod trainer;
 
 pub use error::{Error, Result};

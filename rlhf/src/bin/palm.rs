@@ -1,8 +1,8 @@
 //! The `palm` command line: train, fine-tune, sample, evaluate and inspect PaLM models; train
-//! and use reward models; label sampled responses; DPO.
+//! and use reward models; label sampled responses by rule or rank them by hand; DPO.
 
 use clap::{Parser, Subcommand};
-use palm_rlhf::commands::{dpo, eval, info, label, reward, sample, sft, train};
+use palm_rlhf::commands::{dpo, eval, info, label, rank, reward, sample, sft, train};
 
 #[derive(Parser)]
 #[command(name = "palm", version, about = "PaLM + RLHF on our own tensor engine")]
@@ -23,6 +23,8 @@ enum Command {
     Dpo(dpo::DpoArgs),
     /// Sample responses per prompt and rank them with a scripted labeler (AFINN, length, count).
     Label(label::LabelArgs),
+    /// Rank K responses per prompt yourself in the terminal; each ranking is appended at once.
+    Rank(rank::RankArgs),
     /// Continue a prompt from a checkpoint.
     Sample(sample::SampleArgs),
     /// Loss and bits per byte of a checkpoint on a text file.
@@ -39,6 +41,7 @@ fn main() {
         Command::Reward(a) => reward::run(a),
         Command::Dpo(a) => dpo::run(a),
         Command::Label(a) => label::run(a),
+        Command::Rank(a) => rank::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),

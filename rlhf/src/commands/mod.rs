@@ -4,6 +4,7 @@ pub mod dpo;
 pub mod eval;
 pub mod info;
 pub mod label;
+pub mod rank;
 pub mod reward;
 pub mod sample;
 pub mod sft;
