@@ -210,7 +210,8 @@ impl Plan {
 }
 
 /// The real terminal: keys from the keyboard (console reads one key at a time in raw mode and
-/// restores the mode after each, so no exit path leaves the terminal raw), screens on stdout.
+/// restores the mode before returning it, so no exit path leaves the terminal raw), screens on
+/// stdout.
 pub struct Console {
     term: Term,
 }
@@ -242,7 +243,9 @@ fn terminal_error(e: std::io::Error) -> Error {
 
 impl Terminal for Console {
     fn read_key(&mut self) -> Result<Key> {
-        self.term.read_key().map_err(terminal_error)
+        // The raw variant hands Ctrl-C over as a key (read_key would raise SIGINT), so it
+        // quits like q, with the summary printed.
+        self.term.read_key_raw().map_err(terminal_error)
     }
     fn show(&mut self, lines: &[String]) -> Result<()> {
         self.term.clear_screen().map_err(terminal_error)?;

@@ -311,11 +311,15 @@ mod tests {
             rank_one(&mut term, "p", &responses, progress()).unwrap(),
             Outcome::Quit
         );
-        let header = |i: usize| term.screens[i][0].clone();
-        assert!(header(0).contains("lines 1-5 of"), "{}", header(0));
-        assert_eq!(header(1), header(0), "Up at the top stays at the top");
-        assert!(!header(2).contains("lines 1-"), "{}", header(2));
-        assert_eq!(header(3), header(2), "Down at the end stays at the end");
-        assert_eq!(header(4), header(0));
+        // The rule above the footer tells which lines show.
+        let rule = |i: usize| {
+            let screen = &term.screens[i];
+            screen.iter().find(|l| l.starts_with("--")).unwrap().clone()
+        };
+        assert!(rule(0).starts_with("-- lines 1-5 of"), "{}", rule(0));
+        assert_eq!(rule(1), rule(0), "Up at the top stays at the top");
+        assert!(!rule(2).contains("lines 1-"), "{}", rule(2));
+        assert_eq!(rule(3), rule(2), "Down at the end stays at the end");
+        assert_eq!(rule(4), rule(0));
     }
 }

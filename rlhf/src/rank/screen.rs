@@ -115,12 +115,10 @@ pub struct View<'a> {
     pub scroll: usize,
 }
 
-/// The key help, also printed by `palm rank --help`.
+/// The keys, one line on an 80-column terminal; the scroll keys show on the rule above
+/// when there is something to scroll.
 pub fn key_help(k: usize) -> String {
-    format!(
-        "keys: 1-{k} pick the best remaining | u/Backspace undo | Enter save | s skip | \
-         q/Esc quit | Up/Down/PgUp/PgDn scroll"
-    )
+    format!("keys: 1-{k} best remaining | u/Backspace undo | Enter save | s skip | q/Esc quit")
 }
 
 /// The lines that scroll: the prompt, then each response numbered with its place so far.
@@ -176,34 +174,43 @@ fn order_line(view: &View) -> String {
 }
 
 /// The whole screen for a terminal of `rows` × `cols`, and the largest useful scroll (the
-/// caller clamps its offset with it). A header and four footer lines stay put; the prompt and
-/// responses scroll between them when they do not fit.
+/// caller clamps its offset with it). A header and four footer lines (a rule, the order so far,
+/// the keys, a message) stay put; the prompt and responses scroll between them when they do
+/// not fit.
 pub fn render(view: &View, rows: usize, cols: usize) -> (Vec<String>, usize) {
     // One column spare: writing into the last column makes some terminals wrap early.
     let cols = cols.saturating_sub(1).max(20);
     let body = body(view, cols);
-    let room = rows.saturating_sub(5).max(3);
+    // The footer wraps rather than being cut, so a narrow terminal still shows every key.
+    let footer: Vec<String> = [order_line(view), key_help(view.responses.len())]
+        .iter()
+        .chain(std::iter::once(&view.message.to_string()))
+        .flat_map(|l| wrap(l, cols))
+        .collect();
+    let room = rows.saturating_sub(2 + footer.len()).max(3);
     let max_scroll = body.len().saturating_sub(room);
     let scroll = view.scroll.min(max_scroll);
     let p = view.progress;
-    let mut header = format!(
+    let header = format!(
         "palm rank | prompt {} of {} | {} written, {} skipped",
         p.prompt, p.prompts, p.written, p.skipped
     );
-    if max_scroll > 0 {
+    // The rule under the text says when there is more of it than fits.
+    let rule = if max_scroll > 0 {
         let last = (scroll + room).min(body.len());
-        header.push_str(&format!(
-            " | lines {}-{last} of {} (Up/Down)",
+        format!(
+            "-- lines {}-{last} of {} (Up/Down, PgUp/PgDn) ",
             scroll + 1,
             body.len()
-        ));
-    }
+        )
+    } else {
+        String::new()
+    };
+    let rule_width = text_width(&rule);
     let mut lines = vec![fit(&header, cols)];
     lines.extend(body.into_iter().skip(scroll).take(room));
-    lines.push("-".repeat(cols));
-    lines.push(fit(&order_line(view), cols));
-    lines.push(fit(&key_help(view.responses.len()), cols));
-    lines.push(fit(view.message, cols));
+    lines.push(fit(&rule, cols) + &"-".repeat(cols.saturating_sub(rule_width)));
+    lines.extend(footer);
     (lines, max_scroll)
 }
 
@@ -273,7 +280,10 @@ mod tests {
             footer[0],
             "Order, best to worst: 3 > _ > _   1 pick to go (the last place is implied)"
         );
-        assert!(footer[1].starts_with("keys: 1-3 pick"));
+        assert_eq!(
+            footer[1],
+            "keys: 1-3 best remaining | u/Backspace undo | Enter save | s skip | q/Esc quit"
+        );
         assert_eq!(footer[2], "no response 7; press 1-3");
     }
 
@@ -284,7 +294,15 @@ mod tests {
         let (lines, max_scroll) = render(&view(&responses, &order, 0), 12, 40);
         assert_eq!(lines.len(), 12);
         assert!(max_scroll > 0);
-        assert!(lines[0].contains("lines 1-7 of"), "{}", lines[0]);
+        // 12 rows: the header, the text, the rule, and the footer wrapped to fit 39 columns.
+        let rule = lines.iter().position(|l| l.starts_with("--")).unwrap();
+        let footer = lines[rule + 1..].join(" ");
+        assert!(rule >= 4, "{lines:#?}");
+        let shown = format!("-- lines 1-{} of", rule - 1);
+        assert!(lines[rule].starts_with(&shown), "{}", lines[rule]);
+        assert!(footer.contains("the last place is implied"), "{footer}");
+        assert!(footer.contains("keys: 1-2 best remaining"), "{footer}");
+        assert!(footer.contains("q/Esc quit"), "{footer}");
         for l in &lines {
             assert!(text_width(l) <= 39, "{l}");
         }
