@@ -1,5 +1,5 @@
-//! palm-rlhf: training loops (pretraining, SFT, reward model, DPO, PPO, GRPO), labelers, data
-//! formats and the `palm` command-line interface.
+//! palm-rlhf: training loops (pretraining, SFT, reward model, DPO, PPO, GRPO), labelers and the
+//! `palm rank` interaction, data formats and the `palm` command-line interface.
 
 pub mod commands;
 pub mod corpus;
@@ -9,11 +9,13 @@ pub mod error;
 pub mod grpo;
 pub mod labelers;
 pub mod ppo;
+pub mod rank;
 pub mod reward;
 pub mod reward_train;
 pub mod rl_math;
 pub mod rl_run;
 pub mod rollout;
+pub mod sampling;
 pub mod trainer;
 
 pub use error::{Error, Result};

@@ -1,8 +1,8 @@
 //! The `palm` command line: train, fine-tune, sample, evaluate and inspect PaLM models; train
-//! and use reward models; label sampled responses; DPO, PPO and GRPO.
+//! and use reward models; label sampled responses by rule or rank them by hand; DPO, PPO and GRPO.
 
 use clap::{Parser, Subcommand};
-use palm_rlhf::commands::{dpo, eval, grpo, info, label, ppo, reward, sample, sft, train};
+use palm_rlhf::commands::{dpo, eval, grpo, info, label, ppo, rank, reward, sample, sft, train};
 
 #[derive(Parser)]
 #[command(name = "palm", version, about = "PaLM + RLHF on our own tensor engine")]
@@ -27,6 +27,8 @@ enum Command {
     Grpo(grpo::GrpoArgs),
     /// Sample responses per prompt and rank them with a scripted labeler (AFINN, length, count).
     Label(label::LabelArgs),
+    /// Rank K responses per prompt yourself in the terminal; each ranking is appended at once.
+    Rank(rank::RankArgs),
     /// Continue a prompt from a checkpoint.
     Sample(sample::SampleArgs),
     /// Loss and bits per byte of a checkpoint on a text file.
@@ -45,6 +47,7 @@ fn main() {
         Command::Ppo(a) => ppo::run(a),
         Command::Grpo(a) => grpo::run(a),
         Command::Label(a) => label::run(a),
+        Command::Rank(a) => rank::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),

@@ -1,11 +1,11 @@
 //! `palm grpo`: Group Relative Policy Optimisation of a policy checkpoint (LoRA `actor` over the
 //! frozen policy, which is also the reference) against a reward model or a scripted rule.
 
-use super::label::{Stop, parse_stop};
 use super::ppo::positive;
 use crate::grpo::{GrpoRun, GrpoSettings, STATE_FORMAT};
 use crate::rl_run::{self, ACTOR, Learner, MetricsFile, Progress};
 use crate::rollout::RewardSource;
+use crate::sampling::{Stop, parse_stop};
 use crate::{Error, Result};
 use clap::Args;
 use palm_engine::Rng;

@@ -6,6 +6,7 @@ pub mod grpo;
 pub mod info;
 pub mod label;
 pub mod ppo;
+pub mod rank;
 pub mod reward;
 pub mod sample;
 pub mod sft;

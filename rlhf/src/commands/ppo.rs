@@ -1,10 +1,10 @@
 //! `palm ppo`: PPO of a policy checkpoint (LoRA `actor` over the frozen policy, which is also the
 //! reference) against a reward model or a scripted rule, with a LoRA `critic` and value head.
 
-use super::label::{Stop, parse_stop};
 use crate::ppo::{Critic, KlEstimator, PpoRun, PpoSettings, STATE_FORMAT};
 use crate::rl_run::{self, ACTOR, Learner, MetricsFile, Progress};
 use crate::rollout::RewardSource;
+use crate::sampling::{Stop, parse_stop};
 use crate::{Error, Result};
 use clap::Args;
 use palm_engine::Rng;
