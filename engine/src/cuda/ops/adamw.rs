@@ -6,18 +6,9 @@ use super::{BLOCK, Launch, ptr, suffix};
 use crate::cuda::launch::{KArg, LaunchCfg};
 use crate::{Result, Tensor};
 
-/// The hyper-parameters of one step of one tensor.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Step {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    /// 1 − β1^t and 1 − β2^t.
-    pub bias1: f32,
-    pub bias2: f32,
-}
+/// The hyper-parameters of one step: the CPU reference's (weight decay per tensor in
+/// `step_multi`'s slots).
+pub use crate::cpu::adamw::Hyper as Step;
 
 pub fn plan(gsfx: &str, p: u64, m: u64, v: u64, g: u64, n: usize, h: &Step, sms: u32) -> Launch {
     let grid = n.div_ceil(BLOCK as usize).clamp(1, 4 * sms.max(1) as usize) as u32;

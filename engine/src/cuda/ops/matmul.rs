@@ -155,18 +155,13 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, d: Dims, out_dims: &[usize]) -> Res
         } else {
             (a.clone(), b.clone())
         };
-        let (_ka, mut oa) = operand(&a)?;
-        let (kb, mut ob) = operand(&b)?;
-        let _kb2;
-        if oa.trans && ob.trans {
-            let c = kb.contiguous()?;
-            ob = operand_of(c.dims(), c.layout().strides(), base_ptr(&c)?)
-                .ok_or_else(|| Error::Invalid("internal: contiguous matmul operand".into()))?;
-            _kb2 = c;
-        }
-        if d.batch > 1 && a.rank() == 2 {
-            oa.batch_stride = 0;
-        }
+        // The operands as read (kept alive until the launch is queued).
+        let (_a, oa) = operand(&a)?;
+        // No kernel reads both operands transposed: then B is copied into row-major order.
+        let (_b, ob) = match operand(&b)? {
+            (_, o) if oa.trans && o.trans => operand(&b.contiguous()?)?,
+            read => read,
+        };
         let out_dtype = if f32_out { DType::F32 } else { DType::BF16 };
         let out = alloc(&dev, out_dtype, d.batch * d.m * d.n)?;
         if d.batch * d.m * d.n > 0 {
