@@ -111,19 +111,19 @@ impl DemoSettings {
             "reduced" => reduced,
             "quick" => DemoSettings {
                 model: PalmConfig::new(256, 32, 1, 2, 16),
-                pretrain_steps: 60,
+                pretrain_steps: 150,
                 pretrain_batch: 8,
                 pretrain_seq: 64,
                 pretrain_lr: 5e-3,
-                train_prompts: 48,
-                held_out_prompts: 16,
+                train_prompts: 300,
+                held_out_prompts: 32,
                 max_new: 16,
-                rm_epochs: 2,
-                updates: 12,
-                batch: 8,
+                rm_epochs: 3,
+                updates: 40,
+                batch: 16,
                 ppo_epochs: 2,
                 lr: 3e-3,
-                eval_samples: 4,
+                eval_samples: 8,
                 ..reduced
             },
             "full" => DemoSettings {
@@ -535,13 +535,6 @@ fn reward_model(
     let (Some(first), Some(last)) = (results.first(), results.last()) else {
         return Err(Error::Invalid("reward training ran no epoch".into()));
     };
-    eprintln!(
-        "reward model: held-out pairwise accuracy {:.3} ({}/{} pairs; {:.3} untrained)",
-        last.accuracy(),
-        last.correct,
-        last.pairs,
-        first.accuracy()
-    );
     let report = RewardReport {
         rankings: records.len(),
         skipped_prompts: skipped,
