@@ -337,7 +337,8 @@ mod tests {
         }
         assert!(svg.contains(">PPO &amp; co</text>"));
         assert_eq!(svg.matches(">update</text>").count(), 3);
-        assert!(svg.contains(r#"class="xtick">5</text>"#));
-        assert!(svg.contains(r#"class="ytick">5</text>"#));
+        // Updates 1…5 in steps of 0.5; y from 0.5 to 5 in steps of 2.
+        assert!(svg.contains(r#"class="xtick">5.0</text>"#));
+        assert!(svg.contains(r#"class="ytick">4</text>"#));
     }
 }

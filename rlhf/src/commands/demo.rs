@@ -42,9 +42,9 @@ pub struct DemoArgs {
     /// Longest response in bytes [preset].
     #[arg(long)]
     pub max_new: Option<usize>,
-    /// A response ends at this byte: newline, none, or one ASCII character.
-    #[arg(long, default_value = ".", value_parser = parse_stop)]
-    pub eos: Stop,
+    /// A response ends at this byte: newline, none, or one ASCII character [preset: none; quick: .].
+    #[arg(long, value_parser = parse_stop)]
+    pub eos: Option<Stop>,
     /// Reward-model epochs [preset].
     #[arg(long)]
     pub rm_epochs: Option<u64>,
@@ -87,7 +87,7 @@ pub fn settings_of(a: &DemoArgs) -> Result<DemoSettings> {
     s.policy = a.policy.clone();
     s.seed = a.seed;
     s.labeler = a.labeler.clone();
-    s.eos = a.eos.0;
+    s.eos = a.eos.map_or(s.eos, |e| e.0);
     s.pretrain_steps = a.pretrain_steps.unwrap_or(s.pretrain_steps);
     s.train_prompts = a.prompts.unwrap_or(s.train_prompts);
     s.held_out_prompts = a.held_out.unwrap_or(s.held_out_prompts);
