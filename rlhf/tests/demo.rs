@@ -239,7 +239,16 @@ fn every_flag_has_help_and_bad_inputs_give_one_clear_error() {
 
     let dir = scratch("demo-bad");
     let out = dir.join("out");
-    assert_one_error(&demo(&out, &["--preset", "huge"]), "unknown preset 'huge'");
+    assert_one_error(
+        &palm(&[
+            "rlhf-demo",
+            "--preset",
+            "huge",
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        "unknown preset 'huge'",
+    );
     assert_one_error(&demo(&out, &["--samples", "1"]), "--samples");
     assert_one_error(
         &demo(
