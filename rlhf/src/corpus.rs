@@ -100,6 +100,36 @@ pub fn spaced_windows(data: &[u8], count: usize, len: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Openings of the sentences of `text`, each exactly `len` bytes ending in a space after a whole
+/// word: prompts that read naturally, all of one length (rollouts decode prompts of one length
+/// together). A sentence starts at the text's start, after a newline, or after ". ", "! " or
+/// "? ", with an ASCII capital; an opening must be printable ASCII without a sentence end of
+/// its own (so "Mr. Speaker" does not count). Distinct, in order of appearance.
+pub fn sentence_starts(text: &[u8], len: usize) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    if len < 2 {
+        return out;
+    }
+    for i in 0..text.len().saturating_sub(len - 1) {
+        let starts = i == 0
+            || text[i - 1] == b'\n'
+            || (i >= 2 && text[i - 1] == b' ' && matches!(text[i - 2], b'.' | b'!' | b'?'));
+        if !starts || !text[i].is_ascii_uppercase() {
+            continue;
+        }
+        let open = &text[i..i + len];
+        let printable = open
+            .iter()
+            .all(|b| (b' '..=b'~').contains(b) && !matches!(b, b'.' | b'!' | b'?'));
+        if printable && open[len - 1] == b' ' && open[len - 2] != b' ' && seen.insert(open) {
+            // Printable ASCII, so valid UTF-8.
+            out.push(String::from_utf8_lossy(open).into_owned());
+        }
+    }
+    out
+}
+
 /// Consecutive windows of `n + 1` bytes at stride `n` from the start, the last partial window
 /// dropped: the `palm eval` protocol.
 pub fn strided_windows(data: &[u8], n: usize) -> Vec<Vec<u32>> {
@@ -114,4 +144,24 @@ pub fn strided_windows(data: &[u8], n: usize) -> Vec<Vec<u32>> {
                 .collect()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentence_starts_are_whole_words_of_one_length() {
+        let text = b"We can do it. We can win! Mr. Speaker, thank you. \
+                     we lower. Thank you\nWe can go now? Our caf\xc3\xa9 is open. We can do it again.";
+        let starts = sentence_starts(text, 7);
+        // "We can " thrice (kept once), "Mr. Sp" has a sentence end, "we" is lowercase,
+        // "Thank y" ends mid-word, "Our caf\xc3" is not ASCII.
+        assert_eq!(starts, ["We can "]);
+        // "Thank you\n" ends in a newline, not a space.
+        assert_eq!(sentence_starts(text, 10), ["We can do ", "We can go "]);
+        assert_eq!(sentence_starts(b"Ab ", 3), ["Ab "]);
+        assert!(sentence_starts(b"Ab", 3).is_empty());
+        assert!(sentence_starts(text, 0).is_empty());
+    }
 }

@@ -4,10 +4,12 @@
 pub mod commands;
 pub mod corpus;
 pub mod data;
+pub mod demo;
 pub mod dpo;
 pub mod error;
 pub mod grpo;
 pub mod labelers;
+pub mod plot;
 pub mod ppo;
 pub mod rank;
 pub mod reward;

@@ -4,6 +4,7 @@
 //! turn log-probs, KL, values and scores into advantages (GAE, whitened) and returns, then
 //! `ppo_epochs` passes of `minibatches` clipped-loss AdamW steps.
 
+use crate::labelers::Labeler;
 use crate::rl_math::{
     KlController, PpoBatch, PpoConfig, gae, kl_k1_host, kl_k3_host, ppo_loss, token_rewards, whiten,
 };
@@ -12,7 +13,7 @@ use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, gather, mean
 use crate::{Error, Result};
 use palm_engine::{AdamW, Rng, SafeFile, Tensor, no_grad};
 use palm_model::checkpoint::{get_checked, load_lora};
-use palm_model::{LoraScope, PalmConfig, PalmParams};
+use palm_model::{LoraScope, PalmConfig, PalmParams, tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -422,6 +423,55 @@ pub struct PpoRun {
     pub reward: RewardSource,
     pub out: PathBuf,
     pub metrics: MetricsFile,
+    /// A scripted score of each rollout, logged as `gold_score_mean` beside the score trained
+    /// on and never trained on: how the demo watches a reward model's policy by the rule the
+    /// model was fitted to.
+    pub gold: Option<Labeler>,
+}
+
+impl PpoRun {
+    /// A fresh run from `base` (frozen: the start and the reference): new actor adapters,
+    /// critic and optimizer seeded by `settings.seed`, and a new metrics file in `out`.
+    pub fn new(
+        settings: PpoSettings,
+        base: PalmParams,
+        reward: RewardSource,
+        prompts: Vec<Vec<u32>>,
+        out: &Path,
+    ) -> Result<Self> {
+        let s = settings;
+        if prompts.is_empty() {
+            return Err(Error::Invalid("PPO needs at least one prompt".into()));
+        }
+        let mut rng = Rng::new(s.seed);
+        let actor = LoraScope::new(&base.config, rl_run::ACTOR, s.lora_rank, None, &mut rng)?;
+        let critic = Critic::new(&base.config, s.lora_rank, &mut rng)?;
+        let learner = Learner {
+            actor,
+            critic: Some(critic),
+        };
+        let opt = rl_run::adam(s.lr, s.weight_decay, &learner)?;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let metrics = MetricsFile::open(out, false)?;
+        Ok(PpoRun {
+            kl_ctl: s.kl_controller(s.beta)?,
+            progress: Progress {
+                update: 0,
+                cursor: 0,
+                rng,
+                beta: s.beta,
+            },
+            base,
+            learner,
+            opt,
+            settings: s,
+            prompts,
+            reward,
+            out: out.to_path_buf(),
+            metrics,
+            gold: None,
+        })
+    }
 }
 
 impl RlRun for PpoRun {
@@ -510,8 +560,19 @@ impl RlRun for PpoRun {
             "grad_norm": stats.grad_norm, "response_length": length, "eos_rate": eos_rate,
             "rollout_s": rollout_s, "train_s": train_s,
         });
+        let mut metrics = metrics;
+        let mut gold_line = String::new();
+        if let Some(rule) = &self.gold {
+            let gold: Vec<f32> = episodes
+                .iter()
+                .map(|e| rule.score(&tokenizer::decode(e.text())) as f32)
+                .collect();
+            let (gold_mean, _) = mean_std(&gold);
+            metrics["gold_score_mean"] = gold_mean.into();
+            gold_line = format!("{rule} {gold_mean:.3} ");
+        }
         let line = format!(
-            "score {score_mean:.3}±{score_std:.3} kl {kl:.4} β {beta:.4} ent {:.3} approx-kl {:.4} clip {:.3} vloss {:.4} len {length:.1} eos {eos_rate:.2} ({rollout_s:.2}s rollout, {train_s:.2}s train)",
+            "{gold_line}score {score_mean:.3}±{score_std:.3} kl {kl:.4} β {beta:.4} ent {:.3} approx-kl {:.4} clip {:.3} vloss {:.4} len {length:.1} eos {eos_rate:.2} ({rollout_s:.2}s rollout, {train_s:.2}s train)",
             stats.entropy, stats.approx_kl, stats.clip_frac, stats.value_loss
         );
         Ok(Report {

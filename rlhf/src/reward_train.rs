@@ -72,6 +72,29 @@ pub fn split_held_out(n: usize, val_frac: f64, rng: &mut Rng) -> Result<(Vec<usi
     Ok((idx, val))
 }
 
+/// `records` as token ids fitted into `seq_len`, split into (train, held-out) by
+/// `split_held_out`, with the number of records that had to be cut.
+pub fn split_records(
+    records: &[PreferenceRecord],
+    val_frac: f64,
+    seq_len: usize,
+    rng: &mut Rng,
+) -> Result<(Vec<Ranked>, Vec<Ranked>, usize)> {
+    let (train_idx, val_idx) = split_held_out(records.len(), val_frac, rng)?;
+    let mut cut = 0;
+    let mut ranked = |idx: &[usize]| -> Vec<Ranked> {
+        idx.iter()
+            .map(|&i| {
+                let (r, was_cut) = Ranked::new(&records[i], seq_len);
+                cut += usize::from(was_cut);
+                r
+            })
+            .collect()
+    };
+    let (train, val) = (ranked(&train_idx), ranked(&val_idx));
+    Ok((train, val, cut))
+}
+
 /// Fisher–Yates with the run's RNG.
 fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
     for i in (1..v.len()).rev() {

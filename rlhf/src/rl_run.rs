@@ -310,9 +310,7 @@ pub fn move_to(
     opt: &mut AdamW,
     reward: &mut crate::rollout::RewardSource,
 ) -> Result<()> {
-    if base.device() == device {
-        return Ok(());
-    }
+    // Each move is a no-op for what is already there (a run built around a moved base).
     *base = base.to_device(device)?;
     freeze(base);
     learner.actor.move_to(device)?;

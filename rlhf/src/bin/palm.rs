@@ -1,8 +1,11 @@
 //! The `palm` command line: train, fine-tune, sample, evaluate and inspect PaLM models; train
-//! and use reward models; label sampled responses by rule or rank them by hand; DPO, PPO and GRPO.
+//! and use reward models; label sampled responses by rule or rank them by hand; DPO, PPO and GRPO;
+//! the RLHF demo.
 
 use clap::{Parser, Subcommand};
-use palm_rlhf::commands::{dpo, eval, grpo, info, label, ppo, rank, reward, sample, sft, train};
+use palm_rlhf::commands::{
+    demo, dpo, eval, grpo, info, label, ppo, rank, reward, sample, sft, train,
+};
 
 #[derive(Parser)]
 #[command(name = "palm", version, about = "PaLM + RLHF on our own tensor engine")]
@@ -25,6 +28,9 @@ enum Command {
     Ppo(ppo::PpoArgs),
     /// GRPO of a policy (LoRA actor, groups of sampled responses) against a reward model or a rule.
     Grpo(grpo::GrpoArgs),
+    /// The whole RLHF pipeline on the shipped corpus: pretrain (or --policy), label with a
+    /// scripted human, train a reward model, PPO, and a held-out before/after comparison.
+    RlhfDemo(demo::DemoArgs),
     /// Sample responses per prompt and rank them with a scripted labeler (AFINN, length, count).
     Label(label::LabelArgs),
     /// Rank K responses per prompt yourself in the terminal; each ranking is appended at once.
@@ -46,6 +52,7 @@ fn main() {
         Command::Dpo(a) => dpo::run(a),
         Command::Ppo(a) => ppo::run(a),
         Command::Grpo(a) => grpo::run(a),
+        Command::RlhfDemo(a) => demo::run(a),
         Command::Label(a) => label::run(a),
         Command::Rank(a) => rank::run(a),
         Command::Sample(a) => sample::run(a),

@@ -39,6 +39,18 @@ fn parse_labeler(s: &str) -> std::result::Result<Labeler, String> {
     s.parse()
 }
 
+/// The distinct `responses` ranked best to worst by `by`, with their scores; `None` when fewer
+/// than two are distinct (nothing to compare).
+pub fn rank_distinct(by: &Labeler, responses: Vec<String>) -> Option<(Vec<String>, Vec<i64>)> {
+    let responses = crate::sampling::distinct(responses);
+    if responses.len() < 2 {
+        return None;
+    }
+    let ranked = by.rank(responses);
+    let scores = ranked.iter().map(|r| by.score(r)).collect();
+    Some((ranked, scores))
+}
+
 pub fn run(args: LabelArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
     let prompts = read_jsonl::<PromptRecord>(&args.prompts)?;
@@ -53,12 +65,10 @@ pub fn run(args: LabelArgs) -> Result<()> {
         if pb.is_hidden() && (i + 1) % 10 == 0 {
             eprintln!("labelled {} of {} prompts", i + 1, prompts.len());
         }
-        if responses.len() < 2 {
+        let Some((ranked, scores)) = rank_distinct(&args.by, responses) else {
             skipped += 1;
             continue;
-        }
-        let ranked = args.by.rank(responses);
-        let scores: Vec<i64> = ranked.iter().map(|r| args.by.score(r)).collect();
+        };
         tied += usize::from(scores.windows(2).any(|w| w[0] == w[1]));
         best += scores[0];
         worst += scores[scores.len() - 1];

@@ -2,13 +2,11 @@
 //! reference) against a reward model or a scripted rule, with a LoRA `critic` and value head.
 
 use crate::ppo::{Critic, KlEstimator, PpoRun, PpoSettings, STATE_FORMAT};
-use crate::rl_run::{self, ACTOR, Learner, MetricsFile, Progress};
+use crate::rl_run::{self, ACTOR, MetricsFile};
 use crate::rollout::RewardSource;
 use crate::sampling::{Stop, parse_stop};
 use crate::{Error, Result};
 use clap::Args;
-use palm_engine::Rng;
-use palm_model::LoraScope;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -128,7 +126,8 @@ pub(crate) fn positive(name: &str, x: f32) -> Result<()> {
     }
 }
 
-fn check(s: &PpoSettings) -> Result<()> {
+/// Every setting in its range (the flags' names in the messages).
+pub fn check(s: &PpoSettings) -> Result<()> {
     positive("--temperature", s.temperature)?;
     positive("--lr", s.lr)?;
     positive("--grad-clip", s.grad_clip)?;
@@ -259,33 +258,7 @@ fn fresh(args: &PpoArgs) -> Result<PpoRun> {
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
     let base = rl_run::load_policy(&s.policy)?;
-    let mut rng = Rng::new(s.seed);
-    let actor = LoraScope::new(&base.config, ACTOR, s.lora_rank, None, &mut rng)?;
-    let critic = Critic::new(&base.config, s.lora_rank, &mut rng)?;
-    let learner = Learner {
-        actor,
-        critic: Some(critic),
-    };
-    let opt = rl_run::adam(s.lr, s.weight_decay, &learner)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
-    let metrics = MetricsFile::open(&args.out, false)?;
-    Ok(PpoRun {
-        kl_ctl: s.kl_controller(s.beta)?,
-        progress: Progress {
-            update: 0,
-            cursor: 0,
-            rng,
-            beta: s.beta,
-        },
-        base,
-        learner,
-        opt,
-        settings: s,
-        prompts,
-        reward,
-        out: args.out.clone(),
-        metrics,
-    })
+    PpoRun::new(s, base, reward, prompts, &args.out)
 }
 
 /// Continue the run saved in `dir` with its own settings (`--updates` may change).
@@ -314,5 +287,6 @@ fn resume(dir: &std::path::Path, args: &PpoArgs) -> Result<PpoRun> {
         reward,
         out: dir.to_path_buf(),
         metrics,
+        gold: None,
     })
 }

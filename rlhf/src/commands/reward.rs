@@ -140,19 +140,9 @@ fn train(args: TrainArgs) -> Result<()> {
         );
     }
     let mut rng = Rng::new(args.seed);
-    let (train_idx, val_idx) = reward_train::split_held_out(records.len(), args.val_frac, &mut rng)
-        .map_err(|e| Error::data(&args.data, None, e.to_string()))?;
-    let mut cut = 0;
-    let mut ranked = |idx: &[usize]| -> Vec<Ranked> {
-        idx.iter()
-            .map(|&i| {
-                let (r, was_cut) = Ranked::new(&records[i], args.seq_len as usize);
-                cut += usize::from(was_cut);
-                r
-            })
-            .collect()
-    };
-    let (train, val) = (ranked(&train_idx), ranked(&val_idx));
+    let (train, val, cut) =
+        reward_train::split_records(&records, args.val_frac, args.seq_len as usize, &mut rng)
+            .map_err(|e| Error::data(&args.data, None, e.to_string()))?;
     if cut > 0 {
         eprintln!("note: {cut} ranking(s) cut to --seq-len {}", args.seq_len);
     }

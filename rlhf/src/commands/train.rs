@@ -87,15 +87,15 @@ const DEFAULT_STEPS: u64 = 2000;
 
 /// What a resume needs besides the optimiser settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct RunSettings {
-    data: Option<PathBuf>,
-    batch: u64,
-    seq_len: u64,
-    val_every: u64,
-    val_windows: u64,
-    sample_every: u64,
-    sample_tokens: usize,
-    ckpt_every: u64,
+pub struct RunSettings {
+    pub data: Option<PathBuf>,
+    pub batch: u64,
+    pub seq_len: u64,
+    pub val_every: u64,
+    pub val_windows: u64,
+    pub sample_every: u64,
+    pub sample_tokens: usize,
+    pub ckpt_every: u64,
 }
 
 fn model_config(a: &TrainArgs) -> Result<PalmConfig> {
@@ -188,36 +188,50 @@ pub fn run(args: TrainArgs) -> Result<()> {
         run.seq_len,
         describe(device)
     );
-    let task = Pretrain {
-        train: &corpus.train,
-        val: spaced_windows(
-            &corpus.val,
-            run.val_windows as usize,
-            run.seq_len as usize + 1,
-        ),
-        batch: run.batch as usize,
-        len: run.seq_len as usize + 1,
-        sample_tokens: run.sample_tokens,
-        seed: trainer.settings.seed,
-    };
-    let schedule = Schedule {
-        tokens_per_step: run.batch * run.seq_len,
-        val_every: run.val_every,
-        sample_every: run.sample_every,
-        ckpt_every: run.ckpt_every,
-        stop_at: args.stop_at,
-    };
-    trainer.run(&task, &schedule)
+    let task = Pretrain::new(&corpus, &run, trainer.settings.seed);
+    trainer.run(&task, &run.schedule(args.stop_at))
+}
+
+impl RunSettings {
+    /// The loop's schedule for these settings.
+    pub fn schedule(&self, stop_at: Option<u64>) -> Schedule {
+        Schedule {
+            tokens_per_step: self.batch * self.seq_len,
+            val_every: self.val_every,
+            sample_every: self.sample_every,
+            ckpt_every: self.ckpt_every,
+            stop_at,
+        }
+    }
 }
 
 /// Next-byte prediction on random windows of the corpus; validation in bits per byte.
-struct Pretrain<'a> {
+pub struct Pretrain<'a> {
     train: &'a [u8],
     val: Vec<Vec<u32>>,
     batch: usize,
     len: usize,
     sample_tokens: usize,
     seed: u64,
+}
+
+impl<'a> Pretrain<'a> {
+    /// The task for `corpus` (its training part; validation windows evenly spaced over its
+    /// held-out part); `seed` seeds the progress samples.
+    pub fn new(corpus: &'a Corpus, run: &RunSettings, seed: u64) -> Self {
+        Pretrain {
+            train: &corpus.train,
+            val: spaced_windows(
+                &corpus.val,
+                run.val_windows as usize,
+                run.seq_len as usize + 1,
+            ),
+            batch: run.batch as usize,
+            len: run.seq_len as usize + 1,
+            sample_tokens: run.sample_tokens,
+            seed,
+        }
+    }
 }
 
 impl Task for Pretrain<'_> {
@@ -256,7 +270,7 @@ impl Task for Pretrain<'_> {
 }
 
 /// "the CPU" or the GPU's name, for the start line.
-fn describe(device: palm_engine::Device) -> String {
+pub fn describe(device: palm_engine::Device) -> String {
     match device {
         palm_engine::Device::Cpu => "the CPU".into(),
         palm_engine::Device::Cuda(i) => palm_engine::cuda::CudaDevice::get(i)
