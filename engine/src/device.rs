@@ -42,8 +42,19 @@ impl std::str::FromStr for DeviceRequest {
 }
 
 impl DeviceRequest {
-    /// Resolve to a device. `Auto` falls back to the CPU and returns the reason as a notice.
+    /// Resolve to a device. `Auto` follows `PALM_DEVICE` (cpu or cuda) when it is set, else
+    /// takes the GPU when one is usable and falls back to the CPU with the reason as a notice.
     pub fn resolve(self) -> Result<(Device, Option<String>)> {
+        if self == DeviceRequest::Auto
+            && let Ok(v) = std::env::var("PALM_DEVICE")
+        {
+            return match v.trim().parse::<DeviceRequest>() {
+                Ok(DeviceRequest::Auto) | Err(_) => Err(Error::Invalid(format!(
+                    "PALM_DEVICE='{v}': expected cpu or cuda"
+                ))),
+                Ok(req) => req.resolve(),
+            };
+        }
         match self {
             DeviceRequest::Cpu => Ok((Device::Cpu, None)),
             DeviceRequest::Cuda => crate::cuda::check_available().map(|()| (Device::Cuda(0), None)),

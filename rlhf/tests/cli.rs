@@ -314,3 +314,42 @@ fn bad_inputs_give_one_clear_error() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `PALM_DEVICE` steers `--device auto` (the default): cpu, cuda, or an error naming it.
+#[test]
+fn palm_device_steers_auto() {
+    let eval = |device: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_palm"))
+            .args([
+                "eval",
+                "--checkpoint",
+                "no-such-model.safetensors",
+                "--data",
+                "x",
+            ])
+            .env("PALM_DEVICE", device)
+            .output()
+            .expect("run palm")
+    };
+    let bad = eval("tpu");
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("PALM_DEVICE='tpu'"),
+        "{}",
+        stderr(&bad)
+    );
+    // cpu: the device resolves and the missing checkpoint is the error.
+    let cpu = eval("cpu");
+    assert!(
+        stderr(&cpu).contains("no-such-model.safetensors"),
+        "{}",
+        stderr(&cpu)
+    );
+    // cuda: without a usable GPU that is the error; with one, the checkpoint is.
+    let cuda = stderr(&eval("cuda"));
+    assert!(
+        cuda.contains("CUDA is not available") || cuda.contains("no-such-model.safetensors"),
+        "{cuda}"
+    );
+    assert_eq!(cuda.lines().count(), 1, "{cuda}");
+}

@@ -18,10 +18,12 @@ pub const TINY_MODEL: &[&str] = &[
     "cpu",
 ];
 
-/// Run `palm` with `args` and collect its output.
+/// Run `palm` with `args` and collect its output. `--device auto` (every command's default)
+/// means the CPU here, so results are the same on a machine with a GPU.
 pub fn palm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_palm"))
         .args(args)
+        .env("PALM_DEVICE", "cpu")
         .output()
         .expect("run palm")
 }
