@@ -313,7 +313,8 @@ proptest! {
         ids[0] = v as u32; // out of range
         let it = Tensor::from_vec(ids.clone(), &[rows]).unwrap();
         let dims = [rows, v];
-        let logits = inp(normal(&dims, seed).iter().map(|x| 2.0 * x).collect(), &dims);
+        // Unit-scale logits: a saturated softmax (p ≈ 1) leaves gradients near f32 rounding.
+        let logits = inp(normal(&dims, seed), &dims);
         let lt = Tensor::from_vec(logits.data.clone(), &dims).unwrap();
         let lp = logprob(&lt, &it, temperature).unwrap().to_vec::<f32>().unwrap();
         let h = entropy(&lt, temperature).unwrap().to_vec::<f32>().unwrap();
