@@ -114,10 +114,23 @@ fn copy_suffix(dtype: DType) -> Result<&'static str> {
     }
 }
 
-fn dims_args(d: [usize; 4]) -> Result<Vec<KArg>> {
-    d.iter()
-        .map(|&v| super::int(v, "copy dim").map(KArg::I32))
-        .collect()
+/// (element count, the arguments both copy kernels start with: src, dst, n, d0..d3, s0..s3,
+/// source offset).
+fn copy_args(
+    src: u64,
+    dst: u64,
+    d: [usize; 4],
+    s: [i64; 4],
+    soff: usize,
+) -> Result<(usize, Vec<KArg>)> {
+    let n: usize = d.iter().product();
+    let mut args = vec![KArg::Ptr(src), KArg::Ptr(dst), KArg::I64(n as i64)];
+    for v in d {
+        args.push(KArg::I32(super::int(v, "copy dim")?));
+    }
+    args.extend(s.iter().map(|&v| KArg::I64(v)));
+    args.push(KArg::I64(soff as i64));
+    Ok((n, args))
 }
 
 /// A strided view (`offset`, `strides`, ≤ 4 dims after collapsing) → a contiguous buffer.
@@ -130,11 +143,7 @@ pub fn plan_copy(
     offset: usize,
     sms: u32,
 ) -> Result<Launch> {
-    let n: usize = d.iter().product();
-    let mut args = vec![KArg::Ptr(src), KArg::Ptr(dst), KArg::I64(n as i64)];
-    args.extend(dims_args(d)?);
-    args.extend(s.iter().map(|&v| KArg::I64(v)));
-    args.push(KArg::I64(offset as i64));
+    let (n, args) = copy_args(src, dst, d, s, offset)?;
     Ok(Launch::new(
         format!("copy_strided_fwd_{}", copy_suffix(dtype)?),
         gs(n, sms),
@@ -142,7 +151,8 @@ pub fn plan_copy(
     ))
 }
 
-/// A strided view → a strided view of another buffer (a slice of a concatenation).
+/// A strided view → a strided view of another buffer (a slice of a concatenation): the
+/// destination's strides `t` and offset `doff` follow the source's.
 pub fn plan_copy_into(
     dtype: DType,
     src: u64,
@@ -154,11 +164,7 @@ pub fn plan_copy_into(
     doff: usize,
     sms: u32,
 ) -> Result<Launch> {
-    let n: usize = d.iter().product();
-    let mut args = vec![KArg::Ptr(src), KArg::Ptr(dst), KArg::I64(n as i64)];
-    args.extend(dims_args(d)?);
-    args.extend(s.iter().map(|&v| KArg::I64(v)));
-    args.push(KArg::I64(soff as i64));
+    let (n, mut args) = copy_args(src, dst, d, s, soff)?;
     args.extend(t.iter().map(|&v| KArg::I64(v)));
     args.push(KArg::I64(doff as i64));
     Ok(Launch::new(
