@@ -11,9 +11,8 @@ use crate::data::PreferenceRecord;
 use crate::reward_train::Ranked;
 use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_logprobs};
 use crate::rl_run::{MetricsFile, shuffle};
-use crate::trainer::Throughput;
+use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
 use palm_model::checkpoint::save_model;
 use palm_model::{Forward, LoraScope, PalmParams};
@@ -300,14 +299,8 @@ pub fn train(
         },
         &policy.trainable(),
     )?;
-    let pb = progress(total);
-    let say = |line: String| {
-        if pb.is_hidden() {
-            eprintln!("{line}")
-        } else {
-            pb.println(line)
-        }
-    };
+    let pb = progress_bar(total);
+    let say = |line: String| say(&pb, line);
     let validate = |policy: &Policy, step: u64, metrics: &mut MetricsFile| -> Result<HeldOut> {
         let held = evaluate(policy, val, batch, s.beta)?;
         say(format!("step {step}: {}", held_line(&held)));
@@ -397,17 +390,4 @@ pub fn held_line(h: &HeldOut) -> String {
         h.stats.chosen_reward,
         h.stats.rejected_reward
     )
-}
-
-/// A bar with the step count and the last step's metrics, or nothing when stderr is not a
-/// terminal (then the loop prints plain lines).
-fn progress(total: u64) -> ProgressBar {
-    let pb = ProgressBar::new(total);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb
 }

@@ -6,9 +6,8 @@
 
 use crate::data::PreferenceRecord;
 use crate::reward::{RewardModel, Scored, ranking_loss};
-use crate::trainer::Throughput;
+use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
 use palm_model::tokenizer;
 use std::io::Write;
@@ -223,14 +222,8 @@ pub fn train(
         },
         &rm.trainable(),
     )?;
-    let pb = progress(total);
-    let say = |line: String| {
-        if pb.is_hidden() {
-            eprintln!("{line}")
-        } else {
-            pb.println(line)
-        }
-    };
+    let pb = progress_bar(total);
+    let say = |line: String| say(&pb, line);
     let start = evaluate(rm, val, batch)?;
     say(format!("epoch 0 (untrained): {}", held_line(&start)));
     metrics.log(epoch_json(0, 0, None, &start))?;
@@ -315,19 +308,6 @@ fn epoch_json(epoch: u64, step: u64, train_loss: Option<f64>, h: &HeldOut) -> se
         "epoch": epoch, "step": step, "train_loss": train_loss, "val_loss": h.loss,
         "val_accuracy": h.accuracy(), "val_correct": h.correct, "val_pairs": h.pairs,
     })
-}
-
-/// A bar with the step count and loss, or nothing when stderr is not a terminal (then the loop
-/// prints plain lines).
-fn progress(total: u64) -> ProgressBar {
-    let pb = ProgressBar::new(total);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb
 }
 
 /// `metrics.jsonl`: one JSON object a line.

@@ -332,6 +332,14 @@ pub fn secs(t: std::time::Instant) -> f64 {
 /// The policy to start from, with its weights frozen: a model checkpoint, its `actor` adapters
 /// (a LoRA run's output) merged in, so it is both the start and the reference.
 pub fn load_policy(path: &Path) -> Result<PalmParams> {
+    let mut params = load_merged_policy(path)?;
+    freeze(&mut params);
+    Ok(params)
+}
+
+/// A model checkpoint as a policy: a reward model's trunk, or a model with its `actor` adapters
+/// (a LoRA run's output) merged in. Its weights stay trainable.
+pub fn load_merged_policy(path: &Path) -> Result<PalmParams> {
     let (mut params, file) = load_model(path)?;
     if file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT) {
         eprintln!(
@@ -346,7 +354,6 @@ pub fn load_policy(path: &Path) -> Result<PalmParams> {
         );
         actor.merge_into(&mut params)?;
     }
-    freeze(&mut params);
     Ok(params)
 }
 

@@ -293,20 +293,8 @@ impl Trainer {
             );
             return Ok(());
         }
-        let pb = ProgressBar::new(self.settings.steps).with_position(self.step);
-        pb.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        let say = |s: String| {
-            if pb.is_hidden() {
-                eprintln!("{s}")
-            } else {
-                pb.println(s)
-            }
-        };
+        let pb = progress_bar(self.settings.steps).with_position(self.step);
+        let say = |s: String| say(&pb, s);
         let due = |every: u64, step: u64| every > 0 && step.is_multiple_of(every);
         let mut speed = Throughput::default();
         let mut summary = None;
@@ -377,6 +365,28 @@ impl Trainer {
             eprintln!("GPU memory pool{pool}: {}", dev.pool_stats());
         }
         Ok(())
+    }
+}
+
+/// The bar every training loop shows: step count, times, and the loop's message. Hidden when
+/// stderr is not a terminal (the loops then print plain lines through [`say`]).
+pub fn progress_bar(total: u64) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// Print a line above the bar, or as a plain line when the bar is hidden.
+pub fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        eprintln!("{line}")
+    } else {
+        pb.println(line)
     }
 }
 

@@ -7,7 +7,6 @@ use crate::reward_train::split_held_out;
 use crate::{Error, Result};
 use clap::Args;
 use palm_engine::Rng;
-use palm_model::checkpoint::{load_lora, load_model};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -84,19 +83,7 @@ fn check_args(a: &DpoArgs) -> Result<()> {
     if !(a.val_frac > 0.0 && a.val_frac < 1.0) {
         return bad("--val-frac must be between 0 and 1 (exclusive)");
     }
-    if !(a.lr > 0.0 && a.lr.is_finite()) {
-        return bad("--lr must be a positive number");
-    }
-    if !(a.min_lr >= 0.0 && a.min_lr <= a.lr) {
-        return bad("--min-lr must be between 0 and --lr");
-    }
-    if !(a.grad_clip.is_finite() && a.grad_clip > 0.0) {
-        return bad("--grad-clip must be positive");
-    }
-    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
-        return bad("--weight-decay must be ≥ 0");
-    }
-    Ok(())
+    super::check_optim_flags(a.lr, a.min_lr, a.grad_clip, a.weight_decay)
 }
 
 pub fn run(args: DpoArgs) -> Result<()> {
@@ -104,20 +91,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
     check_args(&args)?;
     // Data and checkpoint are checked before anything is created on disk.
     let records = read_jsonl::<PreferenceRecord>(&args.data)?;
-    let (mut params, file) = load_model(&args.policy)?;
-    if file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT) {
-        eprintln!(
-            "note: {} is a reward model; its trunk is used as the policy",
-            args.policy.display()
-        );
-    }
-    if let Some(actor) = load_lora(&file, &params.config, LORA_SCOPE)? {
-        eprintln!(
-            "note: {} holds '{LORA_SCOPE}' adapters; they are merged into the policy and the reference",
-            args.policy.display()
-        );
-        actor.merge_into(&mut params)?;
-    }
+    let params = crate::rl_run::load_merged_policy(&args.policy)?;
     let mut rng = Rng::new(args.seed);
     let (train_idx, val_idx) = split_held_out(records.len(), args.val_frac, &mut rng)
         .map_err(|e| Error::data(&args.data, None, e.to_string()))?;

@@ -112,19 +112,7 @@ fn check_args(a: &TrainArgs) -> Result<()> {
     if !(a.val_frac > 0.0 && a.val_frac < 1.0) {
         return bad("--val-frac must be between 0 and 1 (exclusive)");
     }
-    if !(a.lr > 0.0 && a.lr.is_finite()) {
-        return bad("--lr must be a positive number");
-    }
-    if !(a.min_lr >= 0.0 && a.min_lr <= a.lr) {
-        return bad("--min-lr must be between 0 and --lr");
-    }
-    if !(a.grad_clip.is_finite() && a.grad_clip > 0.0) {
-        return bad("--grad-clip must be positive");
-    }
-    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
-        return bad("--weight-decay must be ≥ 0");
-    }
-    Ok(())
+    super::check_optim_flags(a.lr, a.min_lr, a.grad_clip, a.weight_decay)
 }
 
 fn train(args: TrainArgs) -> Result<()> {
