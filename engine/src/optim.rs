@@ -154,6 +154,16 @@ impl AdamW {
         Ok(())
     }
 
+    /// Rebuild the moments on the devices of `params` (the same parameters, moved), keeping the
+    /// step and the values.
+    pub fn follow(&mut self, params: &[Tensor]) -> Result<()> {
+        let (step, moments) = self.state()?;
+        let mut moved = AdamW::new(self.cfg, params)?;
+        moved.restore(step, moments)?;
+        *self = moved;
+        Ok(())
+    }
+
     /// (step, moments) for a training checkpoint (copied to the host).
     pub fn state(&self) -> Result<(u64, Vec<Moments>)> {
         let moments = self

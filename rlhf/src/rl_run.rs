@@ -317,10 +317,7 @@ pub fn move_to(
     if let Some(c) = learner.critic.as_mut() {
         c.move_to(device)?;
     }
-    let (step, moments) = opt.state()?;
-    let mut moved = AdamW::new(opt.cfg, &learner.tensors())?;
-    moved.restore(step, moments)?;
-    *opt = moved;
+    opt.follow(&learner.tensors())?;
     reward.move_to(device)
 }
 

@@ -163,12 +163,8 @@ impl Trainer {
         if self.params.device() == device {
             return Ok(());
         }
-        let (step, moments) = self.opt.state()?;
         self.params = self.params.to_device(device)?;
-        let mut opt = AdamW::new(self.opt.cfg, &self.params.tensors())?;
-        opt.restore(step, moments)?;
-        self.opt = opt;
-        Ok(())
+        Ok(self.opt.follow(&self.params.tensors())?)
     }
 
     pub fn lr(&self) -> f32 {
