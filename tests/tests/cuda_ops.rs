@@ -66,6 +66,15 @@ fn compare(name: &str, dt: DType, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Te
     compare_tol(name, dt, tol(dt), grad_tol, inputs, f)
 }
 
+/// Ops that reduce (sums, log-sum-exp, normalisation, scatter-add): in f32 the GPU's summation
+/// order differs from the CPU's, which moves the smallest elements of a result by a few ULPs of
+/// the largest — above 1e-5 of the scale (DESIGN's bound for elementwise f32), below 1e-4.
+fn compare_reduced(name: &str, dt: DType, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
+    let t = if dt == DType::F32 { 1e-4 } else { tol(dt) };
+    let g = if dt == DType::F32 { 1e-4 } else { 2e-2 };
+    compare_tol(name, dt, t, g, inputs, f)
+}
+
 /// Matmul runs on the tensor cores in bf16 whatever the operands' dtype (f32 operands are
 /// rounded, the result stays f32), so both dtypes are held to the bf16 tolerance on inputs
 /// already rounded to bf16.
@@ -178,15 +187,16 @@ proptest! {
         prop_assert_eq!(t.to_vec::<u32>().unwrap(), ids);
     }
 
+    // c ≥ 2: log-softmax over one element is identically 0, a reference that proves nothing.
     #[test]
-    fn reductions(a in 1usize..6, b in 1usize..50, c in 1usize..300, seed in 0u64..1000) {
+    fn reductions(a in 1usize..6, b in 1usize..50, c in 2usize..300, seed in 0u64..1000) {
         if !gpu("reductions") { return Ok(()); }
         for dt in DTYPES {
             let x = randn(&[a, b, c], seed);
             for dims in [vec![2], vec![0], vec![1], vec![0, 2], vec![0, 1, 2]] {
-                compare(&format!("sum {dims:?}"), dt, std::slice::from_ref(&x), |t| t[0].sum_keepdim(&dims).unwrap());
+                compare_reduced(&format!("sum {dims:?}"), dt, std::slice::from_ref(&x), |t| t[0].sum_keepdim(&dims).unwrap());
             }
-            compare("log_softmax", dt, std::slice::from_ref(&x), |t| t[0].log_softmax().unwrap());
+            compare_reduced("log_softmax", dt, std::slice::from_ref(&x), |t| t[0].log_softmax().unwrap());
             let (mc, mg) = (rounded(&x, dt).max_last_keepdim().unwrap(), x.to_device(GPU).unwrap().to_dtype(dt).unwrap().max_last_keepdim().unwrap());
             prop_assert_eq!(host(&mg), host(&mc));
         }
@@ -219,7 +229,7 @@ proptest! {
         for dt in DTYPES {
             let table = randn(&[v, d], seed);
             let ids = ids.clone();
-            compare("embedding", dt, &[table], move |t| {
+            compare_reduced("embedding", dt, &[table], move |t| {
                 embedding(&t[0], &ids.to_device(t[0].device()).unwrap()).unwrap()
             });
         }
@@ -231,7 +241,7 @@ proptest! {
         for dt in DTYPES {
             let x = randn(&[r, d], seed).affine(3.0, 1.0).unwrap();
             let g = randn(&[d], seed + 1).scale(0.1).unwrap();
-            compare("layer_norm", dt, &[x, g], |t| layer_norm(&t[0], &t[1]).unwrap());
+            compare_reduced("layer_norm", dt, &[x, g], |t| layer_norm(&t[0], &t[1]).unwrap());
         }
     }
 
@@ -273,7 +283,7 @@ proptest! {
         let targets = Tensor::from_vec(targets, &[r]).unwrap();
         for dt in DTYPES {
             let t2 = targets.clone();
-            compare("cross_entropy", dt, &[randn(&[r, v], seed).scale(3.0).unwrap()], move |t| {
+            compare_reduced("cross_entropy", dt, &[randn(&[r, v], seed).scale(3.0).unwrap()], move |t| {
                 cross_entropy(&t[0], &t2.to_device(t[0].device()).unwrap()).unwrap().0
             });
         }
@@ -288,10 +298,10 @@ proptest! {
         for dt in DTYPES {
             let i2 = ids.clone();
             let x = randn(&[r, v], seed).scale(2.0).unwrap();
-            compare("logprob", dt, std::slice::from_ref(&x), move |t| {
+            compare_reduced("logprob", dt, std::slice::from_ref(&x), move |t| {
                 logprob(&t[0], &i2.to_device(t[0].device()).unwrap(), 0.8).unwrap()
             });
-            compare("entropy", dt, &[x], |t| entropy(&t[0], 1.3).unwrap());
+            compare_reduced("entropy", dt, &[x], |t| entropy(&t[0], 1.3).unwrap());
         }
     }
 
