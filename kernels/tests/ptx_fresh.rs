@@ -1,7 +1,8 @@
 //! CPU-only checks of the committed PTX (no nvcc needed):
 //! - the first line of every `ptx/<family>.ptx` is `// source-sha256: <sha256(<family>.cu + common.cuh)>`,
 //! - every declared function appears as `.visible .entry NAME(` in its PTX and vice versa,
-//! - every `cuda/*.cu` has a family in `FAMILIES`.
+//! - every `cuda/*.cu` has a family in `FAMILIES`,
+//! - the line-info `.file` paths are relative source names, not machine paths.
 //!
 //! Reads the sources relative to `CARGO_MANIFEST_DIR`; this test is meant for dev machines and CI,
 //! not for the GPU machine.
@@ -179,4 +180,35 @@ fn every_source_has_a_family() {
         sources, names,
         "cuda/*.cu and palm_kernels::FAMILIES disagree"
     );
+}
+
+/// The `.file` paths of the line info (`-lineinfo`) name sources, never a machine path:
+/// gen-ptx rewrites them to `<family>.cu`, `common.cuh` and `cuda-13.0/include/<header>`.
+fn assert_file_paths_relative(what: &str, ptx: &str) {
+    let mut files = 0;
+    for line in ptx.lines() {
+        let Some(rest) = line.trim_start().strip_prefix(".file") else {
+            continue;
+        };
+        files += 1;
+        let path = rest.split('"').nth(1).unwrap_or("");
+        assert!(
+            !path.is_empty()
+                && !path.starts_with('/')
+                && !path.contains(":\\")
+                && !path.contains(".."),
+            "{what}: `.file` path {path:?} is not a relative source name (regenerate with kernels/gen-ptx)"
+        );
+    }
+    assert!(
+        files > 0,
+        "{what}: no `.file` directives (gen-ptx compiles with -lineinfo)"
+    );
+}
+
+#[test]
+fn ptx_file_paths_are_relative() {
+    for fam in FAMILIES {
+        assert_file_paths_relative(&format!("ptx/{}.ptx", fam.name), fam.ptx);
+    }
 }
