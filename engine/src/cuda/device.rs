@@ -2,11 +2,11 @@
 //! one launch helper every kernel launch goes through. GPU-only: nothing here runs without a
 //! device (tests skip through [`gpu_or_skip`]).
 
-use super::emulator::Emulator;
 use super::launch;
 use super::launch::{DEFAULT_DYNAMIC_SMEM, KArg, LaunchCfg, Param};
 use super::pool::{DeviceAllocator, MemoryPool, PoolStats};
 use super::probe::{DeviceInfo, catch_driver_panic, probe};
+use super::vm::Vm;
 use crate::{Error, Result};
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg,
@@ -47,18 +47,19 @@ struct Hw {
     stream: Arc<CudaStream>,
 }
 
-/// What stands behind a [`CudaDevice`]: the driver, or the emulator (`PALM_CUDA_EMULATE=1`).
+/// What stands behind a [`CudaDevice`]: the driver, or the PTX virtual machine
+/// (`PALM_CUDA_EMULATE=1`, or the CUDA tests without a GPU).
 #[derive(Clone)]
 enum Backend {
     Hw(Hw),
-    Emulated(Arc<Mutex<Emulator>>),
+    Emulated(Arc<Vm>),
 }
 
 impl DeviceAllocator for CudaAllocator {
     fn alloc(&mut self, bytes: usize) -> Result<u64> {
         let hw = match &self.backend {
             Backend::Hw(hw) => hw.clone(),
-            Backend::Emulated(e) => return Ok(lock(e).alloc(bytes)),
+            Backend::Emulated(vm) => return Ok(vm.mem.alloc_segment(bytes)),
         };
         hw.ctx
             .bind_to_thread()
@@ -80,7 +81,7 @@ impl DeviceAllocator for CudaAllocator {
     fn free(&mut self, ptr: u64) {
         let hw = match &self.backend {
             Backend::Hw(hw) => hw.clone(),
-            Backend::Emulated(e) => return lock(e).free(ptr),
+            Backend::Emulated(vm) => return vm.mem.free_segment(ptr),
         };
         let r = hw.ctx.bind_to_thread().and_then(|()| {
             hw.stream.synchronize()?;
@@ -98,7 +99,7 @@ impl DeviceAllocator for CudaAllocator {
     fn free_memory(&self) -> usize {
         match &self.backend {
             Backend::Hw(hw) => hw.ctx.mem_get_info().map(|(free, _)| free).unwrap_or(0),
-            Backend::Emulated(e) => EMULATED_MEMORY.saturating_sub(lock(e).used()),
+            Backend::Emulated(vm) => EMULATED_MEMORY.saturating_sub(vm.mem.used()),
         }
     }
 }
@@ -173,6 +174,9 @@ impl std::fmt::Debug for CudaBuffer {
 
 impl Drop for CudaBuffer {
     fn drop(&mut self) {
+        if let Some(vm) = self.device.vm() {
+            vm.mem.mark_dead(self.ptr);
+        }
         // Stream-ordered: work already queued on the one stream runs before any later reuse.
         // The pool handed this address out, so freeing it cannot fail.
         let _ = lock(&self.device.pool).free(self.ptr);
@@ -224,9 +228,14 @@ impl std::fmt::Debug for CudaDevice {
 /// Memory the emulated device reports (8 GiB).
 const EMULATED_MEMORY: usize = 8 << 30;
 
-/// `PALM_CUDA_EMULATE=1`: CUDA tensors live on the emulated device instead of a GPU.
+/// Set once a test found no GPU and chose the VM ([`gpu_or_skip`]).
+static VM_FALLBACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `PALM_CUDA_EMULATE=1` (or a test's fallback without a GPU): CUDA tensors live on the PTX VM
+/// instead of a GPU.
 pub fn emulation_requested() -> bool {
-    std::env::var("PALM_CUDA_EMULATE").is_ok_and(|v| v.trim() == "1")
+    VM_FALLBACK.load(Ordering::Relaxed)
+        || std::env::var("PALM_CUDA_EMULATE").is_ok_and(|v| v.trim() == "1")
 }
 
 static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
@@ -289,15 +298,20 @@ impl CudaDevice {
         })
     }
 
-    /// The emulated device: host memory, kernels carried out by `emulator.rs` (H100 limits).
+    /// The PTX VM as a device: the committed PTX executed on the CPU (H100/H200 limits).
     fn open_emulated(ordinal: usize) -> Result<CudaDevice> {
+        let vm = Vm::from_env()?;
         let info = DeviceInfo {
             ordinal,
-            name: "emulated sm_90 (PALM_CUDA_EMULATE=1; kernels run as Rust on the CPU)".into(),
+            name: format!(
+                "PTX VM sm_90a, {} SMs (PALM_CUDA_EMULATE=1 or no GPU; the committed PTX run on the CPU)",
+                vm.sms
+            ),
             compute_capability: super::probe::REQUIRED_CAPABILITY,
             total_memory: EMULATED_MEMORY,
         };
-        let backend = Backend::Emulated(Arc::new(Mutex::new(Emulator::new())));
+        let num_sms = vm.sms;
+        let backend = Backend::Emulated(Arc::new(vm));
         let allocator = CudaAllocator {
             backend: backend.clone(),
             deferred: None,
@@ -305,7 +319,7 @@ impl CudaDevice {
         Ok(CudaDevice {
             info,
             backend,
-            num_sms: 132,
+            num_sms,
             smem_optin: 232_448,
             modules: Mutex::new(HashMap::new()),
             kernels: Mutex::new(HashMap::new()),
@@ -340,11 +354,17 @@ impl CudaDevice {
         }
     }
 
-    fn emu(&self) -> Option<MutexGuard<'_, Emulator>> {
+    /// The PTX VM behind this device, if it is one.
+    fn vm(&self) -> Option<&Vm> {
         match &self.backend {
-            Backend::Emulated(e) => Some(lock(e)),
+            Backend::Emulated(vm) => Some(vm),
             Backend::Hw(_) => None,
         }
+    }
+
+    /// Launches per kernel so far on the PTX VM (`None` on a GPU): the coverage check.
+    pub fn vm_launches(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        self.vm().map(Vm::launched)
     }
 
     fn bind(&self) -> Result<()> {
@@ -390,11 +410,12 @@ impl CudaDevice {
             len: bytes,
             device: self.clone(),
         };
-        if self.poison.load(Ordering::Relaxed)
-            && bytes > 0
-            && let Some(mut e) = self.emu()
-        {
-            e.memset(buf.ptr, 0xFF, bytes)?;
+        if let Some(vm) = self.vm() {
+            // The buffer's own bounds for memcheck; its bytes count as unwritten (initcheck).
+            vm.mem.mark_live(buf.ptr, bytes)?;
+            if self.poison.load(Ordering::Relaxed) {
+                vm.mem.poison(buf.ptr, 0xFF, bytes)?;
+            }
         } else if self.poison.load(Ordering::Relaxed) && bytes > 0 {
             self.bind()?;
             // SAFETY: `buf` is a live block of `bytes` bytes in this context, ordered on the stream.
@@ -420,9 +441,9 @@ impl CudaDevice {
         }
         let dst = self.alloc(bytes)?;
         if bytes > 0
-            && let Some(mut e) = self.emu()
+            && let Some(vm) = self.vm()
         {
-            e.copy(dst.ptr, src.ptr + at as u64, bytes)?;
+            vm.mem.copy(dst.ptr, src.ptr + at as u64, bytes)?;
         } else if bytes > 0 {
             self.bind()?;
             // SAFETY: both ranges lie inside live blocks of this context (checked above), do not
@@ -449,8 +470,8 @@ impl CudaDevice {
 
     /// Queue a memset of the whole buffer to 0.
     pub fn zero(&self, buf: &CudaBuffer) -> Result<()> {
-        if let Some(mut e) = self.emu() {
-            return e.memset(buf.ptr, 0, buf.len);
+        if let Some(vm) = self.vm() {
+            return Ok(vm.mem.fill(buf.ptr, 0, buf.len)?);
         }
         self.bind()?;
         // SAFETY: `buf` is a live block of at least `buf.len()` bytes in this context; the memset
@@ -464,9 +485,9 @@ impl CudaDevice {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buf = self.alloc(bytes.len())?;
         if !bytes.is_empty()
-            && let Some(mut e) = self.emu()
+            && let Some(vm) = self.vm()
         {
-            e.bytes_mut(buf.ptr, bytes.len())?.copy_from_slice(bytes);
+            vm.mem.write(buf.ptr, bytes)?;
         } else if !bytes.is_empty() {
             self.bind()?;
             let stream = &self.hw()?.stream;
@@ -504,9 +525,9 @@ impl CudaDevice {
         if bytes.is_empty() {
             return Ok(());
         }
-        if let Some(e) = self.emu() {
-            bytes.copy_from_slice(e.bytes(buf.ptr + at as u64, bytes.len())?);
-            return Ok(());
+        if let Some(vm) = self.vm() {
+            // Reading back bytes no kernel or copy wrote is a bug the VM reports (initcheck).
+            return Ok(vm.mem.read(buf.ptr + at as u64, bytes, true)?);
         }
         self.bind()?;
         let stream = &self.hw()?.stream;
@@ -586,8 +607,8 @@ impl CudaDevice {
 
     /// Run a launch plan (the kernel looked up by name).
     pub fn run(&self, plan: &super::ops::Launch) -> Result<()> {
-        if let Some(mut e) = self.emu() {
-            // The same checks a real launch passes, then the emulated kernel.
+        if let Some(vm) = self.vm() {
+            // The same checks a real launch passes, then the kernel on the VM.
             let family = launch::find_family(&plan.kernel).ok_or_else(|| {
                 Error::Invalid(format!("no kernel family declares '{}'", plan.kernel))
             })?;
@@ -604,7 +625,7 @@ impl CudaDevice {
                 &plan.cfg,
                 self.smem_optin,
             )?;
-            return e.launch(&plan.kernel, &plan.cfg, &plan.args);
+            return vm.launch(family, &plan.kernel, &plan.cfg, &plan.args);
         }
         let k = self.kernel_by_name(&plan.kernel)?;
         self.launch(&k, plan.cfg, &plan.args)
@@ -746,8 +767,10 @@ impl CudaDevice {
     }
 }
 
-/// The device for a GPU test, or `None` after printing `skipped: <test>: <reason>` when there is
-/// no usable GPU. With `PALM_REQUIRE_GPU=1` a missing GPU fails the test instead.
+/// The device for a GPU test: the GPU when there is one, else the PTX VM (the committed PTX run
+/// on the CPU, with a note printed once). With `PALM_REQUIRE_GPU=1` a missing GPU fails the test
+/// instead (unless `PALM_CUDA_EMULATE=1` asks for the VM): that is the device machine's mode.
+/// Returns `None` only when the VM cannot open either (the reason is printed).
 ///
 /// # Panics
 /// When `PALM_REQUIRE_GPU=1` and no usable GPU is found (that is the failure).
@@ -765,12 +788,22 @@ pub fn gpu_required() -> bool {
 /// # Panics
 /// When `require` and no usable GPU is found.
 pub fn gpu_or_skip_with(test: &str, require: bool) -> Option<Arc<CudaDevice>> {
+    static NOTE: std::sync::Once = std::sync::Once::new();
     match CudaDevice::get(0) {
         Ok(d) => Some(d),
         Err(e) if require => panic!("{test}: PALM_REQUIRE_GPU=1 but no usable GPU: {e}"),
         Err(e) => {
-            eprintln!("skipped: {test}: {e}");
-            None
+            NOTE.call_once(|| {
+                eprintln!("note: no usable GPU ({e}); the CUDA tests run on the PTX VM");
+            });
+            VM_FALLBACK.store(true, Ordering::Relaxed);
+            match CudaDevice::get(0) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!("skipped: {test}: the PTX VM did not open: {e}");
+                    None
+                }
+            }
         }
     }
 }

@@ -4,11 +4,11 @@
 //! ([`ops`], one module per kernel family, each a pure launch plan plus the code that runs it).
 
 mod device;
-mod emulator;
 pub mod launch;
 pub mod ops;
 pub mod pool;
 mod probe;
+mod vm;
 
 pub use device::{
     CudaAllocator, CudaBuffer, CudaDevice, GpuTimer, Kernel, emulation_requested, gpu_or_skip,
