@@ -122,6 +122,12 @@ struct Gran {
     w_tid: u16,
     r_tid: u16,
     a_tid: u16,
+    /// The warp of the readers (`MULTI`: several warps).
+    r_warp: u16,
+    /// `bar.warp.sync` count of the writer's / readers' warp at the access (a later warp sync
+    /// orders them before that warp's next accesses).
+    w_ws: u32,
+    r_ws: u32,
     /// Thread id + 1 of a `cp.async` in flight into it, else 0.
     inflight: u16,
 }
@@ -308,6 +314,7 @@ fn run_cta(l: &Launch, s: &mut Scratch, cta: u64, c: &mut Counters) -> Result<()
         cta_gen: s.cta_gen,
         epoch: s.epoch,
         c,
+        wsync: vec![0; l.nwarps as usize],
         hint: 0,
     };
     let result = (|| {
@@ -343,6 +350,8 @@ struct Cta<'a, 'b> {
     cta_gen: u32,
     epoch: u32,
     c: &'b mut Counters,
+    /// `bar.warp.sync`s executed by each warp in this CTA.
+    wsync: Vec<u32>,
     /// Last region an access hit (most accesses of a warp hit the same few).
     hint: usize,
 }
@@ -945,11 +954,20 @@ impl<'a, 'b> Cta<'a, 'b> {
                     }
                 }
             }
-            Op::MatchAny { ty, d, a, mask: mk } => {
+            Op::Match {
+                all,
+                ty,
+                d,
+                p,
+                a,
+                mask: mk,
+            } => {
                 let membermask = self.get(w, mk, wid, exec.trailing_zeros() as usize) as u32;
-                self.check_members(w, wid, pc, exec, mask, membermask, "match.any.sync")?;
+                self.check_members(w, wid, pc, exec, mask, membermask, "match.sync")?;
                 let av = self.fetch(w, a, wid);
                 let mut out = [0u64; 32];
+                let first = exec.trailing_zeros() as usize;
+                let same = lanes(exec).all(|l| typed(av[l], *ty) == typed(av[first], *ty));
                 for l in lanes(exec) {
                     let mut m = 0u32;
                     for j in lanes(exec) {
@@ -957,9 +975,39 @@ impl<'a, 'b> Cta<'a, 'b> {
                             m |= 1 << j;
                         }
                     }
-                    out[l] = m as u64;
+                    out[l] = if *all {
+                        if same { exec as u64 } else { 0 }
+                    } else {
+                        m as u64
+                    };
                 }
                 put(w, *d, &out, exec);
+                if let Some(p) = p {
+                    set_pred(w, *p, if same { u32::MAX } else { 0 }, exec);
+                }
+            }
+            Op::Redux {
+                op,
+                ty,
+                d,
+                a,
+                mask: mk,
+            } => {
+                let membermask = self.get(w, mk, wid, exec.trailing_zeros() as usize) as u32;
+                self.check_members(w, wid, pc, exec, mask, membermask, "redux.sync")?;
+                let av = self.fetch(w, a, wid);
+                let vals = lanes(exec).map(|l| av[l] as u32);
+                let r = match op {
+                    ReduxOp::Add => vals.fold(0u32, u32::wrapping_add),
+                    ReduxOp::And => vals.fold(u32::MAX, |x, y| x & y),
+                    ReduxOp::Or => vals.fold(0, |x, y| x | y),
+                    ReduxOp::Xor => vals.fold(0, |x, y| x ^ y),
+                    ReduxOp::Min if ty.signed() => vals.map(|v| v as i32).min().unwrap_or(0) as u32,
+                    ReduxOp::Max if ty.signed() => vals.map(|v| v as i32).max().unwrap_or(0) as u32,
+                    ReduxOp::Min => vals.min().unwrap_or(0),
+                    ReduxOp::Max => vals.max().unwrap_or(0),
+                };
+                put(w, *d, &[r as u64; 32], exec);
             }
             Op::Mma { d, a, b, c } => self.mma(w, wid, pc, exec, mask, d, a, b, c)?,
             Op::Ldmatrix { trans, ds, addr } => {
@@ -982,6 +1030,11 @@ impl<'a, 'b> Cta<'a, 'b> {
                 }
             }
             Op::CpAsyncWait { n } => self.cp_wait(w, wid, pc, exec, *n)?,
+            Op::WarpSync { mask: mk } => {
+                let membermask = self.get(w, mk, wid, exec.trailing_zeros() as usize) as u32;
+                self.check_members(w, wid, pc, exec, mask, membermask, "bar.warp.sync")?;
+                self.wsync[wid as usize] += 1;
+            }
             Op::Bra { .. } | Op::Ret | Op::Bar => unreachable!("handled by run_warp"),
         }
         Ok(())
@@ -1142,6 +1195,13 @@ impl<'a, 'b> Cta<'a, 'b> {
         for g in off / 2..(off + size as usize).div_ceil(2) {
             let s = self.shadow[g];
             let other = |tid: u16| tid != t;
+            let ws = self.wsync[wid as usize];
+            // A conflicting earlier write / read: another thread, same barrier interval, and not
+            // ordered by a bar.warp.sync of this thread's warp since.
+            let w_conflict =
+                s.w_ep == ep && other(s.w_tid) && !(s.w_tid as u32 / 32 == wid && s.w_ws < ws);
+            let r_conflict =
+                s.r_ep == ep && other(s.r_tid) && !(s.r_warp as u32 == wid && s.r_ws < ws);
             if s.inflight != 0 {
                 let owner = s.inflight - 1;
                 let msg = if owner == t && kind == Access::Read {
@@ -1186,7 +1246,7 @@ impl<'a, 'b> Cta<'a, 'b> {
             };
             match kind {
                 Access::Read => {
-                    if s.w_ep == ep && other(s.w_tid) {
+                    if w_conflict {
                         return Err(self.fault(
                             Check::Racecheck,
                             wid,
@@ -1218,7 +1278,7 @@ impl<'a, 'b> Cta<'a, 'b> {
                     }
                 }
                 Access::Write | Access::AsyncIssue => {
-                    if s.w_ep == ep && other(s.w_tid) {
+                    if w_conflict {
                         return Err(self.fault(
                             Check::Racecheck,
                             wid,
@@ -1227,7 +1287,7 @@ impl<'a, 'b> Cta<'a, 'b> {
                             hazard("write-after-write", s.w_tid),
                         ));
                     }
-                    if s.r_ep == ep && other(s.r_tid) {
+                    if r_conflict {
                         return Err(self.fault(
                             Check::Racecheck,
                             wid,
@@ -1247,7 +1307,7 @@ impl<'a, 'b> Cta<'a, 'b> {
                     }
                 }
                 Access::Atomic => {
-                    if s.w_ep == ep && other(s.w_tid) {
+                    if w_conflict {
                         return Err(self.fault(
                             Check::Racecheck,
                             wid,
@@ -1256,7 +1316,7 @@ impl<'a, 'b> Cta<'a, 'b> {
                             hazard("atomic-after-write", s.w_tid),
                         ));
                     }
-                    if s.r_ep == ep && other(s.r_tid) {
+                    if r_conflict {
                         return Err(self.fault(
                             Check::Racecheck,
                             wid,
@@ -1285,13 +1345,22 @@ impl<'a, 'b> Cta<'a, 'b> {
                     if s.r_ep != ep {
                         s.r_ep = ep;
                         s.r_tid = t;
-                    } else if s.r_tid != t {
-                        s.r_tid = MULTI;
+                        s.r_warp = wid as u16;
+                        s.r_ws = ws;
+                    } else {
+                        if s.r_tid != t {
+                            s.r_tid = MULTI;
+                        }
+                        if s.r_warp != wid as u16 {
+                            s.r_warp = MULTI;
+                        }
+                        s.r_ws = s.r_ws.max(ws);
                     }
                 }
                 Access::Write => {
                     s.w_ep = ep;
                     s.w_tid = t;
+                    s.w_ws = ws;
                     s.init = self.cta_gen;
                 }
                 Access::AsyncIssue => s.inflight = t + 1,

@@ -223,6 +223,17 @@ pub enum VoteMode {
     Uni,
 }
 
+/// `redux.sync` operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduxOp {
+    Add,
+    Min,
+    Max,
+    And,
+    Or,
+    Xor,
+}
+
 /// `atom` / `red` operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AtomOp {
@@ -388,6 +399,10 @@ pub enum Op {
         target: u32,
     },
     Bar,
+    /// `bar.warp.sync membermask` (`__syncwarp`).
+    WarpSync {
+        mask: Operand,
+    },
     Ret,
     Shfl {
         mode: ShflMode,
@@ -405,7 +420,18 @@ pub enum Op {
         neg: bool,
         mask: Operand,
     },
-    MatchAny {
+    /// `match.any.sync` (`all` false) or `match.all.sync d[|p]` (`all` true).
+    Match {
+        all: bool,
+        ty: Ty,
+        d: Reg,
+        p: Option<Reg>,
+        a: Operand,
+        mask: Operand,
+    },
+    /// `redux.sync.op.ty d, a, membermask`.
+    Redux {
+        op: ReduxOp,
         ty: Ty,
         d: Reg,
         a: Operand,
@@ -447,6 +473,8 @@ pub struct Instr {
     pub text: Box<str>,
     /// Source location from `.loc` (index into [`Module::files`], line), when the PTX has line info.
     pub loc: Option<(u32, u32)>,
+    /// Where that code was inlined (`.loc … inlined_at F L`), when it was.
+    pub inlined_at: Option<(u32, u32)>,
 }
 
 impl Instr {

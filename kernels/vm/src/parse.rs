@@ -25,6 +25,7 @@ struct Stmt {
     text: String,
     line: u32,
     loc: Option<(u32, u32)>,
+    inlined_at: Option<(u32, u32)>,
 }
 
 struct Parser {
@@ -436,6 +437,7 @@ impl Parser {
         let mut depth = 1;
         let mut stmts: Vec<Stmt> = Vec::new();
         let mut loc = None;
+        let mut inlined_at = None;
         let mut regs = Regs::default();
         let mut local_shared = Vec::new();
         while depth > 0 {
@@ -458,10 +460,19 @@ impl Parser {
                     continue;
                 }
                 if let Some(rest) = s.strip_prefix(".loc") {
-                    let w: Vec<&str> = rest.split_whitespace().collect();
-                    let f = w.first().and_then(|x| x.parse().ok());
-                    let ln = w.get(1).and_then(|x| x.trim_end_matches(',').parse().ok());
-                    loc = f.zip(ln);
+                    // `.loc F L C[, function_name $L…, inlined_at F L C]`
+                    let nums = |t: &str| -> Option<(u32, u32)> {
+                        let w: Vec<&str> = t.split_whitespace().collect();
+                        let f = w.first()?.parse().ok()?;
+                        let l = w.get(1)?.trim_end_matches(',').parse().ok()?;
+                        Some((f, l))
+                    };
+                    let (head, tail) = match rest.find("inlined_at") {
+                        Some(p) => (&rest[..p], Some(&rest[p + "inlined_at".len()..])),
+                        None => (rest, None),
+                    };
+                    loc = nums(head);
+                    inlined_at = tail.and_then(nums);
                     continue;
                 }
                 if s.starts_with(".reg") {
@@ -486,6 +497,7 @@ impl Parser {
                     text: s.to_string(),
                     line: lno,
                     loc,
+                    inlined_at,
                 });
             }
         }
@@ -774,6 +786,7 @@ impl Decoder<'_> {
             line: s.line,
             text: s.text.as_str().into(),
             loc: s.loc,
+            inlined_at: s.inlined_at,
         })
     }
 
@@ -1328,6 +1341,16 @@ impl Decoder<'_> {
                     .ok_or_else(|| format!("unknown label '{}'", a[0]))?;
                 Op::Bra { target }
             }
+            "bar" if m.list.first() == Some(&"warp") => {
+                m.list.clear();
+                if opcode != "bar.warp.sync" {
+                    return Err("only bar.warp.sync is supported".into());
+                }
+                n(1)?;
+                Op::WarpSync {
+                    mask: self.operand(&a[0], Ty::B32)?,
+                }
+            }
             "bar" | "barrier" => {
                 let _ = m.take("aligned");
                 if !(m.take("sync") || m.take("cta")) && base == "bar" {
@@ -1393,12 +1416,50 @@ impl Decoder<'_> {
                 }
             }
             "match" => {
-                if !(m.take("any") && m.take("sync")) {
-                    return Err("only match.any.sync is supported".into());
+                let all = match m.take_any(&["any", "all"]) {
+                    Some("any") => false,
+                    Some("all") => true,
+                    _ => return Err("match needs .any or .all".into()),
+                };
+                if !m.take("sync") {
+                    return Err("only match.sync is supported".into());
                 }
                 let ty = m.ty().ok_or("no type")?;
                 n(3)?;
-                Op::MatchAny {
+                let (d, p) = match a[0].split_once('|') {
+                    Some((d, p)) if all => (self.reg(d)?, Some(self.reg_in(p, File::Pred)?)),
+                    Some(_) => return Err("match.any has no predicate destination".into()),
+                    None => (self.reg(&a[0])?, None),
+                };
+                Op::Match {
+                    all,
+                    ty,
+                    d,
+                    p,
+                    a: self.operand(&a[1], ty)?,
+                    mask: self.operand(&a[2], Ty::B32)?,
+                }
+            }
+            "redux" => {
+                if !m.take("sync") {
+                    return Err("only redux.sync is supported".into());
+                }
+                let op = match m.take_any(&["add", "min", "max", "and", "or", "xor"]) {
+                    Some("add") => ReduxOp::Add,
+                    Some("min") => ReduxOp::Min,
+                    Some("max") => ReduxOp::Max,
+                    Some("and") => ReduxOp::And,
+                    Some("or") => ReduxOp::Or,
+                    Some("xor") => ReduxOp::Xor,
+                    _ => return Err("unknown redux operation".into()),
+                };
+                let ty = m.ty().ok_or("no type")?;
+                if ty.bits() != 32 || ty.float() {
+                    return Err("redux.sync takes a 32-bit integer type".into());
+                }
+                n(3)?;
+                Op::Redux {
+                    op,
                     ty,
                     d: self.reg(&a[0])?,
                     a: self.operand(&a[1], ty)?,

@@ -14,3 +14,13 @@ fn every_shipped_module_parses() {
         assert_eq!(m.kernels.len(), fam.functions.len(), "{}", fam.name);
     }
 }
+
+#[test]
+fn the_test_kernels_parse() {
+    for (name, text) in [
+        ("bugs.ptx", include_str!("kernels/bugs.ptx")),
+        ("facts.ptx", include_str!("kernels/facts.ptx")),
+    ] {
+        palm_ptx_vm::parse(name, text).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
