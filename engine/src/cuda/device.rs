@@ -6,7 +6,7 @@ use super::launch;
 use super::launch::{DEFAULT_DYNAMIC_SMEM, KArg, LaunchCfg, Param};
 use super::pool::{DeviceAllocator, MemoryPool, PoolStats};
 use super::probe::{DeviceInfo, catch_driver_panic, probe};
-use super::vm::Vm;
+use super::vm::{KernelStats, Vm};
 use crate::{Error, Result};
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg,
@@ -362,9 +362,14 @@ impl CudaDevice {
         }
     }
 
-    /// Launches per kernel so far on the PTX VM (`None` on a GPU): the coverage check.
-    pub fn vm_launches(&self) -> Option<std::collections::BTreeMap<String, u64>> {
-        self.vm().map(Vm::launched)
+    /// Launches and counters per kernel so far on the PTX VM (`None` on a GPU).
+    pub fn vm_stats(&self) -> Option<std::collections::BTreeMap<String, KernelStats>> {
+        self.vm().map(Vm::stats)
+    }
+
+    /// [`vm_stats`](Self::vm_stats), starting the counts afresh.
+    pub fn vm_take_stats(&self) -> Option<std::collections::BTreeMap<String, KernelStats>> {
+        self.vm().map(Vm::take_stats)
     }
 
     fn bind(&self) -> Result<()> {

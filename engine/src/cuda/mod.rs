@@ -15,8 +15,10 @@ pub use device::{
     gpu_or_skip_with, gpu_required,
 };
 pub use launch::{KArg, LaunchCfg, Param};
+pub use palm_ptx_vm::{Counters as VmCounters, Family as VmFamily};
 pub use pool::{DeviceAllocator, MemoryPool, PoolBlock, PoolStats};
 pub use probe::{DeviceInfo, MIN_DRIVER_VERSION, REQUIRED_CAPABILITY, probe};
+pub use vm::{DEFAULT_VM_SMS, KernelStats};
 
 use crate::{DType, Result};
 use std::sync::Arc;

@@ -47,7 +47,15 @@ pub struct Vm {
     settings: vm::Settings,
     pub sms: u32,
     profile: Option<Mutex<std::fs::File>>,
-    launched: Mutex<BTreeMap<String, u64>>,
+    stats: Mutex<BTreeMap<String, KernelStats>>,
+}
+
+/// What the VM ran of one kernel in this process.
+#[derive(Debug, Clone, Default)]
+pub struct KernelStats {
+    pub launches: u64,
+    /// Counters summed over the launches.
+    pub counters: vm::Counters,
 }
 
 impl Vm {
@@ -82,7 +90,7 @@ impl Vm {
             },
             sms: sms as u32,
             profile,
-            launched: Mutex::new(BTreeMap::new()),
+            stats: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -121,9 +129,14 @@ impl Vm {
             block: [cfg.block.0, cfg.block.1, cfg.block.2],
             shared_bytes: cfg.shared_bytes,
         };
-        *lock(&self.launched).entry(name.to_string()).or_default() += 1;
         let counters =
             vm::launch(&module, name, &vcfg, &vargs, &self.mem, &self.settings).map_err(vm_err)?;
+        {
+            let mut stats = lock(&self.stats);
+            let s = stats.entry(name.to_string()).or_default();
+            s.launches += 1;
+            s.counters.add(&counters);
+        }
         if let Some(p) = &self.profile {
             let k = module.kernel(name).map(|k| k.static_shared).unwrap_or(0);
             let line = format!(
@@ -148,9 +161,14 @@ impl Vm {
         Ok(())
     }
 
-    /// Launches per kernel so far in this process.
-    pub fn launched(&self) -> BTreeMap<String, u64> {
-        lock(&self.launched).clone()
+    /// Launches and counters per kernel so far (since the last [`Vm::take_stats`]).
+    pub fn stats(&self) -> BTreeMap<String, KernelStats> {
+        lock(&self.stats).clone()
+    }
+
+    /// The statistics so far, starting afresh.
+    pub fn take_stats(&self) -> BTreeMap<String, KernelStats> {
+        std::mem::take(&mut *lock(&self.stats))
     }
 }
 
