@@ -213,13 +213,11 @@ pub fn clip_grad_norm(grads: &mut Grads, params: &[Tensor], max_norm: f32) -> Re
     let device = params.first().map_or(Device::Cpu, |p| p.device());
     let mut sq = 0f64;
     if device != Device::Cpu {
-        // Sum of squares on the device, one f32 read back (the norm is logged every step).
+        // Sum of squares on the device (one launch per gradient dtype), one f32 read back (the
+        // norm is logged every step).
         let acc = Tensor::zeros(&[1], DType::F32, device)?;
-        for p in params {
-            if let Some(g) = grads.get(p) {
-                crate::cuda::ops::reduce::sumsq_into(g, &acc)?;
-            }
-        }
+        let gs: Vec<&Tensor> = params.iter().filter_map(|p| grads.get(p)).collect();
+        crate::cuda::ops::reduce::sumsq_into(&gs, &acc)?;
         sq = acc.to_scalar()? as f64;
     }
     for p in params.iter().filter(|_| device == Device::Cpu) {

@@ -38,19 +38,7 @@ __device__ __forceinline__ void adamw_tensor(float* __restrict__ p, float* __res
     }
 }
 
-#define PALM_ADAMW(NAME, G)                                                                              \
-    extern "C" __global__ void NAME(float* param, float* m, float* v, const G* grad, bf16* param_bf16,     \
-                                    long long n, float lr, float beta1, float beta2, float eps,           \
-                                    float weight_decay, float bc1, float bc2, float grad_scale,           \
-                                    const float* clip_sumsq, float max_norm) {                           \
-        const AdamwArgs a{lr, beta1, beta2, eps, bc1, bc2, grad_scale};                                  \
-        adamw_tensor<G>(param, m, v, grad, param_bf16, n, a, weight_decay,                               \
-                        grad_scale * clip_factor(clip_sumsq, max_norm));                                 \
-    }
-PALM_ADAMW(adamw_fwd_bf16, bf16)
-PALM_ADAMW(adamw_fwd_f32, float)
-
-// Multi-tensor variant: one launch updates num_tensors tensors. params/ms/vs/grads/sizes are device
+// One launch updates num_tensors tensors. params/ms/vs/grads/sizes are device
 // arrays of num_tensors entries; params_bf16 may be null (no copies) or hold null entries;
 // weight_decays (device, per tensor) may be null, then `weight_decay` applies to all.
 // Every block grid-strides through every tensor in order (suggested grid ~ 4 * SMs, block 256).

@@ -63,13 +63,6 @@ struct ExpOp { __device__ float operator()(float a) const { return expf(a); } };
 struct SiluOp {
     __device__ float operator()(float a) const { return a / (1.0f + expf(-a)); }
 };
-// d/dx silu(x) = s(x) * (1 + x * (1 - s(x))), s = sigmoid
-struct SiluGradOp {
-    __device__ float operator()(float x, float g) const {
-        const float s = 1.0f / (1.0f + expf(-x));
-        return g * s * (1.0f + x * (1.0f - s));
-    }
-};
 struct AffineOp {
     float scale, bias;
     __device__ float operator()(float a) const { return fmaf(a, scale, bias); }
@@ -93,19 +86,6 @@ PALM_BINARY(mul_fwd_bf16, bf16, MulOp)
 PALM_BINARY(mul_fwd_f32, float, MulOp)
 PALM_BINARY(div_fwd_bf16, bf16, DivOp)
 PALM_BINARY(div_fwd_f32, float, DivOp)
-
-// mul backward: da = g * b, db = g * a (either output may be null)
-template <typename T>
-__device__ void mul_bwd(const T* a, const T* b, const T* g, T* da, T* db, long long n) {
-    if (da) binary_map<T>(g, b, da, n, MulOp());
-    if (db) binary_map<T>(g, a, db, n, MulOp());
-}
-extern "C" __global__ void mul_bwd_bf16(const bf16* a, const bf16* b, const bf16* g, bf16* da, bf16* db, long long n) {
-    mul_bwd<bf16>(a, b, g, da, db, n);
-}
-extern "C" __global__ void mul_bwd_f32(const float* a, const float* b, const float* g, float* da, float* db, long long n) {
-    mul_bwd<float>(a, b, g, da, db, n);
-}
 
 // out = x * scale + bias   (backward: dx = affine(g, scale, 0))
 extern "C" __global__ void affine_fwd_bf16(const bf16* x, bf16* out, long long n, float scale, float bias) {
@@ -131,25 +111,11 @@ PALM_UNARY(sigmoid_fwd_f32, float, SigmoidOp)
 PALM_UNARY(tanh_fwd_bf16, bf16, TanhOp)
 PALM_UNARY(tanh_fwd_f32, float, TanhOp)
 
-// out = exp(x); backward dx = g * out
+// out = exp(x), x * sigmoid(x) (backwards are composed from the binary kernels)
 PALM_UNARY(exp_fwd_bf16, bf16, ExpOp)
 PALM_UNARY(exp_fwd_f32, float, ExpOp)
-extern "C" __global__ void exp_bwd_bf16(const bf16* out, const bf16* g, bf16* dx, long long n) {
-    binary_map<bf16>(out, g, dx, n, MulOp());
-}
-extern "C" __global__ void exp_bwd_f32(const float* out, const float* g, float* dx, long long n) {
-    binary_map<float>(out, g, dx, n, MulOp());
-}
-
-// out = x * sigmoid(x); backward dx = g * s * (1 + x (1 - s)) from the forward input x
 PALM_UNARY(silu_fwd_bf16, bf16, SiluOp)
 PALM_UNARY(silu_fwd_f32, float, SiluOp)
-extern "C" __global__ void silu_bwd_bf16(const bf16* x, const bf16* g, bf16* dx, long long n) {
-    binary_map<bf16>(x, g, dx, n, SiluGradOp());
-}
-extern "C" __global__ void silu_bwd_f32(const float* x, const float* g, float* dx, long long n) {
-    binary_map<float>(x, g, dx, n, SiluGradOp());
-}
 
 // ---------------------------------------------------------------- casts (suffix = input dtype)
 

@@ -93,22 +93,10 @@ __device__ __forceinline__ float sumsq_partial(const T* __restrict__ x, long lon
     return acc;
 }
 
-// *out += sum_i x[i]^2 (atomicAdd of one f32 partial per block; zero *out first).
-// Grid-stride: any grid, blockDim.x a multiple of 32 (suggested 256 x min(ceil(n/2048), 264)).
-// The atomic order makes the last bits run-to-run nondeterministic.
-extern "C" __global__ void sumsq_fwd_bf16(const bf16* x, long long n, float* out) {
-    __shared__ float scratch[32];
-    const float s = block_sum(sumsq_partial(x, n), scratch);
-    if (threadIdx.x == 0 && s != 0.0f) atomicAdd(out, s);
-}
-extern "C" __global__ void sumsq_fwd_f32(const float* x, long long n, float* out) {
-    __shared__ float scratch[32];
-    const float s = block_sum(sumsq_partial(x, n), scratch);
-    if (threadIdx.x == 0 && s != 0.0f) atomicAdd(out, s);
-}
-
-// Multi-tensor: tensors[t] (device array of device pointers) with sizes[t] elements, t < num_tensors.
-// Adds sum of squares of tensor t into out[t] when per_tensor != 0, else everything into out[0].
+// Sums of squares (the global gradient norm): tensors[t] (device array of device pointers) with sizes[t]
+// elements, t < num_tensors. One f32 partial per block is added atomically (the order makes the last bits
+// nondeterministic), into out[t] when per_tensor != 0, else everything into out[0].
+// Grid: any, blockDim.x a multiple of 32 (suggested 256 x min(ceil(max size/2048), 2 x SMs)).
 // Every block walks every tensor with a grid-stride loop; zero `out` first.
 template <typename T>
 __device__ __forceinline__ void sumsq_multi(const T* const* tensors, const long long* sizes, int num_tensors,

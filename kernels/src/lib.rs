@@ -21,12 +21,7 @@ pub struct Family {
 pub const ADAMW: Family = Family {
     name: "adamw",
     ptx: include_str!("../ptx/adamw.ptx"),
-    functions: &[
-        "adamw_fwd_bf16",
-        "adamw_fwd_f32",
-        "adamw_multi_fwd_bf16",
-        "adamw_multi_fwd_f32",
-    ],
+    functions: &["adamw_multi_fwd_bf16", "adamw_multi_fwd_f32"],
 };
 
 /// `cuda/attention.cu`
@@ -77,20 +72,14 @@ pub const ELEMENTWISE: Family = Family {
         "sigmoid_fwd_f32",
         "tanh_fwd_bf16",
         "tanh_fwd_f32",
-        "mul_bwd_bf16",
-        "mul_bwd_f32",
         "affine_fwd_bf16",
         "affine_fwd_f32",
         "neg_fwd_bf16",
         "neg_fwd_f32",
         "exp_fwd_bf16",
         "exp_fwd_f32",
-        "exp_bwd_bf16",
-        "exp_bwd_f32",
         "silu_fwd_bf16",
         "silu_fwd_f32",
-        "silu_bwd_bf16",
-        "silu_bwd_f32",
         "to_bf16_fwd_f32",
         "to_f32_fwd_bf16",
         "fill_fwd_f32",
@@ -179,8 +168,6 @@ pub const REDUCE: Family = Family {
         "max_rows_fwd_f32",
         "sum_cols_fwd_bf16",
         "sum_cols_fwd_f32",
-        "sumsq_fwd_bf16",
-        "sumsq_fwd_f32",
         "sumsq_multi_fwd_bf16",
         "sumsq_multi_fwd_f32",
     ],

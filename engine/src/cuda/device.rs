@@ -228,14 +228,12 @@ impl std::fmt::Debug for CudaDevice {
 /// Memory the emulated device reports (8 GiB).
 const EMULATED_MEMORY: usize = 8 << 30;
 
-/// Set once a test found no GPU and chose the VM ([`gpu_or_skip`]).
+/// Set once a test found no GPU and chose the VM for cuda:0 ([`gpu_or_skip`]).
 static VM_FALLBACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// `PALM_CUDA_EMULATE=1` (or a test's fallback without a GPU): CUDA tensors live on the PTX VM
-/// instead of a GPU.
+/// `PALM_CUDA_EMULATE=1`: CUDA tensors live on the PTX VM instead of a GPU.
 pub fn emulation_requested() -> bool {
-    VM_FALLBACK.load(Ordering::Relaxed)
-        || std::env::var("PALM_CUDA_EMULATE").is_ok_and(|v| v.trim() == "1")
+    std::env::var("PALM_CUDA_EMULATE").is_ok_and(|v| v.trim() == "1")
 }
 
 static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
@@ -247,7 +245,8 @@ impl CudaDevice {
         if let Some(d) = devices.get(&ordinal) {
             return Ok(d.clone());
         }
-        if emulation_requested() {
+        let fallback = ordinal == 0 && VM_FALLBACK.load(Ordering::Relaxed);
+        if fallback || emulation_requested() {
             let dev = Arc::new(Self::open_emulated(ordinal)?);
             devices.insert(ordinal, dev.clone());
             return Ok(dev);
@@ -795,6 +794,10 @@ pub fn gpu_required() -> bool {
 pub fn gpu_or_skip_with(test: &str, require: bool) -> Option<Arc<CudaDevice>> {
     static NOTE: std::sync::Once = std::sync::Once::new();
     match CudaDevice::get(0) {
+        // Under PALM_REQUIRE_GPU=1 the VM counts only when asked for by name.
+        Ok(d) if require && d.is_emulated() && !emulation_requested() => {
+            panic!("{test}: PALM_REQUIRE_GPU=1 but no usable GPU (cuda:0 is the PTX VM)")
+        }
         Ok(d) => Some(d),
         Err(e) if require => panic!("{test}: PALM_REQUIRE_GPU=1 but no usable GPU: {e}"),
         Err(e) => {

@@ -1,6 +1,6 @@
 //! Mixed-precision AdamW (`adamw.cu`): f32 parameters and moments, f32 or bf16 gradients,
 //! updated in place in one pass that also writes the bf16 copy of each new parameter; one
-//! launch for all tensors (`step_multi`). The single-tensor kernel stays planned for tests.
+//! launch for all tensors (`step_multi`).
 
 use super::{BLOCK, Launch, ptr, suffix};
 use crate::cuda::launch::{KArg, LaunchCfg};
@@ -9,32 +9,6 @@ use crate::{Result, Tensor};
 /// The hyper-parameters of one step: the CPU reference's (weight decay per tensor in
 /// `step_multi`'s slots).
 pub use crate::cpu::adamw::Hyper as Step;
-
-pub fn plan(gsfx: &str, p: u64, m: u64, v: u64, g: u64, n: usize, h: &Step, sms: u32) -> Launch {
-    let grid = n.div_ceil(BLOCK as usize).clamp(1, 4 * sms.max(1) as usize) as u32;
-    Launch::new(
-        format!("adamw_fwd_{gsfx}"),
-        LaunchCfg::new((grid, 1, 1), (BLOCK, 1, 1), 0),
-        vec![
-            KArg::Ptr(p),
-            KArg::Ptr(m),
-            KArg::Ptr(v),
-            KArg::Ptr(g),
-            KArg::Ptr(0),
-            KArg::I64(n as i64),
-            KArg::F32(h.lr),
-            KArg::F32(h.beta1),
-            KArg::F32(h.beta2),
-            KArg::F32(h.eps),
-            KArg::F32(h.weight_decay),
-            KArg::F32(h.bias1),
-            KArg::F32(h.bias2),
-            KArg::F32(1.0),
-            KArg::Ptr(0),
-            KArg::F32(0.0),
-        ],
-    )
-}
 
 /// One launch updating `n` tensors whose pointer arrays sit in one device table (see
 /// [`step_multi`] for its layout); per-tensor weight decays come from the table.

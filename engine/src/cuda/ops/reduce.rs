@@ -42,14 +42,29 @@ pub fn plan_cols(sfx: &str, x: u64, out: u64, rows: usize, cols: usize) -> Resul
     ))
 }
 
-/// `*out += Σ x²` over n elements (out is f32 and must be zeroed first).
-pub fn plan_sumsq(sfx: &str, x: u64, n: usize, out: u64, sms: u32) -> Launch {
-    let grid = n.div_ceil(2048).clamp(1, 2 * sms.max(1) as usize) as u32;
-    Launch::new(
-        format!("sumsq_fwd_{sfx}"),
+/// `out[0] += Σ x²` over `n` tensors whose pointers and sizes sit in one device table (pointers,
+/// then sizes, 8-byte words); `max_len` (the largest tensor) sizes the grid. `out` is f32 and
+/// zeroed first.
+pub fn plan_sumsq_multi(
+    sfx: &str,
+    table: u64,
+    n: usize,
+    max_len: usize,
+    out: u64,
+    sms: u32,
+) -> Result<Launch> {
+    let grid = max_len.div_ceil(2048).clamp(1, 2 * sms.max(1) as usize) as u32;
+    Ok(Launch::new(
+        format!("sumsq_multi_fwd_{sfx}"),
         LaunchCfg::new((grid, 1, 1), (BLOCK, 1, 1), 0),
-        vec![KArg::Ptr(x), KArg::I64(n as i64), KArg::Ptr(out)],
-    )
+        vec![
+            KArg::Ptr(table),
+            KArg::Ptr(table + 8 * n as u64),
+            KArg::I32(int(n, "tensors")?),
+            KArg::Ptr(out),
+            KArg::I32(0),
+        ],
+    ))
 }
 
 /// Reduce the last dim of a contiguous tensor viewed as (rows, cols) with `kind` = sum | max.
@@ -136,20 +151,36 @@ pub(crate) fn log_softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// Σ x² of a float tensor as a device f32 scalar, added into `acc` (zeroed by the caller).
-pub(crate) fn sumsq_into(x: &Tensor, acc: &Tensor) -> Result<()> {
-    let x = x.contiguous()?;
-    let dev = device_of(&x)?;
-    let sfx = suffix(x.dtype(), "sumsq")?;
+/// Σ x² over all of `xs` (float tensors on one device) added into the device f32 scalar `acc`
+/// (zeroed by the caller): one launch per dtype.
+pub(crate) fn sumsq_into(xs: &[&Tensor], acc: &Tensor) -> Result<()> {
     debug_assert_eq!(acc.dtype(), DType::F32);
-    if x.elem_count() > 0 {
-        dev.run(&plan_sumsq(
-            sfx,
-            ptr(&x)?,
-            x.elem_count(),
+    let dev = device_of(acc)?;
+    for dtype in [DType::F32, DType::BF16] {
+        let group: Vec<Tensor> = xs
+            .iter()
+            .filter(|x| x.dtype() == dtype && x.elem_count() > 0)
+            .map(|x| x.contiguous())
+            .collect::<Result<_>>()?;
+        if group.is_empty() {
+            continue;
+        }
+        let n = group.len();
+        let mut words = vec![0u64; 2 * n];
+        for (j, x) in group.iter().enumerate() {
+            words[j] = ptr(x)?;
+            words[n + j] = x.elem_count() as u64;
+        }
+        let max_len = group.iter().map(Tensor::elem_count).max().unwrap_or(0);
+        let table = dev.upload(&words)?;
+        dev.run(&plan_sumsq_multi(
+            suffix(dtype, "sumsq")?,
+            table.ptr(),
+            n,
+            max_len,
             ptr(acc)?,
             dev.num_sms(),
-        ))?;
+        )?)?;
     }
     Ok(())
 }
