@@ -316,13 +316,28 @@ fn run_cta(l: &Launch, s: &mut Scratch, cta: u64, c: &mut Counters) -> Result<()
         c,
         wsync: vec![0; l.nwarps as usize],
         hint: 0,
+        unwritten_read: None,
     };
     let result = (|| {
         loop {
             for (w, warp) in warps.iter_mut().enumerate() {
-                if !warp.done() && !warp.at_bar {
-                    cta_ctx.run_warp(warp, w as u32)?;
+                if !warp.done()
+                    && !warp.at_bar
+                    && let Err(e) = cta_ctx.run_warp(warp, w as u32)
+                {
+                    // A race explains an earlier read of unwritten shared bytes (the write it
+                    // raced with came later in this schedule); any other finding comes after
+                    // that read.
+                    let race = matches!(&e, Error::Fault(f) if f.check == Check::Racecheck);
+                    return Err(match cta_ctx.unwritten_read.take() {
+                        Some((first, _)) if !race => first,
+                        _ => e,
+                    });
                 }
+            }
+            // No other thread wrote those bytes before the barrier (or the end): initcheck.
+            if let Some((e, _)) = cta_ctx.unwritten_read.take() {
+                return Err(e);
             }
             let waiting = warps.iter().filter(|w| w.at_bar).count();
             if waiting == 0 {
@@ -354,7 +369,16 @@ struct Cta<'a, 'b> {
     wsync: Vec<u32>,
     /// Last region an access hit (most accesses of a warp hit the same few).
     hint: usize,
+    /// The first shared read of bytes not written in this CTA, in this barrier interval, and the
+    /// CTA's instruction count then. Warps run one after another, so a write by another warp
+    /// later in the interval would make it a race (reported as such); the initcheck finding
+    /// stands when the interval ends without one, or after [`DEFER_LIMIT`] more instructions
+    /// (the value read may be garbage steering a loop).
+    unwritten_read: Option<(Error, u64)>,
 }
+
+/// Warp instructions a CTA may run while an initcheck finding waits for its barrier interval.
+const DEFER_LIMIT: u64 = 1 << 22;
 
 /// Lanes set in `m`.
 #[inline]
@@ -472,6 +496,11 @@ impl<'a, 'b> Cta<'a, 'b> {
             let Some(top) = w.stack.last().copied() else {
                 return Ok(());
             };
+            if let Some((_, since)) = &self.unwritten_read
+                && self.c.warp_instructions - since > DEFER_LIMIT
+            {
+                return Err(self.unwritten_read.take().expect("checked").0);
+            }
             let mask = top.mask & !w.exited;
             if mask == 0 || top.pc == top.rpc {
                 w.stack.pop();
@@ -1019,17 +1048,13 @@ impl<'a, 'b> Cta<'a, 'b> {
                 cp_size,
                 src_size,
             } => self.cp_async(w, wid, pc, exec, dst, src, *cp_size, src_size.as_ref())?,
-            Op::CpAsyncCommit => {
-                for p in w.pending.iter_mut() {
-                    if exec >> p.lane & 1 == 1 && p.group == u32::MAX {
-                        p.group = w.committed[p.lane as usize];
-                    }
+            Op::CpAsyncCommit => cp_commit(w, exec),
+            Op::CpAsyncWait { n, all } => {
+                if *all {
+                    cp_commit(w, exec);
                 }
-                for l in lanes(exec) {
-                    w.committed[l] += 1;
-                }
+                self.cp_wait(w, wid, pc, exec, *n)?
             }
-            Op::CpAsyncWait { n } => self.cp_wait(w, wid, pc, exec, *n)?,
             Op::WarpSync { mask: mk } => {
                 let membermask = self.get(w, mk, wid, exec.trailing_zeros() as usize) as u32;
                 self.check_members(w, wid, pc, exec, mask, membermask, "bar.warp.sync")?;
@@ -1264,16 +1289,21 @@ impl<'a, 'b> Cta<'a, 'b> {
                             hazard("read-after-atomic", s.a_tid),
                         ));
                     }
-                    if s.init != self.cta_gen {
-                        return Err(self.fault(
-                            Check::Initcheck,
-                            wid,
-                            l,
-                            pc,
-                            format!(
-                                "shared read at {:#x} of bytes never written in this CTA",
-                                g * 2
+                    if s.init != self.cta_gen && self.unwritten_read.is_none() {
+                        let now = self.c.warp_instructions;
+                        self.unwritten_read = Some((
+                            self.fault(
+                                Check::Initcheck,
+                                wid,
+                                l,
+                                pc,
+                                format!(
+                                    "shared read at {:#x} of bytes never written in this CTA \
+                                     (nor by another thread later in the barrier interval)",
+                                    g * 2
+                                ),
                             ),
+                            now,
                         ));
                     }
                 }
@@ -1788,8 +1818,16 @@ impl<'a, 'b> Cta<'a, 'b> {
                         format!("misaligned cp.async source {:#x}", saddrs[l]),
                     ));
                 }
-                // Only the first `n` bytes are read.
-                let i = self.global(wid, l, pc, saddrs[l], n)?;
+                // Only the first `n` bytes are read (bounds only: the alignment the ISA asks
+                // for is cp-size's, checked above; `n` need not be a power of two).
+                let mut hint = self.hint;
+                let i = self
+                    .l
+                    .regions
+                    .find(saddrs[l], n as u64, &mut hint)
+                    .map_err(|msg| {
+                        self.fault(Check::Memcheck, wid, l, pc, format!("global memory: {msg}"))
+                    })?;
                 let r = &self.l.regions.list[i];
                 let off = r.off(saddrs[l]);
                 for (k, byte) in data.iter_mut().enumerate().take(n as usize) {
@@ -1919,6 +1957,18 @@ impl<'a, 'b> Cta<'a, 'b> {
         let ideal = (n as u64).div_ceil(32).max(1);
         self.c.shared_wavefronts += wf.max(ideal);
         self.c.shared_bank_conflicts += wf.max(ideal) - ideal;
+    }
+}
+
+/// `cp.async.commit_group` for lanes `exec`: their uncommitted copies form a new group.
+fn cp_commit(w: &mut Warp, exec: u32) {
+    for p in w.pending.iter_mut() {
+        if exec >> p.lane & 1 == 1 && p.group == u32::MAX {
+            p.group = w.committed[p.lane as usize];
+        }
+    }
+    for l in lanes(exec) {
+        w.committed[l] += 1;
     }
 }
 
@@ -2246,9 +2296,9 @@ fn cvt(
                 IRnd::Rmi => x.floor(),
                 IRnd::Rpi => x.ceil(),
             };
-            // Saturating, NaN to 0, as PTX float-to-integer conversions are.
+            // Saturating; NaN to 0, except to a 64-bit integer: 1 << 63 (PTX ISA 9.0, cvt).
             let v: i128 = if r.is_nan() {
-                0
+                if d.bits() == 64 { 1 << 63 } else { 0 }
             } else if d.signed() {
                 let lo = -(1i128 << (d.bits() - 1));
                 let hi = (1i128 << (d.bits() - 1)) - 1;

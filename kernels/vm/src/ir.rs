@@ -458,8 +458,11 @@ pub enum Op {
         src_size: Option<Operand>,
     },
     CpAsyncCommit,
+    /// `cp.async.wait_group n`, or `cp.async.wait_all` (`all`: the thread's uncommitted copies
+    /// are waited for too, as by `cp.async.commit_group; cp.async.wait_group 0`).
     CpAsyncWait {
         n: u32,
+        all: bool,
     },
 }
 
@@ -531,18 +534,27 @@ impl Module {
     pub fn kernel(&self, name: &str) -> Option<&Kernel> {
         self.kernels.iter().find(|k| k.name == name)
     }
-    /// "`file.ptx:LINE` (`src.cu:LINE`)" for an instruction, for messages.
+    /// "`file.ptx:LINE` (`src.cu:LINE`)" for an instruction, for messages; code inlined from a
+    /// header also names the line it was inlined at: "(`header:LINE`, inlined at `src.cu:LINE`)".
     pub fn where_(&self, ins: &Instr) -> String {
-        match ins.loc {
-            Some((f, l)) => {
-                let file = self
-                    .files
-                    .get(f as usize)
-                    .map(String::as_str)
-                    .unwrap_or("?");
-                format!("{}:{} ({}:{})", self.name, ins.line, file, l)
-            }
-            None => format!("{}:{}", self.name, ins.line),
+        let file = |f: u32| {
+            self.files
+                .get(f as usize)
+                .map(String::as_str)
+                .unwrap_or("?")
+        };
+        match (ins.loc, ins.inlined_at) {
+            (Some((f, l)), Some((fi, li))) => format!(
+                "{}:{} ({}:{}, inlined at {}:{})",
+                self.name,
+                ins.line,
+                file(f),
+                l,
+                file(fi),
+                li
+            ),
+            (Some((f, l)), None) => format!("{}:{} ({}:{})", self.name, ins.line, file(f), l),
+            _ => format!("{}:{}", self.name, ins.line),
         }
     }
 }

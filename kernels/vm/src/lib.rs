@@ -68,7 +68,7 @@ pub struct Fault {
     pub kernel: String,
     pub block: [u32; 3],
     pub thread: [u32; 3],
-    /// `file.ptx:LINE (src.cu:LINE)`.
+    /// `file.ptx:LINE (src.cu:LINE)`, or `file.ptx:LINE (header:LINE, inlined at src.cu:LINE)`.
     pub at: String,
     /// The PTX instruction text.
     pub instruction: String,

@@ -125,11 +125,47 @@ pub fn arith(op: crate::ir::FOp, a: f32, b: f32, rnd: Rnd) -> f32 {
     match op {
         FOp::Add => fma(1.0, a, b, rnd),
         FOp::Sub => fma(1.0, a, -b, rnd),
-        FOp::Mul => fma(a, b, -0.0, rnd),
-        FOp::Div => a / b,
+        // Adding a zero leaves an exact zero product's sign alone only when the zero is −0
+        // (x + −0 = x), except toward −∞ where +0 + −0 = −0: there +0 is the neutral one.
+        FOp::Mul => fma(a, b, if rnd == Rnd::Rm { 0.0 } else { -0.0 }, rnd),
+        FOp::Div => div(a, b, rnd),
         FOp::Min => fmin(a, b),
         FOp::Max => fmax(a, b),
         FOp::Copysign => b.copysign(a),
+    }
+}
+
+/// `div.rnd.f32`: a / b correctly rounded in direction `rnd`.
+pub fn div(a: f32, b: f32, rnd: Rnd) -> f32 {
+    let q = a / b;
+    if rnd == Rnd::Rn || !a.is_finite() || !b.is_finite() || b == 0.0 || a == 0.0 {
+        return q;
+    }
+    if q.is_infinite() {
+        // Overflow to nearest: directed rounding toward zero stops at the largest finite value.
+        let toward_inf = match rnd {
+            Rnd::Rp => q > 0.0,
+            Rnd::Rm => q < 0.0,
+            _ => false,
+        };
+        return if toward_inf { q } else { f32::MAX.copysign(q) };
+    }
+    // The residual a − q·b is exact in f64 (q·b has at most 48 significant bits), and its sign
+    // against b's says on which side of q the exact quotient lies.
+    let r = (-(q as f64)).mul_add(b as f64, a as f64);
+    if r == 0.0 {
+        return q;
+    }
+    let above = (r > 0.0) == (b > 0.0);
+    let up = match rnd {
+        Rnd::Rp => true,
+        Rnd::Rm => false,
+        _ => q < 0.0 || (q == 0.0 && !above),
+    };
+    match (above, up) {
+        (true, true) => next_up(q),
+        (false, false) => next_down(q),
+        _ => q,
     }
 }
 

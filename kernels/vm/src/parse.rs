@@ -1528,10 +1528,11 @@ impl Decoder<'_> {
                     n(1)?;
                     Op::CpAsyncWait {
                         n: parse_int(&a[0]).ok_or("wait_group needs a constant")? as u32,
+                        all: false,
                     }
                 } else if m.take("wait_all") {
                     n(0)?;
-                    Op::CpAsyncWait { n: 0 }
+                    Op::CpAsyncWait { n: 0, all: true }
                 } else {
                     let _ = m.take_any(&["ca", "cg"]);
                     let dst_space = m.space();
