@@ -34,9 +34,6 @@ __device__ __forceinline__ void reduce_rows(const T* __restrict__ x, T* __restri
     }
 }
 
-extern "C" __global__ void sum_rows_fwd_bf16(const bf16* x, bf16* out, int rows, int cols) {
-    reduce_rows<bf16, false>(x, out, rows, cols);
-}
 extern "C" __global__ void sum_rows_fwd_f32(const float* x, float* out, int rows, int cols) {
     reduce_rows<float, false>(x, out, rows, cols);
 }
@@ -49,7 +46,7 @@ extern "C" __global__ void max_rows_fwd_f32(const float* x, float* out, int rows
 
 // ---------------------------------------------------------------- column sum
 
-// out[c] = sum_r x[r, c]; one thread per column, grid.x = ceil(cols / blockDim.x), any blockDim.
+// out[c] = sum_r x[r, c] (sums run in f32: the engine widens bf16 inputs first); one thread per column, grid.x = ceil(cols / blockDim.x), any blockDim.
 // Deterministic (rows summed in order). Meant for modest row counts (bias-like gradients,
 // per-block partials); for huge row counts reduce in two steps.
 template <typename T>
@@ -59,9 +56,6 @@ __device__ __forceinline__ void sum_cols(const T* __restrict__ x, T* __restrict_
     float acc = 0.0f;
     for (int r = 0; r < rows; ++r) acc += to_f32(x[(long long)r * cols + c]);
     out[c] = from_f32<T>(acc);
-}
-extern "C" __global__ void sum_cols_fwd_bf16(const bf16* x, bf16* out, int rows, int cols) {
-    sum_cols<bf16>(x, out, rows, cols);
 }
 extern "C" __global__ void sum_cols_fwd_f32(const float* x, float* out, int rows, int cols) {
     sum_cols<float>(x, out, rows, cols);

@@ -162,11 +162,9 @@ pub const REDUCE: Family = Family {
     name: "reduce",
     ptx: include_str!("../ptx/reduce.ptx"),
     functions: &[
-        "sum_rows_fwd_bf16",
         "sum_rows_fwd_f32",
         "max_rows_fwd_bf16",
         "max_rows_fwd_f32",
-        "sum_cols_fwd_bf16",
         "sum_cols_fwd_f32",
         "sumsq_multi_fwd_bf16",
         "sumsq_multi_fwd_f32",

@@ -206,7 +206,8 @@ impl GpuTimer {
 pub struct CudaDevice {
     info: DeviceInfo,
     backend: Backend,
-    num_sms: u32,
+    /// Atomic so the PTX VM's count can be changed at run time ([`CudaDevice::set_vm_sms`]).
+    num_sms: AtomicU32,
     smem_optin: u32,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     kernels: Mutex<HashMap<&'static str, Arc<Kernel>>>,
@@ -286,7 +287,7 @@ impl CudaDevice {
         Ok(CudaDevice {
             info,
             backend,
-            num_sms: num_sms.max(1) as u32,
+            num_sms: AtomicU32::new(num_sms.max(1) as u32),
             smem_optin: smem_optin.max(0) as u32,
             modules: Mutex::new(HashMap::new()),
             kernels: Mutex::new(HashMap::new()),
@@ -318,7 +319,7 @@ impl CudaDevice {
         Ok(CudaDevice {
             info,
             backend,
-            num_sms,
+            num_sms: AtomicU32::new(num_sms),
             smem_optin: 232_448,
             modules: Mutex::new(HashMap::new()),
             kernels: Mutex::new(HashMap::new()),
@@ -336,7 +337,19 @@ impl CudaDevice {
         self.info.ordinal
     }
     pub fn num_sms(&self) -> u32 {
-        self.num_sms
+        self.num_sms.load(Ordering::Relaxed)
+    }
+
+    /// Set the SM count the PTX VM reports (plans size grids and pick tiles by it: a small count
+    /// reaches the large-tile paths at small shapes). An error on a GPU.
+    pub fn set_vm_sms(&self, sms: u32) -> Result<()> {
+        if self.vm().is_none() || !(1..=1024).contains(&sms) {
+            return Err(Error::Invalid(format!(
+                "set_vm_sms({sms}): only the PTX VM's SM count can be set, to 1..=1024"
+            )));
+        }
+        self.num_sms.store(sms, Ordering::Relaxed);
+        Ok(())
     }
     /// Whether this is the emulated device (`PALM_CUDA_EMULATE=1`), not a GPU.
     pub fn is_emulated(&self) -> bool {

@@ -125,6 +125,19 @@ fn operand(t: &Tensor) -> Result<(Tensor, Operand)> {
     Ok((c, o))
 }
 
+/// An f32 operand rounded to bf16 for the tensor cores. A transposed operand stays transposed
+/// (its contiguous transpose is cast), so the kernel reads it in place rather than after a gather.
+fn bf16_keeping_transpose(t: &Tensor) -> Result<Tensor> {
+    let r = t.rank();
+    if r >= 2 && !t.layout().is_contiguous() {
+        let back = t.transpose(r - 2, r - 1)?;
+        if back.layout().is_contiguous() {
+            return back.to_dtype(DType::BF16)?.transpose(r - 2, r - 1);
+        }
+    }
+    t.to_dtype(DType::BF16)
+}
+
 /// (m×k)·(k×n) or (b×m×k)·(b×k×n), shapes checked by the caller.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor, d: Dims, out_dims: &[usize]) -> Result<Tensor> {
     untracked(|| {
@@ -151,7 +164,7 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, d: Dims, out_dims: &[usize]) -> Res
             return super::elementwise::full(&dev, out_dims, a.dtype(), 0.0);
         }
         let (a, b) = if f32_out {
-            (a.to_dtype(DType::BF16)?, b.to_dtype(DType::BF16)?)
+            (bf16_keeping_transpose(a)?, bf16_keeping_transpose(b)?)
         } else {
             (a.clone(), b.clone())
         };
