@@ -481,6 +481,15 @@ impl<'a, 'b> Cta<'a, 'b> {
         }
     }
 
+    /// Up to four operands (vector stores, packs, mma accumulators) without allocating.
+    fn fetch_all(&self, w: &Warp, ops: &[Operand], wid: u32) -> [[u64; 32]; 4] {
+        let mut out = [[0u64; 32]; 4];
+        for (o, op) in out.iter_mut().zip(ops) {
+            *o = self.fetch(w, op, wid);
+        }
+        out
+    }
+
     #[inline]
     fn get(&self, w: &Warp, op: &Operand, wid: u32, l: usize) -> u64 {
         match op {
@@ -605,11 +614,14 @@ impl<'a, 'b> Cta<'a, 'b> {
                 parts,
                 part_bits,
             } => {
-                let vals: Vec<[u64; 32]> = parts.iter().map(|p| self.fetch(w, p, wid)).collect();
+                let vals = self.fetch_all(w, parts, wid);
                 let out: [u64; 32] = std::array::from_fn(|l| {
-                    vals.iter().enumerate().fold(0u64, |acc, (i, v)| {
-                        acc | ((v[l] & mask_of(*part_bits)) << (i as u32 * part_bits))
-                    })
+                    vals[..parts.len()]
+                        .iter()
+                        .enumerate()
+                        .fold(0u64, |acc, (i, v)| {
+                            acc | ((v[l] & mask_of(*part_bits)) << (i as u32 * part_bits))
+                        })
                 });
                 put(w, *d, &out, exec);
             }
@@ -1516,10 +1528,10 @@ impl<'a, 'b> Cta<'a, 'b> {
                 ));
             }
         }
-        let vals: Vec<[u64; 32]> = srcs.iter().map(|s| self.fetch(w, s, wid)).collect();
+        let vals = self.fetch_all(w, srcs, wid);
         for l in lanes(exec) {
             let mut v = 0u128;
-            for (i, s) in vals.iter().enumerate() {
+            for (i, s) in vals[..srcs.len()].iter().enumerate() {
                 v |= ((s[l] & mask_of(size * 8)) as u128) << (i as u32 * size * 8);
             }
             match space {
@@ -1686,7 +1698,7 @@ impl<'a, 'b> Cta<'a, 'b> {
         let mut am = [[0f64; 16]; 16];
         let mut bm = [[0f64; 8]; 16];
         let mut cm = [[0f64; 8]; 16];
-        let cvals: Vec<[u64; 32]> = c.iter().map(|o| self.fetch(w, o, wid)).collect();
+        let cvals = self.fetch_all(w, c, wid);
         for l in 0..32usize {
             let (g, q) = (l / 4, l % 4);
             for (r, reg) in a.iter().enumerate() {
@@ -1857,16 +1869,18 @@ impl<'a, 'b> Cta<'a, 'b> {
     }
 
     fn cp_wait(&mut self, w: &mut Warp, wid: u32, pc: usize, exec: u32, n: u32) -> Result<()> {
-        let mut keep = Vec::with_capacity(w.pending.len());
-        let pending = std::mem::take(&mut w.pending);
-        for p in pending {
+        // Land the copies in place (issue order), keeping the rest, without allocating.
+        let mut i = 0;
+        while i < w.pending.len() {
+            let p = w.pending[i];
             let l = p.lane as usize;
             let committed = w.committed[l];
             let lands = exec >> l & 1 == 1 && p.group != u32::MAX && p.group + n < committed;
             if !lands {
-                keep.push(p);
+                i += 1;
                 continue;
             }
+            w.pending.remove(i);
             let off = p.dst as usize;
             for g in off / 2..(off + p.len as usize).div_ceil(2) {
                 self.shadow[g].inflight = 0;
@@ -1874,7 +1888,6 @@ impl<'a, 'b> Cta<'a, 'b> {
             self.shadow(wid, l, pc, off, p.len as u32, Access::Write)?;
             self.shared[off..off + p.len as usize].copy_from_slice(&p.data[..p.len as usize]);
         }
-        w.pending = keep;
         Ok(())
     }
 

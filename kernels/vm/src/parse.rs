@@ -928,6 +928,9 @@ impl Decoder<'_> {
                             }
                         })
                         .collect::<std::result::Result<Vec<_>, String>>()?;
+                    if !(2..=4).contains(&ds.len()) || ty.bits() % ds.len() as u32 != 0 {
+                        return Err("mov unpacks into 2 to 4 equal parts".into());
+                    }
                     let part_bits = ty.bits() / ds.len() as u32;
                     Op::Unpack {
                         ds,
@@ -936,6 +939,9 @@ impl Decoder<'_> {
                     }
                 } else if a[1].starts_with('{') {
                     let parts = self.vec_ops(&a[1], Ty::B32)?;
+                    if !(2..=4).contains(&parts.len()) || ty.bits() % parts.len() as u32 != 0 {
+                        return Err("mov packs 2 to 4 equal parts".into());
+                    }
                     let part_bits = ty.bits() / parts.len() as u32;
                     Op::Pack {
                         d: self.reg(&a[0])?,
