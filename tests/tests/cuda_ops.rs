@@ -431,3 +431,48 @@ fn adamw_and_clipping_match_the_cpu() {
         assert_close(&format!("v {i}"), &a.1, &b.1, 1e-5);
     }
 }
+
+/// Rows as wide as the `small` preset's vocabulary and model dim: the kernels' grid-stride row
+/// loops and block reductions at their real sizes (the property tests stay small).
+#[test]
+fn wide_rows_match_the_cpu() {
+    if !gpu("wide_rows_match_the_cpu") {
+        return;
+    }
+    let (r, v) = (3, 50_304);
+    let mut targets: Vec<u32> = (0..r).map(|i| (i * 12_345 + 7) as u32).collect();
+    targets[1] = 0; // ignored
+    let targets = Tensor::from_vec(targets, &[r]).unwrap();
+    for dt in DTYPES {
+        let x = randn(&[r, v], 3).scale(4.0).unwrap();
+        let t2 = targets.clone();
+        compare_reduced("cross_entropy V=50304", dt, std::slice::from_ref(&x), move |t| {
+            cross_entropy(&t[0], &t2.to_device(t[0].device()).unwrap())
+                .unwrap()
+                .0
+        });
+        let t3 = targets.clone();
+        compare_reduced("logprob V=50304", dt, std::slice::from_ref(&x), move |t| {
+            logprob(&t[0], &t3.to_device(t[0].device()).unwrap(), 0.7).unwrap()
+        });
+        compare_reduced("layer_norm 6144", dt, &[randn(&[4, 6144], 5), randn(&[6144], 6)], |t| {
+            layer_norm(&t[0], &t[1]).unwrap()
+        });
+        // Greedy sampling over the whole vocabulary is the argmax.
+        let dev = x.to_device(GPU).unwrap().to_dtype(dt).unwrap();
+        let rows = host(&rounded(&x, dt));
+        let rule = Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 1,
+            step: 0,
+        };
+        let got = sample(&dev, &rule).unwrap().to_vec::<u32>().unwrap();
+        for (i, &g) in got.iter().enumerate() {
+            let row = &rows[i * v..(i + 1) * v];
+            let best = (0..v).max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a))).unwrap();
+            assert_eq!(g as usize, best, "row {i} ({dt:?})");
+        }
+    }
+}
