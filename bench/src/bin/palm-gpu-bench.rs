@@ -391,6 +391,9 @@ struct Derived {
     simt: f64,
     ld_sectors: Option<f64>,
     st_sectors: Option<f64>,
+    /// Bytes requested / bytes of the sectors touched (1 = perfectly coalesced).
+    ld_eff: Option<f64>,
+    st_eff: Option<f64>,
     conflicts: Option<f64>,
     tc: f64,
 }
@@ -401,6 +404,8 @@ fn derive(c: &VmCounters, total_instructions: u64) -> Derived {
         simt: c.simt_efficiency(),
         ld_sectors: ratio(c.global_load_sectors, c.global_load_requests),
         st_sectors: ratio(c.global_store_sectors, c.global_store_requests),
+        ld_eff: ratio(c.global_load_bytes, 32 * c.global_load_sectors),
+        st_eff: ratio(c.global_store_bytes, 32 * c.global_store_sectors),
         conflicts: ratio(c.shared_bank_conflicts, c.shared_wavefronts),
         tc: ratio(c.mma, c.warp_instructions).unwrap_or(0.0),
     }
@@ -441,6 +446,8 @@ fn vm_profile_json(stats: &BTreeMap<String, KernelStats>, context: &Value) -> Ve
             v["instruction_share"] = d.share.into();
             v["load_sectors_per_request"] = d.ld_sectors.into();
             v["store_sectors_per_request"] = d.st_sectors.into();
+            v["load_efficiency"] = d.ld_eff.into();
+            v["store_efficiency"] = d.st_eff.into();
             v["bank_conflict_share"] = d.conflicts.into();
             v["tensor_core_share"] = d.tc.into();
             let fields: Value = serde_json::from_str(&format!("{{{}}}", s.counters.json_fields()))
@@ -470,14 +477,16 @@ fn vm_profile_table(stats: &BTreeMap<String, KernelStats>) -> String {
     let pct = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
     let mut out = String::new();
     let header = format!(
-        "{:<w$} {:>8} {:>12} {:>6} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "{:<w$} {:>8} {:>12} {:>6} {:>6} {:>9} {:>6} {:>9} {:>6} {:>9} {:>8} {:>8}",
         "kernel",
         "launches",
         "warp instr",
         "%",
         "SIMT",
         "ld sec/rq",
+        "ld eff",
         "st sec/rq",
+        "st eff",
         "bank cnf",
         "TC share",
         "barriers"
@@ -488,14 +497,16 @@ fn vm_profile_table(stats: &BTreeMap<String, KernelStats>) -> String {
         let d = derive(c, total.warp_instructions);
         let _ = writeln!(
             out,
-            "{:<w$} {:>8} {:>12} {:>6} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8}",
+            "{:<w$} {:>8} {:>12} {:>6} {:>6} {:>9} {:>6} {:>9} {:>6} {:>9} {:>8} {:>8}",
             name,
             launches,
             c.warp_instructions,
             format!("{:.1}", 100.0 * d.share),
             pct(Some(d.simt)),
             opt(d.ld_sectors, 2),
+            pct(d.ld_eff),
             opt(d.st_sectors, 2),
+            pct(d.st_eff),
             pct(d.conflicts),
             pct(Some(d.tc)),
             c.barriers
@@ -513,8 +524,9 @@ fn vm_profile_table(stats: &BTreeMap<String, KernelStats>) -> String {
          ld/st sec/rq: 32-byte sectors per global warp request (a cp.async counts as a global load and\n\
          a shared store; atomics are not in either). Ideal for a full, coalesced warp = bytes per lane:\n\
          2 for bf16, 4 for f32 (or one u32), 8 for 8-byte vectors, 16 for 16-byte vectors (32 lanes ×\n\
-         16 B = 16 sectors); a warp whose lanes each hit their own sector costs 32. The VM does not\n\
-         count requested bytes, so compare a kernel's value with its access width.\n\
+         16 B = 16 sectors); a warp whose lanes each hit their own sector costs 32.\n\
+         ld/st eff: bytes the lanes asked for / bytes of the sectors touched (100% = coalesced; above\n\
+         100%: lanes read the same bytes, a broadcast).\n\
          bank cnf: extra shared wavefronts caused by bank conflicts / all shared wavefronts (incl.\n\
          ldmatrix and cp.async writes); 0% = conflict-free.\n\
          TC share: mma.sync (m16n8k16, 4096 flops each) / warp instructions. barriers: bar.sync per warp.",

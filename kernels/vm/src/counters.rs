@@ -135,8 +135,11 @@ pub struct Counters {
     pub by_family: [u64; 16],
     pub global_load_requests: u64,
     pub global_load_sectors: u64,
+    /// Bytes the lanes asked for: sectors × 32 / bytes is the coalescing overhead (1 = ideal).
+    pub global_load_bytes: u64,
     pub global_store_requests: u64,
     pub global_store_sectors: u64,
+    pub global_store_bytes: u64,
     pub global_atomic_requests: u64,
     pub shared_load_requests: u64,
     pub shared_store_requests: u64,
@@ -161,8 +164,10 @@ impl Counters {
         }
         self.global_load_requests += o.global_load_requests;
         self.global_load_sectors += o.global_load_sectors;
+        self.global_load_bytes += o.global_load_bytes;
         self.global_store_requests += o.global_store_requests;
         self.global_store_sectors += o.global_store_sectors;
+        self.global_store_bytes += o.global_store_bytes;
         self.global_atomic_requests += o.global_atomic_requests;
         self.shared_load_requests += o.shared_load_requests;
         self.shared_store_requests += o.shared_store_requests;
@@ -193,8 +198,8 @@ impl Counters {
             .collect();
         format!(
             "\"ctas\":{},\"warps\":{},\"instructions\":{},\"lane_instructions\":{},\"simt_efficiency\":{:.4},\
-             \"by_family\":{{{}}},\"global_load_requests\":{},\"global_load_sectors\":{},\
-             \"global_store_requests\":{},\"global_store_sectors\":{},\"global_atomic_requests\":{},\
+             \"by_family\":{{{}}},\"global_load_requests\":{},\"global_load_sectors\":{},\"global_load_bytes\":{},\
+             \"global_store_requests\":{},\"global_store_sectors\":{},\"global_store_bytes\":{},\"global_atomic_requests\":{},\
              \"shared_load_requests\":{},\"shared_store_requests\":{},\"shared_wavefronts\":{},\
              \"shared_bank_conflicts\":{},\"mma\":{},\"barriers\":{}",
             self.ctas,
@@ -205,8 +210,10 @@ impl Counters {
             fam.join(","),
             self.global_load_requests,
             self.global_load_sectors,
+            self.global_load_bytes,
             self.global_store_requests,
             self.global_store_sectors,
+            self.global_store_bytes,
             self.global_atomic_requests,
             self.shared_load_requests,
             self.shared_store_requests,

@@ -1463,7 +1463,10 @@ impl<'a, 'b> Cta<'a, 'b> {
             addrs[l] = self.addr_of(w, addr, l);
         }
         match space {
-            Space::Global | Space::Generic => self.count_global(exec, &addrs, size * n, true),
+            Space::Global | Space::Generic => {
+                let bytes = (size * n) as u64 * exec.count_ones() as u64;
+                self.count_global(exec, &addrs, size * n, bytes, true)
+            }
             Space::Shared => self.count_shared(exec, &addrs, size * n, true),
             Space::Param => {}
         }
@@ -1516,7 +1519,10 @@ impl<'a, 'b> Cta<'a, 'b> {
             addrs[l] = self.addr_of(w, addr, l);
         }
         match space {
-            Space::Global | Space::Generic => self.count_global(exec, &addrs, size * n, false),
+            Space::Global | Space::Generic => {
+                let bytes = (size * n) as u64 * exec.count_ones() as u64;
+                self.count_global(exec, &addrs, size * n, bytes, false)
+            }
             Space::Shared => self.count_shared(exec, &addrs, size * n, false),
             Space::Param => {
                 return Err(self.fault(
@@ -1806,7 +1812,17 @@ impl<'a, 'b> Cta<'a, 'b> {
             daddrs[l] = self.addr_of(w, dst, l);
             saddrs[l] = self.addr_of(w, src, l);
         }
-        self.count_global(exec, &saddrs, cp_size, true);
+        // Only lanes with a non-zero src-size read global memory (the rest zero-fill).
+        let mut reading = 0u32;
+        let mut bytes = 0u64;
+        for l in lanes(exec) {
+            let n = ss.map(|s| s[l] as u32).unwrap_or(cp_size).min(cp_size);
+            if n > 0 {
+                reading |= 1 << l;
+                bytes += n as u64;
+            }
+        }
+        self.count_global(reading, &saddrs, cp_size, bytes, true);
         self.count_shared(exec, &daddrs, cp_size, false);
         for l in lanes(exec) {
             let n = ss.map(|s| s[l] as u32).unwrap_or(cp_size);
@@ -1893,7 +1909,12 @@ impl<'a, 'b> Cta<'a, 'b> {
 
     // ----- counters -----
 
-    fn count_global(&mut self, exec: u32, addrs: &[u64; 32], size: u32, load: bool) {
+    /// A global request by lanes `exec`, each touching `size` bytes at its address (`bytes` in
+    /// all, which a partial `cp.async` makes less than `size` per lane).
+    fn count_global(&mut self, exec: u32, addrs: &[u64; 32], size: u32, bytes: u64, load: bool) {
+        if exec == 0 {
+            return;
+        }
         let mut sectors = [0u64; 64];
         let mut n = 0;
         for l in lanes(exec) {
@@ -1915,9 +1936,11 @@ impl<'a, 'b> Cta<'a, 'b> {
         if load {
             self.c.global_load_requests += 1;
             self.c.global_load_sectors += distinct;
+            self.c.global_load_bytes += bytes;
         } else {
             self.c.global_store_requests += 1;
             self.c.global_store_sectors += distinct;
+            self.c.global_store_bytes += bytes;
         }
     }
 
