@@ -292,3 +292,38 @@ fn reward_model_and_rlhf_logprobs_on_the_gpu() {
     assert_close("token log-probs", &lg, &lc, MODEL_TOL);
     assert_close("token entropies", &hg, &hc, MODEL_TOL);
 }
+
+/// The loss and every gradient of a model per head dim: 32 (the composed attention), 64 and 128
+/// (the fused kernels), CUDA against the CPU — what `palm eval --device cuda` computes.
+#[test]
+fn every_head_dim_matches_the_cpu() {
+    if !gpu("every_head_dim_matches_the_cpu") {
+        return;
+    }
+    let mut data_rng = Rng::new(5);
+    let rows: Vec<u32> = (0..2 * 41)
+        .map(|_| 1 + data_rng.below(255) as u32)
+        .collect();
+    let tokens = Tensor::from_vec(rows, &[2, 41]).unwrap();
+    for dh in [32, 64, 128] {
+        let config = PalmConfig::new(256, 96, 2, 2, dh);
+        let params = PalmParams::init(&config, &mut Rng::new(dh as u64)).unwrap();
+        let run = |device: Device| {
+            let p = params.to_device(device).unwrap();
+            let ts = p.tensors();
+            let (loss, _) = p.loss(&tokens, &mut Forward::default()).unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<Vec<f32>> = ts
+                .iter()
+                .map(|t| grads.get(t).unwrap().to_f32_vec().unwrap())
+                .collect();
+            (loss.to_scalar().unwrap(), g)
+        };
+        let (lc, gc) = run(Device::Cpu);
+        let (lg, gg) = run(GPU);
+        assert_close(&format!("loss, head dim {dh}"), &[lg], &[lc], 1e-3);
+        for (i, (g, c)) in gg.iter().zip(&gc).enumerate() {
+            assert_close(&format!("gradient {i}, head dim {dh}"), g, c, MODEL_TOL);
+        }
+    }
+}
