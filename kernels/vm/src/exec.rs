@@ -1079,7 +1079,6 @@ impl<'a, 'b> Cta<'a, 'b> {
 
     /// A `.sync` collective: every member named must be executing it, and every executing lane
     /// must be a member.
-    #[allow(clippy::too_many_arguments)]
     fn check_members(
         &self,
         w: &Warp,
@@ -1444,7 +1443,32 @@ impl<'a, 'b> Cta<'a, 'b> {
 
     // ----- memory instructions -----
 
-    #[allow(clippy::too_many_arguments)]
+    /// Each executing lane's address of a memory instruction, counted as one warp request of
+    /// `size` bytes per lane.
+    fn request(
+        &mut self,
+        w: &Warp,
+        exec: u32,
+        space: Space,
+        addr: &Addr,
+        size: u32,
+        load: bool,
+    ) -> [u64; 32] {
+        let mut addrs = [0u64; 32];
+        for l in lanes(exec) {
+            addrs[l] = self.addr_of(w, addr, l);
+        }
+        match space {
+            Space::Global | Space::Generic => {
+                let bytes = size as u64 * exec.count_ones() as u64;
+                self.count_global(exec, &addrs, size, bytes, load)
+            }
+            Space::Shared => self.count_shared(exec, &addrs, size, load),
+            Space::Param => {}
+        }
+        addrs
+    }
+
     fn load(
         &mut self,
         w: &mut Warp,
@@ -1458,18 +1482,7 @@ impl<'a, 'b> Cta<'a, 'b> {
     ) -> Result<()> {
         let size = ty.bytes();
         let n = ds.len() as u32;
-        let mut addrs = [0u64; 32];
-        for l in lanes(exec) {
-            addrs[l] = self.addr_of(w, addr, l);
-        }
-        match space {
-            Space::Global | Space::Generic => {
-                let bytes = (size * n) as u64 * exec.count_ones() as u64;
-                self.count_global(exec, &addrs, size * n, bytes, true)
-            }
-            Space::Shared => self.count_shared(exec, &addrs, size * n, true),
-            Space::Param => {}
-        }
+        let addrs = self.request(w, exec, space, addr, size * n, true);
         for l in lanes(exec) {
             let a = addrs[l];
             let v: u128 = match space {
@@ -1500,7 +1513,6 @@ impl<'a, 'b> Cta<'a, 'b> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn store(
         &mut self,
         w: &mut Warp,
@@ -1514,26 +1526,16 @@ impl<'a, 'b> Cta<'a, 'b> {
     ) -> Result<()> {
         let size = ty.bytes();
         let n = srcs.len() as u32;
-        let mut addrs = [0u64; 32];
-        for l in lanes(exec) {
-            addrs[l] = self.addr_of(w, addr, l);
+        if space == Space::Param {
+            return Err(self.fault(
+                Check::Execution,
+                wid,
+                exec.trailing_zeros() as usize,
+                pc,
+                "store to .param".into(),
+            ));
         }
-        match space {
-            Space::Global | Space::Generic => {
-                let bytes = (size * n) as u64 * exec.count_ones() as u64;
-                self.count_global(exec, &addrs, size * n, bytes, false)
-            }
-            Space::Shared => self.count_shared(exec, &addrs, size * n, false),
-            Space::Param => {
-                return Err(self.fault(
-                    Check::Execution,
-                    wid,
-                    exec.trailing_zeros() as usize,
-                    pc,
-                    "store to .param".into(),
-                ));
-            }
-        }
+        let addrs = self.request(w, exec, space, addr, size * n, false);
         let vals = self.fetch_all(w, srcs, wid);
         for l in lanes(exec) {
             let mut v = 0u128;
@@ -1548,7 +1550,6 @@ impl<'a, 'b> Cta<'a, 'b> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn atom(
         &mut self,
         w: &mut Warp,
@@ -1686,7 +1687,6 @@ impl<'a, 'b> Cta<'a, 'b> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn mma(
         &mut self,
         w: &mut Warp,
@@ -1744,7 +1744,6 @@ impl<'a, 'b> Cta<'a, 'b> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn ldmatrix(
         &mut self,
         w: &mut Warp,
@@ -1793,7 +1792,6 @@ impl<'a, 'b> Cta<'a, 'b> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn cp_async(
         &mut self,
         w: &mut Warp,

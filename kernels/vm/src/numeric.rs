@@ -171,37 +171,29 @@ pub fn div(a: f32, b: f32, rnd: Rnd) -> f32 {
 
 /// `min.f32`: the non-NaN operand when one is NaN; −0 < +0.
 pub fn fmin(a: f32, b: f32) -> f32 {
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => f32::from_bits(0x7FFF_FFFF),
-        (true, false) => b,
-        (false, true) => a,
-        _ => {
-            if a == b {
-                if a.is_sign_negative() { a } else { b }
-            } else if a < b {
-                a
-            } else {
-                b
-            }
-        }
-    }
+    min_or_max(a, b, true)
 }
 
 /// `max.f32`: the non-NaN operand when one is NaN; +0 > −0.
 pub fn fmax(a: f32, b: f32) -> f32 {
+    min_or_max(a, b, false)
+}
+
+fn min_or_max(a: f32, b: f32, min: bool) -> f32 {
     match (a.is_nan(), b.is_nan()) {
         (true, true) => f32::from_bits(0x7FFF_FFFF),
         (true, false) => b,
         (false, true) => a,
-        _ => {
-            if a == b {
-                if a.is_sign_negative() { b } else { a }
-            } else if a > b {
+        // Equal values differ at most in the sign of zero: −0 is the smaller.
+        _ if a == b => {
+            if a.is_sign_negative() == min {
                 a
             } else {
                 b
             }
         }
+        _ if (a < b) == min => a,
+        _ => b,
     }
 }
 
