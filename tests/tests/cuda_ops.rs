@@ -446,18 +446,26 @@ fn wide_rows_match_the_cpu() {
     for dt in DTYPES {
         let x = randn(&[r, v], 3).scale(4.0).unwrap();
         let t2 = targets.clone();
-        compare_reduced("cross_entropy V=50304", dt, std::slice::from_ref(&x), move |t| {
-            cross_entropy(&t[0], &t2.to_device(t[0].device()).unwrap())
-                .unwrap()
-                .0
-        });
+        compare_reduced(
+            "cross_entropy V=50304",
+            dt,
+            std::slice::from_ref(&x),
+            move |t| {
+                cross_entropy(&t[0], &t2.to_device(t[0].device()).unwrap())
+                    .unwrap()
+                    .0
+            },
+        );
         let t3 = targets.clone();
         compare_reduced("logprob V=50304", dt, std::slice::from_ref(&x), move |t| {
             logprob(&t[0], &t3.to_device(t[0].device()).unwrap(), 0.7).unwrap()
         });
-        compare_reduced("layer_norm 6144", dt, &[randn(&[4, 6144], 5), randn(&[6144], 6)], |t| {
-            layer_norm(&t[0], &t[1]).unwrap()
-        });
+        compare_reduced(
+            "layer_norm 6144",
+            dt,
+            &[randn(&[4, 6144], 5), randn(&[6144], 6)],
+            |t| layer_norm(&t[0], &t[1]).unwrap(),
+        );
         // Greedy sampling over the whole vocabulary is the argmax.
         let dev = x.to_device(GPU).unwrap().to_dtype(dt).unwrap();
         let rows = host(&rounded(&x, dt));
@@ -471,7 +479,9 @@ fn wide_rows_match_the_cpu() {
         let got = sample(&dev, &rule).unwrap().to_vec::<u32>().unwrap();
         for (i, &g) in got.iter().enumerate() {
             let row = &rows[i * v..(i + 1) * v];
-            let best = (0..v).max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a))).unwrap();
+            let best = (0..v)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .unwrap();
             assert_eq!(g as usize, best, "row {i} ({dt:?})");
         }
     }
