@@ -16,9 +16,11 @@ pub struct Corpus {
     pub val: Vec<u8>,
 }
 
+/// Every member of a gzip file (`cat a.gz b.gz`, pigz and bgzip write several); bytes after the
+/// last member that are not another member are an error, not silently dropped.
 fn gunzip(bytes: &[u8], name: &Path) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
+    flate2::read::MultiGzDecoder::new(bytes)
         .read_to_end(&mut out)
         .map_err(|e| Error::data(name, None, format!("not a valid gzip file: {e}")))?;
     Ok(out)
@@ -149,6 +151,24 @@ pub fn strided_windows(data: &[u8], n: usize) -> Vec<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn every_gzip_member_is_read_and_trailing_garbage_is_an_error() {
+        let name = Path::new("multi.gz");
+        let two = [gz(b"first member, "), gz(b"second member")].concat();
+        assert_eq!(gunzip(&two, name).unwrap(), b"first member, second member");
+        let mut junk = gz(b"text");
+        junk.extend_from_slice(b"not gzip");
+        let e = gunzip(&junk, name).unwrap_err().to_string();
+        assert!(e.contains("multi.gz") && e.contains("gzip"), "{e}");
+    }
 
     #[test]
     fn sentence_starts_are_whole_words_of_one_length() {

@@ -258,7 +258,8 @@ pub fn read_jsonl<T: DeserializeOwned + Validate>(path: &Path) -> Result<Vec<T>>
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let gz = is_gz(path);
     let mut reader: Box<dyn BufRead> = if gz {
-        Box::new(BufReader::new(flate2::read::GzDecoder::new(file)))
+        // Every member: `cat a.gz b.gz`, pigz and bgzip write several.
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
     } else {
         Box::new(BufReader::new(file))
     };

@@ -142,6 +142,21 @@ fn reads_hand_written_gz() {
         got,
         vec![ranking("p", &["a", "b", "c"]), ranking("q", &["d", "e"])]
     );
+    // A file of several gzip members (cat a.gz b.gz, pigz, bgzip) is read whole.
+    let multi = [
+        gzip(b"{\"prompt\":\"p\",\"responses\":[\"a\",\"b\",\"c\"]}\n"),
+        gzip(b"{\"prompt\":\"q\",\"responses\":[\"d\",\"e\"]}\n"),
+    ]
+    .concat();
+    let p = tmp.file("multi.jsonl.gz", &multi);
+    let got: Vec<RankingRecord> = read_jsonl(&p).unwrap();
+    assert_eq!(got.len(), 2, "every gzip member is read");
+    // Bytes after the gzip data are an error naming the file, not ignored.
+    let mut junk = gzip(b"{\"text\":\"a\"}\n");
+    junk.extend_from_slice(b"garbage");
+    let p = tmp.file("junk.jsonl.gz", &junk);
+    let e = read_jsonl::<TextRecord>(&p).unwrap_err().to_string();
+    assert!(e.contains("junk.jsonl.gz") && e.contains("gzip"), "{e}");
     // A bad line inside a gzip file is named too.
     let p = tmp.file("bad.jsonl.gz", &gzip(b"{\"text\":\"a\"}\n{\"text\":1}\n"));
     let e = read_jsonl::<TextRecord>(&p).unwrap_err().to_string();
