@@ -107,14 +107,30 @@ pub fn get_checked(file: &SafeFile, name: &str, shape: &[usize]) -> Result<Tenso
             t.dims()
         )));
     }
-    match t.dtype() {
-        DType::F32 => Ok(t),
-        DType::BF16 => Ok(t.to_dtype(DType::F32)?),
-        other => Err(Error::Checkpoint(format!(
-            "{}: tensor '{name}' has dtype {other}, expected a float type (f32, bf16, f16, f64)",
+    let t = match t.dtype() {
+        DType::F32 => t,
+        DType::BF16 => t.to_dtype(DType::F32)?,
+        other => {
+            return Err(Error::Checkpoint(format!(
+                "{}: tensor '{name}' has dtype {other}, expected a float type (f32, bf16, f16, f64)",
+                file.path().display()
+            )));
+        }
+    };
+    // A NaN or infinite weight would only surface later as a NaN loss or garbage samples.
+    if let Some((i, v)) = t
+        .to_vec::<f32>()?
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+    {
+        return Err(Error::Checkpoint(format!(
+            "{}: tensor '{name}' holds {v} at element {i}: the checkpoint is corrupt (or its \
+             training diverged)",
             file.path().display()
-        ))),
+        )));
     }
+    Ok(t)
 }
 
 /// Load a model checkpoint (ours or the seed's). Buffers and `to_logits.weight`, when present,

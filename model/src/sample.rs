@@ -173,7 +173,17 @@ fn generate_inner(
             let ids = sampling::sample(&last.reshape(&[b, v])?, &rule)?;
             (Vec::new(), ids.to_vec::<u32>()?)
         } else {
-            (last.to_vec::<f32>()?, Vec::new())
+            let host = last.to_vec::<f32>()?;
+            if let Some(i) = host.iter().position(|x| !x.is_finite()) {
+                return Err(Error::Invalid(format!(
+                    "the model's logits are {} (row {}, token id {}) after {step} generated \
+                     tokens: its weights overflow",
+                    host[i],
+                    i / v,
+                    i % v
+                )));
+            }
+            (host, Vec::new())
         };
         let mut next = vec![0u32; b];
         for r in 0..b {

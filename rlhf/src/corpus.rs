@@ -57,6 +57,16 @@ impl Corpus {
         let split = ((bytes.len() as f64) * (1.0 - val_fraction)) as usize;
         let (train, val) = (bytes[..split].to_vec(), bytes[split..].to_vec());
         for (part, data) in [("training", &train), ("validation", &val)] {
+            if data.iter().all(|&b| b == 0) && !data.is_empty() {
+                return Err(Error::data(
+                    &name,
+                    None,
+                    format!(
+                        "the {part} part holds only NUL bytes (byte 0 is padding, ignored by the \
+                         loss): nothing to learn from or score"
+                    ),
+                ));
+            }
             if data.len() < seq_len + 1 {
                 return Err(Error::data(
                     &name,
@@ -157,6 +167,17 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(bytes).unwrap();
         enc.finish().unwrap()
+    }
+
+    #[test]
+    fn a_corpus_of_nul_bytes_is_refused() {
+        let dir = std::env::temp_dir().join(format!("palm-nul-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("nul.txt");
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        let e = Corpus::load(Some(&p), 0.05, 16).err().unwrap().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(e.contains("nul.txt") && e.contains("NUL"), "{e}");
     }
 
     #[test]

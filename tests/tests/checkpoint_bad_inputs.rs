@@ -341,3 +341,52 @@ fn bf16_weights_load_as_f32() {
         assert!((g - w).abs() <= 1e-2 * w.abs() + 1e-6, "{g} vs {w}");
     }
 }
+
+#[test]
+fn nan_or_infinite_weights_name_the_tensor() {
+    let dir = TempDir::new("nanweights");
+    let (path, _) = valid_model(&dir);
+    for (name, bad) in [
+        ("layers.0.fn.attn_out.weight", f32::NAN),
+        ("norm.gamma", f32::INFINITY),
+    ] {
+        let mut raw = RawFile::read(&path);
+        let mut v = raw.f32s(name);
+        v[3] = bad;
+        raw.set_f32s(name, &v);
+        let p = dir.file("nan.safetensors");
+        raw.write(&p);
+        let msg = load_err(&p);
+        assert_mentions(&msg, &[name, "nan.safetensors", "element 3"]);
+    }
+}
+
+#[test]
+fn weights_that_overflow_stop_eval_and_sample_with_an_error() {
+    use palm_model::{Forward, SampleSettings, generate};
+    let dir = TempDir::new("hugeweights");
+    let (path, _) = valid_model(&dir);
+    let mut raw = RawFile::read(&path);
+    for name in ["token_emb.weight", "to_logits.weight"] {
+        let v: Vec<f32> = raw.f32s(name).iter().map(|_| 1e38).collect();
+        raw.set_f32s(name, &v);
+    }
+    let p = dir.file("huge.safetensors");
+    raw.write(&p);
+    let (params, _) = load_model(&p).unwrap();
+    // The loss is not finite: what eval refuses (rlhf/src/commands/eval.rs).
+    let tokens = palm_engine::Tensor::from_vec(vec![1u32, 2, 3, 4, 5, 6], &[1, 6]).unwrap();
+    let (loss, _) = params.loss(&tokens, &mut Forward::default()).unwrap();
+    assert!(!loss.to_scalar().unwrap().is_finite());
+    // Sampling stops with an error instead of printing garbage.
+    let settings = SampleSettings {
+        max_tokens: 4,
+        ..SampleSettings::default()
+    };
+    let mut rng = palm_engine::Rng::new(1);
+    let e = generate(&params, &[vec![1u32, 2]], &settings, None, &mut rng)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("logits") && e.contains("overflow"), "{e}");
+}

@@ -41,11 +41,20 @@ fn score(params: &PalmParams, windows: &[Vec<u32>], batch: usize) -> Result<(f64
     let _g = no_grad();
     let mut total = 0f64;
     let mut count = 0usize;
-    for chunk in windows.chunks(batch.max(1)) {
+    let batch = batch.max(1);
+    for (c, chunk) in windows.chunks(batch).enumerate() {
         let len = chunk[0].len();
         let tokens = Tensor::from_vec(chunk.concat(), &[chunk.len(), len])?;
         let (loss, n) = params.loss(&tokens, &mut Forward::default())?;
-        total += loss.to_scalar()? as f64 * n as f64;
+        let value = loss.to_scalar()?;
+        if n > 0 && !value.is_finite() {
+            return Err(Error::Invalid(format!(
+                "the loss is {value} on windows {}..{}: the model's weights overflow",
+                c * batch,
+                c * batch + chunk.len()
+            )));
+        }
+        total += value as f64 * n as f64;
         count += n;
     }
     Ok((total, count))
