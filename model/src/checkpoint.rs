@@ -133,6 +133,13 @@ pub fn get_checked(file: &SafeFile, name: &str, shape: &[usize]) -> Result<Tenso
     Ok(t)
 }
 
+/// The `format` of a reward model's file (its trunk loads as a model too).
+pub const REWARD_FORMAT: &str = "palm-reward";
+
+/// File formats whose tensors hold a model under the seed's names: ours, the seed's, and a reward
+/// model (its trunk).
+const MODEL_FORMATS: [&str; 3] = ["palm", "palm-seed-state-dict", REWARD_FORMAT];
+
 /// Load a model checkpoint (ours or the seed's). Buffers and `to_logits.weight`, when present,
 /// must hold what they must (zeros, the rotary tables, the embedding).
 pub fn load_model(path: &Path) -> Result<(PalmParams, SafeFile)> {
@@ -141,10 +148,51 @@ pub fn load_model(path: &Path) -> Result<(PalmParams, SafeFile)> {
     Ok((params, file))
 }
 
+/// [`load_model`] for commands that use a checkpoint as a language model (sample, eval, SFT,
+/// labelling): a reward model's trunk is refused, since its head would be silently dropped.
+pub fn load_language_model(path: &Path) -> Result<(PalmParams, SafeFile)> {
+    let (params, file) = load_model(path)?;
+    if file.metadata().get("format").map(String::as_str) == Some(REWARD_FORMAT) {
+        return Err(Error::Checkpoint(format!(
+            "{}: a reward model, not a language model: score with `palm reward score`, or give \
+             it to ppo/grpo as --reward",
+            path.display()
+        )));
+    }
+    Ok((params, file))
+}
+
 /// The model held by an opened file.
 pub fn params_of(file: &SafeFile) -> Result<PalmParams> {
     let path = file.path();
+    if let Some(f) = file.metadata().get("format")
+        && !MODEL_FORMATS.contains(&f.as_str())
+    {
+        return Err(Error::Checkpoint(format!(
+            "{}: format '{f}' does not hold a model (this reads {}){}",
+            path.display(),
+            MODEL_FORMATS.join(", "),
+            if f == "palm-train-state" {
+                "; load the run's model.safetensors"
+            } else {
+                ""
+            }
+        )));
+    }
     let config = config_of(file)?;
+    // Layers past the config's depth would be dropped silently.
+    if let Some(extra) = file.names().find(|n| {
+        n.strip_prefix("layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i >= config.depth)
+    }) {
+        return Err(Error::Checkpoint(format!(
+            "{}: tensor '{extra}' belongs to a layer past the config's depth {}",
+            path.display(),
+            config.depth
+        )));
+    }
     let params = PalmParams::from_named(&config, |n, s| get_checked(file, n, s))?;
     let mut expected = buffers(&config)?;
     expected.push(("to_logits.weight".into(), params.token_emb.clone()));

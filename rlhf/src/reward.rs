@@ -14,7 +14,7 @@ use std::path::Path;
 /// The LoRA scope a reward model trains (DESIGN §5).
 pub const LORA_SCOPE: &str = "reward";
 /// The `format` metadata of a saved reward model.
-pub const FORMAT: &str = "palm-reward";
+pub const FORMAT: &str = palm_model::checkpoint::REWARD_FORMAT;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -4,7 +4,7 @@
 use crate::Result;
 use clap::Args;
 use palm_engine::{Device, Rng};
-use palm_model::checkpoint::load_model;
+use palm_model::checkpoint::load_language_model;
 use palm_model::{PalmParams, SampleSettings, generate, tokenizer};
 use std::path::Path;
 
@@ -71,7 +71,7 @@ pub struct Sampler {
 impl Sampler {
     /// The policy in `checkpoint`, on `device`, with the sampling settings of `args`.
     pub fn load(checkpoint: &Path, args: &SamplingArgs, device: Device) -> Result<Sampler> {
-        let (params, _) = load_model(checkpoint)?;
+        let (params, _) = load_language_model(checkpoint)?;
         let params = params.to_device(device)?;
         let settings = SampleSettings {
             temperature: args.temperature,

@@ -390,3 +390,50 @@ fn weights_that_overflow_stop_eval_and_sample_with_an_error() {
         .unwrap_or_default();
     assert!(e.contains("logits") && e.contains("overflow"), "{e}");
 }
+
+/// A file's `format` in the metadata, set by hand.
+fn with_format(raw: &mut RawFile, format: &str) {
+    raw.metadata
+        .get_or_insert_with(Default::default)
+        .insert("format".into(), json!(format));
+}
+
+#[test]
+fn files_that_would_load_as_something_else_are_refused() {
+    let dir = TempDir::new("otherthings");
+    let (path, params) = valid_model(&dir);
+    // A config of depth 1 over a file with two layers: the second would be dropped.
+    let mut raw = RawFile::read(&path);
+    let mut cfg = params.config.clone();
+    cfg.depth = 1;
+    raw.set_config(Some(&serde_json::to_string(&cfg).unwrap()));
+    let p = dir.file("shallow.safetensors");
+    raw.write(&p);
+    assert_mentions(
+        &load_err(&p),
+        &["shallow.safetensors", "layers.1.", "depth 1"],
+    );
+    // An unknown format, and a training state, are not models.
+    for (format, extra) in [
+        ("palm-tokenizer", "palm-tokenizer"),
+        ("palm-train-state", "model.safetensors"),
+    ] {
+        let mut raw = RawFile::read(&path);
+        with_format(&mut raw, format);
+        let p = dir.file("format.safetensors");
+        raw.write(&p);
+        assert_mentions(&load_err(&p), &["format.safetensors", extra]);
+    }
+    // A reward model loads as a trunk (PPO, DPO and reward training use it), but not as a
+    // language model (sample, eval, SFT, label).
+    let mut raw = RawFile::read(&path);
+    with_format(&mut raw, palm_model::checkpoint::REWARD_FORMAT);
+    let p = dir.file("reward.safetensors");
+    raw.write(&p);
+    load_model(&p).unwrap();
+    let e = palm_model::checkpoint::load_language_model(&p)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_mentions(&e, &["reward.safetensors", "reward model"]);
+}

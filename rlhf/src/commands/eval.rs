@@ -5,7 +5,7 @@ use crate::corpus::{read_bytes, strided_windows};
 use crate::{Error, Result};
 use clap::Args;
 use palm_engine::{Tensor, no_grad};
-use palm_model::checkpoint::load_model;
+use palm_model::checkpoint::load_language_model;
 use palm_model::{Forward, PalmParams};
 use std::path::PathBuf;
 
@@ -62,7 +62,7 @@ fn score(params: &PalmParams, windows: &[Vec<u32>], batch: usize) -> Result<(f64
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    let (params, _) = load_model(&args.checkpoint)?;
+    let (params, _) = load_language_model(&args.checkpoint)?;
     let params = params.to_device(device)?;
     let (_, bytes) = read_bytes(Some(&args.data))?;
     let windows = strided_windows(&bytes, args.seq_len as usize);

@@ -3,7 +3,7 @@
 use crate::Result;
 use clap::Args;
 use palm_engine::Rng;
-use palm_model::checkpoint::{load_lora, load_model};
+use palm_model::checkpoint::{load_language_model, load_lora};
 use palm_model::{SampleSettings, generate, tokenizer};
 use std::path::PathBuf;
 
@@ -42,7 +42,7 @@ pub struct SampleArgs {
 
 pub fn run(args: SampleArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    let (params, file) = load_model(&args.checkpoint)?;
+    let (params, file) = load_language_model(&args.checkpoint)?;
     let params = params.to_device(device)?;
     let mut lora = match &args.lora {
         Some(name) => Some(load_lora(&file, &params.config, name)?.ok_or_else(|| {

@@ -6,7 +6,7 @@ use crate::trainer::{OptimSettings, Schedule, Task, Trainer, Validation};
 use crate::{Error, Result};
 use clap::Args;
 use palm_engine::{Rng, Tensor, no_grad};
-use palm_model::checkpoint::load_model;
+use palm_model::checkpoint::load_language_model;
 use palm_model::{Forward, PalmParams, SampleSettings, generate, tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -197,7 +197,7 @@ pub fn run(args: SftArgs) -> Result<()> {
             };
             // Read the data before creating anything on disk.
             read_jsonl::<SftRecord>(data)?;
-            let (params, _) = load_model(ckpt)?;
+            let (params, _) = load_language_model(ckpt)?;
             let settings = OptimSettings {
                 steps: args.steps.unwrap_or(300),
                 lr: args.lr,
