@@ -145,7 +145,8 @@ pub fn sentence_starts(text: &[u8], len: usize) -> Vec<String> {
 /// Consecutive windows of `n + 1` bytes at stride `n` from the start, the last partial window
 /// dropped: the `palm eval` protocol.
 pub fn strided_windows(data: &[u8], n: usize) -> Vec<Vec<u32>> {
-    if n == 0 || data.len() < n + 1 {
+    // `len ≤ n`, not `len < n + 1`: n may be as large as a user typed.
+    if n == 0 || data.len() <= n {
         return Vec::new();
     }
     (0..(data.len() - 1) / n)
@@ -167,6 +168,13 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(bytes).unwrap();
         enc.finish().unwrap()
+    }
+
+    #[test]
+    fn windows_of_any_length_never_overflow() {
+        assert!(strided_windows(b"abc", usize::MAX).is_empty());
+        assert!(strided_windows(b"abc", 3).is_empty());
+        assert_eq!(strided_windows(b"abcd", 3).len(), 1);
     }
 
     #[test]

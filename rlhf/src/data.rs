@@ -122,12 +122,24 @@ pub trait Validate {
     fn validate(&self) -> std::result::Result<(), String>;
 }
 
+/// The rules for text fields: a prompt, a text and an SFT completion (the only tokens SFT learns
+/// from) must not be empty or only whitespace; a response to rank may be empty (a model may stop
+/// at once, and the labelers keep such samples). No field may hold a NUL byte: byte 0 is the
+/// padding id, which the losses ignore.
 fn non_empty(field: &str, s: &str) -> std::result::Result<(), String> {
     if s.trim().is_empty() {
-        Err(format!("empty {field}"))
-    } else {
-        Ok(())
+        return Err(format!("empty {field}"));
     }
+    no_nul(field, s)
+}
+
+fn no_nul(field: &str, s: &str) -> std::result::Result<(), String> {
+    if let Some(i) = s.bytes().position(|b| b == 0) {
+        return Err(format!(
+            "{field} contains a NUL byte at byte {i} (byte 0 is the padding id, ignored by the losses)"
+        ));
+    }
+    Ok(())
 }
 
 impl Validate for TextRecord {
@@ -137,17 +149,18 @@ impl Validate for TextRecord {
 }
 
 impl Validate for SftRecord {
-    /// The prompt may be empty (plain language modelling); the completion may not.
     fn validate(&self) -> std::result::Result<(), String> {
+        non_empty("prompt", &self.prompt)?;
         non_empty("completion", &self.completion)
     }
 }
 
 impl Validate for PairRecord {
-    /// Prompt non-empty; chosen ≠ rejected; margin, when given, finite and ≥ 0. Responses may
-    /// be empty (a model may stop at once).
+    /// Prompt non-empty; chosen ≠ rejected; margin, when given, finite and ≥ 0.
     fn validate(&self) -> std::result::Result<(), String> {
         non_empty("prompt", &self.prompt)?;
+        no_nul("chosen", &self.chosen)?;
+        no_nul("rejected", &self.rejected)?;
         if self.chosen == self.rejected {
             let msg = "chosen and rejected are identical; a preference between the same response \
                        is meaningless";
@@ -168,6 +181,9 @@ impl Validate for RankingRecord {
         let k = self.responses.len();
         if k < 2 {
             return Err(format!("a ranking needs at least 2 responses, got {k}"));
+        }
+        for (i, r) in self.responses.iter().enumerate() {
+            no_nul(&format!("response {}", i + 1), r)?;
         }
         for i in 0..k {
             for j in i + 1..k {

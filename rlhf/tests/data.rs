@@ -71,7 +71,7 @@ fn sfts() -> Vec<SftRecord> {
             completion: " 4".into(),
         },
         SftRecord {
-            prompt: "".into(),
+            prompt: "Continue: ".into(),
             completion: "free text".into(),
         },
     ]
@@ -316,6 +316,35 @@ fn bad_lines_are_named() {
         &["empty completion"],
     );
     bad_line::<TextRecord>(&tmp, "t5.jsonl", text, r#"{"text":""}"#, &["empty text"]);
+    // Prompts, texts and completions are not empty (responses may be); nothing holds a NUL.
+    bad_line::<SftRecord>(
+        &tmp,
+        "s7.jsonl",
+        sft,
+        r#"{"prompt":"","completion":"c"}"#,
+        &["empty prompt"],
+    );
+    bad_line::<TextRecord>(
+        &tmp,
+        "t6.jsonl",
+        text,
+        r#"{"text":"a\u0000b"}"#,
+        &["text contains a NUL byte at byte 1"],
+    );
+    bad_line::<PairRecord>(
+        &tmp,
+        "p0.jsonl",
+        pr,
+        r#"{"prompt":"p","chosen":"a\u0000","rejected":""}"#,
+        &["chosen contains a NUL byte at byte 1"],
+    );
+    bad_line::<RankingRecord>(
+        &tmp,
+        "r0.jsonl",
+        r#"{"prompt":"p","responses":["a","b"]}"#,
+        r#"{"prompt":"p","responses":["a","b\u0000"]}"#,
+        &["response 2 contains a NUL byte"],
+    );
     // Pairs: empty prompt, identical responses, bad margins.
     bad_line::<PairRecord>(
         &tmp,

@@ -71,9 +71,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
             &args.data,
             None,
             format!(
-                "{} bytes: fewer than one window of {} (seq-len + 1)",
+                "{} bytes: fewer than one window of seq-len + 1 = {} + 1 bytes",
                 bytes.len(),
-                args.seq_len + 1
+                args.seq_len
             ),
         ));
     }
