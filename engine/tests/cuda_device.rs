@@ -223,11 +223,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A real GPU: these tests load kernel modules, time events and exhaust device memory, which the
-/// emulated device (`PALM_CUDA_EMULATE=1`) does not model.
+/// PTX VM (`PALM_CUDA_EMULATE=1`, or no GPU) does not model.
 fn hardware(test: &str) -> Option<std::sync::Arc<CudaDevice>> {
     let dev = gpu_or_skip(test)?;
     if dev.is_emulated() {
-        eprintln!("skipped: {test}: needs a real GPU, not the emulated device");
+        eprintln!("skipped: {test}: needs a real GPU, not the PTX VM");
         return None;
     }
     Some(dev)

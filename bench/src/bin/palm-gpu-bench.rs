@@ -21,7 +21,7 @@
 //! apply as usual (engine/src/cuda/vm.rs).
 //!
 //! Timing: warm-up, then the median of the iterations, each timed with CUDA events on the
-//! device's stream (wall clock after a synchronize on the emulated device, which has no events).
+//! device's stream (wall clock after a synchronize on the PTX VM, which has no events).
 //! Inputs are random normals, never zeros.
 
 use palm_bench::{TrainStep, train_workload};

@@ -1,6 +1,6 @@
 //! One GPU: its context and stream, the kernel modules (loaded lazily), the memory pool, and the
-//! one launch helper every kernel launch goes through. GPU-only: nothing here runs without a
-//! device (tests skip through [`gpu_or_skip`]).
+//! one launch helper every kernel launch goes through. Behind it is the driver, or the PTX VM
+//! (`vm.rs`) when `PALM_CUDA_EMULATE=1` asks for it or a test finds no GPU ([`gpu_or_skip`]).
 
 use super::launch;
 use super::launch::{DEFAULT_DYNAMIC_SMEM, KArg, LaunchCfg, Param};
@@ -52,14 +52,14 @@ struct Hw {
 #[derive(Clone)]
 enum Backend {
     Hw(Hw),
-    Emulated(Arc<Vm>),
+    Vm(Arc<Vm>),
 }
 
 impl DeviceAllocator for CudaAllocator {
     fn alloc(&mut self, bytes: usize) -> Result<u64> {
         let hw = match &self.backend {
             Backend::Hw(hw) => hw.clone(),
-            Backend::Emulated(vm) => return Ok(vm.mem.alloc_segment(bytes)),
+            Backend::Vm(vm) => return Ok(vm.mem.alloc_segment(bytes)),
         };
         hw.ctx
             .bind_to_thread()
@@ -81,7 +81,7 @@ impl DeviceAllocator for CudaAllocator {
     fn free(&mut self, ptr: u64) {
         let hw = match &self.backend {
             Backend::Hw(hw) => hw.clone(),
-            Backend::Emulated(vm) => return vm.mem.free_segment(ptr),
+            Backend::Vm(vm) => return vm.mem.free_segment(ptr),
         };
         let r = hw.ctx.bind_to_thread().and_then(|()| {
             hw.stream.synchronize()?;
@@ -99,7 +99,7 @@ impl DeviceAllocator for CudaAllocator {
     fn free_memory(&self) -> usize {
         match &self.backend {
             Backend::Hw(hw) => hw.ctx.mem_get_info().map(|(free, _)| free).unwrap_or(0),
-            Backend::Emulated(vm) => EMULATED_MEMORY.saturating_sub(vm.mem.used()),
+            Backend::Vm(vm) => EMULATED_MEMORY.saturating_sub(vm.mem.used()),
         }
     }
 }
@@ -226,7 +226,7 @@ impl std::fmt::Debug for CudaDevice {
     }
 }
 
-/// Memory the emulated device reports (8 GiB).
+/// Memory the PTX VM device reports (8 GiB).
 const EMULATED_MEMORY: usize = 8 << 30;
 
 /// Set once a test found no GPU and chose the VM for cuda:0 ([`gpu_or_skip`]).
@@ -248,7 +248,7 @@ impl CudaDevice {
         }
         let fallback = ordinal == 0 && VM_FALLBACK.load(Ordering::Relaxed);
         if fallback || emulation_requested() {
-            let dev = Arc::new(Self::open_emulated(ordinal)?);
+            let dev = Arc::new(Self::open_vm(ordinal)?);
             devices.insert(ordinal, dev.clone());
             return Ok(dev);
         }
@@ -299,7 +299,7 @@ impl CudaDevice {
     }
 
     /// The PTX VM as a device: the committed PTX executed on the CPU (H100/H200 limits).
-    fn open_emulated(ordinal: usize) -> Result<CudaDevice> {
+    fn open_vm(ordinal: usize) -> Result<CudaDevice> {
         let vm = Vm::from_env()?;
         let info = DeviceInfo {
             ordinal,
@@ -311,7 +311,7 @@ impl CudaDevice {
             total_memory: EMULATED_MEMORY,
         };
         let num_sms = vm.sms;
-        let backend = Backend::Emulated(Arc::new(vm));
+        let backend = Backend::Vm(Arc::new(vm));
         let allocator = CudaAllocator {
             backend: backend.clone(),
             deferred: None,
@@ -351,17 +351,17 @@ impl CudaDevice {
         self.num_sms.store(sms, Ordering::Relaxed);
         Ok(())
     }
-    /// Whether this is the emulated device (`PALM_CUDA_EMULATE=1`), not a GPU.
+    /// Whether this is the PTX VM (`PALM_CUDA_EMULATE=1`, or a test without a GPU), not a GPU.
     pub fn is_emulated(&self) -> bool {
-        matches!(self.backend, Backend::Emulated(_))
+        matches!(self.backend, Backend::Vm(_))
     }
 
-    /// The real GPU's context and stream, or an error on the emulated device.
+    /// The real GPU's context and stream, or an error on the PTX VM.
     fn hw(&self) -> Result<&Hw> {
         match &self.backend {
             Backend::Hw(hw) => Ok(hw),
-            Backend::Emulated(_) => Err(Error::NoCuda(
-                "the emulated device has no driver context (kernel modules, events)".into(),
+            Backend::Vm(_) => Err(Error::NoCuda(
+                "the PTX VM has no driver context (kernel modules, events)".into(),
             )),
         }
     }
@@ -369,7 +369,7 @@ impl CudaDevice {
     /// The PTX VM behind this device, if it is one.
     fn vm(&self) -> Option<&Vm> {
         match &self.backend {
-            Backend::Emulated(vm) => Some(vm),
+            Backend::Vm(vm) => Some(vm),
             Backend::Hw(_) => None,
         }
     }
