@@ -1199,7 +1199,7 @@ impl<'a, 'b> Cta<'a, 'b> {
                 format!("misaligned {size}-byte shared access at {addr:#x}"),
             ));
         }
-        if addr + size as u64 > self.l.shared_total as u64 {
+        if addr.saturating_add(size as u64) > self.l.shared_total as u64 {
             return Err(self.fault(
                 Check::Memcheck,
                 wid,
@@ -1917,7 +1917,7 @@ impl<'a, 'b> Cta<'a, 'b> {
         let mut n = 0;
         for l in lanes(exec) {
             let first = addrs[l] >> 5;
-            let last = (addrs[l] + size as u64 - 1) >> 5;
+            let last = (addrs[l].saturating_add(size as u64 - 1)) >> 5;
             for s in first..=last.min(first + 1) {
                 sectors[n] = s;
                 n += 1;

@@ -169,14 +169,14 @@ impl Regions {
     ) -> std::result::Result<usize, String> {
         if let Some(r) = self.list.get(*hint)
             && addr >= r.start
-            && addr + size <= r.end
+            && addr.saturating_add(size) <= r.end
         {
             return Ok(*hint);
         }
         let i = self.list.partition_point(|r| r.start <= addr);
         if i > 0 {
             let r = &self.list[i - 1];
-            if addr + size <= r.end {
+            if addr.saturating_add(size) <= r.end {
                 *hint = i - 1;
                 return Ok(i - 1);
             }
@@ -294,7 +294,7 @@ impl Memory {
             m.live.range(..=addr).next_back().ok_or_else(|| {
                 host_err(format!("address {addr:#x} is not in a live allocation"))
             })?;
-        if addr + len as u64 > start + llen as u64 {
+        if addr.saturating_add(len as u64) > start + llen as u64 {
             return Err(host_err(format!(
                 "{len} bytes at {addr:#x} run past the end of the {llen}-byte allocation at {start:#x}"
             )));
@@ -397,7 +397,7 @@ fn seg_of(m: &Maps, ptr: u64, len: usize) -> Result<Arc<Segment>> {
         .range(..=ptr)
         .next_back()
         .ok_or_else(|| host_err(format!("address {ptr:#x} is not device memory")))?;
-    if ptr + len as u64 > seg.base + seg.len as u64 {
+    if ptr.saturating_add(len as u64) > seg.base + seg.len as u64 {
         return Err(host_err(format!(
             "{len} bytes at {ptr:#x} run past the end of the {}-byte segment at {:#x}",
             seg.len, seg.base

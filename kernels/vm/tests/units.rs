@@ -1358,3 +1358,20 @@ fn shared_bank_conflicts() {
     assert_eq!(c.shared_wavefronts, 2);
     assert_eq!(c.shared_bank_conflicts, 1);
 }
+
+#[test]
+fn a_wild_pointer_near_the_top_of_the_address_space_is_memcheck_not_a_panic() {
+    let m = copy_kernel();
+    let mem = Memory::new();
+    let out = out32(&mem, 32);
+    // Thread 0 reads the last 4 bytes of the address space: their end is 2^64.
+    let f = fault(launch(
+        &m,
+        "copy",
+        1,
+        32,
+        &[Arg::B64(u64::MAX - 3), Arg::B64(out)],
+        &mem,
+    ));
+    assert_check(&f, Check::Memcheck);
+}
