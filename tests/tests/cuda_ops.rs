@@ -11,7 +11,7 @@ use palm_engine::{
     AdamW, DType, Device, Rng, RopeTables, Tensor, attention, clip_grad_norm, cross_entropy,
     embedding, entropy, layer_norm, logprob, rope, swiglu,
 };
-use palm_tests::assert_close;
+use palm_tests::{assert_close, assert_close_elementwise};
 use proptest::prelude::*;
 
 const GPU: Device = Device::Cuda(0);
@@ -63,7 +63,7 @@ fn compare(name: &str, dt: DType, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Te
     // A bf16 gradient passes through several bf16-rounded ops (a composed backward), so its
     // largest elementwise error may reach a few roundings; the norm criterion stays 1e-2.
     let grad_tol = if dt == DType::F32 { 1e-5 } else { 2e-2 };
-    compare_tol(name, dt, tol(dt), grad_tol, inputs, f)
+    compare_tol(name, dt, tol(dt), tol(dt), grad_tol, inputs, f)
 }
 
 /// Ops that reduce (sums, log-sum-exp, normalisation, scatter-add): in f32 the GPU's summation
@@ -72,7 +72,7 @@ fn compare(name: &str, dt: DType, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Te
 fn compare_reduced(name: &str, dt: DType, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
     let t = if dt == DType::F32 { 1e-4 } else { tol(dt) };
     let g = if dt == DType::F32 { 1e-4 } else { 2e-2 };
-    compare_tol(name, dt, t, g, inputs, f)
+    compare_tol(name, dt, t, t, g, inputs, f)
 }
 
 /// Matmul runs on the tensor cores in bf16 whatever the operands' dtype (f32 operands are
@@ -80,13 +80,14 @@ fn compare_reduced(name: &str, dt: DType, inputs: &[Tensor], f: impl Fn(&[Tensor
 /// already rounded to bf16.
 fn compare_mm(name: &str, dt: DType, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
     let inputs: Vec<Tensor> = inputs.iter().map(|t| rounded(t, DType::BF16)).collect();
-    compare_tol(name, dt, 1e-2, 2e-2, &inputs, f)
+    compare_tol(name, dt, 1e-2, 1e-2, 2e-2, &inputs, f)
 }
 
 fn compare_tol(
     name: &str,
     dt: DType,
     out_tol: f64,
+    out_elem_tol: f64,
     grad_tol: f64,
     inputs: &[Tensor],
     f: impl Fn(&[Tensor]) -> Tensor,
@@ -99,7 +100,13 @@ fn compare_tol(
     let (oc, og) = (f(&cpu), f(&dev));
     assert_eq!(og.device(), GPU, "{name}: result left the GPU");
     assert_eq!(oc.dims(), og.dims(), "{name}: shape");
-    assert_close(&format!("{name} ({dt:?})"), &host(&og), &host(&oc), out_tol);
+    assert_close_elementwise(
+        &format!("{name} ({dt:?})"),
+        &host(&og),
+        &host(&oc),
+        out_tol,
+        out_elem_tol,
+    );
     let w = randn(oc.dims(), 99);
     let gc = oc.mul(&rounded(&w, og.dtype())).unwrap().sum_all().unwrap();
     let wg = w.to_device(GPU).unwrap().to_dtype(og.dtype()).unwrap();
@@ -310,12 +317,34 @@ proptest! {
         if !gpu("causal_multi_query_attention") { return Ok(()); }
         // 64 and 128 run the fused kernels; 32 the composed path.
         let d = [64, 128, 32][di];
-        let m = n + extra;
-        let scale = (d as f32).powf(-0.5);
-        compare("attention", DType::BF16, &[randn(&[b, h, n, d], seed), randn(&[b, m, d], seed + 1), randn(&[b, m, d], seed + 2)], |t| {
-            attention(&t[0], &t[1], &t[2], scale).unwrap()
-        });
+        attention_case(b, h, n, n + extra, d, seed);
     }
+}
+
+/// Causal MQA attention on CUDA against the CPU. Head dim 32 runs the composed path: scores,
+/// softmax and P·V each rounded to bf16, so one output may be off by a few bf16 steps (2% of the
+/// scale; seen: 1.3%) while the norm stays within 1%; the fused kernels keep the 1% bound.
+fn attention_case(b: usize, h: usize, n: usize, m: usize, d: usize, seed: u64) {
+    let scale = (d as f32).powf(-0.5);
+    let elem = if d == 32 { 2e-2 } else { 1e-2 };
+    let inputs = [
+        randn(&[b, h, n, d], seed),
+        randn(&[b, m, d], seed + 1),
+        randn(&[b, m, d], seed + 2),
+    ];
+    compare_tol("attention", DType::BF16, 1e-2, elem, 2e-2, &inputs, |t| {
+        attention(&t[0], &t[1], &t[2], scale).unwrap()
+    });
+}
+
+/// A case a CI run drew (proptest's shrunk input), kept: the composed path's largest element was
+/// off by 7.8e-3 at scale 0.59 (1.3%), above the old 1% elementwise bound.
+#[test]
+fn composed_attention_case_from_ci() {
+    if !gpu("composed_attention_case_from_ci") {
+        return;
+    }
+    attention_case(1, 1, 12, 80, 32, 611);
 }
 
 #[test]
