@@ -1280,105 +1280,59 @@ impl<'a, 'b> Cta<'a, 'b> {
                     g * 2
                 )
             };
+            // The hazards each kind of access has with the interval's earlier accesses.
+            let a_conflict = s.a_ep == ep && other(s.a_tid);
+            let hazards: [(bool, &str, u16); 3] = match kind {
+                Access::Read => [
+                    (w_conflict, "read-after-write", s.w_tid),
+                    (a_conflict, "read-after-atomic", s.a_tid),
+                    (false, "", 0),
+                ],
+                Access::Write | Access::AsyncIssue => [
+                    (w_conflict, "write-after-write", s.w_tid),
+                    (r_conflict, "write-after-read", s.r_tid),
+                    (a_conflict, "write-after-atomic", s.a_tid),
+                ],
+                Access::Atomic => [
+                    (w_conflict, "atomic-after-write", s.w_tid),
+                    (r_conflict, "atomic-after-read", s.r_tid),
+                    (false, "", 0),
+                ],
+            };
+            if let Some(&(_, what, tid)) = hazards.iter().find(|h| h.0) {
+                return Err(self.fault(Check::Racecheck, wid, l, pc, hazard(what, tid)));
+            }
             match kind {
-                Access::Read => {
-                    if w_conflict {
-                        return Err(self.fault(
-                            Check::Racecheck,
-                            wid,
-                            l,
-                            pc,
-                            hazard("read-after-write", s.w_tid),
-                        ));
-                    }
-                    if s.a_ep == ep && other(s.a_tid) {
-                        return Err(self.fault(
-                            Check::Racecheck,
-                            wid,
-                            l,
-                            pc,
-                            hazard("read-after-atomic", s.a_tid),
-                        ));
-                    }
-                    if s.init != self.cta_gen && self.unwritten_read.is_none() {
-                        let now = self.c.warp_instructions;
-                        self.unwritten_read = Some((
-                            self.fault(
-                                Check::Initcheck,
-                                wid,
-                                l,
-                                pc,
-                                format!(
-                                    "shared read at {:#x} of bytes never written in this CTA \
-                                     (nor by another thread later in the barrier interval)",
-                                    g * 2
-                                ),
-                            ),
-                            now,
-                        ));
-                    }
-                }
-                Access::Write | Access::AsyncIssue => {
-                    if w_conflict {
-                        return Err(self.fault(
-                            Check::Racecheck,
-                            wid,
-                            l,
-                            pc,
-                            hazard("write-after-write", s.w_tid),
-                        ));
-                    }
-                    if r_conflict {
-                        return Err(self.fault(
-                            Check::Racecheck,
-                            wid,
-                            l,
-                            pc,
-                            hazard("write-after-read", s.r_tid),
-                        ));
-                    }
-                    if s.a_ep == ep && other(s.a_tid) {
-                        return Err(self.fault(
-                            Check::Racecheck,
-                            wid,
-                            l,
-                            pc,
-                            hazard("write-after-atomic", s.a_tid),
-                        ));
-                    }
-                }
-                Access::Atomic => {
-                    if w_conflict {
-                        return Err(self.fault(
-                            Check::Racecheck,
-                            wid,
-                            l,
-                            pc,
-                            hazard("atomic-after-write", s.w_tid),
-                        ));
-                    }
-                    if r_conflict {
-                        return Err(self.fault(
-                            Check::Racecheck,
-                            wid,
-                            l,
-                            pc,
-                            hazard("atomic-after-read", s.r_tid),
-                        ));
-                    }
-                    if s.init != self.cta_gen {
-                        return Err(self.fault(
+                Access::Read if s.init != self.cta_gen && self.unwritten_read.is_none() => {
+                    let now = self.c.warp_instructions;
+                    self.unwritten_read = Some((
+                        self.fault(
                             Check::Initcheck,
                             wid,
                             l,
                             pc,
                             format!(
-                                "shared atomic at {:#x} on bytes never written in this CTA",
+                                "shared read at {:#x} of bytes never written in this CTA \
+                                 (nor by another thread later in the barrier interval)",
                                 g * 2
                             ),
-                        ));
-                    }
+                        ),
+                        now,
+                    ));
                 }
+                Access::Atomic if s.init != self.cta_gen => {
+                    return Err(self.fault(
+                        Check::Initcheck,
+                        wid,
+                        l,
+                        pc,
+                        format!(
+                            "shared atomic at {:#x} on bytes never written in this CTA",
+                            g * 2
+                        ),
+                    ));
+                }
+                _ => {}
             }
             let s = &mut self.shadow[g];
             match kind {
