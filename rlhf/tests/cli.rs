@@ -260,6 +260,17 @@ fn bad_inputs_give_one_clear_error() {
     );
     assert_clean_error(&palm(&["train", "--steps", "many"]), "invalid value");
     assert_clean_error(&palm(&["train", "--batch", "0"]), "batch");
+    // A run of no steps, or stopping at step 0, is a mistake, not a silent success.
+    for flag in ["--steps", "--stop-at"] {
+        assert_clean_error(&palm(&["train", flag, "0"]), flag);
+        assert_clean_error(&palm(&["sft", flag, "0"]), flag);
+    }
+    for cmd in ["ppo", "grpo", "rlhf-demo"] {
+        assert_clean_error(&palm(&[cmd, "--updates", "0"]), "--updates");
+    }
+    for cmd in ["ppo", "grpo"] {
+        assert_clean_error(&palm(&[cmd, "--stop-at", "0"]), "--stop-at");
+    }
     assert_clean_error(&palm(&["train", "--device", "tpu"]), "unknown device");
     assert_clean_error(
         &palm(&[

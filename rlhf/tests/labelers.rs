@@ -165,6 +165,20 @@ fn label_errors_are_clear() {
     );
     let good = dir.join("prompts.jsonl");
     std::fs::write(&good, "{\"prompt\": \"a\"}\n").unwrap();
+    // The output may not be an input (it would be overwritten), however it is spelled.
+    let same = dir.join(".").join("prompts.jsonl");
+    assert_one_error(
+        &label(&ckpt, &good, &same, "afinn", &[]),
+        "is the --prompts file",
+    );
+    assert_eq!(
+        std::fs::read_to_string(&good).unwrap(),
+        "{\"prompt\": \"a\"}\n"
+    );
+    assert_one_error(
+        &label(&ckpt, &good, &ckpt, "afinn", &[]),
+        "is the --checkpoint file",
+    );
     // Greedy sampling gives K identical responses: nothing to rank.
     let o = label(&ckpt, &good, &out, "afinn", &["--temperature", "0"]);
     assert_one_error(&o, "no prompt of");

@@ -49,7 +49,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub rm_epochs: Option<u64>,
     /// PPO updates [preset].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub updates: Option<u64>,
     /// Episodes per PPO update [preset].
     #[arg(long)]

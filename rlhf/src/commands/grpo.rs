@@ -34,10 +34,10 @@ pub struct GrpoArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Stop after this update as if interrupted (checkpointing first).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub stop_at: Option<u64>,
     /// Updates in all [default: 100; on --resume: the run's own].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub updates: Option<u64>,
     /// Rank of the actor's LoRA adapters (alpha = rank).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]

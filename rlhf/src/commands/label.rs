@@ -52,6 +52,23 @@ pub fn rank_distinct(by: &Labeler, responses: Vec<String>) -> Option<(Vec<String
 }
 
 pub fn run(args: LabelArgs) -> Result<()> {
+    // Writing the rankings over an input would lose it: compare the files, not the spellings.
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize())
+    {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    };
+    for (flag, input) in [
+        ("--prompts", &args.prompts),
+        ("--checkpoint", &args.checkpoint),
+    ] {
+        if same(&args.out, input) {
+            return Err(crate::Error::Invalid(format!(
+                "--out {} is the {flag} file: it would be overwritten; write the rankings elsewhere",
+                args.out.display()
+            )));
+        }
+    }
     let device = super::resolve_device(&args.device)?;
     let prompts = read_jsonl::<PromptRecord>(&args.prompts)?;
     let mut sampler = Sampler::load(&args.checkpoint, &args.sampling, device)?;

@@ -31,10 +31,10 @@ pub struct PpoArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Stop after this update as if interrupted (checkpointing first).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub stop_at: Option<u64>,
     /// Updates (rollout + PPO epochs) in all [default: 100; on --resume: the run's own].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub updates: Option<u64>,
     /// Rank of the actor's and the critic's LoRA adapters (alpha = rank).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]

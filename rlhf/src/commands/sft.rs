@@ -23,7 +23,7 @@ pub struct SftArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Optimisation steps [default: 300; on --resume: the run's own total unless given].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
     /// Examples per step.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
@@ -57,7 +57,7 @@ pub struct SftArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Stop after this step as if interrupted (checkpointing first).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub stop_at: Option<u64>,
 }
 
