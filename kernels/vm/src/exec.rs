@@ -481,6 +481,24 @@ impl<'a, 'b> Cta<'a, 'b> {
         }
     }
 
+    /// `d = f(the sources)` on each lane of `exec`: the shape of every pure per-lane instruction.
+    fn lanewise<const N: usize>(
+        &self,
+        w: &mut Warp,
+        wid: u32,
+        exec: u32,
+        d: Reg,
+        srcs: [&Operand; N],
+        f: impl Fn([u64; N]) -> u64,
+    ) {
+        let vals: [[u64; 32]; N] = srcs.map(|s| self.fetch(w, s, wid));
+        let mut out = [0u64; 32];
+        for l in lanes(exec) {
+            out[l] = f(std::array::from_fn(|i| vals[i][l]));
+        }
+        put(w, d, &out, exec);
+    }
+
     /// Up to four operands (vector stores, packs, mma accumulators) without allocating.
     fn fetch_all(&self, w: &Warp, ops: &[Operand], wid: u32) -> [[u64; 32]; 4] {
         let mut out = [[0u64; 32]; 4];
@@ -637,20 +655,10 @@ impl<'a, 'b> Cta<'a, 'b> {
                 }
             }
             Op::Int { op, ty, d, a, b } => {
-                let (av, bv) = (self.fetch(w, a, wid), self.fetch(w, b, wid));
-                let mut out = [0u64; 32];
-                for l in lanes(exec) {
-                    out[l] = int_bin(*op, *ty, av[l], bv[l]);
-                }
-                put(w, *d, &out, exec);
+                self.lanewise(w, wid, exec, *d, [a, b], |[x, y]| int_bin(*op, *ty, x, y))
             }
             Op::IntUn { op, ty, d, a } => {
-                let av = self.fetch(w, a, wid);
-                let mut out = [0u64; 32];
-                for l in lanes(exec) {
-                    out[l] = int_un(*op, *ty, av[l]);
-                }
-                put(w, *d, &out, exec);
+                self.lanewise(w, wid, exec, *d, [a], |[x]| int_un(*op, *ty, x))
             }
             Op::Mad {
                 mode,
@@ -660,22 +668,14 @@ impl<'a, 'b> Cta<'a, 'b> {
                 b,
                 c,
             } => {
-                let (av, bv, cv) = (
-                    self.fetch(w, a, wid),
-                    self.fetch(w, b, wid),
-                    self.fetch(w, c, wid),
-                );
-                let mut out = [0u64; 32];
                 let wide_ty = if *mode == IntOp::MulWide {
                     wide(*ty)
                 } else {
                     *ty
                 };
-                for l in lanes(exec) {
-                    let p = int_bin(*mode, *ty, av[l], bv[l]);
-                    out[l] = int_bin(IntOp::Add, wide_ty, p, cv[l]);
-                }
-                put(w, *d, &out, exec);
+                self.lanewise(w, wid, exec, *d, [a, b, c], |[x, y, z]| {
+                    int_bin(IntOp::Add, wide_ty, int_bin(*mode, *ty, x, y), z)
+                })
             }
             Op::Bfi {
                 ty,
@@ -685,21 +685,18 @@ impl<'a, 'b> Cta<'a, 'b> {
                 pos,
                 len,
             } => {
-                let (av, bv) = (self.fetch(w, a, wid), self.fetch(w, b, wid));
-                let (pv, lv) = (self.fetch(w, pos, wid), self.fetch(w, len, wid));
                 let bits = ty.bits();
-                let mut out = [0u64; 32];
-                for l in lanes(exec) {
-                    let (p, n) = ((pv[l] & 0xFF) as u32, (lv[l] & 0xFF) as u32);
-                    out[l] = if n == 0 || p >= bits {
-                        bv[l]
+                self.lanewise(w, wid, exec, *d, [a, b, pos, len], |[x, y, p, n]| {
+                    let (p, n) = ((p & 0xFF) as u32, (n & 0xFF) as u32);
+                    let v = if n == 0 || p >= bits {
+                        y
                     } else {
                         let n = n.min(bits - p);
                         let fmask = mask_of(n) << p;
-                        (bv[l] & !fmask) | ((av[l] << p) & fmask)
-                    } & mask_of(bits);
-                }
-                put(w, *d, &out, exec);
+                        (y & !fmask) | ((x << p) & fmask)
+                    };
+                    v & mask_of(bits)
+                })
             }
             Op::F {
                 op,
@@ -709,40 +706,23 @@ impl<'a, 'b> Cta<'a, 'b> {
                 a,
                 b,
             } => {
-                let (av, bv) = (self.fetch(w, a, wid), self.fetch(w, b, wid));
-                let mut out = [0u64; 32];
-                for l in lanes(exec) {
-                    let (mut x, mut y) = (f(av[l]), f(bv[l]));
-                    if *z {
-                        x = ftz(x);
-                        y = ftz(y);
-                    }
-                    let mut r = if *rnd == Rnd::Rn {
-                        match op {
-                            FOp::Add => x + y,
-                            FOp::Sub => x - y,
-                            FOp::Mul => x * y,
-                            _ => numeric::arith(*op, x, y, Rnd::Rn),
-                        }
-                    } else {
-                        numeric::arith(*op, x, y, *rnd)
+                let flush = |v: f32| if *z { ftz(v) } else { v };
+                self.lanewise(w, wid, exec, *d, [a, b], |[x, y]| {
+                    let (x, y) = (flush(f(x)), flush(f(y)));
+                    let r = match (rnd, op) {
+                        (Rnd::Rn, FOp::Add) => x + y,
+                        (Rnd::Rn, FOp::Sub) => x - y,
+                        (Rnd::Rn, FOp::Mul) => x * y,
+                        _ => numeric::arith(*op, x, y, *rnd),
                     };
-                    if *z {
-                        r = ftz(r);
-                    }
-                    out[l] = fb(r);
-                }
-                put(w, *d, &out, exec);
+                    fb(flush(r))
+                })
             }
             Op::FUn { op, ftz: z, d, a } => {
-                let av = self.fetch(w, a, wid);
-                let mut out = [0u64; 32];
-                for l in lanes(exec) {
-                    let mut x = f(av[l]);
-                    if *z {
-                        x = ftz(x);
-                    }
-                    let mut r = match op {
+                let flush = |v: f32| if *z { ftz(v) } else { v };
+                self.lanewise(w, wid, exec, *d, [a], |[x]| {
+                    let x = flush(f(x));
+                    let r = match op {
                         FUnOp::Neg => -x,
                         FUnOp::Abs => x.abs(),
                         FUnOp::Sqrt => x.sqrt(),
@@ -754,12 +734,8 @@ impl<'a, 'b> Cta<'a, 'b> {
                         FUnOp::Cos => (x as f64).cos() as f32,
                         FUnOp::Tanh => (x as f64).tanh() as f32,
                     };
-                    if *z {
-                        r = ftz(r);
-                    }
-                    out[l] = fb(r);
-                }
-                put(w, *d, &out, exec);
+                    fb(flush(r))
+                })
             }
             Op::Fma {
                 rnd,
@@ -770,29 +746,14 @@ impl<'a, 'b> Cta<'a, 'b> {
                 b,
                 c,
             } => {
-                let (av, bv, cv) = (
-                    self.fetch(w, a, wid),
-                    self.fetch(w, b, wid),
-                    self.fetch(w, c, wid),
-                );
-                let mut out = [0u64; 32];
-                for l in lanes(exec) {
-                    let (mut x, mut y, mut zz) = (f(av[l]), f(bv[l]), f(cv[l]));
-                    if *z {
-                        x = ftz(x);
-                        y = ftz(y);
-                        zz = ftz(zz);
-                    }
-                    let mut r = numeric::fma(x, y, zz, *rnd);
-                    if *z {
-                        r = ftz(r);
-                    }
+                let flush = |v: f32| if *z { ftz(v) } else { v };
+                self.lanewise(w, wid, exec, *d, [a, b, c], |[x, y, c]| {
+                    let mut r = flush(numeric::fma(flush(f(x)), flush(f(y)), flush(f(c)), *rnd));
                     if *sat {
                         r = if r.is_nan() { 0.0 } else { r.clamp(0.0, 1.0) };
                     }
-                    out[l] = fb(r);
-                }
-                put(w, *d, &out, exec);
+                    fb(r)
+                })
             }
             Op::Setp {
                 cmp,
@@ -874,16 +835,11 @@ impl<'a, 'b> Cta<'a, 'b> {
                 put(w, *d, &out, exec);
             }
             Op::CvtPack { relu, d, a, b } => {
-                let (av, bv) = (self.fetch(w, a, wid), self.fetch(w, b, wid));
-                let mut out = [0u64; 32];
-                for l in lanes(exec) {
-                    let r = |x: f32| {
-                        let x = if *relu && !x.is_nan() { x.max(0.0) } else { x };
-                        f32_to_bf16(x) as u64
-                    };
-                    out[l] = (r(f(av[l])) << 16) | r(f(bv[l]));
-                }
-                put(w, *d, &out, exec);
+                let r = |x: f32| {
+                    let x = if *relu && !x.is_nan() { x.max(0.0) } else { x };
+                    f32_to_bf16(x) as u64
+                };
+                self.lanewise(w, wid, exec, *d, [a, b], |[x, y]| (r(f(x)) << 16) | r(f(y)))
             }
             Op::Ld {
                 space,
