@@ -29,15 +29,31 @@ fn vm_err(e: vm::Error) -> Error {
     Error::Driver(format!("PTX VM: {e}"))
 }
 
-fn env_num(name: &str) -> Result<Option<u64>> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
+/// A numeric setting's value (`None` when unset or blank).
+fn parse_num(name: &str, value: Option<&str>) -> Result<Option<u64>> {
+    match value.map(str::trim) {
+        Some(v) if !v.is_empty() => v
             .parse()
             .map(Some)
             .map_err(|_| Error::Invalid(format!("{name}={v}: expected a non-negative integer"))),
         _ => Ok(None),
     }
+}
+
+/// `PALM_VM_SMS`: 1 to 1024, default [`DEFAULT_VM_SMS`].
+fn sms_setting(value: Option<&str>) -> Result<u32> {
+    let sms = parse_num("PALM_VM_SMS", value)?.unwrap_or(DEFAULT_VM_SMS as u64);
+    if sms == 0 || sms > 1024 {
+        return Err(Error::Invalid(format!(
+            "PALM_VM_SMS={sms}: expected 1 to 1024"
+        )));
+    }
+    Ok(sms as u32)
+}
+
+/// `PALM_VM_THREADS`: host threads for CTAs (0 or unset: all cores), at most 1024.
+fn threads_setting(value: Option<&str>) -> Result<usize> {
+    Ok(parse_num("PALM_VM_THREADS", value)?.unwrap_or(0).min(1024) as usize)
 }
 
 /// The VM as a device: memory, parsed modules, settings, and what was launched.
@@ -60,13 +76,9 @@ pub struct KernelStats {
 
 impl Vm {
     pub fn from_env() -> Result<Vm> {
-        let sms = env_num("PALM_VM_SMS")?.unwrap_or(DEFAULT_VM_SMS as u64);
-        if sms == 0 || sms > 1024 {
-            return Err(Error::Invalid(format!(
-                "PALM_VM_SMS={sms}: expected 1 to 1024"
-            )));
-        }
-        let threads = env_num("PALM_VM_THREADS")?.unwrap_or(0).min(1024) as usize;
+        let env = |name: &str| std::env::var(name).ok();
+        let sms = sms_setting(env("PALM_VM_SMS").as_deref())?;
+        let threads = threads_setting(env("PALM_VM_THREADS").as_deref())?;
         let profile = match std::env::var("PALM_VM_PROFILE") {
             Ok(p) if !p.trim().is_empty() => {
                 let f = std::fs::OpenOptions::new()
@@ -88,7 +100,7 @@ impl Vm {
                 threads,
                 ..vm::Settings::default()
             },
-            sms: sms as u32,
+            sms,
             profile,
             stats: Mutex::new(BTreeMap::new()),
         })
@@ -175,5 +187,32 @@ impl Vm {
 impl From<vm::Error> for Error {
     fn from(e: vm::Error) -> Error {
         vm_err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_reject_hostile_values() {
+        assert_eq!(sms_setting(None).unwrap(), DEFAULT_VM_SMS);
+        assert_eq!(sms_setting(Some(" ")).unwrap(), DEFAULT_VM_SMS);
+        assert_eq!(sms_setting(Some("4")).unwrap(), 4);
+        for bad in [
+            "0",
+            "1025",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+            "NaN",
+            "1e3",
+        ] {
+            let e = sms_setting(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("PALM_VM_SMS"), "{bad}: {e}");
+        }
+        assert_eq!(threads_setting(None).unwrap(), 0);
+        assert_eq!(threads_setting(Some("18446744073709551615")).unwrap(), 1024);
+        assert!(threads_setting(Some("two")).is_err());
     }
 }
