@@ -73,12 +73,20 @@ pub fn model_metadata(
 
 /// Save a model (and adapters) atomically.
 pub fn save_model(path: &Path, params: &PalmParams, loras: &[&LoraScope]) -> Result<()> {
+    save_model_with(path, params, loras, &[])
+}
+
+/// [`save_model`] with `extra` metadata entries (a run's checkpoint step).
+pub fn save_model_with(
+    path: &Path,
+    params: &PalmParams,
+    loras: &[&LoraScope],
+    extra: &[(String, String)],
+) -> Result<()> {
     let tensors = model_tensors(params, loras)?;
-    Ok(palm_engine::save_safetensors(
-        path,
-        &tensors,
-        model_metadata(&params.config, loras)?,
-    )?)
+    let mut meta = model_metadata(&params.config, loras)?;
+    meta.extend(extra.iter().cloned());
+    Ok(palm_engine::save_safetensors(path, &tensors, meta)?)
 }
 
 /// The config stored in a checkpoint's metadata.

@@ -15,6 +15,7 @@ use crate::reward::{Pooling, RewardModel};
 use crate::reward_train::{self, TrainSettings};
 use crate::rl_run::{self, secs, shuffle};
 use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, mean_std};
+use crate::run_dir::{self, RunDir};
 use crate::trainer::{OptimSettings, Trainer};
 use crate::{Error, Result};
 use palm_engine::{Device, Rng};
@@ -37,6 +38,9 @@ pub struct DemoSettings {
     #[serde(skip)]
     pub device: Device,
     pub out: PathBuf,
+    /// Replace the runs a previous demo left in `out` (see `RunDir::create`).
+    #[serde(skip)]
+    pub overwrite: bool,
     pub seed: u64,
     /// Pretraining (without `policy`): model size, steps, sequences per step, bytes per sequence, peak LR.
     pub model: PalmConfig,
@@ -84,6 +88,7 @@ impl DemoSettings {
             device: Device::Cpu,
             policy: None,
             out,
+            overwrite: false,
             seed: 0,
             model: PalmConfig::new(256, 128, 2, 4, 32),
             pretrain_steps: 1200,
@@ -361,7 +366,8 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
         s.updates, s.batch, s.ppo_epochs, s.minibatches, s.lr, s.beta, s.lora_rank
     );
     let t = Instant::now();
-    let mut run = PpoRun::new(settings, base, reward, tokens(&train_prompts), &s.out)?;
+    let dir = RunDir::create(&s.out, &rl_run::RUN_FILES, s.overwrite)?;
+    let mut run = PpoRun::new(settings, base, reward, tokens(&train_prompts), dir)?;
     rl_run::move_to(
         s.device,
         &mut run.base,
@@ -455,7 +461,7 @@ fn pretrain(corpus: &Corpus, s: &DemoSettings) -> Result<PathBuf> {
         ckpt_every: 0,
     };
     let extra = serde_json::to_value(&run).map_err(|e| Error::Invalid(e.to_string()))?;
-    let mut trainer = Trainer::new(&s.model, settings, extra, &dir)?;
+    let mut trainer = Trainer::new(&s.model, settings, extra, &dir, s.overwrite)?;
     trainer.to_device(s.device)?;
     eprintln!(
         "[1/5] pretraining {:.2}M parameters on {}: {} steps of {}×{} bytes",
@@ -549,8 +555,12 @@ fn reward_model(
         weight_decay: 0.0,
         grad_clip: 1.0,
     };
-    let results =
-        reward_train::train(&mut rm, &train, &val, &settings, rng, &s.out.join("reward"))?;
+    let mut run = RunDir::create(
+        &s.out.join("reward"),
+        &[reward_train::MODEL_FILE],
+        s.overwrite,
+    )?;
+    let results = reward_train::train(&mut rm, &train, &val, &settings, rng, &mut run)?;
     let (Some(first), Some(last)) = (results.first(), results.last()) else {
         return Err(Error::Invalid("reward training ran no epoch".into()));
     };
@@ -688,7 +698,7 @@ fn sample_pairs(
 /// The PPO curves from `out/metrics.jsonl` as `out/curves.svg`: the scores (reward model and
 /// gold), the KL to the reference and the entropy, per update.
 pub fn write_curves(out: &Path) -> Result<()> {
-    let path = out.join(rl_run::METRICS_FILE);
+    let path = out.join(run_dir::METRICS_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -10,16 +10,16 @@
 use crate::data::PreferenceRecord;
 use crate::reward_train::Ranked;
 use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_logprobs};
-use crate::rl_run::{MetricsFile, shuffle};
+use crate::rl_run::shuffle;
+use crate::run_dir::RunDir;
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
-use palm_model::checkpoint::save_model;
+use palm_model::checkpoint::save_model_with;
 use palm_model::{Forward, LoraScope, PalmParams};
 use std::path::Path;
 
 pub const MODEL_FILE: &str = "model.safetensors";
-pub const METRICS_FILE: &str = crate::rl_run::METRICS_FILE;
 /// The LoRA scope DPO trains (DESIGN §5: the policy is the actor).
 pub const LORA_SCOPE: &str = "actor";
 
@@ -114,9 +114,9 @@ impl Policy {
     }
 
     /// Save the base weights and (with LoRA) the `actor` adapters, atomically.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    pub fn save(&self, path: &Path, extra: &[(String, String)]) -> Result<()> {
         let loras: Vec<&LoraScope> = self.lora.iter().collect();
-        Ok(save_model(path, &self.params, &loras)?)
+        Ok(save_model_with(path, &self.params, &loras, extra)?)
     }
 
     /// The log-probability of each response given its prompt, summed over the response's
@@ -271,24 +271,22 @@ pub struct TrainSettings {
 }
 
 /// Train `policy` on `train`, validating on `val` before training, every `val_every` steps and
-/// at the end; the policy is saved to `out/model.safetensors` at each validation after the
-/// first (atomically) and the metrics of every step and validation appended to
-/// `out/metrics.jsonl`. Returns the held-out results, the untrained one first.
+/// at the end; the policy is saved to the run folder's `model.safetensors` at each validation
+/// after the first (atomically) and the metrics of every step and validation appended to its
+/// `metrics.jsonl`. Returns the held-out results, the untrained one first.
 pub fn train(
     policy: &mut Policy,
     train: &Scored,
     val: &Scored,
     s: &TrainSettings,
     rng: &mut Rng,
-    out: &Path,
+    run: &mut RunDir,
 ) -> Result<Vec<HeldOut>> {
     if train.pairs.is_empty() || val.pairs.is_empty() {
         return Err(Error::Invalid(
             "DPO needs pairs to train on and to hold out".into(),
         ));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut metrics = MetricsFile::open(out, false)?;
     let batch = s.batch.max(1);
     let total = train.pairs.len().div_ceil(batch) as u64 * s.epochs;
     let mut opt = AdamW::new(
@@ -301,17 +299,17 @@ pub fn train(
     )?;
     let pb = progress_bar(total);
     let say = |line: String| say(&pb, line);
-    let validate = |policy: &Policy, step: u64, metrics: &mut MetricsFile| -> Result<HeldOut> {
+    let validate = |policy: &Policy, step: u64, run: &mut RunDir| -> Result<HeldOut> {
         let held = evaluate(policy, val, batch, s.beta)?;
         say(format!("step {step}: {}", held_line(&held)));
-        metrics.log(&serde_json::json!({
+        run.log(&serde_json::json!({
             "step": step, "val_loss": held.loss, "val_accuracy": held.stats.accuracy(),
             "val_margin": held.stats.margin, "val_chosen_reward": held.stats.chosen_reward,
             "val_rejected_reward": held.stats.rejected_reward, "val_pairs": held.stats.pairs,
         }))?;
         Ok(held)
     };
-    let mut results = vec![validate(policy, 0, &mut metrics)?];
+    let mut results = vec![validate(policy, 0, run)?];
     let mut speed = Throughput::default();
     let mut order: Vec<usize> = (0..train.pairs.len()).collect();
     let mut step = 0u64;
@@ -323,7 +321,7 @@ pub fn train(
                 palm_engine::cpu::on_workers(|| optimise(policy, &mut opt, train, idx, s, lr))?;
             step += 1;
             speed.add(idx.len() as u64);
-            metrics.log(&serde_json::json!({
+            run.log(&serde_json::json!({
                 "step": step, "epoch": epoch, "loss": loss, "accuracy": stats.accuracy(),
                 "margin": stats.margin, "chosen_reward": stats.chosen_reward,
                 "rejected_reward": stats.rejected_reward, "lr": lr, "grad_norm": grad_norm,
@@ -344,13 +342,13 @@ pub fn train(
             }
             let last = step == total;
             if last || (s.val_every > 0 && step.is_multiple_of(s.val_every)) {
-                results.push(validate(policy, step, &mut metrics)?);
-                policy.save(&out.join(MODEL_FILE))?;
+                results.push(validate(policy, step, run)?);
+                let marks = run.marks(step)?;
+                policy.save(&run.join(MODEL_FILE), &marks.model())?;
             }
         }
     }
     pb.finish_and_clear();
-    metrics.flush()?;
     Ok(results)
 }
 

@@ -4,13 +4,14 @@
 //! optionally with β·k3 KL to the reference (the frozen policy itself).
 
 use crate::rl_math::{group_advantages, grpo_loss, kl_k3_host, masked_mean};
-use crate::rl_run::{self, Learner, MetricsFile, Progress, Report, RlRun};
+use crate::rl_run::{self, Learner, Progress, Report, RlRun};
 use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, gather, mean_std};
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
 use palm_engine::{AdamW, Rng, no_grad};
 use palm_model::PalmParams;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The `format` of a GRPO state file.
@@ -161,8 +162,8 @@ pub struct GrpoRun {
     pub settings: GrpoSettings,
     pub prompts: Vec<Vec<u32>>,
     pub reward: RewardSource,
-    pub out: PathBuf,
-    pub metrics: MetricsFile,
+    /// The locked run folder with its metrics file.
+    pub run: RunDir,
 }
 
 impl RlRun for GrpoRun {
@@ -175,27 +176,22 @@ impl RlRun for GrpoRun {
         (s.updates, s.sample_every, s.ckpt_every)
     }
 
-    fn out(&self) -> &Path {
-        &self.out
-    }
-
-    fn metrics(&mut self) -> &mut MetricsFile {
-        &mut self.metrics
+    fn run_dir(&mut self) -> &mut RunDir {
+        &mut self.run
     }
 
     fn save(&mut self) -> Result<()> {
         let settings = serde_json::to_value(&self.settings)
             .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;
         rl_run::save_checkpoint(
-            &self.out,
+            &mut self.run,
             &self.base,
             &self.learner,
             &self.opt,
             &self.progress,
             STATE_FORMAT,
             &settings,
-        )?;
-        self.metrics.flush()
+        )
     }
 
     /// One update: G responses to each of `batch` prompts, group advantages, the epochs.

@@ -17,6 +17,7 @@ pub mod reward_train;
 pub mod rl_math;
 pub mod rl_run;
 pub mod rollout;
+pub mod run_dir;
 pub mod sampling;
 pub mod trainer;
 

@@ -8,14 +8,15 @@ use crate::labelers::Labeler;
 use crate::rl_math::{
     KlController, PpoBatch, PpoConfig, gae, kl_k1_host, kl_k3_host, ppo_loss, token_rewards, whiten,
 };
-use crate::rl_run::{self, Learner, MetricsFile, Progress, Report, RlRun};
+use crate::rl_run::{self, Learner, Progress, Report, RlRun};
 use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, gather, mean_std};
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
 use palm_engine::{AdamW, Rng, SafeFile, Tensor, no_grad};
 use palm_model::checkpoint::{get_checked, load_lora};
 use palm_model::{LoraScope, PalmConfig, PalmParams, tokenizer};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The critic's adapters (DESIGN §5).
@@ -421,8 +422,8 @@ pub struct PpoRun {
     pub kl_ctl: KlController,
     pub prompts: Vec<Vec<u32>>,
     pub reward: RewardSource,
-    pub out: PathBuf,
-    pub metrics: MetricsFile,
+    /// The locked run folder with its metrics file.
+    pub run: RunDir,
     /// A scripted score of each rollout, logged as `gold_score_mean` beside the score trained
     /// on and never trained on: how the demo watches a reward model's policy by the rule the
     /// model was fitted to.
@@ -430,14 +431,14 @@ pub struct PpoRun {
 }
 
 impl PpoRun {
-    /// A fresh run from `base` (frozen: the start and the reference): new actor adapters,
-    /// critic and optimizer seeded by `settings.seed`, and a new metrics file in `out`.
+    /// A fresh run from `base` (frozen: the start and the reference) into `run`: new actor
+    /// adapters, critic and optimizer seeded by `settings.seed`.
     pub fn new(
         settings: PpoSettings,
         base: PalmParams,
         reward: RewardSource,
         prompts: Vec<Vec<u32>>,
-        out: &Path,
+        run: RunDir,
     ) -> Result<Self> {
         let s = settings;
         if prompts.is_empty() {
@@ -451,8 +452,6 @@ impl PpoRun {
             critic: Some(critic),
         };
         let opt = rl_run::adam(s.lr, s.weight_decay, &learner)?;
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let metrics = MetricsFile::open(out, false)?;
         Ok(PpoRun {
             kl_ctl: s.kl_controller(s.beta)?,
             progress: Progress {
@@ -467,8 +466,7 @@ impl PpoRun {
             settings: s,
             prompts,
             reward,
-            out: out.to_path_buf(),
-            metrics,
+            run,
             gold: None,
         })
     }
@@ -484,27 +482,22 @@ impl RlRun for PpoRun {
         (s.updates, s.sample_every, s.ckpt_every)
     }
 
-    fn out(&self) -> &Path {
-        &self.out
-    }
-
-    fn metrics(&mut self) -> &mut MetricsFile {
-        &mut self.metrics
+    fn run_dir(&mut self) -> &mut RunDir {
+        &mut self.run
     }
 
     fn save(&mut self) -> Result<()> {
         let settings = serde_json::to_value(&self.settings)
             .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;
         rl_run::save_checkpoint(
-            &self.out,
+            &mut self.run,
             &self.base,
             &self.learner,
             &self.opt,
             &self.progress,
             STATE_FORMAT,
             &settings,
-        )?;
-        self.metrics.flush()
+        )
     }
 
     /// One update: rollout, experience, PPO epochs, the β controller.

@@ -246,6 +246,11 @@ impl RewardModel {
     /// info`/`sample` read it as a model), adapters `finetune_modules.reward.*`, and
     /// `prompt_embed`, `response_embed`, `to_pred.weight`; pooling in the metadata.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_with(path, &[])
+    }
+
+    /// [`RewardModel::save`] with `extra` metadata entries (a run's checkpoint step).
+    pub fn save_with(&self, path: &Path, extra: &[(String, String)]) -> Result<()> {
         let loras: Vec<&LoraScope> = self.lora.iter().collect();
         let mut tensors = model_tensors(&self.trunk, &loras)?;
         tensors.push(("prompt_embed".into(), self.prompt_embed.clone()));
@@ -259,6 +264,7 @@ impl RewardModel {
         let json = serde_json::to_string(&settings)
             .map_err(|e| Error::Invalid(format!("reward settings to JSON: {e}")))?;
         meta.insert("reward".into(), json);
+        meta.extend(extra.iter().cloned());
         palm_engine::save_safetensors(path, &tensors, meta)?;
         Ok(())
     }

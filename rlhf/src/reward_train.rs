@@ -6,15 +6,13 @@
 
 use crate::data::PreferenceRecord;
 use crate::reward::{RewardModel, Scored, ranking_loss};
+use crate::run_dir::RunDir;
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
 use palm_model::tokenizer;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 
 pub const MODEL_FILE: &str = "reward.safetensors";
-pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// One prompt's responses as token ids, best first, with the margin of its pairs.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,23 +192,21 @@ pub struct TrainSettings {
 }
 
 /// Train `rm` on `train`, reporting on `val` before training and after every epoch; the model is
-/// saved to `out/reward.safetensors` after every epoch (atomically) and the metrics appended to
-/// `out/metrics.jsonl`. Returns the held-out results, the untrained one first.
+/// saved to the run folder's `reward.safetensors` after every epoch (atomically) and the metrics
+/// appended to its `metrics.jsonl`. Returns the held-out results, the untrained one first.
 pub fn train(
     rm: &mut RewardModel,
     train: &[Ranked],
     val: &[Ranked],
     s: &TrainSettings,
     rng: &mut Rng,
-    out: &Path,
+    run: &mut RunDir,
 ) -> Result<Vec<HeldOut>> {
     if train.is_empty() || val.is_empty() {
         return Err(Error::Invalid(
             "reward training needs rankings to train on and to hold out".into(),
         ));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut metrics = Metrics::create(out)?;
     let batch = s.batch.max(1);
     let steps_per_epoch = train.len().div_ceil(batch) as u64;
     let total = steps_per_epoch * s.epochs;
@@ -226,7 +222,7 @@ pub fn train(
     let say = |line: String| say(&pb, line);
     let start = evaluate(rm, val, batch)?;
     say(format!("epoch 0 (untrained): {}", held_line(&start)));
-    metrics.log(epoch_json(0, 0, None, &start))?;
+    run.log(&epoch_json(0, 0, None, &start))?;
     let mut results = vec![start];
     let mut speed = Throughput::default();
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -242,7 +238,7 @@ pub fn train(
             step += 1;
             epoch_loss += loss as f64;
             speed.add(picked.iter().map(|r| r.responses.len() as u64).sum());
-            metrics.log(serde_json::json!({
+            run.log(&serde_json::json!({
                 "step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                 "responses_per_s": speed.per_second(), "elapsed_s": speed.elapsed(),
             }))?;
@@ -260,12 +256,12 @@ pub fn train(
             held_line(&held),
             speed.elapsed()
         ));
-        metrics.log(epoch_json(epoch, step, Some(train_loss), &held))?;
-        rm.save(&out.join(MODEL_FILE))?;
+        run.log(&epoch_json(epoch, step, Some(train_loss), &held))?;
+        let marks = run.marks(step)?;
+        rm.save_with(&run.join(MODEL_FILE), &marks.model())?;
         results.push(held);
     }
     pb.finish_and_clear();
-    metrics.flush()?;
     Ok(results)
 }
 
@@ -308,24 +304,4 @@ fn epoch_json(epoch: u64, step: u64, train_loss: Option<f64>, h: &HeldOut) -> se
         "epoch": epoch, "step": step, "train_loss": train_loss, "val_loss": h.loss,
         "val_accuracy": h.accuracy(), "val_correct": h.correct, "val_pairs": h.pairs,
     })
-}
-
-/// `metrics.jsonl`: one JSON object a line.
-struct Metrics {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl Metrics {
-    fn create(out: &Path) -> Result<Self> {
-        let path = out.join(METRICS_FILE);
-        let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(Metrics { path, file })
-    }
-    fn log(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.file.flush().map_err(|e| Error::io(&self.path, e))
-    }
 }

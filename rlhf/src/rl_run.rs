@@ -5,18 +5,19 @@
 //! prompt cursor and β.
 
 use crate::ppo::Critic;
+use crate::run_dir::{self, RunDir};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, SafeFile, Tensor, clip_grad_norm};
 use palm_model::checkpoint::{
-    config_of, get_checked, load_lora, load_model, model_metadata, save_model,
+    config_of, get_checked, load_lora, load_model, model_metadata, save_model_with,
 };
 use palm_model::{LoraScope, PalmParams};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const STATE_FILE: &str = "rl_state.safetensors";
-pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The files an RL run writes besides the metrics.
+pub const RUN_FILES: [&str; 2] = [STATE_FILE, MODEL_FILE];
 /// The policy's adapters (DESIGN §5).
 pub const ACTOR: &str = "actor";
 
@@ -132,33 +133,6 @@ pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
     }
 }
 
-/// `metrics.jsonl`: one JSON object a line.
-pub struct MetricsFile {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl MetricsFile {
-    /// A new file in `out`, or (resuming) the run's file to append to.
-    pub fn open(out: &Path, append: bool) -> Result<Self> {
-        let path = out.join(METRICS_FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(append)
-            .write(true)
-            .truncate(!append)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsFile { path, file })
-    }
-    pub fn log(&mut self, v: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
-    }
-    pub fn flush(&mut self) -> Result<()> {
-        self.file.flush().map_err(|e| Error::io(&self.path, e))
-    }
-}
-
 /// Where a run stands between updates: with the trained tensors and the moments, all that a
 /// resume needs to continue as if never stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,10 +155,11 @@ impl Progress {
     }
 }
 
-/// Save `model.safetensors` (base + actor adapters) and the state file into `out`, each
-/// atomically. `format` names the run kind; `settings` are its command settings (JSON).
+/// A checkpoint (see [`run_dir`]): the state file, then `model.safetensors` (base + actor
+/// adapters), each atomically. `format` names the run kind; `settings` are its command settings
+/// (JSON).
 pub fn save_checkpoint(
-    out: &Path,
+    run: &mut RunDir,
     base: &PalmParams,
     learner: &Learner,
     opt: &AdamW,
@@ -192,7 +167,7 @@ pub fn save_checkpoint(
     format: &str,
     settings: &serde_json::Value,
 ) -> Result<()> {
-    save_model(&out.join(MODEL_FILE), base, &[&learner.actor])?;
+    let marks = run.marks(progress.update)?;
     let named = learner.named();
     let (step, moments) = opt.state()?;
     let mut tensors = named.clone();
@@ -211,7 +186,15 @@ pub fn save_checkpoint(
     let rng = serde_json::to_string(&progress.rng.state().to_vec())
         .map_err(|e| Error::Invalid(format!("cannot serialise the RNG state: {e}")))?;
     meta.insert("rng".into(), rng);
-    palm_engine::save_safetensors(out.join(STATE_FILE), &tensors, meta)?;
+    meta.extend(marks.state());
+    palm_engine::save_safetensors(run.join(STATE_FILE), &tensors, meta)?;
+    drop(tensors);
+    save_model_with(
+        &run.join(MODEL_FILE),
+        base,
+        &[&learner.actor],
+        &marks.model(),
+    )?;
     Ok(())
 }
 
@@ -222,6 +205,33 @@ pub struct Checkpoint {
     pub opt: AdamW,
     pub progress: Progress,
     pub settings: serde_json::Value,
+    /// The length of `metrics.jsonl` when it was taken.
+    pub metrics_offset: u64,
+}
+
+/// Continue the run in `dir` (locked; its metrics cut back to the checkpoint): its checkpoint
+/// read by [`load_checkpoint`], and the model file rewritten if a kill left it behind the state.
+pub fn resume_checkpoint(
+    dir: &Path,
+    format: &str,
+    opt_cfg: impl FnOnce(&serde_json::Value) -> Result<(f32, f32)>,
+    critic: impl FnOnce(&SafeFile, &PalmParams) -> Result<Option<Critic>>,
+) -> Result<(RunDir, Checkpoint)> {
+    let (mut run, ck) = RunDir::resume(dir, STATE_FILE, |dir| {
+        let ck = load_checkpoint(dir, format, opt_cfg, critic)?;
+        let offset = ck.metrics_offset;
+        Ok((ck, offset))
+    })?;
+    let model = run.join(MODEL_FILE);
+    if run_dir::model_step(&model) != Some(ck.progress.update) {
+        eprintln!(
+            "note: {} is behind the run's state (a run stopped mid-checkpoint); rewriting it",
+            model.display()
+        );
+        let marks = run.marks(ck.progress.update)?;
+        save_model_with(&model, &ck.base, &[&ck.learner.actor], &marks.model())?;
+    }
+    Ok((run, ck))
 }
 
 /// Read the checkpoint in `dir` written by `save_checkpoint` with the same `format`. `critic`
@@ -259,6 +269,7 @@ pub fn load_checkpoint(
         .map_err(|e| bad(format!("bad 'rng' in the metadata: {e}")))?;
     let beta_bits = u32::try_from(int("beta_bits")?)
         .map_err(|_| bad("bad 'beta_bits' in the metadata".into()))?;
+    let (_, metrics_offset) = run_dir::read_marks(&path, file.metadata())?;
     let progress = Progress {
         update: int("update")?,
         cursor: int("cursor")? as usize,
@@ -298,6 +309,7 @@ pub fn load_checkpoint(
         opt,
         progress,
         settings,
+        metrics_offset,
     })
 }
 
@@ -387,9 +399,8 @@ pub trait RlRun {
     fn progress(&self) -> &Progress;
     /// (total updates, sample every, checkpoint every).
     fn schedule(&self) -> (u64, u64, u64);
-    fn out(&self) -> &Path;
-    fn metrics(&mut self) -> &mut MetricsFile;
-    /// Write the checkpoint (and flush the metrics).
+    fn run_dir(&mut self) -> &mut RunDir;
+    /// Write a checkpoint.
     fn save(&mut self) -> Result<()>;
 }
 
@@ -409,7 +420,7 @@ pub fn drive(run: &mut dyn RlRun, stop_at: Option<u64>) -> Result<()> {
     let mut last_score = f64::NAN;
     while run.progress().update < total {
         let r = run.update()?;
-        run.metrics().log(&r.metrics)?;
+        run.run_dir().log(&r.metrics)?;
         let u = run.progress().update;
         last_score = r.get("score_mean");
         eprintln!("update {u}/{total}: {}", r.line);
@@ -427,7 +438,7 @@ pub fn drive(run: &mut dyn RlRun, stop_at: Option<u64>) -> Result<()> {
         if stop && u < total {
             eprintln!(
                 "stopped at update {u}; continue with --resume {}",
-                run.out().display()
+                run.run_dir().path().display()
             );
             return Ok(());
         }
@@ -435,7 +446,7 @@ pub fn drive(run: &mut dyn RlRun, stop_at: Option<u64>) -> Result<()> {
     eprintln!(
         "done: {total} updates, last score mean {last_score:.3}, {:.1}s; model in {} (sample with --lora {ACTOR})",
         secs(timer),
-        run.out().join(MODEL_FILE).display(),
+        run.run_dir().join(MODEL_FILE).display(),
     );
     Ok(())
 }

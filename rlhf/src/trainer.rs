@@ -2,15 +2,17 @@
 //! RLHF stages next): AdamW with warmup + cosine, gradient clipping, progress, metrics JSONL,
 //! atomic checkpoints, and bit-exact resume (parameters, moments, step, RNG state).
 
+use crate::run_dir::{self, RunDir};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use palm_engine::{AdamW, AdamWConfig, Device, Rng, SafeFile, Tensor, clip_grad_norm, lr_at};
-use palm_model::checkpoint::{config_of, get_checked, model_metadata, model_tensors, save_model};
+use palm_model::checkpoint::{
+    config_of, get_checked, model_metadata, model_tensors, save_model_with,
+};
 use palm_model::{PalmConfig, PalmParams};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// Optimisation settings, saved with the run so a resume continues the same schedule.
@@ -25,9 +27,35 @@ pub struct OptimSettings {
     pub seed: u64,
 }
 
+impl OptimSettings {
+    /// The checks of the optimiser flags, also applied to a state read back (a hand-edited
+    /// negative learning rate is refused there too).
+    pub fn check(&self) -> Result<()> {
+        check_optim(self.lr, self.min_lr, self.grad_clip, self.weight_decay)
+    }
+}
+
+/// The optimiser flags every training command shares: a positive finite `--lr`, `--min-lr` in
+/// [0, lr], a positive `--grad-clip` and a `--weight-decay` ≥ 0.
+pub fn check_optim(lr: f32, min_lr: f32, grad_clip: f32, weight_decay: f32) -> Result<()> {
+    let bad = |m: &str| Err(Error::Invalid(m.to_string()));
+    if !(lr > 0.0 && lr.is_finite()) {
+        return bad("--lr must be a positive number");
+    }
+    if !(min_lr >= 0.0 && min_lr <= lr) {
+        return bad("--min-lr must be between 0 and --lr");
+    }
+    if !(grad_clip.is_finite() && grad_clip > 0.0) {
+        return bad("--grad-clip must be positive");
+    }
+    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+        return bad("--weight-decay must be ≥ 0");
+    }
+    Ok(())
+}
+
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const STATE_FILE: &str = "train_state.safetensors";
-pub const METRICS_FILE: &str = "metrics.jsonl";
 
 pub struct Trainer {
     pub params: PalmParams,
@@ -37,8 +65,8 @@ pub struct Trainer {
     pub settings: OptimSettings,
     /// Command-specific settings (JSON), saved and restored with the state.
     pub extra: serde_json::Value,
-    pub out: PathBuf,
-    metrics: std::fs::File,
+    /// The locked run folder with its metrics file.
+    pub run: RunDir,
 }
 
 pub struct StepStats {
@@ -55,29 +83,21 @@ fn adam_config(s: &OptimSettings) -> AdamWConfig {
     }
 }
 
-fn open_metrics(out: &Path, append: bool) -> Result<std::fs::File> {
-    let path = out.join(METRICS_FILE);
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(append)
-        .write(true)
-        .truncate(!append)
-        .open(&path)
-        .map_err(|e| Error::io(path, e))
-}
-
 impl Trainer {
-    /// A fresh run in `out` (created if needed).
+    /// The files a run of this loop writes besides the metrics.
+    pub const RUN_FILES: [&str; 2] = [STATE_FILE, MODEL_FILE];
+
+    /// A fresh run in `out` (see [`RunDir::create`] for `overwrite`).
     pub fn new(
         config: &PalmConfig,
         settings: OptimSettings,
         extra: serde_json::Value,
         out: &Path,
+        overwrite: bool,
     ) -> Result<Self> {
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let mut rng = Rng::new(settings.seed);
         let params = PalmParams::init(config, &mut rng)?;
-        Self::from_params(params, settings, extra, out, rng)
+        Self::from_params(params, settings, extra, out, overwrite, rng)
     }
 
     /// A fresh optimiser over given parameters (fine-tuning from a checkpoint).
@@ -86,11 +106,12 @@ impl Trainer {
         settings: OptimSettings,
         extra: serde_json::Value,
         out: &Path,
+        overwrite: bool,
         rng: Rng,
     ) -> Result<Self> {
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        settings.check()?;
         let opt = AdamW::new(adam_config(&settings), &params.tensors())?;
-        let metrics = open_metrics(out, false)?;
+        let run = RunDir::create(out, &Self::RUN_FILES, overwrite)?;
         Ok(Trainer {
             params,
             opt,
@@ -98,65 +119,100 @@ impl Trainer {
             step: 0,
             settings,
             extra,
-            out: out.to_path_buf(),
-            metrics,
+            run,
         })
     }
 
-    /// Continue the run saved in `dir`; `steps` (if given) replaces the planned total.
+    /// Continue the run saved in `dir`; `steps` (if given) replaces the planned total. A model
+    /// file that a kill left a checkpoint behind the state is rewritten from the state.
     pub fn resume(dir: &Path, steps: Option<u64>) -> Result<Self> {
-        let path = dir.join(STATE_FILE);
-        let file = SafeFile::open(&path)?;
-        let meta = |k: &str| {
-            file.metadata().get(k).cloned().ok_or_else(|| {
-                Error::data(
-                    &path,
-                    None,
-                    format!("not a training state: no '{k}' in the metadata"),
-                )
-            })
+        let (run, l) = RunDir::resume(dir, STATE_FILE, |dir| read_state(dir, steps))?;
+        let mut t = Trainer {
+            params: l.params,
+            opt: l.opt,
+            rng: l.rng,
+            step: l.step,
+            settings: l.settings,
+            extra: l.extra,
+            run,
         };
-        let parse_err = |k: &str, e: String| {
-            Error::data(&path, None, format!("bad '{k}' in the metadata: {e}"))
-        };
-        let mut settings: OptimSettings =
-            serde_json::from_str(&meta("optim")?).map_err(|e| parse_err("optim", e.to_string()))?;
-        let extra: serde_json::Value =
-            serde_json::from_str(&meta("extra")?).map_err(|e| parse_err("extra", e.to_string()))?;
-        let step: u64 = meta("step")?
-            .parse()
-            .map_err(|e: std::num::ParseIntError| parse_err("step", e.to_string()))?;
-        let rng: [u64; 4] =
-            serde_json::from_str(&meta("rng")?).map_err(|e| parse_err("rng", e.to_string()))?;
-        if let Some(s) = steps {
-            settings.steps = s;
+        if run_dir::model_step(&t.run.join(MODEL_FILE)) != Some(t.step) {
+            eprintln!(
+                "note: {} is behind the training state (a run stopped mid-checkpoint); rewriting it",
+                t.run.join(MODEL_FILE).display()
+            );
+            t.save()?;
         }
-        let config = config_of(&file)?;
-        let params = PalmParams::from_named(&config, |n, s| get_checked(&file, n, s))?;
-        let mut opt = AdamW::new(adam_config(&settings), &params.tensors())?;
-        let moments = params
-            .named()
-            .iter()
-            .map(|(n, p)| {
-                let m = get_checked(&file, &format!("optim.m.{n}"), p.dims())?.to_vec::<f32>()?;
-                let v = get_checked(&file, &format!("optim.v.{n}"), p.dims())?.to_vec::<f32>()?;
-                Ok((m, v))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        opt.restore(step, moments)?;
-        let metrics = open_metrics(dir, true)?;
-        Ok(Trainer {
-            params,
-            opt,
-            rng: Rng::from_state(rng),
-            step,
-            settings,
-            extra,
-            out: dir.to_path_buf(),
-            metrics,
-        })
+        Ok(t)
     }
+}
 
+/// A training state read back, before it has its run folder.
+struct Loaded {
+    params: PalmParams,
+    opt: AdamW,
+    rng: Rng,
+    step: u64,
+    settings: OptimSettings,
+    extra: serde_json::Value,
+}
+
+/// The training state in `dir` and the metrics offset of its checkpoint.
+fn read_state(dir: &Path, steps: Option<u64>) -> Result<(Loaded, u64)> {
+    let path = dir.join(STATE_FILE);
+    let file = SafeFile::open(&path)?;
+    let meta = |k: &str| {
+        file.metadata().get(k).cloned().ok_or_else(|| {
+            Error::data(
+                &path,
+                None,
+                format!("not a training state: no '{k}' in the metadata"),
+            )
+        })
+    };
+    let parse_err =
+        |k: &str, e: String| Error::data(&path, None, format!("bad '{k}' in the metadata: {e}"));
+    let mut settings: OptimSettings =
+        serde_json::from_str(&meta("optim")?).map_err(|e| parse_err("optim", e.to_string()))?;
+    let extra: serde_json::Value =
+        serde_json::from_str(&meta("extra")?).map_err(|e| parse_err("extra", e.to_string()))?;
+    let step: u64 = meta("step")?
+        .parse()
+        .map_err(|e: std::num::ParseIntError| parse_err("step", e.to_string()))?;
+    let rng: [u64; 4] =
+        serde_json::from_str(&meta("rng")?).map_err(|e| parse_err("rng", e.to_string()))?;
+    if let Some(s) = steps {
+        settings.steps = s;
+    }
+    settings
+        .check()
+        .map_err(|e| parse_err("optim", e.to_string()))?;
+    let (_, metrics_offset) = run_dir::read_marks(&path, file.metadata())?;
+    let config = config_of(&file)?;
+    let params = PalmParams::from_named(&config, |n, s| get_checked(&file, n, s))?;
+    let mut opt = AdamW::new(adam_config(&settings), &params.tensors())?;
+    let moments = params
+        .named()
+        .iter()
+        .map(|(n, p)| {
+            let m = get_checked(&file, &format!("optim.m.{n}"), p.dims())?.to_vec::<f32>()?;
+            let v = get_checked(&file, &format!("optim.v.{n}"), p.dims())?.to_vec::<f32>()?;
+            Ok((m, v))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    opt.restore(step, moments)?;
+    let loaded = Loaded {
+        params,
+        opt,
+        rng: Rng::from_state(rng),
+        step,
+        settings,
+        extra,
+    };
+    Ok((loaded, metrics_offset))
+}
+
+impl Trainer {
     /// Move the parameters and the optimizer state to `device` (CUDA trains in mixed precision:
     /// f32 master weights and moments, bf16 compute).
     pub fn to_device(&mut self, device: Device) -> Result<()> {
@@ -214,14 +270,13 @@ impl Trainer {
 
     /// Append one JSON object to the run's metrics file.
     pub fn log(&mut self, value: serde_json::Value) -> Result<()> {
-        let path = self.out.join(METRICS_FILE);
-        writeln!(self.metrics, "{value}").map_err(|e| Error::io(&path, e))
+        self.run.log(&value)
     }
 
-    /// Write the model (loadable by `palm sample`/`eval` and by the seed) and the full training
-    /// state, each atomically.
+    /// A checkpoint (see [`run_dir`]): the full training state, then the model (loadable by
+    /// `palm sample`/`eval` and by the seed), each atomically.
     pub fn save(&mut self) -> Result<()> {
-        save_model(&self.out.join(MODEL_FILE), &self.params, &[])?;
+        let marks = self.run.marks(self.step)?;
         let mut tensors = model_tensors(&self.params, &[])?;
         let (step, moments) = self.opt.state()?;
         for ((name, p), (m, v)) in self.params.named().into_iter().zip(moments) {
@@ -234,10 +289,16 @@ impl Trainer {
         meta.insert("extra".into(), self.extra.to_string());
         meta.insert("step".into(), step.to_string());
         meta.insert("rng".into(), to_json(&self.rng.state().to_vec())?);
-        palm_engine::save_safetensors(self.out.join(STATE_FILE), &tensors, meta)?;
-        self.metrics
-            .flush()
-            .map_err(|e| Error::io(self.out.join(METRICS_FILE), e))
+        meta.extend(marks.state());
+        palm_engine::save_safetensors(self.run.join(STATE_FILE), &tensors, meta)?;
+        drop(tensors);
+        save_model_with(
+            &self.run.join(MODEL_FILE),
+            &self.params,
+            &[],
+            &marks.model(),
+        )?;
+        Ok(())
     }
 }
 
@@ -337,7 +398,7 @@ impl Trainer {
                 pb.abandon();
                 eprintln!(
                     "stopped at step {step}; continue with --resume {}",
-                    self.out.display()
+                    self.run.path().display()
                 );
                 return Ok(());
             }
@@ -349,7 +410,7 @@ impl Trainer {
             summary.unwrap_or_default(),
             speed.per_second(),
             speed.elapsed(),
-            self.out.join(MODEL_FILE).display()
+            self.run.join(MODEL_FILE).display()
         );
         if let Device::Cuda(i) = self.params.device() {
             let dev = palm_engine::cuda::CudaDevice::get(i)?;

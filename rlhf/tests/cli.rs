@@ -3,56 +3,9 @@
 
 mod common;
 
-use common::{TINY_MODEL, palm, scratch, stderr, stdout};
+use common::{assert_same_tensors, corpus, losses, palm, scratch, stderr, stdout, train};
 use std::path::{Path, PathBuf};
 use std::process::Output;
-
-/// Some English to train on (repeated so there is room for windows).
-fn corpus(dir: &Path) -> PathBuf {
-    let text =
-        "We hold these truths to be self-evident, that all men are created equal. ".repeat(200);
-    let p = dir.join("corpus.txt");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-/// Training settings small enough for a test (on top of `TINY_MODEL`).
-const TINY_RUN: &[&str] = &[
-    "--batch",
-    "4",
-    "--seq-len",
-    "32",
-    "--val-windows",
-    "4",
-    "--sample-tokens",
-    "16",
-];
-
-fn train(dir: &Path, data: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        dir.to_str().unwrap(),
-    ];
-    args.extend_from_slice(TINY_MODEL);
-    args.extend_from_slice(TINY_RUN);
-    args.extend_from_slice(extra);
-    palm(&args)
-}
-
-/// The training losses of a run, in order, exactly as logged.
-fn losses(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.get("loss").map(|x| format!("{}:{x}", v["step"]))
-        })
-        .collect()
-}
 
 /// `palm train` on `data` with every other setting at its default.
 fn train_on(data: &Path) -> Output {
@@ -154,23 +107,7 @@ fn resume_is_bit_exact() {
     let o = palm(&["train", "--resume", b.to_str().unwrap(), "--device", "cpu"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(losses(&a), losses(&b));
-    // Same tensors, bit for bit (the metadata's key order may differ between files).
-    let [fa, fb] =
-        [&a, &b].map(|d| palm_engine::SafeFile::open(d.join("model.safetensors")).unwrap());
-    assert_eq!(
-        fa.names().collect::<Vec<_>>(),
-        fb.names().collect::<Vec<_>>()
-    );
-    for n in fa.names() {
-        let (x, y) = (
-            fa.get(n).unwrap().to_vec::<f32>().unwrap(),
-            fb.get(n).unwrap().to_vec::<f32>().unwrap(),
-        );
-        assert!(
-            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
-            "{n} differs"
-        );
-    }
+    assert_same_tensors(&a.join("model.safetensors"), &b.join("model.safetensors"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

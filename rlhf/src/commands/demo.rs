@@ -21,6 +21,8 @@ pub struct DemoArgs {
     /// rl_state.safetensors, metrics.jsonl), curves.svg and summary.json.
     #[arg(long, default_value = "runs/rlhf-demo")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub replace: super::Overwrite,
     /// Seeds pretraining, the prompt split, sampling, the reward model and PPO.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -86,6 +88,7 @@ pub fn settings_of(a: &DemoArgs) -> Result<DemoSettings> {
     })?;
     s.policy = a.policy.clone();
     s.seed = a.seed;
+    s.overwrite = a.replace.overwrite;
     s.labeler = a.labeler.clone();
     s.eos = a.eos.map_or(s.eos, |e| e.0);
     s.pretrain_steps = a.pretrain_steps.unwrap_or(s.pretrain_steps);

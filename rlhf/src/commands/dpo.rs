@@ -4,6 +4,7 @@
 use crate::data::{PreferenceRecord, read_jsonl};
 use crate::dpo::{self, LORA_SCOPE, MODEL_FILE, Policy, TrainSettings};
 use crate::reward_train::split_held_out;
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
 use clap::Args;
 use palm_engine::Rng;
@@ -23,6 +24,8 @@ pub struct DpoArgs {
     /// Run folder: model.safetensors (loadable by `palm sample`) and metrics.jsonl.
     #[arg(long, default_value = "runs/dpo")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub replace: super::Overwrite,
     /// DPO's β: the strength of the implicit KL penalty toward the reference.
     #[arg(long, default_value_t = 0.1)]
     pub beta: f32,
@@ -83,7 +86,7 @@ fn check_args(a: &DpoArgs) -> Result<()> {
     if !(a.val_frac > 0.0 && a.val_frac < 1.0) {
         return bad("--val-frac must be between 0 and 1 (exclusive)");
     }
-    super::check_optim_flags(a.lr, a.min_lr, a.grad_clip, a.weight_decay)
+    crate::trainer::check_optim(a.lr, a.min_lr, a.grad_clip, a.weight_decay)
 }
 
 pub fn run(args: DpoArgs) -> Result<()> {
@@ -128,6 +131,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
         train_pairs.len().div_ceil(batch),
         batch
     );
+    let mut run = RunDir::create(&args.out, &[MODEL_FILE], args.replace.overwrite)?;
     let timer = std::time::Instant::now();
     // The policy has not trained yet, so it is the reference.
     let train = dpo::score_reference(&policy, train_pairs, batch)?;
@@ -144,7 +148,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
         val_every: args.val_every,
         log_every: args.log_every,
     };
-    let results = dpo::train(&mut policy, &train, &val, &settings, &mut rng, &args.out)?;
+    let results = dpo::train(&mut policy, &train, &val, &settings, &mut rng, &mut run)?;
     let last = results
         .last()
         .ok_or_else(|| Error::Invalid("DPO ran no validation".into()))?;

@@ -3,8 +3,9 @@
 
 use super::ppo::positive;
 use crate::grpo::{GrpoRun, GrpoSettings, STATE_FORMAT};
-use crate::rl_run::{self, ACTOR, Learner, MetricsFile, Progress};
+use crate::rl_run::{self, ACTOR, Learner, Progress};
 use crate::rollout::RewardSource;
+use crate::run_dir::RunDir;
 use crate::sampling::{Stop, parse_stop};
 use crate::{Error, Result};
 use clap::Args;
@@ -31,8 +32,11 @@ pub struct GrpoArgs {
     #[arg(long, default_value = "runs/grpo")]
     pub out: PathBuf,
     /// Continue the run in this folder (its settings are reused; --updates may change).
-    #[arg(long)]
+    /// Flags the run fixed (all but --device, --updates and --stop-at) are refused.
+    #[arg(long, conflicts_with_all = ["policy", "reward", "rule", "prompts", "out", "lora_rank", "batch", "group", "max_new", "max_prompt", "eos", "temperature", "beta", "clip", "epochs", "minibatches", "lr", "weight_decay", "grad_clip", "sample_every", "ckpt_every", "seed", "overwrite"])]
     pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub replace: super::Overwrite,
     /// Stop after this update as if interrupted (checkpointing first).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub stop_at: Option<u64>,
@@ -198,8 +202,7 @@ fn fresh(args: &GrpoArgs) -> Result<GrpoRun> {
         critic: None,
     };
     let opt = rl_run::adam(s.lr, s.weight_decay, &learner)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
-    let metrics = MetricsFile::open(&args.out, false)?;
+    let run = RunDir::create(&args.out, &rl_run::RUN_FILES, args.replace.overwrite)?;
     Ok(GrpoRun {
         progress: Progress {
             update: 0,
@@ -213,14 +216,13 @@ fn fresh(args: &GrpoArgs) -> Result<GrpoRun> {
         settings: s,
         prompts,
         reward,
-        out: args.out.clone(),
-        metrics,
+        run,
     })
 }
 
 /// Continue the run saved in `dir` with its own settings (`--updates` may change).
 fn resume(dir: &Path, args: &GrpoArgs) -> Result<GrpoRun> {
-    let ck = rl_run::load_checkpoint(
+    let (run, ck) = rl_run::resume_checkpoint(
         dir,
         STATE_FORMAT,
         |v| parse_settings(v).map(|s| (s.lr, s.weight_decay)),
@@ -232,7 +234,6 @@ fn resume(dir: &Path, args: &GrpoArgs) -> Result<GrpoRun> {
     }
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
-    let metrics = MetricsFile::open(dir, true)?;
     Ok(GrpoRun {
         progress: ck.progress,
         base: ck.base,
@@ -241,7 +242,6 @@ fn resume(dir: &Path, args: &GrpoArgs) -> Result<GrpoRun> {
         settings: s,
         prompts,
         reward,
-        out: dir.to_path_buf(),
-        metrics,
+        run,
     })
 }

@@ -16,6 +16,15 @@ pub mod train;
 use crate::Result;
 use palm_engine::{Device, DeviceRequest};
 
+/// `--overwrite`, shared by the commands that write a run folder.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct Overwrite {
+    /// Replace the run already in --out (its model, training state and metrics) instead of
+    /// refusing to start.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
 /// Resolve `--device`, printing the one-line notice when `auto` falls back to the CPU.
 pub fn resolve_device(s: &str) -> Result<Device> {
     let req: DeviceRequest = s.parse()?;
@@ -24,25 +33,6 @@ pub fn resolve_device(s: &str) -> Result<Device> {
         eprintln!("note: {n}");
     }
     Ok(device)
-}
-
-/// The optimiser flags every training command shares: a positive finite `--lr`, `--min-lr` in
-/// [0, lr], a positive `--grad-clip`, a non-negative `--weight-decay`.
-pub fn check_optim_flags(lr: f32, min_lr: f32, grad_clip: f32, weight_decay: f32) -> Result<()> {
-    let bad = |m: &str| Err(crate::Error::Invalid(m.to_string()));
-    if !(lr > 0.0 && lr.is_finite()) {
-        return bad("--lr must be a positive number");
-    }
-    if !(min_lr >= 0.0 && min_lr <= lr) {
-        return bad("--min-lr must be between 0 and --lr");
-    }
-    if !(grad_clip.is_finite() && grad_clip > 0.0) {
-        return bad("--grad-clip must be positive");
-    }
-    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
-        return bad("--weight-decay must be ≥ 0");
-    }
-    Ok(())
 }
 
 /// Print one line to stdout. A closed pipe (`palm info … | head`) ends the program quietly, as

@@ -2,8 +2,9 @@
 //! reference) against a reward model or a scripted rule, with a LoRA `critic` and value head.
 
 use crate::ppo::{Critic, KlEstimator, PpoRun, PpoSettings, STATE_FORMAT};
-use crate::rl_run::{self, ACTOR, MetricsFile};
+use crate::rl_run::{self, ACTOR};
 use crate::rollout::RewardSource;
+use crate::run_dir::RunDir;
 use crate::sampling::{Stop, parse_stop};
 use crate::{Error, Result};
 use clap::Args;
@@ -28,8 +29,11 @@ pub struct PpoArgs {
     #[arg(long, default_value = "runs/ppo")]
     pub out: PathBuf,
     /// Continue the run in this folder (its settings are reused; --updates may change).
-    #[arg(long)]
+    /// Flags the run fixed (all but --device, --updates and --stop-at) are refused.
+    #[arg(long, conflicts_with_all = ["policy", "reward", "rule", "prompts", "out", "lora_rank", "batch", "max_new", "max_prompt", "eos", "temperature", "kl", "beta", "target_kl", "kl_horizon", "score_clip", "missing_eos_penalty", "gamma", "lam", "clip", "value_clip", "vf_coef", "ent_coef", "ppo_epochs", "minibatches", "lr", "weight_decay", "grad_clip", "sample_every", "ckpt_every", "seed", "overwrite"])]
     pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub replace: super::Overwrite,
     /// Stop after this update as if interrupted (checkpointing first).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub stop_at: Option<u64>,
@@ -258,12 +262,13 @@ fn fresh(args: &PpoArgs) -> Result<PpoRun> {
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
     let base = rl_run::load_policy(&s.policy)?;
-    PpoRun::new(s, base, reward, prompts, &args.out)
+    let run = RunDir::create(&args.out, &rl_run::RUN_FILES, args.replace.overwrite)?;
+    PpoRun::new(s, base, reward, prompts, run)
 }
 
 /// Continue the run saved in `dir` with its own settings (`--updates` may change).
 fn resume(dir: &std::path::Path, args: &PpoArgs) -> Result<PpoRun> {
-    let ck = rl_run::load_checkpoint(
+    let (run, ck) = rl_run::resume_checkpoint(
         dir,
         STATE_FORMAT,
         |v| parse_settings(v).map(|s| (s.lr, s.weight_decay)),
@@ -275,7 +280,6 @@ fn resume(dir: &std::path::Path, args: &PpoArgs) -> Result<PpoRun> {
     }
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
-    let metrics = MetricsFile::open(dir, true)?;
     Ok(PpoRun {
         kl_ctl: s.kl_controller(ck.progress.beta)?,
         progress: ck.progress,
@@ -285,8 +289,7 @@ fn resume(dir: &std::path::Path, args: &PpoArgs) -> Result<PpoRun> {
         settings: s,
         prompts,
         reward,
-        out: dir.to_path_buf(),
-        metrics,
+        run,
         gold: None,
     })
 }

@@ -4,6 +4,7 @@
 use crate::data::{PreferenceRecord, read_jsonl};
 use crate::reward::{Pooling, RewardModel};
 use crate::reward_train::{self, MODEL_FILE, Ranked, TrainSettings};
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
 use clap::{Args, Subcommand};
 use palm_engine::Rng;
@@ -36,6 +37,8 @@ pub struct TrainArgs {
     /// Run folder: reward.safetensors (saved after every epoch) and metrics.jsonl.
     #[arg(long, default_value = "runs/reward")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub replace: super::Overwrite,
     /// Pool the final-LayerNorm output by its mean over the sequence (the seed) or take the
     /// last token (TRL).
     #[arg(long, value_enum, default_value_t = Pooling::Mean)]
@@ -112,7 +115,7 @@ fn check_args(a: &TrainArgs) -> Result<()> {
     if !(a.val_frac > 0.0 && a.val_frac < 1.0) {
         return bad("--val-frac must be between 0 and 1 (exclusive)");
     }
-    super::check_optim_flags(a.lr, a.min_lr, a.grad_clip, a.weight_decay)
+    crate::trainer::check_optim(a.lr, a.min_lr, a.grad_clip, a.weight_decay)
 }
 
 fn train(args: TrainArgs) -> Result<()> {
@@ -168,8 +171,9 @@ fn train(args: TrainArgs) -> Result<()> {
         weight_decay: args.weight_decay,
         grad_clip: args.grad_clip,
     };
+    let mut run = RunDir::create(&args.out, &[MODEL_FILE], args.replace.overwrite)?;
     let timer = std::time::Instant::now();
-    let results = reward_train::train(&mut rm, &train, &val, &settings, &mut rng, &args.out)?;
+    let results = reward_train::train(&mut rm, &train, &val, &settings, &mut rng, &mut run)?;
     let last = results
         .last()
         .ok_or_else(|| Error::Invalid("reward training ran no epoch".into()))?;

@@ -54,8 +54,11 @@ pub struct SftArgs {
     #[arg(long, default_value = "runs/sft")]
     pub out: PathBuf,
     /// Continue the run in this folder.
-    #[arg(long)]
+    /// Flags the run fixed (all but --device, --steps and --stop-at) are refused.
+    #[arg(long, conflicts_with_all = ["checkpoint", "data", "batch", "seq_len", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "val_every", "sample_every", "ckpt_every", "seed", "out", "overwrite"])]
     pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub replace: super::Overwrite,
     /// Stop after this step as if interrupted (checkpointing first).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub stop_at: Option<u64>,
@@ -216,7 +219,14 @@ pub fn run(args: SftArgs) -> Result<()> {
                 ckpt_every: args.ckpt_every,
             };
             let extra = serde_json::to_value(&run).map_err(|e| Error::Invalid(e.to_string()))?;
-            Trainer::from_params(params, settings, extra, &args.out, Rng::new(args.seed))?
+            Trainer::from_params(
+                params,
+                settings,
+                extra,
+                &args.out,
+                args.replace.overwrite,
+                Rng::new(args.seed),
+            )?
         }
     };
     trainer.to_device(device)?;

@@ -76,8 +76,11 @@ pub struct TrainArgs {
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
     /// Continue the run in this folder (its saved settings apply; --steps may extend it).
-    #[arg(long)]
+    /// Flags the run fixed (all but --device, --steps and --stop-at) are refused.
+    #[arg(long, conflicts_with_all = ["preset", "dim", "depth", "heads", "dim_head", "ff_mult", "data", "batch", "seq_len", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "val_every", "val_windows", "sample_every", "sample_tokens", "ckpt_every", "seed", "out", "overwrite"])]
     pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub replace: super::Overwrite,
     /// Stop after this step as if interrupted (checkpointing first); resume later.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub stop_at: Option<u64>,
@@ -116,7 +119,7 @@ fn model_config(a: &TrainArgs) -> Result<PalmConfig> {
 }
 
 fn validate_args(a: &TrainArgs) -> Result<()> {
-    super::check_optim_flags(a.lr, a.min_lr, a.grad_clip, a.weight_decay)
+    crate::trainer::check_optim(a.lr, a.min_lr, a.grad_clip, a.weight_decay)
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -154,7 +157,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 ckpt_every: args.ckpt_every,
             };
             let extra = serde_json::to_value(&run).map_err(|e| Error::Invalid(e.to_string()))?;
-            (Trainer::new(&config, settings, extra, &args.out)?, corpus)
+            (
+                Trainer::new(&config, settings, extra, &args.out, args.replace.overwrite)?,
+                corpus,
+            )
         }
     };
     trainer.to_device(device)?;

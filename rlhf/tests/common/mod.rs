@@ -1,6 +1,6 @@
 //! Helpers shared by the tests that run the `palm` binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The smallest useful model, for end-to-end runs that must take well under a second.
@@ -69,4 +69,77 @@ pub fn assert_one_error(o: &Output, needle: &str) {
         lines[0].contains(needle),
         "error should mention '{needle}': {err}"
     );
+}
+
+/// Some English to train on (repeated so there is room for windows).
+#[allow(dead_code)]
+pub fn corpus(dir: &Path) -> PathBuf {
+    let text =
+        "We hold these truths to be self-evident, that all men are created equal. ".repeat(200);
+    let p = dir.join("corpus.txt");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Training settings small enough for a test (on top of `TINY_MODEL`).
+#[allow(dead_code)]
+pub const TINY_RUN: &[&str] = &[
+    "--batch",
+    "4",
+    "--seq-len",
+    "32",
+    "--val-windows",
+    "4",
+    "--sample-tokens",
+    "16",
+];
+
+#[allow(dead_code)]
+pub fn train(dir: &Path, data: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(TINY_MODEL);
+    args.extend_from_slice(TINY_RUN);
+    args.extend_from_slice(extra);
+    palm(&args)
+}
+
+/// The training losses of a run, in order, exactly as logged.
+#[allow(dead_code)]
+pub fn losses(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.get("loss").map(|x| format!("{}:{x}", v["step"]))
+        })
+        .collect()
+}
+
+/// The same tensors, bit for bit, in two safetensors files (the metadata may differ).
+#[allow(dead_code)]
+pub fn assert_same_tensors(a: &Path, b: &Path) {
+    let [fa, fb] = [a, b].map(|p| palm_engine::SafeFile::open(p).unwrap());
+    assert_eq!(
+        fa.names().collect::<Vec<_>>(),
+        fb.names().collect::<Vec<_>>()
+    );
+    for n in fa.names() {
+        let (x, y) = (
+            fa.get(n).unwrap().to_vec::<f32>().unwrap(),
+            fb.get(n).unwrap().to_vec::<f32>().unwrap(),
+        );
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{n} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
 }

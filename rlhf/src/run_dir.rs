@@ -1,0 +1,265 @@
+//! The run folder every training loop writes (`train`, `sft`, `reward train`, `dpo`, `ppo`,
+//! `grpo`): one writer at a time, a metrics file, and checkpoints that a kill or a full disk at
+//! any moment cannot tear.
+//!
+//! - **One writer.** The folder is locked (`flock` on `.palm.lock`) for the life of the run. The
+//!   kernel drops the lock when the process ends, however it ends, so a crashed run never leaves
+//!   the folder stuck; a second run into a locked folder is an error naming the first one's pid.
+//! - **No silent replacement.** A fresh run refuses a folder that holds another run's files
+//!   unless told `--overwrite`; it checks this before it writes anything.
+//! - **Whole lines.** Each metrics line is written with one `write` call, so a kill leaves at
+//!   most one torn line at the end, which a resume cuts off.
+//! - **One checkpoint unit.** A checkpoint writes the state file first (every tensor a resume
+//!   needs, the step, and the length of `metrics.jsonl` at that moment), then the model file with
+//!   the same step; each file is replaced atomically. The state file is the commit point: a resume
+//!   reads it, cuts `metrics.jsonl` back to the recorded length (so no step is logged twice), and
+//!   rewrites the model if a kill left it a checkpoint behind ([`RunDir::model_step`]).
+//! - **No leftovers.** Temporary files of interrupted atomic writes (`.NAME.PID.N.tmp`) are
+//!   removed when the folder is next opened (under the lock, so never another run's).
+
+use crate::{Error, Result};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const LOCK_FILE: &str = ".palm.lock";
+/// Metadata key of the step a state or model file was saved at.
+pub const STEP_KEY: &str = "checkpoint_step";
+/// Metadata key (state file) of the length of `metrics.jsonl` when the checkpoint was taken.
+pub const METRICS_OFFSET_KEY: &str = "metrics_offset";
+
+/// A locked run folder with its metrics file open for appending.
+pub struct RunDir {
+    path: PathBuf,
+    metrics: File,
+    // Held, not read: the lock lives as long as this handle.
+    _lock: File,
+}
+
+/// The metadata a checkpoint adds to its files: the step, and (state file only) the metrics
+/// offset. Insert [`Marks::state`] into the state file's metadata and [`Marks::model`] into the
+/// model file's.
+pub struct Marks {
+    step: u64,
+    metrics_offset: u64,
+}
+
+impl Marks {
+    pub fn state(&self) -> [(String, String); 2] {
+        [
+            (STEP_KEY.into(), self.step.to_string()),
+            (METRICS_OFFSET_KEY.into(), self.metrics_offset.to_string()),
+        ]
+    }
+    pub fn model(&self) -> [(String, String); 1] {
+        [(STEP_KEY.into(), self.step.to_string())]
+    }
+}
+
+impl RunDir {
+    /// A fresh run in `path` (created if needed). `run_files` are the files this kind of run
+    /// writes besides the metrics; if any of them (or the metrics) exist, the folder holds
+    /// another run and is refused unless `overwrite`, in which case they are removed (state
+    /// first, so a half-removed folder is never resumable).
+    pub fn create(path: &Path, run_files: &[&str], overwrite: bool) -> Result<RunDir> {
+        std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        let lock = lock(path)?;
+        remove_temporaries(path)?;
+        let present: Vec<&str> = run_files
+            .iter()
+            .copied()
+            .chain([METRICS_FILE])
+            .filter(|f| path.join(f).exists())
+            .collect();
+        if !present.is_empty() {
+            if !overwrite {
+                return Err(Error::Invalid(format!(
+                    "{} holds another run ({}): continue it with --resume {0}, replace it with --overwrite, or choose another --out",
+                    path.display(),
+                    present.join(", ")
+                )));
+            }
+            for f in present {
+                let p = path.join(f);
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+        let metrics_path = path.join(METRICS_FILE);
+        let metrics = File::options()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        Ok(RunDir {
+            path: path.to_path_buf(),
+            metrics,
+            _lock: lock,
+        })
+    }
+
+    /// The run in `path`, to continue. `read` loads its checkpoint (under the lock) and returns
+    /// it with the metrics offset it recorded; `metrics.jsonl` is cut back to that length, so the
+    /// steps logged after the checkpoint are logged again, once.
+    pub fn resume<T>(
+        path: &Path,
+        state_file: &str,
+        read: impl FnOnce(&Path) -> Result<(T, u64)>,
+    ) -> Result<(RunDir, T)> {
+        if !path.is_dir() {
+            return Err(Error::Invalid(format!(
+                "--resume {}: no such run folder",
+                path.display()
+            )));
+        }
+        let lock = lock(path)?;
+        remove_temporaries(path)?;
+        if !path.join(state_file).exists() {
+            return Err(Error::Invalid(format!(
+                "--resume {}: no {state_file} there (a run that stopped before its first checkpoint has nothing to resume: start it again with --overwrite)",
+                path.display()
+            )));
+        }
+        let (loaded, offset) = read(path)?;
+        let metrics_path = path.join(METRICS_FILE);
+        let metrics = File::options()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        let len = metrics
+            .metadata()
+            .map_err(|e| Error::io(&metrics_path, e))?
+            .len();
+        if len < offset {
+            return Err(Error::data(
+                &metrics_path,
+                None,
+                format!(
+                    "{len} bytes, but the checkpoint was taken at byte {offset}: the file was cut or replaced since (move it aside to resume with a fresh one)"
+                ),
+            ));
+        }
+        metrics
+            .set_len(offset)
+            .and_then(|()| metrics.sync_all())
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        Ok((
+            RunDir {
+                path: path.to_path_buf(),
+                metrics,
+                _lock: lock,
+            },
+            loaded,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, file: &str) -> PathBuf {
+        self.path.join(file)
+    }
+
+    /// Append one JSON object as one line (one `write`, so a kill tears at most this line).
+    pub fn log(&mut self, value: &serde_json::Value) -> Result<()> {
+        let line = format!("{value}\n");
+        self.metrics
+            .write_all(line.as_bytes())
+            .map_err(|e| Error::io(self.path.join(METRICS_FILE), e))
+    }
+
+    /// Make the metrics durable and return the marks of a checkpoint at `step`; write the state
+    /// file with [`Marks::state`], then the model file with [`Marks::model`].
+    pub fn marks(&mut self, step: u64) -> Result<Marks> {
+        let path = self.path.join(METRICS_FILE);
+        self.metrics.sync_data().map_err(|e| Error::io(&path, e))?;
+        let metrics_offset = self
+            .metrics
+            .metadata()
+            .map_err(|e| Error::io(&path, e))?
+            .len();
+        Ok(Marks {
+            step,
+            metrics_offset,
+        })
+    }
+}
+
+/// The step and metrics offset a state file's metadata records.
+pub fn read_marks(
+    path: &Path,
+    meta: &std::collections::HashMap<String, String>,
+) -> Result<(u64, u64)> {
+    let int = |k: &str| -> Result<u64> {
+        let v = meta.get(k).ok_or_else(|| {
+            Error::data(
+                path,
+                None,
+                format!("no '{k}' in the metadata: not a checkpoint of this version"),
+            )
+        })?;
+        v.parse()
+            .map_err(|e| Error::data(path, None, format!("bad '{k}' in the metadata: {e}")))
+    };
+    Ok((int(STEP_KEY)?, int(METRICS_OFFSET_KEY)?))
+}
+
+/// The step a model file was checkpointed at (`None` if it is missing or says none), to find a
+/// model a kill left behind its state.
+pub fn model_step(path: &Path) -> Option<u64> {
+    let file = palm_engine::SafeFile::open(path).ok()?;
+    file.metadata().get(STEP_KEY)?.parse().ok()
+}
+
+/// Lock `dir` for this process, or say who holds it.
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another process".to_string()
+            } else {
+                format!("another palm process (pid {holder})")
+            };
+            return Err(Error::Invalid(format!(
+                "{} is in use by {who}: one run writes to a folder at a time (wait for it to end, or choose another --out)",
+                dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    // The pid is only for the message above; the lock is what counts.
+    let pid = std::process::id().to_string();
+    file.set_len(0)
+        .and_then(|()| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| file.write_all(pid.as_bytes()))
+        .map_err(|e| Error::io(&path, e))?;
+    Ok(file)
+}
+
+/// Remove the temporary files of atomic writes that a crash interrupted (`.NAME.PID.N.tmp`).
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") && entry.path().is_file() {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
