@@ -312,7 +312,19 @@ pub fn read_jsonl<T: DeserializeOwned + Validate>(path: &Path) -> Result<Vec<T>>
                 "bad record: expected a JSON object, found an array".into()
             ));
         }
-        let record: T = serde_json::from_str(line).map_err(|e| bad(json_error(&e)))?;
+        let record: T = match serde_json::from_str(line) {
+            Ok(r) => r,
+            // No newline at the end and not JSON: a write that did not finish (a kill or a
+            // full disk mid-append). It never was a record; say so and read without it.
+            Err(e) if !buf.ends_with(b"\n") && e.is_eof() => {
+                eprintln!(
+                    "warning: {}:{line_no}: the last line is cut off (a write that did not finish); reading the file without it",
+                    path.display()
+                );
+                break;
+            }
+            Err(e) => return Err(bad(json_error(&e))),
+        };
         record.validate().map_err(bad)?;
         records.push(record);
     }
@@ -335,9 +347,10 @@ fn to_line<T: Serialize>(path: &Path, line: Option<usize>, record: &T) -> Result
 }
 
 /// Append one record as a line, then flush and fsync, so a finished record survives Ctrl-C.
-/// Creates the file and its folder if needed. If the file does not end with a newline (a
-/// write cut short), a newline is written first so the new record stands on its own line.
-/// Plain files only; the record must pass [`Validate`].
+/// Creates the file and its folder if needed. An append that fails (a full disk) is cut back to
+/// the last complete record. A file that ends without a newline either ends with a complete
+/// record (written by hand: a newline goes first) or with a torn one (a write that did not
+/// finish: it is cut off, with a note). Plain files only; the record must pass [`Validate`].
 pub fn append_jsonl<T: Serialize + Validate>(path: &Path, record: &T) -> Result<()> {
     if is_gz(path) {
         return Err(Error::data(
@@ -360,18 +373,34 @@ pub fn append_jsonl<T: Serialize + Validate>(path: &Path, record: &T) -> Result<
         .create(true)
         .open(path)
         .map_err(io)?;
-    if f.metadata().map_err(io)?.len() > 0 {
-        let mut last = [0u8; 1];
-        f.seek(SeekFrom::End(-1)).map_err(io)?;
-        f.read_exact(&mut last).map_err(io)?;
-        if last[0] != b'\n' {
+    let mut len = f.metadata().map_err(io)?.len();
+    if let Some((start, tail)) = torn_tail(&mut f, len).map_err(io)? {
+        if serde_json::from_slice::<serde_json::Value>(&tail).is_ok() {
             line.insert(0, '\n');
+        } else {
+            eprintln!(
+                "note: {}: cut off a torn last line ({} bytes) that a write which did not finish left",
+                path.display(),
+                tail.len()
+            );
+            f.set_len(start).map_err(io)?;
+            len = start;
         }
     }
     // One write for the whole line, so concurrent appenders do not interleave within it.
-    f.write_all(line.as_bytes()).map_err(io)?;
-    f.flush().map_err(io)?;
-    f.sync_all().map_err(io)?;
+    let written = f
+        .write_all(line.as_bytes())
+        .and_then(|()| f.flush())
+        .and_then(|()| f.sync_all());
+    if let Err(e) = written {
+        // Leave the file as it was: whole records only, so every reader still accepts it.
+        let _ = f.set_len(len).and_then(|()| f.sync_all());
+        return Err(Error::data(
+            path,
+            None,
+            format!("record not appended ({e}); the file is left as it was"),
+        ));
+    }
     if !existed {
         // Persist the new directory entry; not every filesystem supports fsync on a folder.
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -379,6 +408,37 @@ pub fn append_jsonl<T: Serialize + Validate>(path: &Path, record: &T) -> Result<
         }
     }
     Ok(())
+}
+
+/// The bytes after the last newline of a file of `len` bytes and where they start, if the file
+/// does not end with a newline.
+fn torn_tail(f: &mut File, len: u64) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut last = [0u8; 1];
+    f.seek(SeekFrom::End(-1))?;
+    f.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(None);
+    }
+    // Read back in blocks until a newline (or the start of the file).
+    let mut tail = Vec::new();
+    let mut pos = len;
+    while pos > 0 {
+        let n = pos.min(4096);
+        pos -= n;
+        let mut block = vec![0u8; n as usize];
+        f.seek(SeekFrom::Start(pos))?;
+        f.read_exact(&mut block)?;
+        block.extend_from_slice(&tail);
+        tail = block;
+        if let Some(i) = tail[..n as usize].iter().rposition(|&b| b == b'\n') {
+            let start = pos + i as u64 + 1;
+            return Ok(Some((start, tail.split_off(i + 1))));
+        }
+    }
+    Ok(Some((0, tail)))
 }
 
 /// Write a whole file atomically (gzip for `.gz`), creating its folder if needed. Every record

@@ -492,13 +492,27 @@ fn append_after_a_crash() {
         got,
         vec![ranking("p", &["a", "b"]), ranking("q", &["c", "d"])]
     );
-    // A record cut short mid-line: the cut line stays bad (and is named), the new one is whole.
+    // A record cut short mid-line (a kill or a full disk): readers name it and read without it,
+    // and the next append cuts it off, so the file holds whole records again.
     let p = tmp.file("cut.jsonl", b"{\"text\":\"a\"}\n{\"text\":\"b");
+    assert_eq!(
+        read_jsonl::<TextRecord>(&p).unwrap(),
+        vec![TextRecord { text: "a".into() }]
+    );
     append_jsonl(&p, &TextRecord { text: "c".into() }).unwrap();
     let text = std::fs::read_to_string(&p).unwrap();
-    assert_eq!(text, "{\"text\":\"a\"}\n{\"text\":\"b\n{\"text\":\"c\"}\n");
+    assert_eq!(text, "{\"text\":\"a\"}\n{\"text\":\"c\"}\n");
+    // Only a last line without its newline is taken for torn: bad JSON elsewhere is an error.
+    let p = tmp.file(
+        "mid.jsonl",
+        b"{\"text\":\"a\"}\n{\"text\":\"b\n{\"text\":\"c\"}\n",
+    );
     let e = read_jsonl::<TextRecord>(&p).unwrap_err().to_string();
-    assert!(e.contains("cut.jsonl:2:") && e.contains("EOF"), "{e}");
+    assert!(e.contains("mid.jsonl:2:"), "{e}");
+    // Nor is a last line that is complete but wrong.
+    let p = tmp.file("wrong.jsonl", b"{\"text\":\"a\"}\n{\"text\":1}");
+    let e = read_jsonl::<TextRecord>(&p).unwrap_err().to_string();
+    assert!(e.contains("wrong.jsonl:2:"), "{e}");
 }
 
 #[test]
