@@ -65,3 +65,21 @@ impl DeviceRequest {
         }
     }
 }
+
+impl Device {
+    /// Bytes of memory a job on this device may use, if known: on the CPU the kernel's
+    /// `MemAvailable` (free memory plus what it can reclaim), on a GPU its total memory.
+    pub fn memory_available(self) -> Option<u64> {
+        match self {
+            Device::Cpu => {
+                let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+                let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                kib.checked_mul(1024)
+            }
+            Device::Cuda(i) => crate::cuda::CudaDevice::get(i)
+                .ok()
+                .map(|d| d.info().total_memory as u64),
+        }
+    }
+}

@@ -170,6 +170,30 @@ pub fn load_language_model(path: &Path) -> Result<(PalmParams, SafeFile)> {
     Ok((params, file))
 }
 
+/// An error if `file` holds fewer values than `config` has parameters: checked before
+/// anything is allocated for them, so a config that claims a billion layers fails here.
+pub fn check_holds(file: &SafeFile, config: &PalmConfig) -> Result<()> {
+    let path = file.path();
+    let held: u128 = file
+        .names()
+        .filter_map(|n| file.info(n))
+        .map(|(shape, _)| shape.iter().map(|&x| x as u128).product::<u128>())
+        .sum();
+    let wanted = crate::budget::params(config);
+    if wanted > held {
+        return Err(Error::Checkpoint(format!(
+            "{}: its config (dim {}, depth {}, heads {}, dim_head {}, ff_mult {}) has {wanted} parameters, but the file holds only {held} values",
+            path.display(),
+            config.dim,
+            config.depth,
+            config.heads,
+            config.dim_head,
+            config.ff_mult
+        )));
+    }
+    Ok(())
+}
+
 /// The model held by an opened file.
 pub fn params_of(file: &SafeFile) -> Result<PalmParams> {
     let path = file.path();
@@ -188,6 +212,7 @@ pub fn params_of(file: &SafeFile) -> Result<PalmParams> {
         )));
     }
     let config = config_of(file)?;
+    check_holds(file, &config)?;
     // Layers past the config's depth would be dropped silently.
     if let Some(extra) = file.names().find(|n| {
         n.strip_prefix("layers.")

@@ -113,11 +113,11 @@ impl PalmConfig {
                 a.checked_add(2 * self.dim_head)?
                     .checked_add(f.checked_mul(2)?)
             })
-            .and_then(|w| w.checked_mul(self.dim))
+            .and_then(|w| w.checked_mul(self.dim)?.checked_mul(self.depth))
             .zip(self.num_tokens.checked_mul(self.dim))
             .is_some_and(|(w, e)| w < 1 << 40 && e < 1 << 40);
         if !fits {
-            return Err("invalid model config: sizes overflow (dim, heads, dim_head, ff_mult or num_tokens too large)".into());
+            return Err("invalid model config: sizes overflow (dim, depth, heads, dim_head, ff_mult or num_tokens too large)".into());
         }
         Ok(())
     }

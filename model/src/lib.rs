@@ -2,6 +2,7 @@
 //! parameters under the seed's names, forward, LoRA, KV cache, sampling, byte tokenizer and
 //! checkpoints.
 
+pub mod budget;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;

@@ -34,7 +34,7 @@ pub struct LoraScope {
 
 impl LoraScope {
     /// (in, out) of the q, k, v, o adapters.
-    fn io(config: &PalmConfig) -> [(usize, usize); 4] {
+    pub(crate) fn io(config: &PalmConfig) -> [(usize, usize); 4] {
         let (d, dh, hd) = (config.dim, config.dim_head, config.attn_inner());
         [(d, hd), (d, dh), (d, dh), (hd, d)]
     }

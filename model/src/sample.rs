@@ -135,6 +135,11 @@ fn generate_inner(
         ));
     }
     let b = prompts.len();
+    crate::budget::check(
+        &format!("sampling {b} row(s) of {n} + {} tokens", s.max_tokens),
+        crate::budget::decoding(&params.config, b, n, s.max_tokens),
+        params.device(),
+    )?;
     let v = params.config.num_tokens;
     let on_gpu = params.device() != Device::Cpu;
     // On a GPU: bf16 weights once (not a cast per token) and sampling on the device, with a

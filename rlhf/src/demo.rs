@@ -220,9 +220,50 @@ impl DemoSettings {
         if !(self.rm_val_frac > 0.0 && self.rm_val_frac < 1.0) {
             return bad("the reward model's held-out fraction must be in (0, 1)".into());
         }
+        if !(1..=100).contains(&self.ppo_epochs) {
+            return bad(format!(
+                "--ppo-epochs must be 1 to 100, got {}",
+                self.ppo_epochs
+            ));
+        }
         crate::commands::ppo::positive("--rm-lr", self.rm_lr)?;
         crate::commands::ppo::positive("--pretrain-lr", self.pretrain_lr)?;
-        self.model.validate().map_err(Error::Invalid)
+        self.model.validate().map_err(Error::Invalid)?;
+        // Before anything is trained: the stages' sizes (of the model it pretrains; a given
+        // --policy is checked when it is loaded).
+        use palm_model::budget;
+        let m = &self.model;
+        if self.policy.is_none() {
+            budget::check(
+                "pretraining",
+                budget::training(
+                    m,
+                    self.pretrain_batch as usize,
+                    self.pretrain_seq as usize + 1,
+                ),
+                self.device,
+            )?;
+        }
+        budget::check(
+            &format!(
+                "labelling with --samples {} --max-new {}",
+                self.samples, self.max_new
+            ),
+            budget::decoding(m, self.samples, self.prompt_bytes, self.max_new),
+            self.device,
+        )?;
+        rl_run::check_memory(
+            m,
+            &rl_run::UpdateShape {
+                episodes: self.batch,
+                minibatches: self.minibatches,
+                max_prompt: self.prompt_bytes,
+                max_new: self.max_new,
+                lora_rank: self.lora_rank,
+                critic: true,
+            },
+            self.device,
+        )
     }
 }
 
@@ -366,6 +407,7 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
         s.updates, s.batch, s.ppo_epochs, s.minibatches, s.lr, s.beta, s.lora_rank
     );
     let t = Instant::now();
+    rl_run::check_memory(&base.config, &settings.update_shape(), s.device)?;
     let dir = RunDir::create(&s.out, &rl_run::RUN_FILES, s.overwrite)?;
     let mut run = PpoRun::new(settings, base, reward, tokens(&train_prompts), dir)?;
     rl_run::move_to(

@@ -288,7 +288,9 @@ pub fn train(
         ));
     }
     let batch = s.batch.max(1);
-    let total = train.pairs.len().div_ceil(batch) as u64 * s.epochs;
+    let total = (train.pairs.len().div_ceil(batch) as u64)
+        .checked_mul(s.epochs)
+        .ok_or_else(|| Error::Invalid(format!("--epochs {} is too many steps", s.epochs)))?;
     let mut opt = AdamW::new(
         AdamWConfig {
             lr: s.lr,

@@ -50,6 +50,18 @@ pub struct GrpoSettings {
 }
 
 impl GrpoSettings {
+    /// The sizes of one update, for [`rl_run::check_memory`].
+    pub fn update_shape(&self) -> rl_run::UpdateShape {
+        rl_run::UpdateShape {
+            episodes: self.batch.saturating_mul(self.group),
+            minibatches: self.minibatches,
+            max_prompt: self.max_prompt,
+            max_new: self.max_new,
+            lora_rank: self.lora_rank,
+            critic: false,
+        }
+    }
+
     pub fn sampling(&self) -> Sampling {
         Sampling {
             temperature: self.temperature,

@@ -209,7 +209,9 @@ pub fn train(
     }
     let batch = s.batch.max(1);
     let steps_per_epoch = train.len().div_ceil(batch) as u64;
-    let total = steps_per_epoch * s.epochs;
+    let total = steps_per_epoch
+        .checked_mul(s.epochs)
+        .ok_or_else(|| Error::Invalid(format!("--epochs {} is too many steps", s.epochs)))?;
     let mut opt = AdamW::new(
         AdamWConfig {
             lr: s.lr,

@@ -333,6 +333,47 @@ pub fn move_to(
     reward.move_to(device)
 }
 
+/// The sizes of an RL run's updates, to check before anything is allocated.
+pub struct UpdateShape {
+    /// Episodes per update.
+    pub episodes: usize,
+    pub minibatches: usize,
+    pub max_prompt: usize,
+    pub max_new: usize,
+    pub lora_rank: usize,
+    /// PPO's critic: a second LoRA scope and a second forward pass.
+    pub critic: bool,
+}
+
+/// Refuse an RL run whose rollouts or minibatch steps would not fit on `device`.
+pub fn check_memory(
+    config: &palm_model::PalmConfig,
+    u: &UpdateShape,
+    device: palm_engine::Device,
+) -> Result<()> {
+    use palm_model::budget;
+    let scopes = if u.critic { 2 } else { 1 };
+    let trainable = scopes * budget::lora(config, u.lora_rank) + config.dim as u128 + 1;
+    let rows = u.episodes.div_ceil(u.minibatches.max(1)) * scopes as usize;
+    let need = budget::decoding(config, u.episodes, u.max_prompt, u.max_new).max(
+        budget::adapter_training(
+            config,
+            trainable,
+            rows,
+            u.max_prompt.saturating_add(u.max_new),
+        ),
+    );
+    budget::check(
+        &format!(
+            "updates of {} episodes of up to {} + {} tokens with LoRA rank {}",
+            u.episodes, u.max_prompt, u.max_new, u.lora_rank
+        ),
+        need,
+        device,
+    )?;
+    Ok(())
+}
+
 /// Seconds since `t`.
 pub fn secs(t: std::time::Instant) -> f64 {
     t.elapsed().as_secs_f64()

@@ -88,10 +88,22 @@ impl Sampler {
         })
     }
 
+    /// Refuse `k` samples of prompts up to `prompt_bytes` long that would not fit in memory.
+    pub fn check_memory(&self, k: usize, prompt_bytes: usize) -> Result<()> {
+        let (c, n) = (&self.params.config, self.settings.max_tokens);
+        palm_model::budget::check(
+            &format!("{k} samples of up to {prompt_bytes} + {n} tokens"),
+            palm_model::budget::decoding(c, k, prompt_bytes, n),
+            self.params.device(),
+        )?;
+        Ok(())
+    }
+
     /// Sample `k` responses to `prompt` in one batch and keep the distinct ones, in sampling
     /// order (duplicates would be ties no ranking can order).
     pub fn distinct_responses(&mut self, prompt: &str, k: usize) -> Result<Vec<String>> {
         let ids = tokenizer::encode(prompt);
+        self.check_memory(k, ids.len())?;
         let out = generate(
             &self.params,
             &vec![ids; k],

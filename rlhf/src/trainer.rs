@@ -7,7 +7,7 @@ use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use palm_engine::{AdamW, AdamWConfig, Device, Rng, SafeFile, Tensor, clip_grad_norm, lr_at};
 use palm_model::checkpoint::{
-    config_of, get_checked, model_metadata, model_tensors, save_model_with,
+    check_holds, config_of, get_checked, model_metadata, model_tensors, save_model_with,
 };
 use palm_model::{PalmConfig, PalmParams};
 use serde::{Deserialize, Serialize};
@@ -189,6 +189,7 @@ fn read_state(dir: &Path, steps: Option<u64>) -> Result<(Loaded, u64)> {
         .map_err(|e| parse_err("optim", e.to_string()))?;
     let (_, metrics_offset) = run_dir::read_marks(&path, file.metadata())?;
     let config = config_of(&file)?;
+    check_holds(&file, &config)?;
     let params = PalmParams::from_named(&config, |n, s| get_checked(&file, n, s))?;
     let mut opt = AdamW::new(adam_config(&settings), &params.tensors())?;
     let moments = params

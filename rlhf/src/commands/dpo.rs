@@ -109,6 +109,29 @@ pub fn run(args: DpoArgs) -> Result<()> {
             args.seq_len
         );
     }
+    // Each step scores the chosen and the rejected response of `--batch` pairs.
+    let rows = (args.batch as usize)
+        .min(train_pairs.len())
+        .saturating_mul(2);
+    // Sequences are as long as the data's (already cut to --seq-len).
+    let longest = train_pairs
+        .iter()
+        .map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len()))
+        .max()
+        .unwrap_or(0);
+    let c = &params.config;
+    let need = match args.lora {
+        Some(r) => {
+            let trainable = palm_model::budget::lora(c, r as usize);
+            palm_model::budget::adapter_training(c, trainable, rows, longest)
+        }
+        None => palm_model::budget::training(c, rows, longest),
+    };
+    palm_model::budget::check(
+        &format!("DPO with --batch {} --seq-len {seq_len}", args.batch),
+        need,
+        device,
+    )?;
     let params = params.to_device(device)?;
     let mut policy = match args.lora {
         Some(r) => Policy::with_lora(params, r as usize, &mut rng)?,

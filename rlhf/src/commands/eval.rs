@@ -42,6 +42,15 @@ fn score(params: &PalmParams, windows: &[Vec<u32>], batch: usize) -> Result<(f64
     let mut total = 0f64;
     let mut count = 0usize;
     let batch = batch.max(1);
+    let (rows, len) = (
+        batch.min(windows.len()),
+        windows.first().map_or(0, Vec::len),
+    );
+    palm_model::budget::check(
+        &format!("scoring {rows} window(s) of {len} tokens at once"),
+        palm_model::budget::decoding(&params.config, rows, len, 0),
+        params.device(),
+    )?;
     for (c, chunk) in windows.chunks(batch).enumerate() {
         let len = chunk[0].len();
         let tokens = Tensor::from_vec(chunk.concat(), &[chunk.len(), len])?;

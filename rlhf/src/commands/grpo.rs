@@ -71,8 +71,8 @@ pub struct GrpoArgs {
     /// Ratio clip range ε.
     #[arg(long, default_value_t = 0.2)]
     pub clip: f32,
-    /// Passes over each update's episodes.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Passes over each update's episodes (at most 100).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub epochs: u64,
     /// Minibatches (AdamW steps) per pass.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -109,11 +109,11 @@ fn check(s: &GrpoSettings) -> Result<()> {
             return Err(Error::Invalid(format!("{name} must be ≥ 0, got {x}")));
         }
     }
-    if s.minibatches > s.batch * s.group {
+    if s.minibatches > s.batch.saturating_mul(s.group) {
         return Err(Error::Invalid(format!(
             "--minibatches {} is more than the {} episodes of an update",
             s.minibatches,
-            s.batch * s.group
+            s.batch.saturating_mul(s.group)
         )));
     }
     Ok(())
@@ -154,8 +154,8 @@ fn parse_settings(v: &serde_json::Value) -> Result<GrpoSettings> {
 pub fn run(args: GrpoArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
     let mut run = match &args.resume {
-        Some(dir) => resume(dir, &args)?,
-        None => fresh(&args)?,
+        Some(dir) => resume(dir, &args, device)?,
+        None => fresh(&args, device)?,
     };
     rl_run::move_to(
         device,
@@ -185,7 +185,7 @@ pub fn run(args: GrpoArgs) -> Result<()> {
 }
 
 /// A new run: everything is read and checked before the run folder is created.
-fn fresh(args: &GrpoArgs) -> Result<GrpoRun> {
+fn fresh(args: &GrpoArgs, device: palm_engine::Device) -> Result<GrpoRun> {
     let (Some(policy), Some(prompts_path)) = (&args.policy, &args.prompts) else {
         return Err(Error::Invalid(
             "--policy and --prompts are required (or --resume DIR)".into(),
@@ -196,6 +196,7 @@ fn fresh(args: &GrpoArgs) -> Result<GrpoRun> {
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
     let base = rl_run::load_policy(&s.policy)?;
+    rl_run::check_memory(&base.config, &s.update_shape(), device)?;
     let mut rng = Rng::new(s.seed);
     let learner = Learner {
         actor: LoraScope::new(&base.config, ACTOR, s.lora_rank, None, &mut rng)?,
@@ -221,7 +222,7 @@ fn fresh(args: &GrpoArgs) -> Result<GrpoRun> {
 }
 
 /// Continue the run saved in `dir` with its own settings (`--updates` may change).
-fn resume(dir: &Path, args: &GrpoArgs) -> Result<GrpoRun> {
+fn resume(dir: &Path, args: &GrpoArgs, device: palm_engine::Device) -> Result<GrpoRun> {
     let (run, ck) = rl_run::resume_checkpoint(
         dir,
         STATE_FORMAT,
@@ -232,6 +233,9 @@ fn resume(dir: &Path, args: &GrpoArgs) -> Result<GrpoRun> {
     if let Some(u) = args.updates {
         s.updates = u;
     }
+    // A state edited by hand gets the checks the flags get.
+    check(&s)?;
+    rl_run::check_memory(&ck.base.config, &s.update_shape(), device)?;
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
     Ok(GrpoRun {

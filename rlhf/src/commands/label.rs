@@ -72,7 +72,10 @@ pub fn run(args: LabelArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
     let prompts = read_jsonl::<PromptRecord>(&args.prompts)?;
     let mut sampler = Sampler::load(&args.checkpoint, &args.sampling, device)?;
-    let k = args.samples as usize;
+    let k = usize::try_from(args.samples).unwrap_or(usize::MAX);
+    // Every prompt's size, before the first is labelled.
+    let longest = prompts.iter().map(|p| p.prompt.len()).max().unwrap_or(0);
+    sampler.check_memory(k, longest)?;
     let (mut records, mut skipped, mut tied) = (Vec::new(), 0, 0);
     let (mut best, mut worst) = (0i64, 0i64);
     let pb = ProgressBar::new(prompts.len() as u64);

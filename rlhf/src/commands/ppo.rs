@@ -92,8 +92,8 @@ pub struct PpoArgs {
     /// Weight of the entropy bonus.
     #[arg(long, default_value_t = 0.01)]
     pub ent_coef: f32,
-    /// Passes over each rollout batch.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Passes over each rollout batch (at most 100: past a few, the clipped ratio stops learning).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub ppo_epochs: u64,
     /// Minibatches (AdamW steps) per pass.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -237,8 +237,8 @@ pub fn run(args: PpoArgs) -> Result<()> {
 /// `RlRun::update` (the benchmark drives it update by update).
 pub fn start(args: &PpoArgs, device: palm_engine::Device) -> Result<PpoRun> {
     let mut run = match &args.resume {
-        Some(dir) => resume(dir, args)?,
-        None => fresh(args)?,
+        Some(dir) => resume(dir, args, device)?,
+        None => fresh(args, device)?,
     };
     rl_run::move_to(
         device,
@@ -251,7 +251,7 @@ pub fn start(args: &PpoArgs, device: palm_engine::Device) -> Result<PpoRun> {
 }
 
 /// A new run: everything is read and checked before the run folder is created.
-fn fresh(args: &PpoArgs) -> Result<PpoRun> {
+fn fresh(args: &PpoArgs, device: palm_engine::Device) -> Result<PpoRun> {
     let (Some(policy), Some(prompts_path)) = (&args.policy, &args.prompts) else {
         return Err(Error::Invalid(
             "--policy and --prompts are required (or --resume DIR)".into(),
@@ -262,12 +262,13 @@ fn fresh(args: &PpoArgs) -> Result<PpoRun> {
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
     let base = rl_run::load_policy(&s.policy)?;
+    rl_run::check_memory(&base.config, &s.update_shape(), device)?;
     let run = RunDir::create(&args.out, &rl_run::RUN_FILES, args.replace.overwrite)?;
     PpoRun::new(s, base, reward, prompts, run)
 }
 
 /// Continue the run saved in `dir` with its own settings (`--updates` may change).
-fn resume(dir: &std::path::Path, args: &PpoArgs) -> Result<PpoRun> {
+fn resume(dir: &std::path::Path, args: &PpoArgs, device: palm_engine::Device) -> Result<PpoRun> {
     let (run, ck) = rl_run::resume_checkpoint(
         dir,
         STATE_FORMAT,
@@ -278,6 +279,9 @@ fn resume(dir: &std::path::Path, args: &PpoArgs) -> Result<PpoRun> {
     if let Some(u) = args.updates {
         s.updates = u;
     }
+    // A state edited by hand gets the checks the flags get.
+    check(&s)?;
+    rl_run::check_memory(&ck.base.config, &s.update_shape(), device)?;
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
     Ok(PpoRun {

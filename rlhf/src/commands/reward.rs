@@ -137,6 +137,33 @@ fn train(args: TrainArgs) -> Result<()> {
     if cut > 0 {
         eprintln!("note: {cut} ranking(s) cut to --seq-len {}", args.seq_len);
     }
+    // Each step scores every response of `--batch` rankings at once.
+    let widest = train.iter().map(|r| r.responses.len()).max().unwrap_or(2);
+    let rows = (args.batch as usize)
+        .min(train.len())
+        .saturating_mul(widest);
+    // Sequences are as long as the data's, up to --seq-len.
+    let seq = train
+        .iter()
+        .map(|r| r.prompt.len() + r.responses.iter().map(Vec::len).max().unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+        .min(args.seq_len as usize);
+    let c = &trunk.config;
+    let need = if args.lora {
+        let trainable = palm_model::budget::lora(c, args.lora_rank as usize) + c.dim as u128;
+        palm_model::budget::adapter_training(c, trainable, rows, seq)
+    } else {
+        palm_model::budget::training(c, rows, seq)
+    };
+    palm_model::budget::check(
+        &format!(
+            "reward training with --batch {} --seq-len {seq}",
+            args.batch
+        ),
+        need,
+        device,
+    )?;
     let mut rm = RewardModel::new(trunk, args.pooling, &mut rng)?;
     if args.lora {
         rm.add_lora(args.lora_rank as usize, &mut rng)?;

@@ -67,8 +67,15 @@ pub fn run(args: SampleArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         eos: None,
     };
+    // Before the rows are built (a billion copies of the prompt are memory too).
+    let rows = usize::try_from(args.num).unwrap_or(usize::MAX);
+    palm_model::budget::check(
+        &format!("--num {} × --max-tokens {}", args.num, args.max_tokens),
+        palm_model::budget::decoding(&params.config, rows, prompt.len(), args.max_tokens),
+        device,
+    )?;
     let mut rng = Rng::new(args.seed);
-    let prompts = vec![prompt; args.num as usize];
+    let prompts = vec![prompt; rows];
     let out = generate(&params, &prompts, &settings, lora.as_ref(), &mut rng)?;
     for (i, toks) in out.iter().enumerate() {
         if args.num > 1 {

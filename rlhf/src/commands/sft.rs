@@ -7,7 +7,7 @@ use crate::{Error, Result};
 use clap::Args;
 use palm_engine::{Rng, Tensor, no_grad};
 use palm_model::checkpoint::load_language_model;
-use palm_model::{Forward, PalmParams, SampleSettings, generate, tokenizer};
+use palm_model::{Forward, PalmConfig, PalmParams, SampleSettings, generate, tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -188,6 +188,19 @@ impl Task for Sft {
     }
 }
 
+/// Refuse a `--batch`/`--seq-len` that would not fit, before anything is allocated.
+fn check_memory(run: &RunSettings, config: &PalmConfig, device: palm_engine::Device) -> Result<()> {
+    palm_model::budget::check(
+        &format!(
+            "training with --batch {} --seq-len {}",
+            run.batch, run.seq_len
+        ),
+        palm_model::budget::training(config, run.batch as usize, run.seq_len as usize),
+        device,
+    )?;
+    Ok(())
+}
+
 pub fn run(args: SftArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
     let mut trainer = match &args.resume {
@@ -219,6 +232,7 @@ pub fn run(args: SftArgs) -> Result<()> {
                 ckpt_every: args.ckpt_every,
             };
             let extra = serde_json::to_value(&run).map_err(|e| Error::Invalid(e.to_string()))?;
+            check_memory(&run, &params.config, device)?;
             Trainer::from_params(
                 params,
                 settings,
@@ -229,9 +243,10 @@ pub fn run(args: SftArgs) -> Result<()> {
             )?
         }
     };
-    trainer.to_device(device)?;
     let run: RunSettings = serde_json::from_value(trainer.extra.clone())
         .map_err(|e| Error::Invalid(format!("bad run settings in the training state: {e}")))?;
+    check_memory(&run, &trainer.params.config, device)?;
+    trainer.to_device(device)?;
     let records = read_jsonl::<SftRecord>(&run.data)?;
     if records.len() < 2 {
         return Err(Error::data(

@@ -157,14 +157,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 ckpt_every: args.ckpt_every,
             };
             let extra = serde_json::to_value(&run).map_err(|e| Error::Invalid(e.to_string()))?;
+            run.check_memory(&config, device)?;
             (
                 Trainer::new(&config, settings, extra, &args.out, args.replace.overwrite)?,
                 corpus,
             )
         }
     };
-    trainer.to_device(device)?;
     let run = run_settings(&trainer)?;
+    run.check_memory(&trainer.params.config, device)?;
+    trainer.to_device(device)?;
     let c = trainer.params.config.clone();
     eprintln!(
         "training {:.2}M parameters (dim {} depth {} heads {} dim_head {}) on {} ({} train / {} val bytes), {} steps of {}×{} tokens, on {}",
@@ -186,6 +188,27 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 impl RunSettings {
+    /// Refuse sizes that would not fit before anything is allocated: a training step of `batch`
+    /// windows (validation scores the same windows without gradients) and the samples.
+    pub fn check_memory(&self, config: &PalmConfig, device: palm_engine::Device) -> Result<()> {
+        use palm_model::budget;
+        let (batch, len) = (self.batch as usize, self.seq_len as usize + 1);
+        budget::check(
+            &format!(
+                "training with --batch {} --seq-len {}",
+                self.batch, self.seq_len
+            ),
+            budget::training(config, batch, len),
+            device,
+        )?;
+        budget::check(
+            &format!("--sample-tokens {}", self.sample_tokens),
+            budget::decoding(config, 1, 4, self.sample_tokens),
+            device,
+        )?;
+        Ok(())
+    }
+
     /// The loop's schedule for these settings.
     pub fn schedule(&self, stop_at: Option<u64>) -> Schedule {
         Schedule {
