@@ -2,6 +2,7 @@
 //! anywhere, including the GPU machine) and closeness checks.
 
 pub mod badfiles;
+pub mod fuzz;
 pub mod gradcheck;
 
 use palm_engine::SafeFile;
