@@ -3,71 +3,96 @@
 //! saying how much it would need instead of an allocation failure, a "capacity overflow" panic or
 //! a run that grows until the machine gives out.
 //!
-//! The estimates count f32 values (4 bytes) in u128, so no size can overflow them. They are
+//! The estimates count f32 values (4 bytes) in u128, saturating, so no size can overflow them. They are
 //! deliberately on the high side (every activation a step keeps for backward, twice, plus a full
 //! attention score matrix), not a measurement: the `tiny` preset's default run is estimated at
 //! 0.34 GB and peaks at 0.38 GB of resident memory.
 
 use crate::{Error, PalmConfig, Result};
 use palm_engine::Device;
+use std::ops::{Add, Mul};
 
-const F32: u128 = 4;
+const F32: N = N(4);
 /// Past this nothing is attempted whatever a machine reports (1 PiB).
 const ABSURD: u128 = 1 << 50;
 
+/// A count that saturates at `u128::MAX` instead of overflowing (three sizes near 2^64 multiply
+/// past even u128); a saturated estimate is refused like any other too large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct N(u128);
+
+impl Add for N {
+    type Output = N;
+    fn add(self, o: N) -> N {
+        N(self.0.saturating_add(o.0))
+    }
+}
+
+impl Mul for N {
+    type Output = N;
+    fn mul(self, o: N) -> N {
+        N(self.0.saturating_mul(o.0))
+    }
+}
+
+fn n(x: usize) -> N {
+    N(x as u128)
+}
+
 /// Values a model holds.
 pub fn params(c: &PalmConfig) -> u128 {
-    let (d, depth) = (c.dim as u128, c.depth as u128);
-    let per_layer =
-        d * c.fused_width() as u128 + c.attn_inner() as u128 * d + c.ff_inner() as u128 * d + d;
-    depth * per_layer + c.num_tokens as u128 * d + d
+    params_n(c).0
+}
+
+fn params_n(c: &PalmConfig) -> N {
+    let d = n(c.dim);
+    let per_layer = d * n(c.fused_width()) + n(c.attn_inner()) * d + n(c.ff_inner()) * d + d;
+    n(c.depth) * per_layer + n(c.num_tokens) * d + d
 }
 
 /// Values of one LoRA scope of rank `r` (the four adapted projections of every layer).
 pub fn lora(c: &PalmConfig, r: usize) -> u128 {
-    let io: u128 = crate::LoraScope::io(c)
+    let io = crate::LoraScope::io(c)
         .iter()
-        .map(|&(i, o)| i as u128 + o as u128)
-        .sum();
-    c.depth as u128 * r as u128 * io
+        .fold(N(0), |acc, &(i, o)| acc + n(i) + n(o));
+    (n(c.depth) * n(r) * io).0
 }
 
 /// Activation values one token keeps in one layer for backward (inputs of every op).
-fn per_token_layer(c: &PalmConfig, seq: u128) -> u128 {
-    let d = c.dim as u128;
-    5 * d
-        + 2 * c.fused_width() as u128
-        + 2 * c.attn_inner() as u128
-        + c.ff_inner() as u128
-        + c.heads as u128 * seq
+fn per_token_layer(c: &PalmConfig, seq: N) -> N {
+    let d = n(c.dim);
+    N(5) * d
+        + N(2) * n(c.fused_width())
+        + N(2) * n(c.attn_inner())
+        + n(c.ff_inner())
+        + n(c.heads) * seq
 }
 
 /// Bytes to train all of `c` on `rows` sequences of `seq` tokens: weights, gradients, two AdamW
 /// moments, and activations (kept for backward and their gradients) with the logits.
 pub fn training(c: &PalmConfig, rows: usize, seq: usize) -> u128 {
-    4 * params(c) * F32 + activations(c, rows, seq)
+    (N(4) * params_n(c) * F32 + activations(c, rows, seq)).0
 }
 
 /// Bytes to train only `trainable` values (adapters, heads) on a frozen `c`.
 pub fn adapter_training(c: &PalmConfig, trainable: u128, rows: usize, seq: usize) -> u128 {
-    params(c) * F32 + 4 * trainable * F32 + activations(c, rows, seq)
+    (params_n(c) * F32 + N(4) * N(trainable) * F32 + activations(c, rows, seq)).0
 }
 
-fn activations(c: &PalmConfig, rows: usize, seq: usize) -> u128 {
-    let (tokens, seq) = (rows as u128 * seq as u128, seq as u128);
-    let per_token = 2 * c.depth as u128 * per_token_layer(c, seq) + 3 * c.num_tokens as u128;
-    tokens * per_token * F32
+fn activations(c: &PalmConfig, rows: usize, seq: usize) -> N {
+    let per_token = N(2) * n(c.depth) * per_token_layer(c, n(seq)) + N(3) * n(c.num_tokens);
+    n(rows) * n(seq) * per_token * F32
 }
 
 /// Bytes to sample `new` tokens after a `prompt`-token prompt for each of `rows` rows: the
 /// weights, the KV cache (one key and one value head per layer: multi-query attention), one
 /// layer's activations of the prompt and the logits.
 pub fn decoding(c: &PalmConfig, rows: usize, prompt: usize, new: usize) -> u128 {
-    let (rows, prompt) = (rows as u128, prompt.max(1) as u128);
-    let len = prompt + new as u128;
-    let cache = rows * len * c.depth as u128 * 2 * c.dim_head as u128;
-    let prefill = rows * prompt * (per_token_layer(c, prompt) + c.num_tokens as u128);
-    (params(c) + cache + prefill) * F32
+    let (rows, prompt) = (n(rows), n(prompt.max(1)));
+    let len = prompt + n(new);
+    let cache = rows * len * n(c.depth) * N(2) * n(c.dim_head);
+    let prefill = rows * prompt * (per_token_layer(c, prompt) + n(c.num_tokens));
+    ((params_n(c) + cache + prefill) * F32).0
 }
 
 /// An error if `bytes` exceed what `device` has (or anything sensible), naming `what`.

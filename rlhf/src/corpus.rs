@@ -67,14 +67,14 @@ impl Corpus {
                     ),
                 ));
             }
-            if data.len() < seq_len + 1 {
+            if data.len() <= seq_len {
                 return Err(Error::data(
                     &name,
                     None,
                     format!(
                         "the {part} part has {} bytes, fewer than one window of {} (seq-len + 1); use a larger file or a smaller --seq-len",
                         data.len(),
-                        seq_len + 1
+                        seq_len.saturating_add(1)
                     ),
                 ));
             }

@@ -353,8 +353,12 @@ pub fn check_memory(
 ) -> Result<()> {
     use palm_model::budget;
     let scopes = if u.critic { 2 } else { 1 };
-    let trainable = scopes * budget::lora(config, u.lora_rank) + config.dim as u128 + 1;
-    let rows = u.episodes.div_ceil(u.minibatches.max(1)) * scopes as usize;
+    let trainable = (budget::lora(config, u.lora_rank).saturating_mul(scopes))
+        .saturating_add(config.dim as u128 + 1);
+    let rows = u
+        .episodes
+        .div_ceil(u.minibatches.max(1))
+        .saturating_mul(scopes as usize);
     let need = budget::decoding(config, u.episodes, u.max_prompt, u.max_new).max(
         budget::adapter_training(
             config,

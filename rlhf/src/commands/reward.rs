@@ -151,7 +151,8 @@ fn train(args: TrainArgs) -> Result<()> {
         .min(args.seq_len as usize);
     let c = &trunk.config;
     let need = if args.lora {
-        let trainable = palm_model::budget::lora(c, args.lora_rank as usize) + c.dim as u128;
+        let trainable =
+            palm_model::budget::lora(c, args.lora_rank as usize).saturating_add(c.dim as u128);
         palm_model::budget::adapter_training(c, trainable, rows, seq)
     } else {
         palm_model::budget::training(c, rows, seq)

@@ -88,7 +88,7 @@ impl Example {
         let prompt = tokenizer::encode(&r.prompt);
         let mut tokens = prompt.clone();
         tokens.extend(tokenizer::encode(&r.completion));
-        tokens.truncate(max_len + 1);
+        tokens.truncate(max_len.saturating_add(1));
         let n = tokens.len().checked_sub(1)?;
         let inputs = tokens[..n].to_vec();
         let targets: Vec<u32> = (0..n)

@@ -192,7 +192,10 @@ impl RunSettings {
     /// windows (validation scores the same windows without gradients) and the samples.
     pub fn check_memory(&self, config: &PalmConfig, device: palm_engine::Device) -> Result<()> {
         use palm_model::budget;
-        let (batch, len) = (self.batch as usize, self.seq_len as usize + 1);
+        let (batch, len) = (
+            self.batch as usize,
+            (self.seq_len as usize).saturating_add(1),
+        );
         budget::check(
             &format!(
                 "training with --batch {} --seq-len {}",
