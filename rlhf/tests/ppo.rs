@@ -397,13 +397,30 @@ fn resume_is_bit_exact() {
     let o = ppo_cmd(&ckpt, &prompts, &full, &flags);
     assert!(o.status.success(), "{}", stderr(&o));
     let mut stop = flags.to_vec();
-    stop.extend(["--stop-at", "2"]);
+    stop.extend(["--stop-at", "1"]);
     let o = ppo_cmd(&ckpt, &prompts, &part, &stop);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
-    assert_eq!(metrics(&part).len(), 2);
-    let o = palm(&["ppo", "--resume", part.to_str().unwrap()]);
+    let first_model = std::fs::read(part.join("model.safetensors")).unwrap();
+    let p = part.to_str().unwrap();
+    let o = palm(&["ppo", "--resume", p, "--stop-at", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(metrics(&part).len(), 2);
+    // As if killed after update 2's state file was written but before its model was, and
+    // after the next update's metrics line was half written: the resume repairs both.
+    std::fs::write(part.join("model.safetensors"), first_model).unwrap();
+    let mut m = std::fs::OpenOptions::new()
+        .append(true)
+        .open(part.join("metrics.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut m, b"{\"update\":3,\"score_me").unwrap();
+    let o = palm(&["ppo", "--resume", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is behind the run's state"),
+        "{}",
+        stderr(&o)
+    );
 
     let (a, b) = (metrics(&full), metrics(&part));
     assert_eq!(deterministic(&a), deterministic(&b));
