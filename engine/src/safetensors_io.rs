@@ -228,7 +228,26 @@ fn sorted_header(buf: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Write a whole file atomically (temp file in the same folder, fsync, rename, fsync folder).
+///
+/// A symlink is written through (its target is replaced, the link stays), and a path that is
+/// not a regular file (`/dev/null`, `/dev/stdout`, a FIFO) is written to directly: replacing
+/// such a path by renaming over it would put a regular file where a device was (as root, for
+/// the whole machine).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_file()
+        && !meta.is_dir()
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        return f.write_all(data).map_err(|e| Error::io(path, e));
+    }
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        let target = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        return write_atomic(&target, data);
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

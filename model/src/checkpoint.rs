@@ -181,6 +181,16 @@ pub fn check_holds(file: &SafeFile, config: &PalmConfig) -> Result<()> {
         .sum();
     let wanted = crate::budget::params(config);
     if wanted > held {
+        // Name the first tensor at fault, as loading would, when one is within reach: it lies
+        // within the file's layers plus one (a probe that allocates no more than the file).
+        let layers = file.names().filter(|n| n.starts_with("layers.")).count();
+        let probe = PalmConfig {
+            depth: config.depth.min(layers + 1),
+            ..config.clone()
+        };
+        for (name, shape) in PalmParams::expected_shapes(&probe) {
+            get_checked(file, &name, &shape)?;
+        }
         return Err(Error::Checkpoint(format!(
             "{}: its config (dim {}, depth {}, heads {}, dim_head {}, ff_mult {}) has {wanted} parameters, but the file holds only {held} values",
             path.display(),

@@ -12,6 +12,7 @@ pub mod lora;
 pub mod params;
 pub mod sample;
 pub mod tokenizer;
+pub mod trainable;
 
 pub use cache::KvCache;
 pub use config::{PRESETS, PalmConfig};
@@ -20,3 +21,4 @@ pub use forward::Forward;
 pub use lora::{Lora, LoraScope};
 pub use params::{LayerParams, PalmParams};
 pub use sample::{SampleSettings, generate, sample_next};
+pub use trainable::Trainable;

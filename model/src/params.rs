@@ -124,25 +124,7 @@ impl PalmParams {
 
     /// Replace every parameter (same order as `named`), checking shapes.
     pub fn set_tensors(&mut self, new: Vec<Tensor>) -> Result<()> {
-        let slots = self.tensors_mut();
-        if slots.len() != new.len() {
-            return Err(Error::Invalid(format!(
-                "expected {} parameters, got {}",
-                slots.len(),
-                new.len()
-            )));
-        }
-        for (slot, t) in slots.into_iter().zip(new) {
-            if slot.dims() != t.dims() {
-                return Err(Error::Invalid(format!(
-                    "parameter shape {:?} replaced by {:?}",
-                    slot.dims(),
-                    t.dims()
-                )));
-            }
-            *slot = t;
-        }
-        Ok(())
+        crate::Trainable::set_trained(self, new)
     }
 
     /// The expected shape of every parameter of `config`, by name.

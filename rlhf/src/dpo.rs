@@ -16,7 +16,7 @@ use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
 use palm_model::checkpoint::save_model_with;
-use palm_model::{Forward, LoraScope, PalmParams};
+use palm_model::{Forward, LoraScope, PalmParams, Trainable};
 use std::path::Path;
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -59,6 +59,23 @@ pub struct Policy {
     pub lora: Option<LoraScope>,
 }
 
+/// What the optimiser updates: the adapters with LoRA (the base is frozen), else every weight.
+impl Trainable for Policy {
+    fn trained(&self) -> Vec<(String, Tensor)> {
+        match &self.lora {
+            Some(l) => l.trained(),
+            None => self.params.trained(),
+        }
+    }
+
+    fn trained_mut(&mut self) -> Vec<&mut Tensor> {
+        match &mut self.lora {
+            Some(l) => l.tensors_mut(),
+            None => self.params.tensors_mut(),
+        }
+    }
+}
+
 impl Policy {
     /// All weights train.
     pub fn full(params: PalmParams) -> Self {
@@ -77,40 +94,6 @@ impl Policy {
             params,
             lora: Some(lora),
         })
-    }
-
-    /// What the optimiser updates, in a fixed order.
-    pub fn trainable(&self) -> Vec<Tensor> {
-        match &self.lora {
-            Some(l) => l.named().into_iter().map(|(_, t)| t.clone()).collect(),
-            None => self.params.tensors(),
-        }
-    }
-
-    /// Replace the trainable tensors (the order of `trainable`), checking shapes.
-    pub fn set_trainable(&mut self, new: Vec<Tensor>) -> Result<()> {
-        let Some(lora) = &mut self.lora else {
-            return Ok(self.params.set_tensors(new)?);
-        };
-        let slots = lora.tensors_mut();
-        if slots.len() != new.len() {
-            return Err(Error::Invalid(format!(
-                "LoRA scope '{LORA_SCOPE}': expected {} tensors, got {}",
-                slots.len(),
-                new.len()
-            )));
-        }
-        for (slot, t) in slots.into_iter().zip(new) {
-            if slot.dims() != t.dims() {
-                return Err(Error::Invalid(format!(
-                    "LoRA scope '{LORA_SCOPE}': tensor of shape {:?} replaced by {:?}",
-                    slot.dims(),
-                    t.dims()
-                )));
-            }
-            *slot = t;
-        }
-        Ok(())
     }
 
     /// Save the base weights and (with LoRA) the `actor` adapters, atomically.
@@ -297,7 +280,7 @@ pub fn train(
             weight_decay: s.weight_decay,
             ..AdamWConfig::default()
         },
-        &policy.trainable(),
+        &policy.trained_tensors(),
     )?;
     let pb = progress_bar(total);
     let say = |line: String| say(&pb, line);
@@ -372,10 +355,10 @@ fn optimise(
     }
     let mut grads = out.loss.backward()?;
     drop(out.loss);
-    let mut tensors = policy.trainable();
+    let mut tensors = policy.trained_tensors();
     let norm = clip_grad_norm(&mut grads, &tensors, s.grad_clip)?;
     opt.step(&mut tensors, &grads, lr)?;
-    policy.set_trainable(tensors)?;
+    policy.set_trained(tensors)?;
     Ok((value, out.stats, norm))
 }
 

@@ -14,7 +14,7 @@ use crate::run_dir::RunDir;
 use crate::{Error, Result};
 use palm_engine::{AdamW, Rng, SafeFile, Tensor, no_grad};
 use palm_model::checkpoint::{get_checked, load_lora};
-use palm_model::{LoraScope, PalmConfig, PalmParams, tokenizer};
+use palm_model::{LoraScope, PalmConfig, PalmParams, Trainable, tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -30,6 +30,21 @@ pub struct Critic {
     pub lora: LoraScope,
     pub weight: Tensor,
     pub bias: Tensor,
+}
+
+impl Trainable for Critic {
+    fn trained(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.lora.trained();
+        out.push(("value_head.weight".into(), self.weight.clone()));
+        out.push(("value_head.bias".into(), self.bias.clone()));
+        out
+    }
+
+    fn trained_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = self.lora.tensors_mut();
+        out.extend([&mut self.weight, &mut self.bias]);
+        out
+    }
 }
 
 impl Critic {
@@ -57,24 +72,6 @@ impl Critic {
             weight: get_checked(file, "value_head.weight", &[1, config.dim])?.as_var(),
             bias: get_checked(file, "value_head.bias", &[1])?.as_var(),
         })
-    }
-
-    pub fn named(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = self
-            .lora
-            .named()
-            .into_iter()
-            .map(|(n, t)| (n, t.clone()))
-            .collect();
-        out.push(("value_head.weight".into(), self.weight.clone()));
-        out.push(("value_head.bias".into(), self.bias.clone()));
-        out
-    }
-
-    pub fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
-        let mut out = self.lora.tensors_mut();
-        out.extend([&mut self.weight, &mut self.bias]);
-        out
     }
 
     /// V (b, n): position t values the state after the batch's input tokens 0..=t, i.e. before

@@ -7,7 +7,7 @@
 use crate::{Error, Result};
 use palm_engine::{DType, Device, Rng, SafeFile, Tensor, no_grad};
 use palm_model::checkpoint::{get_checked, load_lora, model_metadata, model_tensors, params_of};
-use palm_model::{Forward, LoraScope, PalmParams, tokenizer};
+use palm_model::{Forward, LoraScope, PalmParams, Trainable, tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -196,52 +196,6 @@ impl RewardModel {
         }
     }
 
-    /// What trains: the adapters if there are any (the trunk is frozen), else the trunk; then
-    /// the segment embeddings and the head. A fixed order, for the optimiser's moments.
-    fn trainable_mut(&mut self) -> Vec<&mut Tensor> {
-        let mut out = match &mut self.lora {
-            Some(l) => l.tensors_mut(),
-            None => self.trunk.tensors_mut(),
-        };
-        out.extend([
-            &mut self.prompt_embed,
-            &mut self.response_embed,
-            &mut self.head,
-        ]);
-        out
-    }
-
-    /// The trainable tensors (see `set_trainable`), in a fixed order.
-    pub fn trainable(&mut self) -> Vec<Tensor> {
-        self.trainable_mut()
-            .into_iter()
-            .map(|t| t.clone())
-            .collect()
-    }
-
-    /// Replace the trainable tensors (the order of `trainable`), checking shapes.
-    pub fn set_trainable(&mut self, new: Vec<Tensor>) -> Result<()> {
-        let slots = self.trainable_mut();
-        if slots.len() != new.len() {
-            return Err(Error::Invalid(format!(
-                "reward model: expected {} trainable tensors, got {}",
-                slots.len(),
-                new.len()
-            )));
-        }
-        for (slot, t) in slots.into_iter().zip(new) {
-            if slot.dims() != t.dims() {
-                return Err(Error::Invalid(format!(
-                    "reward model: tensor of shape {:?} replaced by {:?}",
-                    slot.dims(),
-                    t.dims()
-                )));
-            }
-            *slot = t;
-        }
-        Ok(())
-    }
-
     /// Save atomically as one self-contained file: the trunk under the seed's names (so `palm
     /// info`/`sample` read it as a model), adapters `finetune_modules.reward.*`, and
     /// `prompt_embed`, `response_embed`, `to_pred.weight`; pooling in the metadata.
@@ -359,4 +313,32 @@ pub fn ranking_loss(scores: &Tensor, margin: f32) -> Result<Tensor> {
         .collect();
     let mask = Tensor::from_vec(mask, &[k * k, 1])?.to_device(device)?;
     Ok(nll.mul(&mask)?.sum_all()?)
+}
+
+/// What trains: the adapters if there are any (the trunk is frozen), else the trunk; then the
+/// segment embeddings and the head. A fixed order, for the optimiser's moments.
+impl Trainable for RewardModel {
+    fn trained(&self) -> Vec<(String, Tensor)> {
+        let mut out = match &self.lora {
+            Some(l) => l.trained(),
+            None => self.trunk.trained(),
+        };
+        out.push(("prompt_embed".into(), self.prompt_embed.clone()));
+        out.push(("response_embed".into(), self.response_embed.clone()));
+        out.push(("to_pred.weight".into(), self.head.clone()));
+        out
+    }
+
+    fn trained_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = match &mut self.lora {
+            Some(l) => l.tensors_mut(),
+            None => self.trunk.tensors_mut(),
+        };
+        out.extend([
+            &mut self.prompt_embed,
+            &mut self.response_embed,
+            &mut self.head,
+        ]);
+        out
+    }
 }

@@ -10,7 +10,7 @@ use crate::run_dir::RunDir;
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
-use palm_model::tokenizer;
+use palm_model::{Trainable, tokenizer};
 
 pub const MODEL_FILE: &str = "reward.safetensors";
 
@@ -218,7 +218,7 @@ pub fn train(
             weight_decay: s.weight_decay,
             ..AdamWConfig::default()
         },
-        &rm.trainable(),
+        &rm.trained_tensors(),
     )?;
     let pb = progress_bar(total);
     let say = |line: String| say(&pb, line);
@@ -284,10 +284,10 @@ fn optimise(
     }
     let mut grads = loss.backward()?;
     drop(loss);
-    let mut tensors = rm.trainable();
+    let mut tensors = rm.trained_tensors();
     let norm = clip_grad_norm(&mut grads, &tensors, grad_clip)?;
     opt.step(&mut tensors, &grads, lr)?;
-    rm.set_trainable(tensors)?;
+    rm.set_trained(tensors)?;
     Ok((value, norm))
 }
 

@@ -5,13 +5,11 @@
 //! prompt cursor and β.
 
 use crate::ppo::Critic;
-use crate::run_dir::{self, RunDir};
+use crate::run_dir::{self, RunDir, SavedState, StateMeta};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, SafeFile, Tensor, clip_grad_norm};
-use palm_model::checkpoint::{
-    config_of, get_checked, load_lora, load_model, model_metadata, save_model_with,
-};
-use palm_model::{LoraScope, PalmParams};
+use palm_model::checkpoint::{config_of, load_lora, load_model, model_metadata, save_model_with};
+use palm_model::{LoraScope, PalmParams, Trainable};
 use std::path::Path;
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -28,56 +26,25 @@ pub struct Learner {
     pub critic: Option<Critic>,
 }
 
-impl Learner {
-    /// The trained tensors with their file names, in a fixed order (the optimizer's).
-    pub fn named(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = self
-            .actor
-            .named()
-            .into_iter()
-            .map(|(n, t)| (n, t.clone()))
-            .collect();
+impl Trainable for Learner {
+    fn trained(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.actor.trained();
         if let Some(c) = &self.critic {
-            out.extend(c.named());
+            out.extend(c.trained());
         }
         out
     }
 
-    pub fn tensors(&self) -> Vec<Tensor> {
-        self.named().into_iter().map(|(_, t)| t).collect()
-    }
-
-    fn slots(&mut self) -> Vec<&mut Tensor> {
+    fn trained_mut(&mut self) -> Vec<&mut Tensor> {
         let mut out = self.actor.tensors_mut();
         if let Some(c) = &mut self.critic {
-            out.extend(c.tensors_mut());
+            out.extend(c.trained_mut());
         }
         out
     }
+}
 
-    /// Replace the trained tensors (the order of `named`), checking shapes.
-    pub fn set(&mut self, new: Vec<Tensor>) -> Result<()> {
-        let slots = self.slots();
-        if slots.len() != new.len() {
-            return Err(Error::Invalid(format!(
-                "expected {} trained tensors, got {}",
-                slots.len(),
-                new.len()
-            )));
-        }
-        for (slot, t) in slots.into_iter().zip(new) {
-            if slot.dims() != t.dims() {
-                return Err(Error::Invalid(format!(
-                    "a trained tensor of shape {:?} replaced by {:?}",
-                    slot.dims(),
-                    t.dims()
-                )));
-            }
-            *slot = t;
-        }
-        Ok(())
-    }
-
+impl Learner {
     /// The LoRA scopes, for the files' metadata (rank and alpha of each).
     fn scopes(&self) -> Vec<&LoraScope> {
         let mut out = vec![&self.actor];
@@ -99,7 +66,7 @@ pub fn adam(lr: f32, weight_decay: f32, learner: &Learner) -> Result<AdamW> {
         weight_decay,
         ..AdamWConfig::default()
     };
-    Ok(AdamW::new(cfg, &learner.tensors())?)
+    Ok(AdamW::new(cfg, &learner.trained_tensors())?)
 }
 
 /// Backward through `loss`, clip the global gradient norm, one AdamW step. Returns the norm
@@ -119,10 +86,10 @@ pub fn optimise(
     }
     let mut grads = loss.backward()?;
     drop(loss);
-    let mut tensors = learner.tensors();
+    let mut tensors = learner.trained_tensors();
     let norm = clip_grad_norm(&mut grads, &tensors, grad_clip)?;
     opt.step(&mut tensors, &grads, lr)?;
-    learner.set(tensors)?;
+    learner.set_trained(tensors)?;
     Ok(norm)
 }
 
@@ -164,38 +131,27 @@ pub fn save_checkpoint(
     learner: &Learner,
     opt: &AdamW,
     progress: &Progress,
-    format: &str,
+    format: &'static str,
     settings: &serde_json::Value,
 ) -> Result<()> {
-    let marks = run.marks(progress.update)?;
-    let named = learner.named();
-    let (step, moments) = opt.state()?;
-    let mut tensors = named.clone();
-    for ((name, t), (m, v)) in named.iter().zip(moments) {
-        tensors.push((format!("optim.m.{name}"), Tensor::from_vec(m, t.dims())?));
-        tensors.push((format!("optim.v.{name}"), Tensor::from_vec(v, t.dims())?));
-    }
-    let mut meta = model_metadata(&base.config, &learner.scopes())?;
-    meta.insert("format".into(), format.into());
-    meta.insert("settings".into(), settings.to_string());
-    meta.insert("update".into(), progress.update.to_string());
-    meta.insert("optim_step".into(), step.to_string());
-    meta.insert("cursor".into(), progress.cursor.to_string());
+    let mut extra = model_metadata(&base.config, &learner.scopes())?;
+    extra.insert("cursor".into(), progress.cursor.to_string());
     // β as its bits: a decimal round trip is exact too, but bits make it obvious.
-    meta.insert("beta_bits".into(), progress.beta.to_bits().to_string());
-    let rng = serde_json::to_string(&progress.rng.state().to_vec())
-        .map_err(|e| Error::Invalid(format!("cannot serialise the RNG state: {e}")))?;
-    meta.insert("rng".into(), rng);
-    meta.extend(marks.state());
-    palm_engine::save_safetensors(run.join(STATE_FILE), &tensors, meta)?;
-    drop(tensors);
-    save_model_with(
-        &run.join(MODEL_FILE),
-        base,
-        &[&learner.actor],
-        &marks.model(),
-    )?;
-    Ok(())
+    extra.insert("beta_bits".into(), progress.beta.to_bits().to_string());
+    let meta = StateMeta {
+        kind: format,
+        step: progress.update,
+        rng: progress.rng.clone(),
+        settings: settings.clone(),
+        extra,
+    };
+    run.checkpoint(
+        (STATE_FILE, MODEL_FILE),
+        learner,
+        opt,
+        meta,
+        |path, marks| Ok(save_model_with(path, base, &[&learner.actor], marks)?),
+    )
 }
 
 /// A run checkpoint read back.
@@ -244,40 +200,20 @@ pub fn load_checkpoint(
     critic: impl FnOnce(&SafeFile, &PalmParams) -> Result<Option<Critic>>,
 ) -> Result<Checkpoint> {
     let path = dir.join(STATE_FILE);
-    let file = SafeFile::open(&path)?;
+    let state = SavedState::open(&path, format)?;
     let bad = |msg: String| Error::data(&path, None, msg);
-    let meta = |k: &str| {
-        file.metadata()
-            .get(k)
-            .cloned()
-            .ok_or_else(|| bad(format!("not a {format} state: no '{k}' in the metadata")))
-    };
-    let kind = meta("format")?;
-    if kind != format {
-        return Err(bad(format!(
-            "a '{kind}' state, not '{format}': resume it with its own command"
-        )));
-    }
-    let int = |k: &str| -> Result<u64> {
-        meta(k)?
-            .parse()
-            .map_err(|e| bad(format!("bad '{k}' in the metadata: {e}")))
-    };
-    let settings: serde_json::Value = serde_json::from_str(&meta("settings")?)
-        .map_err(|e| bad(format!("bad 'settings' in the metadata: {e}")))?;
-    let rng: [u64; 4] = serde_json::from_str(&meta("rng")?)
-        .map_err(|e| bad(format!("bad 'rng' in the metadata: {e}")))?;
-    let beta_bits = u32::try_from(int("beta_bits")?)
+    let beta_bits = u32::try_from(state.int("beta_bits")?)
         .map_err(|_| bad("bad 'beta_bits' in the metadata".into()))?;
-    let (_, metrics_offset) = run_dir::read_marks(&path, file.metadata())?;
+    let cursor = usize::try_from(state.int("cursor")?)
+        .map_err(|_| bad("bad 'cursor' in the metadata".into()))?;
     let progress = Progress {
-        update: int("update")?,
-        cursor: int("cursor")? as usize,
-        rng: Rng::from_state(rng),
+        update: state.step,
+        cursor,
+        rng: state.rng.clone(),
         beta: f32::from_bits(beta_bits),
     };
     let (mut base, _) = load_model(&dir.join(MODEL_FILE))?;
-    let config = config_of(&file)?;
+    let config = config_of(&state.file)?;
     if config != base.config {
         return Err(bad(format!(
             "its model config does not match {}",
@@ -285,31 +221,26 @@ pub fn load_checkpoint(
         )));
     }
     freeze(&mut base);
-    let actor = load_lora(&file, &base.config, ACTOR)?
+    let actor = load_lora(&state.file, &base.config, ACTOR)?
         .ok_or_else(|| bad(format!("no '{ACTOR}' adapters")))?;
     let learner = Learner {
         actor,
-        critic: critic(&file, &base)?,
+        critic: critic(&state.file, &base)?,
     };
-    let (lr, wd) = opt_cfg(&settings)?;
-    let mut opt = adam(lr, wd, &learner)?;
-    let moments = learner
-        .named()
-        .iter()
-        .map(|(n, t)| {
-            let m = get_checked(&file, &format!("optim.m.{n}"), t.dims())?.to_vec::<f32>()?;
-            let v = get_checked(&file, &format!("optim.v.{n}"), t.dims())?.to_vec::<f32>()?;
-            Ok((m, v))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    opt.restore(int("optim_step")?, moments)?;
+    let (lr, weight_decay) = opt_cfg(&state.settings)?;
+    let cfg = AdamWConfig {
+        lr,
+        weight_decay,
+        ..AdamWConfig::default()
+    };
+    let opt = state.optimizer(cfg, &learner)?;
     Ok(Checkpoint {
         base,
         learner,
         opt,
         progress,
-        settings,
-        metrics_offset,
+        settings: state.settings,
+        metrics_offset: state.metrics_offset,
     })
 }
 
@@ -329,7 +260,7 @@ pub fn move_to(
     if let Some(c) = learner.critic.as_mut() {
         c.move_to(device)?;
     }
-    opt.follow(&learner.tensors())?;
+    opt.follow(&learner.trained_tensors())?;
     reward.move_to(device)
 }
 

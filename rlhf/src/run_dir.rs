@@ -18,6 +18,10 @@
 //!   removed when the folder is next opened (under the lock, so never another run's).
 
 use crate::{Error, Result};
+use palm_engine::{AdamW, AdamWConfig, Rng, SafeFile, Tensor};
+use palm_model::Trainable;
+use palm_model::checkpoint::get_checked;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -262,4 +266,146 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+// ---- the state file ---------------------------------------------------------------------------
+
+/// What a state file records besides the trained tensors and their AdamW moments.
+pub struct StateMeta {
+    /// The run kind (`format` in the metadata): a state resumes only with its own command.
+    pub kind: &'static str,
+    /// Where the loop stands (steps or updates done); also the checkpoint's step.
+    pub step: u64,
+    pub rng: Rng,
+    /// The command's settings, so a resume continues the same run.
+    pub settings: serde_json::Value,
+    /// Kind-specific metadata (the model config, LoRA scopes, PPO's prompt cursor, …).
+    pub extra: HashMap<String, String>,
+}
+
+impl RunDir {
+    /// Commit a checkpoint (see the module's comment): the state file `state_file` — every
+    /// tensor of `trained` with its AdamW moments (`optim.m.NAME`, `optim.v.NAME`) and `meta` —
+    /// then the model file `model_file`, which `model` writes to the path it is given with the
+    /// metadata entries it is given.
+    pub fn checkpoint(
+        &mut self,
+        (state_file, model_file): (&str, &str),
+        trained: &dyn Trainable,
+        opt: &AdamW,
+        meta: StateMeta,
+        model: impl FnOnce(&Path, &[(String, String)]) -> Result<()>,
+    ) -> Result<()> {
+        let marks = self.marks(meta.step)?;
+        let named = trained.trained();
+        let (optim_step, moments) = opt.state()?;
+        if moments.len() != named.len() {
+            return Err(Error::Invalid(format!(
+                "the optimiser holds moments of {} tensors, the run trains {}",
+                moments.len(),
+                named.len()
+            )));
+        }
+        let mut tensors = named.clone();
+        for ((name, t), (m, v)) in named.iter().zip(moments) {
+            tensors.push((format!("optim.m.{name}"), Tensor::from_vec(m, t.dims())?));
+            tensors.push((format!("optim.v.{name}"), Tensor::from_vec(v, t.dims())?));
+        }
+        let mut md = meta.extra;
+        md.insert("format".into(), meta.kind.into());
+        md.insert("settings".into(), meta.settings.to_string());
+        md.insert("step".into(), meta.step.to_string());
+        md.insert("optim_step".into(), optim_step.to_string());
+        let rng = serde_json::to_string(&meta.rng.state().to_vec())
+            .map_err(|e| Error::Invalid(format!("cannot serialise the RNG state: {e}")))?;
+        md.insert("rng".into(), rng);
+        md.extend(marks.state());
+        palm_engine::save_safetensors(self.join(state_file), &tensors, md)?;
+        drop(tensors);
+        model(&self.join(model_file), &marks.model())
+    }
+}
+
+/// A state file read back (see [`RunDir::checkpoint`]).
+pub struct SavedState {
+    pub file: SafeFile,
+    pub step: u64,
+    pub rng: Rng,
+    pub settings: serde_json::Value,
+    /// The length of `metrics.jsonl` when the checkpoint was taken.
+    pub metrics_offset: u64,
+}
+
+impl SavedState {
+    /// The state file at `path`, which must be of run kind `kind`.
+    pub fn open(path: &Path, kind: &str) -> Result<SavedState> {
+        let file = SafeFile::open(path)?;
+        let meta = |k: &str| meta_of(&file, path, k);
+        let found = meta("format")?;
+        if found != kind {
+            return Err(Error::data(
+                path,
+                None,
+                format!("a '{found}' state, not '{kind}': resume it with its own command"),
+            ));
+        }
+        let bad =
+            |k: &str, e: String| Error::data(path, None, format!("bad '{k}' in the metadata: {e}"));
+        let settings =
+            serde_json::from_str(meta("settings")?).map_err(|e| bad("settings", e.to_string()))?;
+        let rng: [u64; 4] =
+            serde_json::from_str(meta("rng")?).map_err(|e| bad("rng", e.to_string()))?;
+        let step = int_of(&file, path, "step")?;
+        let (_, metrics_offset) = read_marks(path, file.metadata())?;
+        Ok(SavedState {
+            step,
+            rng: Rng::from_state(rng),
+            settings,
+            metrics_offset,
+            file,
+        })
+    }
+
+    /// A metadata entry, or an error naming it.
+    pub fn meta(&self, key: &str) -> Result<&str> {
+        meta_of(&self.file, self.file.path(), key)
+    }
+
+    /// A metadata entry that is a whole number.
+    pub fn int(&self, key: &str) -> Result<u64> {
+        int_of(&self.file, self.file.path(), key)
+    }
+
+    /// An AdamW with `cfg` over `trained`'s tensors, holding the saved moments (each checked
+    /// against its tensor's shape) and step.
+    pub fn optimizer(&self, cfg: AdamWConfig, trained: &dyn Trainable) -> Result<AdamW> {
+        let named = trained.trained();
+        let tensors: Vec<Tensor> = named.iter().map(|(_, t)| t.clone()).collect();
+        let mut opt = AdamW::new(cfg, &tensors)?;
+        let moments = named
+            .iter()
+            .map(|(n, t)| {
+                let get = |k: &str| get_checked(&self.file, &format!("optim.{k}.{n}"), t.dims());
+                Ok((get("m")?.to_vec::<f32>()?, get("v")?.to_vec::<f32>()?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        opt.restore(self.int("optim_step")?, moments)?;
+        Ok(opt)
+    }
+}
+
+fn meta_of<'a>(file: &'a SafeFile, path: &Path, key: &str) -> Result<&'a str> {
+    file.metadata().get(key).map(String::as_str).ok_or_else(|| {
+        Error::data(
+            path,
+            None,
+            format!("not a run state of this version: no '{key}' in the metadata"),
+        )
+    })
+}
+
+fn int_of(file: &SafeFile, path: &Path, key: &str) -> Result<u64> {
+    meta_of(file, path, key)?
+        .parse()
+        .map_err(|e| Error::data(path, None, format!("bad '{key}' in the metadata: {e}")))
 }

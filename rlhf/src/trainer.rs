@@ -2,16 +2,15 @@
 //! RLHF stages next): AdamW with warmup + cosine, gradient clipping, progress, metrics JSONL,
 //! atomic checkpoints, and bit-exact resume (parameters, moments, step, RNG state).
 
-use crate::run_dir::{self, RunDir};
+use crate::run_dir::{self, RunDir, SavedState, StateMeta};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use palm_engine::{AdamW, AdamWConfig, Device, Rng, SafeFile, Tensor, clip_grad_norm, lr_at};
+use palm_engine::{AdamW, AdamWConfig, Device, Rng, Tensor, clip_grad_norm, lr_at};
 use palm_model::checkpoint::{
-    check_holds, config_of, get_checked, model_metadata, model_tensors, save_model_with,
+    check_holds, config_of, get_checked, model_metadata, save_model_with,
 };
 use palm_model::{PalmConfig, PalmParams};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -56,6 +55,8 @@ pub fn check_optim(lr: f32, min_lr: f32, grad_clip: f32, weight_decay: f32) -> R
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const STATE_FILE: &str = "train_state.safetensors";
+/// The `format` of a training state (refused where a model is expected).
+pub const STATE_FORMAT: &str = "palm-train-state";
 
 pub struct Trainer {
     pub params: PalmParams,
@@ -160,57 +161,37 @@ struct Loaded {
 /// The training state in `dir` and the metrics offset of its checkpoint.
 fn read_state(dir: &Path, steps: Option<u64>) -> Result<(Loaded, u64)> {
     let path = dir.join(STATE_FILE);
-    let file = SafeFile::open(&path)?;
-    let meta = |k: &str| {
-        file.metadata().get(k).cloned().ok_or_else(|| {
-            Error::data(
-                &path,
-                None,
-                format!("not a training state: no '{k}' in the metadata"),
-            )
-        })
-    };
-    let parse_err =
-        |k: &str, e: String| Error::data(&path, None, format!("bad '{k}' in the metadata: {e}"));
-    let mut settings: OptimSettings =
-        serde_json::from_str(&meta("optim")?).map_err(|e| parse_err("optim", e.to_string()))?;
-    let extra: serde_json::Value =
-        serde_json::from_str(&meta("extra")?).map_err(|e| parse_err("extra", e.to_string()))?;
-    let step: u64 = meta("step")?
-        .parse()
-        .map_err(|e: std::num::ParseIntError| parse_err("step", e.to_string()))?;
-    let rng: [u64; 4] =
-        serde_json::from_str(&meta("rng")?).map_err(|e| parse_err("rng", e.to_string()))?;
+    let state = SavedState::open(&path, STATE_FORMAT)?;
+    let saved: SavedSettings = serde_json::from_value(state.settings.clone())
+        .map_err(|e| Error::data(&path, None, format!("bad 'settings' in the metadata: {e}")))?;
+    let mut settings = saved.optim;
     if let Some(s) = steps {
         settings.steps = s;
     }
     settings
         .check()
-        .map_err(|e| parse_err("optim", e.to_string()))?;
-    let (_, metrics_offset) = run_dir::read_marks(&path, file.metadata())?;
-    let config = config_of(&file)?;
-    check_holds(&file, &config)?;
-    let params = PalmParams::from_named(&config, |n, s| get_checked(&file, n, s))?;
-    let mut opt = AdamW::new(adam_config(&settings), &params.tensors())?;
-    let moments = params
-        .named()
-        .iter()
-        .map(|(n, p)| {
-            let m = get_checked(&file, &format!("optim.m.{n}"), p.dims())?.to_vec::<f32>()?;
-            let v = get_checked(&file, &format!("optim.v.{n}"), p.dims())?.to_vec::<f32>()?;
-            Ok((m, v))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    opt.restore(step, moments)?;
+        .map_err(|e| Error::data(&path, None, format!("bad 'settings' in the metadata: {e}")))?;
+    let config = config_of(&state.file)?;
+    check_holds(&state.file, &config)?;
+    let params = PalmParams::from_named(&config, |n, s| get_checked(&state.file, n, s))?;
+    let opt = state.optimizer(adam_config(&settings), &params)?;
     let loaded = Loaded {
         params,
         opt,
-        rng: Rng::from_state(rng),
-        step,
+        rng: state.rng.clone(),
+        step: state.step,
         settings,
-        extra,
+        extra: saved.run,
     };
-    Ok((loaded, metrics_offset))
+    Ok((loaded, state.metrics_offset))
+}
+
+/// The settings a training state records.
+#[derive(Serialize, Deserialize)]
+struct SavedSettings {
+    optim: OptimSettings,
+    /// The command's own (`Trainer::extra`).
+    run: serde_json::Value,
 }
 
 impl Trainer {
@@ -277,35 +258,27 @@ impl Trainer {
     /// A checkpoint (see [`run_dir`]): the full training state, then the model (loadable by
     /// `palm sample`/`eval` and by the seed), each atomically.
     pub fn save(&mut self) -> Result<()> {
-        let marks = self.run.marks(self.step)?;
-        let mut tensors = model_tensors(&self.params, &[])?;
-        let (step, moments) = self.opt.state()?;
-        for ((name, p), (m, v)) in self.params.named().into_iter().zip(moments) {
-            tensors.push((format!("optim.m.{name}"), Tensor::from_vec(m, p.dims())?));
-            tensors.push((format!("optim.v.{name}"), Tensor::from_vec(v, p.dims())?));
-        }
-        let mut meta: HashMap<String, String> = model_metadata(&self.params.config, &[])?;
-        meta.insert("format".into(), "palm-train-state".into());
-        meta.insert("optim".into(), to_json(&self.settings)?);
-        meta.insert("extra".into(), self.extra.to_string());
-        meta.insert("step".into(), step.to_string());
-        meta.insert("rng".into(), to_json(&self.rng.state().to_vec())?);
-        meta.extend(marks.state());
-        palm_engine::save_safetensors(self.run.join(STATE_FILE), &tensors, meta)?;
-        drop(tensors);
-        save_model_with(
-            &self.run.join(MODEL_FILE),
-            &self.params,
-            &[],
-            &marks.model(),
-        )?;
-        Ok(())
+        let settings = serde_json::to_value(SavedSettings {
+            optim: self.settings.clone(),
+            run: self.extra.clone(),
+        })
+        .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;
+        let meta = StateMeta {
+            kind: STATE_FORMAT,
+            step: self.step,
+            rng: self.rng.clone(),
+            settings,
+            extra: model_metadata(&self.params.config, &[])?,
+        };
+        let params = &self.params;
+        self.run.checkpoint(
+            (STATE_FILE, MODEL_FILE),
+            params,
+            &self.opt,
+            meta,
+            |path, marks| Ok(save_model_with(path, params, &[], marks)?),
+        )
     }
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v)
-        .map_err(|e| Error::Invalid(format!("cannot serialise training state: {e}")))
 }
 
 /// What a command plugs into the shared loop.

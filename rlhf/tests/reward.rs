@@ -4,7 +4,7 @@
 //! in tests/tests/reference.rs.)
 
 use palm_engine::{Rng, Tensor};
-use palm_model::{PalmConfig, PalmParams};
+use palm_model::{PalmConfig, PalmParams, Trainable};
 use palm_rlhf::data::{PairRecord, PreferenceRecord, RankingRecord};
 use palm_rlhf::reward::{Pooling, RewardModel, Scored, ranking_loss};
 use palm_rlhf::reward_train::{Ranked, batch_loss, split_held_out};
@@ -221,21 +221,21 @@ fn save_then_load_scores_identically() {
 #[test]
 fn lora_freezes_the_trunk() {
     let mut rng = Rng::new(5);
-    let mut rm = busy_model(Pooling::Mean, true, &mut rng);
+    let rm = busy_model(Pooling::Mean, true, &mut rng);
     let r = Ranked::new(&record("Q:", &[" aaa", " bb", " c"]), 16).0;
     let grads = batch_loss(&rm, &[&r]).unwrap().backward().unwrap();
     for (name, t) in rm.trunk.named() {
         assert!(grads.get(t).is_none(), "{name} got a gradient");
     }
-    let trainable = rm.trainable();
+    let trainable = rm.trained_tensors();
     // 4 adapters × (A, B) per layer, 2 layers, then the segment embeddings and the head.
     assert_eq!(trainable.len(), 2 * 4 * 2 + 3);
     for t in &trainable {
         assert!(grads.get(t).is_some(), "a trainable tensor got no gradient");
     }
     // Without adapters the trunk trains.
-    let mut full = busy_model(Pooling::Mean, false, &mut rng);
-    assert_eq!(full.trainable().len(), full.trunk.named().len() + 3);
+    let full = busy_model(Pooling::Mean, false, &mut rng);
+    assert_eq!(full.trained_tensors().len(), full.trunk.named().len() + 3);
     let grads = batch_loss(&full, &[&r]).unwrap().backward().unwrap();
     assert!(grads.get(&full.trunk.token_emb).is_some());
 }

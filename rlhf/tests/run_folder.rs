@@ -310,13 +310,13 @@ fn a_hand_edited_negative_learning_rate_is_refused() {
     let bytes = std::fs::read(&path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let optim = header["__metadata__"]["optim"]
+    let settings = header["__metadata__"]["settings"]
         .as_str()
         .unwrap()
         .to_string();
-    let mut optim: serde_json::Value = serde_json::from_str(&optim).unwrap();
-    optim["lr"] = (-0.01).into();
-    header["__metadata__"]["optim"] = optim.to_string().into();
+    let mut settings: serde_json::Value = serde_json::from_str(&settings).unwrap();
+    settings["optim"]["lr"] = (-0.01).into();
+    header["__metadata__"]["settings"] = settings.to_string().into();
     let mut text = serde_json::to_vec(&header).unwrap();
     while !text.len().is_multiple_of(8) {
         text.push(b' ');

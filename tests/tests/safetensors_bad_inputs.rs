@@ -366,6 +366,47 @@ fn failed_save_leaves_no_temp_file() {
     );
 }
 
+/// Writing an output through a symlink replaces its target (the link stays a link), and a path
+/// that is not a regular file is written to, never renamed over: `palm label --out /dev/null`,
+/// run as root, once replaced the machine's /dev/null with a regular file.
+#[test]
+fn saves_write_through_symlinks_and_into_special_files() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = TempDir::new("special");
+    let real = dir.file("real.jsonl");
+    std::fs::write(&real, b"old").unwrap();
+    let link = dir.file("link.jsonl");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    palm_engine::write_atomic(&link, b"new").unwrap();
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&real).unwrap(), b"new");
+
+    let fifo = dir.file("pipe");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped the FIFO half: no mkfifo");
+        return;
+    }
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    palm_engine::write_atomic(&fifo, b"through the pipe").unwrap();
+    assert_eq!(reader.join().unwrap(), b"through the pipe");
+    let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(kind.is_fifo(), "the FIFO was replaced by a regular file");
+    assert_eq!(
+        dir.listing(),
+        ["link.jsonl", "pipe", "real.jsonl"],
+        "a temp file was left behind"
+    );
+}
+
 #[test]
 fn saving_the_same_model_twice_gives_the_same_bytes() {
     let dir = TempDir::new("deterministic");
