@@ -597,12 +597,13 @@ fn reward_model(
         weight_decay: 0.0,
         grad_clip: 1.0,
     };
-    let mut run = RunDir::create(
-        &s.out.join("reward"),
-        &[reward_train::MODEL_FILE],
-        s.overwrite,
-    )?;
-    let results = reward_train::train(&mut rm, &train, &val, &settings, rng, &mut run)?;
+    let mut run = RunDir::create(&s.out.join("reward"), &reward_train::RUN_FILES, s.overwrite)?;
+    let session = crate::epochs::Session {
+        start: crate::epochs::Start::fresh(rng.clone()),
+        settings: serde_json::json!({"demo": "reward model"}),
+        stop_at: None,
+    };
+    let results = reward_train::train(&mut rm, &train, &val, &settings, session, &mut run)?;
     let (Some(first), Some(last)) = (results.first(), results.last()) else {
         return Err(Error::Invalid("reward training ran no epoch".into()));
     };

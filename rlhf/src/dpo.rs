@@ -8,10 +8,10 @@
 //! where DPO reports accuracy and margin every step.
 
 use crate::data::PreferenceRecord;
+use crate::epochs::{Batches, EPOCH_LOSS_KEY, Session};
 use crate::reward_train::Ranked;
 use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_logprobs};
-use crate::rl_run::shuffle;
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, StateMeta};
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
@@ -253,16 +253,34 @@ pub struct TrainSettings {
     pub log_every: u64,
 }
 
-/// Train `policy` on `train`, validating on `val` before training, every `val_every` steps and
-/// at the end; the policy is saved to the run folder's `model.safetensors` at each validation
-/// after the first (atomically) and the metrics of every step and validation appended to its
-/// `metrics.jsonl`. Returns the held-out results, the untrained one first.
+/// The `format` of a DPO run's state file, and its name.
+pub const STATE_FORMAT: &str = "palm-dpo-state";
+pub const STATE_FILE: &str = "dpo_state.safetensors";
+/// The files a DPO run writes besides the metrics.
+pub const RUN_FILES: [&str; 2] = [STATE_FILE, MODEL_FILE];
+
+impl TrainSettings {
+    pub fn adam(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            ..AdamWConfig::default()
+        }
+    }
+}
+
+/// Train `policy` on `train` from `start`, validating on `val` before training (a fresh run),
+/// every `val_every` steps and at the end; a checkpoint (`dpo_state.safetensors`, then the
+/// policy in `model.safetensors`) at each of those validations and at the session's `stop_at`, where the run
+/// stops as if interrupted; the metrics of every step and validation appended to the run
+/// folder's `metrics.jsonl`. The session's settings are saved with each checkpoint. Returns
+/// the held-out results of this session, the untrained one first in a fresh run.
 pub fn train(
     policy: &mut Policy,
     train: &Scored,
     val: &Scored,
     s: &TrainSettings,
-    rng: &mut Rng,
+    session: Session,
     run: &mut RunDir,
 ) -> Result<Vec<HeldOut>> {
     if train.pairs.is_empty() || val.pairs.is_empty() {
@@ -271,18 +289,15 @@ pub fn train(
         ));
     }
     let batch = s.batch.max(1);
-    let total = (train.pairs.len().div_ceil(batch) as u64)
-        .checked_mul(s.epochs)
-        .ok_or_else(|| Error::Invalid(format!("--epochs {} is too many steps", s.epochs)))?;
-    let mut opt = AdamW::new(
-        AdamWConfig {
-            lr: s.lr,
-            weight_decay: s.weight_decay,
-            ..AdamWConfig::default()
-        },
-        &policy.trained_tensors(),
-    )?;
-    let pb = progress_bar(total);
+    let Session {
+        mut start,
+        settings,
+        stop_at,
+    } = session;
+    let mut opt = start.optimizer(s.adam(), policy)?;
+    let mut batches = Batches::new(train.pairs.len(), batch, s.epochs, start.step, start.rng)?;
+    let total = batches.total();
+    let pb = progress_bar(total).with_position(start.step);
     let say = |line: String| say(&pb, line);
     let validate = |policy: &Policy, step: u64, run: &mut RunDir| -> Result<HeldOut> {
         let held = evaluate(policy, val, batch, s.beta)?;
@@ -294,43 +309,69 @@ pub fn train(
         }))?;
         Ok(held)
     };
-    let mut results = vec![validate(policy, 0, run)?];
+    let mut results = Vec::new();
+    if start.step == 0 {
+        results.push(validate(policy, 0, run)?);
+    }
     let mut speed = Throughput::default();
-    let mut order: Vec<usize> = (0..train.pairs.len()).collect();
-    let mut step = 0u64;
-    for epoch in 1..=s.epochs {
-        shuffle(&mut order, rng);
-        for idx in order.chunks(batch) {
-            let lr = lr_at(step, s.warmup, total, s.lr, s.min_lr);
-            let (loss, stats, grad_norm) =
-                palm_engine::cpu::on_workers(|| optimise(policy, &mut opt, train, idx, s, lr))?;
-            step += 1;
-            speed.add(idx.len() as u64);
-            run.log(&serde_json::json!({
-                "step": step, "epoch": epoch, "loss": loss, "accuracy": stats.accuracy(),
-                "margin": stats.margin, "chosen_reward": stats.chosen_reward,
-                "rejected_reward": stats.rejected_reward, "lr": lr, "grad_norm": grad_norm,
-                "pairs_per_s": speed.per_second(), "elapsed_s": speed.elapsed(),
-            }))?;
-            pb.set_position(step);
-            pb.set_message(format!(
-                "loss {loss:.3} acc {:.2} margin {:.3}",
+    while let Some(idx) = batches.next_batch() {
+        let idx = idx.to_vec();
+        let (step, epoch) = (batches.step(), batches.epoch());
+        let lr = lr_at(step - 1, s.warmup, total, s.lr, s.min_lr);
+        let (loss, stats, grad_norm) =
+            palm_engine::cpu::on_workers(|| optimise(policy, &mut opt, train, &idx, s, lr))?;
+        speed.add(idx.len() as u64);
+        run.log(&serde_json::json!({
+            "step": step, "epoch": epoch, "loss": loss, "accuracy": stats.accuracy(),
+            "margin": stats.margin, "chosen_reward": stats.chosen_reward,
+            "rejected_reward": stats.rejected_reward, "lr": lr, "grad_norm": grad_norm,
+            "pairs_per_s": speed.per_second(), "elapsed_s": speed.elapsed(),
+        }))?;
+        pb.set_position(step);
+        pb.set_message(format!(
+            "loss {loss:.3} acc {:.2} margin {:.3}",
+            stats.accuracy(),
+            stats.margin
+        ));
+        if s.log_every > 0 && step.is_multiple_of(s.log_every) {
+            say(format!(
+                "step {step} (epoch {epoch}): loss {loss:.4}, reward accuracy {:.3}, margin {:.4}, lr {lr:.2e}",
                 stats.accuracy(),
                 stats.margin
             ));
-            if s.log_every > 0 && step.is_multiple_of(s.log_every) {
-                say(format!(
-                    "step {step} (epoch {epoch}): loss {loss:.4}, reward accuracy {:.3}, margin {:.4}, lr {lr:.2e}",
-                    stats.accuracy(),
-                    stats.margin
-                ));
-            }
-            let last = step == total;
-            if last || (s.val_every > 0 && step.is_multiple_of(s.val_every)) {
-                results.push(validate(policy, step, run)?);
-                let marks = run.marks(step)?;
-                policy.save(&run.join(MODEL_FILE), &marks.model())?;
-            }
+        }
+        let last = step == total;
+        let stop = stop_at == Some(step) && !last;
+        let validating = last || (s.val_every > 0 && step.is_multiple_of(s.val_every));
+        if validating {
+            results.push(validate(policy, step, run)?);
+        }
+        if validating || stop {
+            let mut extra = std::collections::HashMap::new();
+            extra.insert(EPOCH_LOSS_KEY.into(), 0f64.to_bits().to_string());
+            let meta = StateMeta {
+                kind: STATE_FORMAT,
+                step,
+                rng: batches.resume_rng(),
+                settings: settings.clone(),
+                extra,
+            };
+            let model: &Policy = policy;
+            run.checkpoint(
+                (STATE_FILE, MODEL_FILE),
+                model,
+                &opt,
+                meta,
+                |path, marks| model.save(path, marks),
+            )?;
+        }
+        if stop {
+            pb.abandon();
+            eprintln!(
+                "stopped at step {step}; continue with --resume {}",
+                run.path().display()
+            );
+            return Ok(results);
         }
     }
     pb.finish_and_clear();

@@ -6,6 +6,7 @@ pub mod corpus;
 pub mod data;
 pub mod demo;
 pub mod dpo;
+pub mod epochs;
 pub mod error;
 pub mod grpo;
 pub mod labelers;

@@ -5,8 +5,10 @@
 //! and with `--lora` only adapters in front of a frozen trunk.
 
 use crate::data::PreferenceRecord;
+use crate::epochs::{Batches, EPOCH_LOSS_KEY, Session};
 use crate::reward::{RewardModel, Scored, ranking_loss};
-use crate::run_dir::RunDir;
+use crate::rl_run::shuffle;
+use crate::run_dir::{RunDir, StateMeta};
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
@@ -90,13 +92,6 @@ pub fn split_records(
     };
     let (train, val) = (ranked(&train_idx), ranked(&val_idx));
     Ok((train, val, cut))
-}
-
-/// Fisher–Yates with the run's RNG.
-fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
-    for i in (1..v.len()).rev() {
-        v.swap(i, rng.below(i + 1));
-    }
 }
 
 /// The scores (N,) of every response of `batch`, ranking after ranking, in one forward pass.
@@ -191,15 +186,33 @@ pub struct TrainSettings {
     pub grad_clip: f32,
 }
 
-/// Train `rm` on `train`, reporting on `val` before training and after every epoch; the model is
-/// saved to the run folder's `reward.safetensors` after every epoch (atomically) and the metrics
-/// appended to its `metrics.jsonl`. Returns the held-out results, the untrained one first.
+/// The `format` of a reward-model run's state file, and its name.
+pub const STATE_FORMAT: &str = "palm-reward-state";
+pub const STATE_FILE: &str = "reward_state.safetensors";
+/// The files a reward-model run writes besides the metrics.
+pub const RUN_FILES: [&str; 2] = [STATE_FILE, MODEL_FILE];
+
+impl TrainSettings {
+    pub fn adam(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            ..AdamWConfig::default()
+        }
+    }
+}
+
+/// Train `rm` on `train` from the session's start, reporting on `val` before training (a fresh run) and
+/// after every epoch; a checkpoint (`reward_state.safetensors`, then `reward.safetensors`) after
+/// every epoch and at the session's `stop_at`, where the run stops as if interrupted; the metrics appended to
+/// the run folder's `metrics.jsonl`. The session's settings are saved with each checkpoint.
+/// Returns the held-out results of this session, the untrained one first in a fresh run.
 pub fn train(
     rm: &mut RewardModel,
     train: &[Ranked],
     val: &[Ranked],
     s: &TrainSettings,
-    rng: &mut Rng,
+    session: Session,
     run: &mut RunDir,
 ) -> Result<Vec<HeldOut>> {
     if train.is_empty() || val.is_empty() {
@@ -208,60 +221,85 @@ pub fn train(
         ));
     }
     let batch = s.batch.max(1);
+    let Session {
+        mut start,
+        settings,
+        stop_at,
+    } = session;
+    let mut opt = start.optimizer(s.adam(), rm)?;
+    let mut batches = Batches::new(train.len(), batch, s.epochs, start.step, start.rng)?;
+    let total = batches.total();
     let steps_per_epoch = train.len().div_ceil(batch) as u64;
-    let total = steps_per_epoch
-        .checked_mul(s.epochs)
-        .ok_or_else(|| Error::Invalid(format!("--epochs {} is too many steps", s.epochs)))?;
-    let mut opt = AdamW::new(
-        AdamWConfig {
-            lr: s.lr,
-            weight_decay: s.weight_decay,
-            ..AdamWConfig::default()
-        },
-        &rm.trained_tensors(),
-    )?;
-    let pb = progress_bar(total);
+    let pb = progress_bar(total).with_position(start.step);
     let say = |line: String| say(&pb, line);
-    let start = evaluate(rm, val, batch)?;
-    say(format!("epoch 0 (untrained): {}", held_line(&start)));
-    run.log(&epoch_json(0, 0, None, &start))?;
-    let mut results = vec![start];
+    let mut results = Vec::new();
+    if start.step == 0 {
+        let untrained = evaluate(rm, val, batch)?;
+        say(format!("epoch 0 (untrained): {}", held_line(&untrained)));
+        run.log(&epoch_json(0, 0, None, &untrained))?;
+        results.push(untrained);
+    }
     let mut speed = Throughput::default();
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut step = 0u64;
-    for epoch in 1..=s.epochs {
-        shuffle(&mut order, rng);
-        let mut epoch_loss = 0f64;
-        for chunk in order.chunks(batch) {
-            let picked: Vec<&Ranked> = chunk.iter().map(|&i| &train[i]).collect();
-            let lr = lr_at(step, s.warmup, total, s.lr, s.min_lr);
-            let (loss, grad_norm) =
-                palm_engine::cpu::on_workers(|| optimise(rm, &mut opt, &picked, lr, s.grad_clip))?;
-            step += 1;
-            epoch_loss += loss as f64;
-            speed.add(picked.iter().map(|r| r.responses.len() as u64).sum());
-            run.log(&serde_json::json!({
-                "step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                "responses_per_s": speed.per_second(), "elapsed_s": speed.elapsed(),
-            }))?;
-            pb.set_position(step);
-            pb.set_message(format!("epoch {epoch} loss {loss:.3}"));
-            if pb.is_hidden() && step.is_multiple_of(20) {
-                eprintln!("step {step} loss {loss:.4} lr {lr:.2e}");
-            }
+    let mut epoch_loss = start.epoch_loss;
+    while let Some(chunk) = batches.next_batch() {
+        let picked: Vec<&Ranked> = chunk.iter().map(|&i| &train[i]).collect();
+        let step = batches.step();
+        let epoch = batches.epoch();
+        let lr = lr_at(step - 1, s.warmup, total, s.lr, s.min_lr);
+        let (loss, grad_norm) =
+            palm_engine::cpu::on_workers(|| optimise(rm, &mut opt, &picked, lr, s.grad_clip))?;
+        epoch_loss += loss as f64;
+        speed.add(picked.iter().map(|r| r.responses.len() as u64).sum());
+        run.log(&serde_json::json!({
+            "step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "responses_per_s": speed.per_second(), "elapsed_s": speed.elapsed(),
+        }))?;
+        pb.set_position(step);
+        pb.set_message(format!("epoch {epoch} loss {loss:.3}"));
+        if pb.is_hidden() && step.is_multiple_of(20) {
+            eprintln!("step {step} loss {loss:.4} lr {lr:.2e}");
         }
-        let train_loss = epoch_loss / steps_per_epoch as f64;
-        let held = evaluate(rm, val, batch)?;
-        say(format!(
-            "epoch {epoch}/{}: train loss {train_loss:.4}, {}, {:.1}s",
-            s.epochs,
-            held_line(&held),
-            speed.elapsed()
-        ));
-        run.log(&epoch_json(epoch, step, Some(train_loss), &held))?;
-        let marks = run.marks(step)?;
-        rm.save_with(&run.join(MODEL_FILE), &marks.model())?;
-        results.push(held);
+        let stop = stop_at == Some(step) && step < total;
+        if batches.at_epoch_end() {
+            let train_loss = epoch_loss / steps_per_epoch as f64;
+            epoch_loss = 0.0;
+            let held = evaluate(rm, val, batch)?;
+            say(format!(
+                "epoch {epoch}/{}: train loss {train_loss:.4}, {}, {:.1}s",
+                s.epochs,
+                held_line(&held),
+                speed.elapsed()
+            ));
+            run.log(&epoch_json(epoch, step, Some(train_loss), &held))?;
+            results.push(held);
+        }
+        if batches.at_epoch_end() || stop {
+            let mut extra = std::collections::HashMap::new();
+            extra.insert(EPOCH_LOSS_KEY.into(), epoch_loss.to_bits().to_string());
+            let meta = StateMeta {
+                kind: STATE_FORMAT,
+                step,
+                rng: batches.resume_rng(),
+                settings: settings.clone(),
+                extra,
+            };
+            let model: &RewardModel = rm;
+            run.checkpoint(
+                (STATE_FILE, MODEL_FILE),
+                model,
+                &opt,
+                meta,
+                |path, marks| model.save_with(path, marks),
+            )?;
+        }
+        if stop {
+            pb.abandon();
+            eprintln!(
+                "stopped at step {step}; continue with --resume {}",
+                run.path().display()
+            );
+            return Ok(results);
+        }
     }
     pb.finish_and_clear();
     Ok(results)

@@ -5,7 +5,7 @@
 //! prompt cursor and β.
 
 use crate::ppo::Critic;
-use crate::run_dir::{self, RunDir, SavedState, StateMeta};
+use crate::run_dir::{RunDir, SavedState, StateMeta};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, SafeFile, Tensor, clip_grad_norm};
 use palm_model::checkpoint::{config_of, load_lora, load_model, model_metadata, save_model_with};
@@ -178,15 +178,14 @@ pub fn resume_checkpoint(
         let offset = ck.metrics_offset;
         Ok((ck, offset))
     })?;
-    let model = run.join(MODEL_FILE);
-    if run_dir::model_step(&model) != Some(ck.progress.update) {
-        eprintln!(
-            "note: {} is behind the run's state (a run stopped mid-checkpoint); rewriting it",
-            model.display()
-        );
-        let marks = run.marks(ck.progress.update)?;
-        save_model_with(&model, &ck.base, &[&ck.learner.actor], &marks.model())?;
-    }
+    run.repair_model(MODEL_FILE, ck.progress.update, |path, marks| {
+        Ok(save_model_with(
+            path,
+            &ck.base,
+            &[&ck.learner.actor],
+            marks,
+        )?)
+    })?;
     Ok((run, ck))
 }
 

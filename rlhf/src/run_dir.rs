@@ -394,6 +394,40 @@ impl SavedState {
     }
 }
 
+impl SavedState {
+    /// Put the saved tensors into `trained` (each checked against its tensor's shape).
+    pub fn restore(&self, trained: &mut dyn Trainable) -> Result<()> {
+        let new = trained
+            .trained()
+            .iter()
+            .map(|(n, t)| Ok(get_checked(&self.file, n, t.dims())?.as_var()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(trained.set_trained(new)?)
+    }
+}
+
+impl RunDir {
+    /// After a resume to `step`: rewrite the model file (with `write`, given its path and
+    /// metadata entries) if a kill left it a checkpoint behind the state.
+    pub fn repair_model(
+        &mut self,
+        model_file: &str,
+        step: u64,
+        write: impl FnOnce(&Path, &[(String, String)]) -> Result<()>,
+    ) -> Result<()> {
+        let path = self.join(model_file);
+        if model_step(&path) == Some(step) {
+            return Ok(());
+        }
+        eprintln!(
+            "note: {} is behind the run's state (a run stopped mid-checkpoint); rewriting it",
+            path.display()
+        );
+        let marks = self.marks(step)?;
+        write(&path, &marks.model())
+    }
+}
+
 fn meta_of<'a>(file: &'a SafeFile, path: &Path, key: &str) -> Result<&'a str> {
     file.metadata().get(key).map(String::as_str).ok_or_else(|| {
         Error::data(

@@ -2,7 +2,7 @@
 //! RLHF stages next): AdamW with warmup + cosine, gradient clipping, progress, metrics JSONL,
 //! atomic checkpoints, and bit-exact resume (parameters, moments, step, RNG state).
 
-use crate::run_dir::{self, RunDir, SavedState, StateMeta};
+use crate::run_dir::{RunDir, SavedState, StateMeta};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use palm_engine::{AdamW, AdamWConfig, Device, Rng, Tensor, clip_grad_norm, lr_at};
@@ -137,13 +137,10 @@ impl Trainer {
             extra: l.extra,
             run,
         };
-        if run_dir::model_step(&t.run.join(MODEL_FILE)) != Some(t.step) {
-            eprintln!(
-                "note: {} is behind the training state (a run stopped mid-checkpoint); rewriting it",
-                t.run.join(MODEL_FILE).display()
-            );
-            t.save()?;
-        }
+        let (params, step) = (&t.params, t.step);
+        t.run.repair_model(MODEL_FILE, step, |path, marks| {
+            Ok(save_model_with(path, params, &[], marks)?)
+        })?;
         Ok(t)
     }
 }

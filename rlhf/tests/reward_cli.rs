@@ -309,3 +309,58 @@ fn bad_inputs_give_one_clear_error() {
     assert_one_error(&score(&dir.join("missing")), "missing");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Stopped mid-epoch and at an epoch's end, resumed, the run ends bit-exactly where an
+/// uninterrupted one does (full and LoRA).
+#[test]
+fn resume_is_bit_exact() {
+    let dir = scratch("reward-resume");
+    let ckpt = tiny_checkpoint(&dir, 4);
+    let data = write(&dir, "rankings.jsonl", &a_rankings(40, false));
+    for lora in [false, true] {
+        let extra: &[&str] = if lora {
+            &["--lora", "--lora-rank", "2"]
+        } else {
+            &[]
+        };
+        let full = dir.join(format!("full-{lora}"));
+        let o = train(&ckpt, &data, &full, "3", extra);
+        assert!(o.status.success(), "{}", stderr(&o));
+        // 30 training rankings in batches of 8: 4 steps an epoch; stop mid-epoch 1, then at
+        // the end of epoch 2.
+        let part = dir.join(format!("part-{lora}"));
+        let o = train(
+            &ckpt,
+            &data,
+            &part,
+            "3",
+            &[extra, &["--stop-at", "2"]].concat(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+        let p = part.to_str().unwrap();
+        let o = palm(&[
+            "reward",
+            "train",
+            "--resume",
+            p,
+            "--stop-at",
+            "8",
+            "--device",
+            "cpu",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = palm(&["reward", "train", "--resume", p, "--device", "cpu"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("done:"), "{}", stderr(&o));
+        common::assert_resumed_like(
+            &full,
+            &part,
+            &["reward.safetensors", "reward_state.safetensors"],
+        );
+    }
+    // The flags a run fixed are refused on resume.
+    let o = palm(&["reward", "train", "--resume", "x", "--epochs", "9"]);
+    assert!(!o.status.success() && stderr(&o).contains("cannot be used with"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

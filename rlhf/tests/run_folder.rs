@@ -271,7 +271,7 @@ fn resume_repairs_what_a_kill_leaves() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("is behind the training state"),
+        stderr(&o).contains("is behind the run's state"),
         "{}",
         stderr(&o)
     );

@@ -3,29 +3,39 @@
 
 use crate::data::{PreferenceRecord, read_jsonl};
 use crate::dpo::{self, LORA_SCOPE, MODEL_FILE, Policy, TrainSettings};
+use crate::epochs::{Session, Start};
 use crate::reward_train::split_held_out;
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, SavedState};
 use crate::{Error, Result};
 use clap::Args;
 use palm_engine::Rng;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct DpoArgs {
     /// The policy to train, usually an SFT checkpoint; it is also the frozen reference. Actor
     /// adapters it holds (a LoRA run of `palm dpo`) are merged in first.
-    #[arg(long)]
-    pub policy: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    pub policy: Option<PathBuf>,
     /// JSONL of pairs {"prompt","chosen","rejected"} and/or rankings {"prompt","responses":[best
     /// … worst]} (a ranking of K gives its K(K−1)/2 pairs; a pair's "margin" is not used by DPO);
     /// .gz is decompressed.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Run folder: model.safetensors (loadable by `palm sample`) and metrics.jsonl.
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
+    /// Run folder: model.safetensors (loadable by `palm sample`), dpo_state.safetensors and
+    /// metrics.jsonl.
     #[arg(long, default_value = "runs/dpo")]
     pub out: PathBuf,
     #[command(flatten)]
     pub replace: super::Overwrite,
+    /// Continue the run in this folder (its saved settings apply) bit-exactly.
+    /// Flags the run fixed (all but --device and --stop-at) are refused.
+    #[arg(long, conflicts_with_all = ["policy", "data", "out", "overwrite", "beta", "lora", "epochs", "batch", "seq_len", "val_frac", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "val_every", "log_every", "seed"])]
+    pub resume: Option<PathBuf>,
+    /// Stop after this step as if interrupted (checkpointing first); resume later.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stop_at: Option<u64>,
     /// DPO's β: the strength of the implicit KL penalty toward the reference.
     #[arg(long, default_value_t = 0.1)]
     pub beta: f32,
@@ -78,27 +88,95 @@ pub struct DpoArgs {
     pub device: String,
 }
 
-fn check_args(a: &DpoArgs) -> Result<()> {
-    let bad = |m: &str| Err(Error::Invalid(m.to_string()));
-    if !(a.beta > 0.0 && a.beta.is_finite()) {
-        return bad("--beta must be a positive number");
+/// What a DPO run is: saved with its checkpoints, so `--resume` rebuilds the same run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DpoRun {
+    policy: PathBuf,
+    data: PathBuf,
+    beta: f32,
+    lora: Option<u64>,
+    epochs: u64,
+    batch: u64,
+    seq_len: u64,
+    val_frac: f64,
+    lr: f32,
+    min_lr: f32,
+    warmup: u64,
+    weight_decay: f32,
+    grad_clip: f32,
+    val_every: u64,
+    log_every: u64,
+    seed: u64,
+}
+
+impl DpoRun {
+    fn of(a: &DpoArgs) -> Result<DpoRun> {
+        let (Some(policy), Some(data)) = (&a.policy, &a.data) else {
+            return Err(Error::Invalid(
+                "--policy and --data are required (or --resume DIR)".into(),
+            ));
+        };
+        Ok(DpoRun {
+            policy: policy.clone(),
+            data: data.clone(),
+            beta: a.beta,
+            lora: a.lora,
+            epochs: a.epochs,
+            batch: a.batch,
+            seq_len: a.seq_len,
+            val_frac: a.val_frac,
+            lr: a.lr,
+            min_lr: a.min_lr,
+            warmup: a.warmup,
+            weight_decay: a.weight_decay,
+            grad_clip: a.grad_clip,
+            val_every: a.val_every,
+            log_every: a.log_every,
+            seed: a.seed,
+        })
     }
-    if !(a.val_frac > 0.0 && a.val_frac < 1.0) {
-        return bad("--val-frac must be between 0 and 1 (exclusive)");
+
+    /// The flags' checks, also applied to settings read back from a state.
+    fn check(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Invalid(m.to_string()));
+        if !(self.beta > 0.0 && self.beta.is_finite()) {
+            return bad("--beta must be a positive number");
+        }
+        if !(self.val_frac > 0.0 && self.val_frac < 1.0) {
+            return bad("--val-frac must be between 0 and 1 (exclusive)");
+        }
+        if self.epochs == 0 || self.batch == 0 || self.seq_len < 2 || self.lora == Some(0) {
+            return bad("--epochs, --batch and --lora must be ≥ 1 and --seq-len ≥ 2");
+        }
+        crate::trainer::check_optim(self.lr, self.min_lr, self.grad_clip, self.weight_decay)
     }
-    crate::trainer::check_optim(a.lr, a.min_lr, a.grad_clip, a.weight_decay)
 }
 
 pub fn run(args: DpoArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    check_args(&args)?;
-    // Data and checkpoint are checked before anything is created on disk.
-    let records = read_jsonl::<PreferenceRecord>(&args.data)?;
-    let params = crate::rl_run::load_merged_policy(&args.policy)?;
-    let mut rng = Rng::new(args.seed);
-    let (train_idx, val_idx) = split_held_out(records.len(), args.val_frac, &mut rng)
-        .map_err(|e| Error::data(&args.data, None, e.to_string()))?;
-    let seq_len = args.seq_len as usize;
+    // A resumed run is locked before its state is read; a fresh one checks its data and
+    // checkpoint before anything is created on disk.
+    let (resumed, r) = match &args.resume {
+        Some(dir) => {
+            let (run, state) = RunDir::resume(dir, dpo::STATE_FILE, |d| {
+                let state = SavedState::open(&d.join(dpo::STATE_FILE), dpo::STATE_FORMAT)?;
+                let offset = state.metrics_offset;
+                Ok((state, offset))
+            })?;
+            let r: DpoRun = serde_json::from_value(state.settings.clone())
+                .map_err(|e| Error::Invalid(format!("bad settings in the DPO state: {e}")))?;
+            eprintln!("resuming {} at step {}", dir.display(), state.step);
+            (Some((run, state)), r)
+        }
+        None => (None, DpoRun::of(&args)?),
+    };
+    r.check()?;
+    let records = read_jsonl::<PreferenceRecord>(&r.data)?;
+    let params = crate::rl_run::load_merged_policy(&r.policy)?;
+    let mut rng = Rng::new(r.seed);
+    let (train_idx, val_idx) = split_held_out(records.len(), r.val_frac, &mut rng)
+        .map_err(|e| Error::data(&r.data, None, e.to_string()))?;
+    let seq_len = r.seq_len as usize;
     let pick = |idx: &[usize]| idx.iter().map(|&i| &records[i]).collect::<Vec<_>>();
     let (train_pairs, cut_t) = dpo::pairs_of(&pick(&train_idx), seq_len);
     let (val_pairs, cut_v) = dpo::pairs_of(&pick(&val_idx), seq_len);
@@ -106,13 +184,11 @@ pub fn run(args: DpoArgs) -> Result<()> {
         eprintln!(
             "note: {} record(s) cut to --seq-len {}",
             cut_t + cut_v,
-            args.seq_len
+            r.seq_len
         );
     }
     // Each step scores the chosen and the rejected response of `--batch` pairs.
-    let rows = (args.batch as usize)
-        .min(train_pairs.len())
-        .saturating_mul(2);
+    let rows = (r.batch as usize).min(train_pairs.len()).saturating_mul(2);
     // Sequences are as long as the data's (already cut to --seq-len).
     let longest = train_pairs
         .iter()
@@ -120,62 +196,88 @@ pub fn run(args: DpoArgs) -> Result<()> {
         .max()
         .unwrap_or(0);
     let c = &params.config;
-    let need = match args.lora {
-        Some(r) => {
-            let trainable = palm_model::budget::lora(c, r as usize);
+    let need = match r.lora {
+        Some(rank) => {
+            let trainable = palm_model::budget::lora(c, rank as usize);
             palm_model::budget::adapter_training(c, trainable, rows, longest)
         }
         None => palm_model::budget::training(c, rows, longest),
     };
     palm_model::budget::check(
-        &format!("DPO with --batch {} --seq-len {seq_len}", args.batch),
+        &format!("DPO with --batch {} --seq-len {seq_len}", r.batch),
         need,
         device,
     )?;
     let params = params.to_device(device)?;
-    let mut policy = match args.lora {
-        Some(r) => Policy::with_lora(params, r as usize, &mut rng)?,
+    let mut policy = match r.lora {
+        Some(rank) => Policy::with_lora(params, rank as usize, &mut rng)?,
         None => Policy::full(params),
     };
-    let what = match args.lora {
-        Some(r) => format!("frozen, LoRA rank {r} (scope {LORA_SCOPE}) trained"),
+    let what = match r.lora {
+        Some(rank) => format!("frozen, LoRA rank {rank} (scope {LORA_SCOPE}) trained"),
         None => "all weights trained".to_string(),
     };
-    let batch = args.batch as usize;
+    let batch = r.batch as usize;
     eprintln!(
         "DPO (β = {}) of a {:.2}M-parameter policy ({what}) from {}; {} pairs to train, {} held out, from {}; {} epoch(s) of {} steps of {} pairs",
-        args.beta,
+        r.beta,
         policy.params.config.num_params() as f64 / 1e6,
-        args.policy.display(),
+        r.policy.display(),
         train_pairs.len(),
         val_pairs.len(),
-        args.data.display(),
-        args.epochs,
+        r.data.display(),
+        r.epochs,
         train_pairs.len().div_ceil(batch),
         batch
     );
-    let mut run = RunDir::create(&args.out, &[MODEL_FILE], args.replace.overwrite)?;
+    let settings = TrainSettings {
+        beta: r.beta,
+        epochs: r.epochs,
+        batch,
+        lr: r.lr,
+        min_lr: r.min_lr,
+        warmup: r.warmup,
+        weight_decay: r.weight_decay,
+        grad_clip: r.grad_clip,
+        val_every: r.val_every,
+        log_every: r.log_every,
+    };
+    let steps = (train_pairs.len().div_ceil(batch) as u64).saturating_mul(r.epochs);
+    let (mut run, state) = match resumed {
+        Some((run, state)) => (run, Some(state)),
+        None => {
+            let run = RunDir::create(&args.out, &dpo::RUN_FILES, args.replace.overwrite)?;
+            (run, None)
+        }
+    };
     let timer = std::time::Instant::now();
-    // The policy has not trained yet, so it is the reference.
+    // The policy has not trained yet (a resumed one gets its trained tensors after this), so it
+    // is the reference.
     let train = dpo::score_reference(&policy, train_pairs, batch)?;
     let val = dpo::score_reference(&policy, val_pairs, batch)?;
-    let settings = TrainSettings {
-        beta: args.beta,
-        epochs: args.epochs,
-        batch,
-        lr: args.lr,
-        min_lr: args.min_lr,
-        warmup: args.warmup,
-        weight_decay: args.weight_decay,
-        grad_clip: args.grad_clip,
-        val_every: args.val_every,
-        log_every: args.log_every,
+    let start = match &state {
+        Some(state) => {
+            let start = Start::resumed(state, &mut policy, settings.adam())?;
+            let p = &policy;
+            run.repair_model(MODEL_FILE, state.step, |path, marks| p.save(path, marks))?;
+            start
+        }
+        None => Start::fresh(rng),
     };
-    let results = dpo::train(&mut policy, &train, &val, &settings, &mut rng, &mut run)?;
+    let session = Session {
+        start,
+        settings: serde_json::to_value(&r)
+            .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?,
+        stop_at: args.stop_at,
+    };
+    let results = dpo::train(&mut policy, &train, &val, &settings, session, &mut run)?;
+    if args.stop_at.is_some_and(|s| s < steps) {
+        return Ok(());
+    }
     let last = results
         .last()
         .ok_or_else(|| Error::Invalid("DPO ran no validation".into()))?;
-    let sample_hint = if args.lora.is_some() {
+    let sample_hint = if r.lora.is_some() {
         format!(" (sample with --lora {LORA_SCOPE})")
     } else {
         String::new()
@@ -184,7 +286,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
         "done: {}, {:.1}s; model in {}{sample_hint}",
         dpo::held_line(last),
         timer.elapsed().as_secs_f64(),
-        args.out.join(MODEL_FILE).display()
+        run.join(MODEL_FILE).display()
     );
     Ok(())
 }

@@ -2,13 +2,15 @@
 //! policy checkpoint, and score responses with one.
 
 use crate::data::{PreferenceRecord, read_jsonl};
+use crate::epochs::{Session, Start};
 use crate::reward::{Pooling, RewardModel};
 use crate::reward_train::{self, MODEL_FILE, Ranked, TrainSettings};
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, SavedState};
 use crate::{Error, Result};
 use clap::{Args, Subcommand};
 use palm_engine::Rng;
 use palm_model::checkpoint::load_model;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -28,17 +30,25 @@ pub enum RewardCommand {
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Policy checkpoint whose trunk the reward model starts from (copied; the file is not changed).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    pub checkpoint: Option<PathBuf>,
     /// JSONL of rankings {"prompt","responses":[best … worst]} and/or pairs
     /// {"prompt","chosen","rejected"[,"margin"]} (.gz is decompressed).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Run folder: reward.safetensors (saved after every epoch) and metrics.jsonl.
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
+    /// Run folder: reward.safetensors and reward_state.safetensors (saved after every epoch)
+    /// and metrics.jsonl.
     #[arg(long, default_value = "runs/reward")]
     pub out: PathBuf,
     #[command(flatten)]
     pub replace: super::Overwrite,
+    /// Continue the run in this folder (its saved settings apply) bit-exactly.
+    /// Flags the run fixed (all but --device and --stop-at) are refused.
+    #[arg(long, conflicts_with_all = ["checkpoint", "data", "out", "overwrite", "pooling", "lora", "lora_rank", "epochs", "batch", "seq_len", "val_frac", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "seed"])]
+    pub resume: Option<PathBuf>,
+    /// Stop after this step as if interrupted (checkpointing first); resume later.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stop_at: Option<u64>,
     /// Pool the final-LayerNorm output by its mean over the sequence (the seed) or take the
     /// last token (TRL).
     #[arg(long, value_enum, default_value_t = Pooling::Mean)]
@@ -110,107 +120,203 @@ pub fn run(args: RewardArgs) -> Result<()> {
     }
 }
 
-fn check_args(a: &TrainArgs) -> Result<()> {
-    let bad = |m: &str| Err(Error::Invalid(m.to_string()));
-    if !(a.val_frac > 0.0 && a.val_frac < 1.0) {
-        return bad("--val-frac must be between 0 and 1 (exclusive)");
+/// What a reward-model run is: saved with its checkpoints, so `--resume` rebuilds the same run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RewardRun {
+    checkpoint: PathBuf,
+    data: PathBuf,
+    pooling: Pooling,
+    /// The LoRA rank (with --lora).
+    lora: Option<u64>,
+    seq_len: u64,
+    val_frac: f64,
+    seed: u64,
+    epochs: u64,
+    batch: u64,
+    lr: f32,
+    min_lr: f32,
+    warmup: u64,
+    weight_decay: f32,
+    grad_clip: f32,
+}
+
+impl RewardRun {
+    fn of(a: &TrainArgs) -> Result<RewardRun> {
+        let (Some(checkpoint), Some(data)) = (&a.checkpoint, &a.data) else {
+            return Err(Error::Invalid(
+                "--checkpoint and --data are required (or --resume DIR)".into(),
+            ));
+        };
+        Ok(RewardRun {
+            checkpoint: checkpoint.clone(),
+            data: data.clone(),
+            pooling: a.pooling,
+            lora: a.lora.then_some(a.lora_rank),
+            seq_len: a.seq_len,
+            val_frac: a.val_frac,
+            seed: a.seed,
+            epochs: a.epochs,
+            batch: a.batch,
+            lr: a.lr,
+            min_lr: a.min_lr,
+            warmup: a.warmup,
+            weight_decay: a.weight_decay,
+            grad_clip: a.grad_clip,
+        })
     }
-    crate::trainer::check_optim(a.lr, a.min_lr, a.grad_clip, a.weight_decay)
+
+    /// The flags' checks, also applied to settings read back from a state.
+    fn check(&self) -> Result<()> {
+        if !(self.val_frac > 0.0 && self.val_frac < 1.0) {
+            return Err(Error::Invalid(
+                "--val-frac must be between 0 and 1 (exclusive)".into(),
+            ));
+        }
+        if self.epochs == 0 || self.batch == 0 || self.seq_len < 2 || self.lora == Some(0) {
+            return Err(Error::Invalid(
+                "--epochs, --batch and --lora-rank must be ≥ 1 and --seq-len ≥ 2".into(),
+            ));
+        }
+        crate::trainer::check_optim(self.lr, self.min_lr, self.grad_clip, self.weight_decay)
+    }
+
+    fn train_settings(&self) -> TrainSettings {
+        TrainSettings {
+            epochs: self.epochs,
+            batch: self.batch as usize,
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup: self.warmup,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+        }
+    }
 }
 
 fn train(args: TrainArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    check_args(&args)?;
-    // Data and checkpoint are checked before anything is created on disk.
-    let records = read_jsonl::<PreferenceRecord>(&args.data)?;
-    let (trunk, file) = load_model(&args.checkpoint)?;
-    if file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT) {
+    // A resumed run is locked before its state is read; a fresh one checks its data and
+    // checkpoint before anything is created on disk.
+    let (resumed, r) = match &args.resume {
+        Some(dir) => {
+            let (run, state) = RunDir::resume(dir, reward_train::STATE_FILE, |d| {
+                let path = d.join(reward_train::STATE_FILE);
+                let state = SavedState::open(&path, reward_train::STATE_FORMAT)?;
+                let offset = state.metrics_offset;
+                Ok((state, offset))
+            })?;
+            let r: RewardRun = serde_json::from_value(state.settings.clone()).map_err(|e| {
+                Error::Invalid(format!("bad settings in the reward-model state: {e}"))
+            })?;
+            eprintln!("resuming {} at step {}", dir.display(), state.step);
+            (Some((run, state)), r)
+        }
+        None => (None, RewardRun::of(&args)?),
+    };
+    r.check()?;
+    let records = read_jsonl::<PreferenceRecord>(&r.data)?;
+    let (trunk, file) = load_model(&r.checkpoint)?;
+    if resumed.is_none()
+        && file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT)
+    {
         eprintln!(
             "note: {} is a reward model; only its trunk is used (a fresh head and segment embeddings)",
-            args.checkpoint.display()
+            r.checkpoint.display()
         );
     }
-    let mut rng = Rng::new(args.seed);
+    let mut rng = Rng::new(r.seed);
     let (train, val, cut) =
-        reward_train::split_records(&records, args.val_frac, args.seq_len as usize, &mut rng)
-            .map_err(|e| Error::data(&args.data, None, e.to_string()))?;
+        reward_train::split_records(&records, r.val_frac, r.seq_len as usize, &mut rng)
+            .map_err(|e| Error::data(&r.data, None, e.to_string()))?;
     if cut > 0 {
-        eprintln!("note: {cut} ranking(s) cut to --seq-len {}", args.seq_len);
+        eprintln!("note: {cut} ranking(s) cut to --seq-len {}", r.seq_len);
     }
     // Each step scores every response of `--batch` rankings at once.
     let widest = train.iter().map(|r| r.responses.len()).max().unwrap_or(2);
-    let rows = (args.batch as usize)
-        .min(train.len())
-        .saturating_mul(widest);
+    let rows = (r.batch as usize).min(train.len()).saturating_mul(widest);
     // Sequences are as long as the data's, up to --seq-len.
     let seq = train
         .iter()
         .map(|r| r.prompt.len() + r.responses.iter().map(Vec::len).max().unwrap_or(0))
         .max()
         .unwrap_or(0)
-        .min(args.seq_len as usize);
+        .min(r.seq_len as usize);
     let c = &trunk.config;
-    let need = if args.lora {
-        let trainable =
-            palm_model::budget::lora(c, args.lora_rank as usize).saturating_add(c.dim as u128);
-        palm_model::budget::adapter_training(c, trainable, rows, seq)
-    } else {
-        palm_model::budget::training(c, rows, seq)
+    let need = match r.lora {
+        Some(rank) => {
+            let trainable =
+                palm_model::budget::lora(c, rank as usize).saturating_add(c.dim as u128);
+            palm_model::budget::adapter_training(c, trainable, rows, seq)
+        }
+        None => palm_model::budget::training(c, rows, seq),
     };
     palm_model::budget::check(
-        &format!(
-            "reward training with --batch {} --seq-len {seq}",
-            args.batch
-        ),
+        &format!("reward training with --batch {} --seq-len {seq}", r.batch),
         need,
         device,
     )?;
-    let mut rm = RewardModel::new(trunk, args.pooling, &mut rng)?;
-    if args.lora {
-        rm.add_lora(args.lora_rank as usize, &mut rng)?;
+    let mut rm = RewardModel::new(trunk, r.pooling, &mut rng)?;
+    if let Some(rank) = r.lora {
+        rm.add_lora(rank as usize, &mut rng)?;
     }
+    let settings = r.train_settings();
+    let (mut run, start) = match resumed {
+        Some((mut run, state)) => {
+            let start = Start::resumed(&state, &mut rm, settings.adam())?;
+            run.repair_model(MODEL_FILE, state.step, |path, marks| {
+                rm.save_with(path, marks)
+            })?;
+            (run, start)
+        }
+        None => {
+            let run = RunDir::create(&args.out, &reward_train::RUN_FILES, args.replace.overwrite)?;
+            (run, Start::fresh(rng))
+        }
+    };
     rm.move_to(device)?;
     let pairs = |rs: &[Ranked]| rs.iter().map(Ranked::pairs).sum::<usize>();
     let c = &rm.trunk.config;
-    let what = if args.lora {
-        format!("frozen, LoRA rank {} trained", args.lora_rank)
-    } else {
-        "trained".to_string()
+    let what = match r.lora {
+        Some(rank) => format!("frozen, LoRA rank {rank} trained"),
+        None => "trained".to_string(),
     };
+    let steps_per_epoch = train.len().div_ceil(r.batch as usize) as u64;
     eprintln!(
-        "reward model on a {:.2}M-parameter trunk ({what}), {} pooling; {} rankings ({} pairs) to train, {} held out ({} pairs) from {}; {} epoch(s) of {} steps of {}",
+        "reward model on a {:.2}M-parameter trunk ({what}), {} pooling; {} rankings ({} pairs) to train, {} held out ({} pairs) from {}; {} epoch(s) of {steps_per_epoch} steps of {}",
         c.num_params() as f64 / 1e6,
-        args.pooling.name(),
+        r.pooling.name(),
         train.len(),
         pairs(&train),
         val.len(),
         pairs(&val),
-        args.data.display(),
-        args.epochs,
-        train.len().div_ceil(args.batch as usize),
-        args.batch
+        r.data.display(),
+        r.epochs,
+        r.batch
     );
-    let settings = TrainSettings {
-        epochs: args.epochs,
-        batch: args.batch as usize,
-        lr: args.lr,
-        min_lr: args.min_lr,
-        warmup: args.warmup,
-        weight_decay: args.weight_decay,
-        grad_clip: args.grad_clip,
-    };
-    let mut run = RunDir::create(&args.out, &[MODEL_FILE], args.replace.overwrite)?;
     let timer = std::time::Instant::now();
-    let results = reward_train::train(&mut rm, &train, &val, &settings, &mut rng, &mut run)?;
+    let saved = serde_json::to_value(&r)
+        .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;
+    let session = Session {
+        start,
+        settings: saved,
+        stop_at: args.stop_at,
+    };
+    let results = reward_train::train(&mut rm, &train, &val, &settings, session, &mut run)?;
+    if args
+        .stop_at
+        .is_some_and(|s| s < steps_per_epoch.saturating_mul(r.epochs))
+    {
+        return Ok(());
+    }
     let last = results
         .last()
         .ok_or_else(|| Error::Invalid("reward training ran no epoch".into()))?;
     eprintln!(
         "done: {} epoch(s), {}, {:.1}s; model in {}",
-        args.epochs,
+        r.epochs,
         reward_train::held_line(last),
         timer.elapsed().as_secs_f64(),
-        args.out.join(MODEL_FILE).display()
+        run.join(MODEL_FILE).display()
     );
     Ok(())
 }

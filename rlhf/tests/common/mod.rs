@@ -143,3 +143,33 @@ pub fn assert_same_tensors(a: &Path, b: &Path) {
         );
     }
 }
+
+/// The metrics of a run without its timings (`*_per_s`, `*_s`), which differ between runs.
+#[allow(dead_code)]
+pub fn metrics_without_timings(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if let Some(o) = v.as_object_mut() {
+                o.retain(|k, _| !k.ends_with("_per_s") && !k.ends_with("_s"));
+            }
+            v
+        })
+        .collect()
+}
+
+/// A run interrupted and resumed (`part`) ended where the uninterrupted one (`full`) did: the
+/// same metrics line for line, and the same tensors in each of `files`.
+#[allow(dead_code)]
+pub fn assert_resumed_like(full: &Path, part: &Path, files: &[&str]) {
+    assert_eq!(
+        metrics_without_timings(full),
+        metrics_without_timings(part),
+        "metrics differ"
+    );
+    for f in files {
+        assert_same_tensors(&full.join(f), &part.join(f));
+    }
+}
