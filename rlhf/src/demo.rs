@@ -4,13 +4,12 @@
 //! reward-model training, the PPO run. What this module adds is the glue, the held-out
 //! before/after comparison and the report files (`summary.json`, `curves.svg`).
 
-use crate::commands::label::rank_distinct;
-use crate::commands::train::{Pretrain, RunSettings};
 use crate::corpus::{Corpus, sentence_starts};
 use crate::data::{PreferenceRecord, PromptRecord, RankingRecord, write_jsonl};
-use crate::labelers::Labeler;
+use crate::labelers::{Labeler, rank_distinct};
 use crate::plot::{self, Panel, Series};
 use crate::ppo::{KlEstimator, PpoRun, PpoSettings};
+use crate::pretrain::{Pretrain, RunSettings};
 use crate::reward::{Pooling, RewardModel};
 use crate::reward_train::{self, TrainSettings};
 use crate::rl_run::{self, secs, shuffle};
@@ -226,8 +225,8 @@ impl DemoSettings {
                 self.ppo_epochs
             ));
         }
-        crate::commands::ppo::positive("--rm-lr", self.rm_lr)?;
-        crate::commands::ppo::positive("--pretrain-lr", self.pretrain_lr)?;
+        crate::trainer::positive("--rm-lr", self.rm_lr)?;
+        crate::trainer::positive("--pretrain-lr", self.pretrain_lr)?;
         self.model.validate().map_err(Error::Invalid)?;
         // Before anything is trained: the stages' sizes (of the model it pretrains; a given
         // --policy is checked when it is loaded).
@@ -401,7 +400,7 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
     timings.eval_s = secs(t);
 
     let settings = s.ppo(policy_path.clone(), reward_path, prompts_path);
-    crate::commands::ppo::check(&settings)?;
+    settings.check()?;
     eprintln!(
         "[4/5] PPO: {} updates of {} episodes × {} epochs × {} minibatches, lr {}, β {}, LoRA rank {}",
         s.updates, s.batch, s.ppo_epochs, s.minibatches, s.lr, s.beta, s.lora_rank

@@ -145,6 +145,18 @@ pub fn afinn_score(text: &str) -> i64 {
     total
 }
 
+/// The distinct `responses` ranked best to worst by `by`, with their scores; `None` when fewer
+/// than two are distinct (nothing to compare).
+pub fn rank_distinct(by: &Labeler, responses: Vec<String>) -> Option<(Vec<String>, Vec<i64>)> {
+    let responses = crate::sampling::distinct(responses);
+    if responses.len() < 2 {
+        return None;
+    }
+    let ranked = by.rank(responses);
+    let scores = ranked.iter().map(|r| by.score(r)).collect();
+    Some((ranked, scores))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ pub mod grpo;
 pub mod labelers;
 pub mod plot;
 pub mod ppo;
+pub mod pretrain;
 pub mod rank;
 pub mod reward;
 pub mod reward_train;

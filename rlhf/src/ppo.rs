@@ -11,6 +11,7 @@ use crate::rl_math::{
 use crate::rl_run::{self, Learner, Progress, Report, RlRun};
 use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, gather, mean_std};
 use crate::run_dir::RunDir;
+use crate::trainer::positive;
 use crate::{Error, Result};
 use palm_engine::{AdamW, Rng, SafeFile, Tensor, no_grad};
 use palm_model::checkpoint::{get_checked, load_lora};
@@ -150,6 +151,48 @@ pub struct PpoSettings {
 }
 
 impl PpoSettings {
+    /// Every setting in its range (the flags' names in the messages).
+    pub fn check(&self) -> Result<()> {
+        let s = self;
+        positive("--temperature", s.temperature)?;
+        positive("--lr", s.lr)?;
+        positive("--grad-clip", s.grad_clip)?;
+        positive("--clip", s.clip)?;
+        positive("--value-clip", s.value_clip)?;
+        positive("--kl-horizon", s.kl_horizon)?;
+        if let Some(t) = s.target_kl {
+            positive("--target-kl", t)?;
+        }
+        if let Some(c) = s.score_clip {
+            positive("--score-clip", c)?;
+        }
+        let nonneg = [
+            ("--beta", s.beta),
+            ("--vf-coef", s.vf_coef),
+            ("--ent-coef", s.ent_coef),
+            ("--weight-decay", s.weight_decay),
+            (
+                "--missing-eos-penalty",
+                s.missing_eos_penalty.unwrap_or(0.0),
+            ),
+        ];
+        for (name, x) in nonneg {
+            if !(x >= 0.0 && x.is_finite()) {
+                return Err(Error::Invalid(format!("{name} must be ≥ 0, got {x}")));
+            }
+        }
+        if !(0.0..=1.0).contains(&s.gamma) || !(0.0..=1.0).contains(&s.lam) {
+            return Err(Error::Invalid("--gamma and --lam must be in [0, 1]".into()));
+        }
+        if s.minibatches > s.batch {
+            return Err(Error::Invalid(format!(
+                "--minibatches {} is more than the --batch of {} episodes",
+                s.minibatches, s.batch
+            )));
+        }
+        Ok(())
+    }
+
     /// The sizes of one update, for [`rl_run::check_memory`].
     pub fn update_shape(&self) -> rl_run::UpdateShape {
         rl_run::UpdateShape {

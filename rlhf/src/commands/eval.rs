@@ -2,11 +2,10 @@
 //! stride N from the start (the last partial window dropped), every target ≠ 0 counted.
 
 use crate::corpus::{read_bytes, strided_windows};
+use crate::pretrain::score_windows;
 use crate::{Error, Result};
 use clap::Args;
-use palm_engine::{Tensor, no_grad};
 use palm_model::checkpoint::load_language_model;
-use palm_model::{Forward, PalmParams};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -26,47 +25,6 @@ pub struct EvalArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-}
-
-/// Summed loss (nats) and counted targets over windows of n + 1 tokens, `batch` at a time.
-pub fn score_windows(
-    params: &PalmParams,
-    windows: &[Vec<u32>],
-    batch: usize,
-) -> Result<(f64, usize)> {
-    palm_engine::cpu::on_workers(|| score(params, windows, batch))
-}
-
-fn score(params: &PalmParams, windows: &[Vec<u32>], batch: usize) -> Result<(f64, usize)> {
-    let _g = no_grad();
-    let mut total = 0f64;
-    let mut count = 0usize;
-    let batch = batch.max(1);
-    let (rows, len) = (
-        batch.min(windows.len()),
-        windows.first().map_or(0, Vec::len),
-    );
-    palm_model::budget::check(
-        &format!("scoring {rows} window(s) of {len} tokens at once"),
-        palm_model::budget::decoding(&params.config, rows, len, 0),
-        params.device(),
-    )?;
-    for (c, chunk) in windows.chunks(batch).enumerate() {
-        let len = chunk[0].len();
-        let tokens = Tensor::from_vec(chunk.concat(), &[chunk.len(), len])?;
-        let (loss, n) = params.loss(&tokens, &mut Forward::default())?;
-        let value = loss.to_scalar()?;
-        if n > 0 && !value.is_finite() {
-            return Err(Error::Invalid(format!(
-                "the loss is {value} on windows {}..{}: the model's weights overflow",
-                c * batch,
-                c * batch + chunk.len()
-            )));
-        }
-        total += value as f64 * n as f64;
-        count += n;
-    }
-    Ok((total, count))
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {

@@ -1,12 +1,12 @@
 //! `palm grpo`: Group Relative Policy Optimisation of a policy checkpoint (LoRA `actor` over the
 //! frozen policy, which is also the reference) against a reward model or a scripted rule.
 
-use super::ppo::positive;
 use crate::grpo::{GrpoRun, GrpoSettings, STATE_FORMAT};
 use crate::rl_run::{self, ACTOR, Learner, Progress};
 use crate::rollout::RewardSource;
 use crate::run_dir::RunDir;
 use crate::sampling::{Stop, parse_stop};
+use crate::trainer::positive;
 use crate::{Error, Result};
 use clap::Args;
 use palm_engine::Rng;

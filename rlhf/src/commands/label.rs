@@ -2,7 +2,7 @@
 //! them, writing a rankings JSONL for `palm reward train`.
 
 use crate::data::{PromptRecord, RankingRecord, read_jsonl, write_jsonl};
-use crate::labelers::Labeler;
+use crate::labelers::{Labeler, rank_distinct};
 use crate::sampling::{Sampler, SamplingArgs};
 use crate::{Error, Result};
 use clap::Args;
@@ -37,18 +37,6 @@ pub struct LabelArgs {
 
 fn parse_labeler(s: &str) -> std::result::Result<Labeler, String> {
     s.parse()
-}
-
-/// The distinct `responses` ranked best to worst by `by`, with their scores; `None` when fewer
-/// than two are distinct (nothing to compare).
-pub fn rank_distinct(by: &Labeler, responses: Vec<String>) -> Option<(Vec<String>, Vec<i64>)> {
-    let responses = crate::sampling::distinct(responses);
-    if responses.len() < 2 {
-        return None;
-    }
-    let ranked = by.rank(responses);
-    let scores = ranked.iter().map(|r| by.score(r)).collect();
-    Some((ranked, scores))
 }
 
 pub fn run(args: LabelArgs) -> Result<()> {

@@ -120,57 +120,6 @@ pub struct PpoArgs {
     pub device: String,
 }
 
-pub(crate) fn positive(name: &str, x: f32) -> Result<()> {
-    if x > 0.0 && x.is_finite() {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{name} must be a positive number, got {x}"
-        )))
-    }
-}
-
-/// Every setting in its range (the flags' names in the messages).
-pub fn check(s: &PpoSettings) -> Result<()> {
-    positive("--temperature", s.temperature)?;
-    positive("--lr", s.lr)?;
-    positive("--grad-clip", s.grad_clip)?;
-    positive("--clip", s.clip)?;
-    positive("--value-clip", s.value_clip)?;
-    positive("--kl-horizon", s.kl_horizon)?;
-    if let Some(t) = s.target_kl {
-        positive("--target-kl", t)?;
-    }
-    if let Some(c) = s.score_clip {
-        positive("--score-clip", c)?;
-    }
-    let nonneg = [
-        ("--beta", s.beta),
-        ("--vf-coef", s.vf_coef),
-        ("--ent-coef", s.ent_coef),
-        ("--weight-decay", s.weight_decay),
-        (
-            "--missing-eos-penalty",
-            s.missing_eos_penalty.unwrap_or(0.0),
-        ),
-    ];
-    for (name, x) in nonneg {
-        if !(x >= 0.0 && x.is_finite()) {
-            return Err(Error::Invalid(format!("{name} must be ≥ 0, got {x}")));
-        }
-    }
-    if !(0.0..=1.0).contains(&s.gamma) || !(0.0..=1.0).contains(&s.lam) {
-        return Err(Error::Invalid("--gamma and --lam must be in [0, 1]".into()));
-    }
-    if s.minibatches > s.batch {
-        return Err(Error::Invalid(format!(
-            "--minibatches {} is more than the --batch of {} episodes",
-            s.minibatches, s.batch
-        )));
-    }
-    Ok(())
-}
-
 fn settings_of(a: &PpoArgs, policy: PathBuf, prompts: PathBuf) -> PpoSettings {
     PpoSettings {
         policy,
@@ -258,7 +207,7 @@ fn fresh(args: &PpoArgs, device: palm_engine::Device) -> Result<PpoRun> {
         ));
     };
     let s = settings_of(args, policy.clone(), prompts_path.clone());
-    check(&s)?;
+    s.check()?;
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
     let base = rl_run::load_policy(&s.policy)?;
@@ -280,7 +229,7 @@ fn resume(dir: &std::path::Path, args: &PpoArgs, device: palm_engine::Device) ->
         s.updates = u;
     }
     // A state edited by hand gets the checks the flags get.
-    check(&s)?;
+    s.check()?;
     rl_run::check_memory(&ck.base.config, &s.update_shape(), device)?;
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;

@@ -1,14 +1,12 @@
 //! `palm train`: byte-level pretraining on a text corpus (the shipped State of the Union
 //! addresses by default), with validation bits per byte, samples and checkpoints.
 
-use super::eval::score_windows;
-use crate::corpus::{Corpus, random_windows, spaced_windows};
-use crate::trainer::{OptimSettings, Schedule, Task, Trainer, Validation};
+use crate::corpus::Corpus;
+use crate::pretrain::{Pretrain, RunSettings};
+use crate::trainer::{OptimSettings, Trainer};
 use crate::{Error, Result};
 use clap::Args;
-use palm_engine::{Rng, Tensor};
-use palm_model::{Forward, PRESETS, PalmConfig, PalmParams, SampleSettings, generate, tokenizer};
-use serde::{Deserialize, Serialize};
+use palm_model::{PRESETS, PalmConfig};
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
@@ -87,19 +85,6 @@ pub struct TrainArgs {
 }
 
 const DEFAULT_STEPS: u64 = 2000;
-
-/// What a resume needs besides the optimiser settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunSettings {
-    pub data: Option<PathBuf>,
-    pub batch: u64,
-    pub seq_len: u64,
-    pub val_every: u64,
-    pub val_windows: u64,
-    pub sample_every: u64,
-    pub sample_tokens: usize,
-    pub ckpt_every: u64,
-}
 
 fn model_config(a: &TrainArgs) -> Result<PalmConfig> {
     let mut c = PalmConfig::preset(&a.preset).ok_or_else(|| {
@@ -185,107 +170,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     let task = Pretrain::new(&corpus, &run, trainer.settings.seed);
     trainer.run(&task, &run.schedule(args.stop_at))
-}
-
-impl RunSettings {
-    /// Refuse sizes that would not fit before anything is allocated: a training step of `batch`
-    /// windows (validation scores the same windows without gradients) and the samples.
-    pub fn check_memory(&self, config: &PalmConfig, device: palm_engine::Device) -> Result<()> {
-        use palm_model::budget;
-        let (batch, len) = (
-            self.batch as usize,
-            (self.seq_len as usize).saturating_add(1),
-        );
-        budget::check(
-            &format!(
-                "training with --batch {} --seq-len {}",
-                self.batch, self.seq_len
-            ),
-            budget::training(config, batch, len),
-            device,
-        )?;
-        budget::check(
-            &format!("--sample-tokens {}", self.sample_tokens),
-            budget::decoding(config, 1, 4, self.sample_tokens),
-            device,
-        )?;
-        Ok(())
-    }
-
-    /// The loop's schedule for these settings.
-    pub fn schedule(&self, stop_at: Option<u64>) -> Schedule {
-        Schedule {
-            tokens_per_step: self.batch * self.seq_len,
-            val_every: self.val_every,
-            sample_every: self.sample_every,
-            ckpt_every: self.ckpt_every,
-            stop_at,
-        }
-    }
-}
-
-/// Next-byte prediction on random windows of the corpus; validation in bits per byte.
-pub struct Pretrain<'a> {
-    train: &'a [u8],
-    val: Vec<Vec<u32>>,
-    batch: usize,
-    len: usize,
-    sample_tokens: usize,
-    seed: u64,
-}
-
-impl<'a> Pretrain<'a> {
-    /// The task for `corpus` (its training part; validation windows evenly spaced over its
-    /// held-out part); `seed` seeds the progress samples.
-    pub fn new(corpus: &'a Corpus, run: &RunSettings, seed: u64) -> Self {
-        Pretrain {
-            train: &corpus.train,
-            val: spaced_windows(
-                &corpus.val,
-                run.val_windows as usize,
-                run.seq_len as usize + 1,
-            ),
-            batch: run.batch as usize,
-            len: run.seq_len as usize + 1,
-            sample_tokens: run.sample_tokens,
-            seed,
-        }
-    }
-}
-
-impl Task for Pretrain<'_> {
-    fn loss(&self, params: &PalmParams, rng: &mut Rng) -> Result<Tensor> {
-        let (b, len) = (self.batch, self.len);
-        let tokens = Tensor::from_vec(random_windows(self.train, b, len, rng), &[b, len])?;
-        Ok(params.loss(&tokens, &mut Forward::default())?.0)
-    }
-
-    fn validate(&self, params: &PalmParams) -> Result<Validation> {
-        let (total, count) = score_windows(params, &self.val, self.batch)?;
-        let loss = total / count.max(1) as f64;
-        let bpb = loss / std::f64::consts::LN_2;
-        Ok(Validation {
-            metrics: serde_json::json!({"val_loss": loss, "val_bpb": bpb}),
-            line: format!("validation loss {loss:.4}, {bpb:.4} bits/byte"),
-            summary: format!("validation {bpb:.4} bits/byte"),
-        })
-    }
-
-    /// A sample from the current model with its own RNG (so sampling never shifts the training
-    /// stream and a resumed run stays bit-exact).
-    fn sample(&self, params: &PalmParams, step: u64) -> Result<Option<String>> {
-        let prompt = tokenizer::encode("The ");
-        let settings = SampleSettings {
-            temperature: 0.8,
-            max_tokens: self.sample_tokens,
-            ..Default::default()
-        };
-        let mut rng = Rng::new(self.seed ^ step.wrapping_mul(0x9E37_79B9));
-        let out = generate(params, &[prompt], &settings, None, &mut rng)?;
-        Ok(Some(
-            format!("The {}", tokenizer::decode(&out[0])).replace('\n', " ⏎ "),
-        ))
-    }
 }
 
 /// "the CPU" or the GPU's name, for the start line.
