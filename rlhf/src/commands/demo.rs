@@ -68,9 +68,8 @@ pub struct DemoArgs {
     /// Samples per held-out prompt in the comparison [preset].
     #[arg(long)]
     pub eval_samples: Option<usize>,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 fn parse_labeler(s: &str) -> std::result::Result<Labeler, String> {
@@ -107,7 +106,7 @@ pub fn settings_of(a: &DemoArgs) -> Result<DemoSettings> {
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
-    let device = super::resolve_device(&args.device)?;
+    let device = args.device.resolve()?;
     let mut settings = settings_of(&args)?;
     settings.device = device;
     let summary = demo::run(&settings)?;

@@ -83,9 +83,8 @@ pub struct DpoArgs {
     /// Seeds the held-out split, the adapters' initialisation and the pair order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 /// What a DPO run is: saved with its checkpoints, so `--resume` rebuilds the same run.
@@ -153,7 +152,7 @@ impl DpoRun {
 }
 
 pub fn run(args: DpoArgs) -> Result<()> {
-    let device = super::resolve_device(&args.device)?;
+    let device = args.device.resolve()?;
     // A resumed run is locked before its state is read; a fresh one checks its data and
     // checkpoint before anything is created on disk.
     let (resumed, r) = match &args.resume {

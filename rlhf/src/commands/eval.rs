@@ -22,13 +22,12 @@ pub struct EvalArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let device = super::resolve_device(&args.device)?;
+    let device = args.device.resolve()?;
     let (params, _) = load_language_model(&args.checkpoint)?;
     let params = params.to_device(device)?;
     let (_, bytes) = read_bytes(Some(&args.data))?;

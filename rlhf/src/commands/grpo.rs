@@ -94,9 +94,8 @@ pub struct GrpoArgs {
     /// Seeds the adapters, sampling and the minibatch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 fn check(s: &GrpoSettings) -> Result<()> {
@@ -152,7 +151,7 @@ fn parse_settings(v: &serde_json::Value) -> Result<GrpoSettings> {
 }
 
 pub fn run(args: GrpoArgs) -> Result<()> {
-    let device = super::resolve_device(&args.device)?;
+    let device = args.device.resolve()?;
     let mut run = match &args.resume {
         Some(dir) => resume(dir, &args, device)?,
         None => fresh(&args, device)?,

@@ -30,9 +30,8 @@ pub struct LabelArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 fn parse_labeler(s: &str) -> std::result::Result<Labeler, String> {
@@ -57,7 +56,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
             )));
         }
     }
-    let device = super::resolve_device(&args.device)?;
+    let device = args.device.resolve()?;
     let prompts = read_jsonl::<PromptRecord>(&args.prompts)?;
     let mut sampler = Sampler::load(&args.checkpoint, &args.sampling, device)?;
     let k = usize::try_from(args.samples).unwrap_or(usize::MAX);

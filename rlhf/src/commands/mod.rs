@@ -25,14 +25,28 @@ pub struct Overwrite {
     pub overwrite: bool,
 }
 
-/// Resolve `--device`, printing the one-line notice when `auto` falls back to the CPU.
-pub fn resolve_device(s: &str) -> Result<Device> {
-    let req: DeviceRequest = s.parse()?;
-    let (device, notice) = req.resolve()?;
-    if let Some(n) = notice {
-        eprintln!("note: {n}");
+/// `--device`, shared by every command that computes.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct DeviceArg {
+    /// cpu, cuda or auto: the GPU when one is usable, else the CPU with a one-line notice
+    /// (PALM_DEVICE=cpu|cuda decides for auto).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceRequest,
+}
+
+fn parse_device(s: &str) -> std::result::Result<DeviceRequest, String> {
+    s.parse().map_err(|e: palm_engine::Error| e.to_string())
+}
+
+impl DeviceArg {
+    /// The device, printing the notice when `auto` falls back to the CPU.
+    pub fn resolve(&self) -> Result<Device> {
+        let (device, notice) = self.device.resolve()?;
+        if let Some(n) = notice {
+            eprintln!("note: {n}");
+        }
+        Ok(device)
     }
-    Ok(device)
 }
 
 /// Print one line to stdout. A closed pipe (`palm info … | head`) ends the program quietly, as

@@ -115,9 +115,8 @@ pub struct PpoArgs {
     /// Seeds the adapters, the value head, sampling and the minibatch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 fn settings_of(a: &PpoArgs, policy: PathBuf, prompts: PathBuf) -> PpoSettings {
@@ -162,7 +161,7 @@ fn parse_settings(v: &serde_json::Value) -> Result<PpoSettings> {
 }
 
 pub fn run(args: PpoArgs) -> Result<()> {
-    let device = super::resolve_device(&args.device)?;
+    let device = args.device.resolve()?;
     let mut run = start(&args, device)?;
     let s = &run.settings;
     eprintln!(

@@ -50,9 +50,8 @@ pub struct RankArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// cpu, cuda or auto (for sampling).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 /// A `--responses` line: a prompt and its candidates, at most [`MAX_RESPONSES`] of them.
@@ -147,7 +146,7 @@ impl Plan {
                 )
             }
             (None, Some(checkpoint), Some(prompts)) => {
-                let device = super::resolve_device(&args.device)?;
+                let device = args.device.resolve()?;
                 let records = read_jsonl::<crate::data::PromptRecord>(prompts)?;
                 let sampler = Sampler::load(checkpoint, &args.sampling, device)?;
                 (

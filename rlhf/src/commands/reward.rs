@@ -92,9 +92,8 @@ pub struct TrainArgs {
     /// Seeds the held-out split, the head (and adapter) initialisation and the batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -108,9 +107,8 @@ pub struct ScoreArgs {
     /// A response to score; repeat for several. Prints one JSON line per response, in order.
     #[arg(long, required = true)]
     pub response: Vec<String>,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 pub fn run(args: RewardArgs) -> Result<()> {
@@ -194,7 +192,7 @@ impl RewardRun {
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    let device = super::resolve_device(&args.device)?;
+    let device = args.device.resolve()?;
     // A resumed run is locked before its state is read; a fresh one checks its data and
     // checkpoint before anything is created on disk.
     let (resumed, r) = match &args.resume {
@@ -331,7 +329,7 @@ fn model_path(p: &Path) -> PathBuf {
 }
 
 fn score(args: ScoreArgs) -> Result<()> {
-    let device = super::resolve_device(&args.device)?;
+    let device = args.device.resolve()?;
     if args.prompt.is_empty() {
         return Err(Error::Invalid("--prompt must not be empty".into()));
     }

@@ -35,13 +35,12 @@ pub struct SampleArgs {
     /// Apply this LoRA scope from the checkpoint (e.g. actor).
     #[arg(long)]
     pub lora: Option<String>,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
-    let device = super::resolve_device(&args.device)?;
+    let device = args.device.resolve()?;
     let (params, file) = load_language_model(&args.checkpoint)?;
     let params = params.to_device(device)?;
     let mut lora = match &args.lora {

@@ -19,9 +19,8 @@ pub struct SftArgs {
     /// JSONL of {"prompt", "completion"} (.gz is decompressed); the last 5% (at least one) is held out.
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
     /// Optimisation steps [default: 300; on --resume: the run's own total unless given].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
@@ -202,7 +201,7 @@ fn check_memory(run: &RunSettings, config: &PalmConfig, device: palm_engine::Dev
 }
 
 pub fn run(args: SftArgs) -> Result<()> {
-    let device = super::resolve_device(&args.device)?;
+    let device = args.device.resolve()?;
     let mut trainer = match &args.resume {
         Some(dir) => Trainer::resume(dir, args.steps)?,
         None => {

@@ -27,9 +27,8 @@ pub struct TrainArgs {
     /// Training text (.gz is decompressed); the last 5% is held out. Default: the shipped corpus.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
     /// Optimisation steps [default: 2000; on --resume: the run's own total unless given].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
@@ -108,7 +107,7 @@ fn validate_args(a: &TrainArgs) -> Result<()> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let device = super::resolve_device(&args.device)?;
+    let device = args.device.resolve()?;
     // A fresh run checks its data before creating anything on disk.
     let (mut trainer, corpus) = match &args.resume {
         Some(dir) => {
