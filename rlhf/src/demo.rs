@@ -409,24 +409,18 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
     rl_run::check_memory(&base.config, &settings.update_shape(), s.device)?;
     let dir = RunDir::create(&s.out, &rl_run::RUN_FILES, s.overwrite)?;
     let mut run = PpoRun::new(settings, base, reward, tokens(&train_prompts), dir)?;
-    rl_run::move_to(
-        s.device,
-        &mut run.base,
-        &mut run.learner,
-        &mut run.opt,
-        &mut run.reward,
-    )?;
-    run.gold = Some(s.labeler.clone());
-    rl_run::drive(&mut run, None)?;
+    run.move_to(s.device)?;
+    run.algo.gold = Some(s.labeler.clone());
+    run.drive(None)?;
     timings.ppo_s = secs(t);
 
     eprintln!("[5/5] held-out comparison");
     let t = Instant::now();
     let (after, after_eps) = evaluate(
-        &run.base,
-        Some(&run.learner.actor),
+        &run.core.base,
+        Some(&run.core.learner.actor),
         &held_tokens,
-        &run.reward,
+        &run.core.reward,
         s,
     )?;
     timings.eval_s += secs(t);

@@ -4,7 +4,7 @@
 //! optionally with β·k3 KL to the reference (the frozen policy itself).
 
 use crate::rl_math::{group_advantages, grpo_loss, kl_k3_host, masked_mean};
-use crate::rl_run::{self, Learner, Progress, Report, RlRun};
+use crate::rl_run::{self, Algorithm, Core, FreshLearner, Learner, Report, RlRun};
 use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, gather, mean_std};
 use crate::run_dir::RunDir;
 use crate::{Error, Result};
@@ -165,22 +165,47 @@ pub fn train_on(
     })
 }
 
-/// A GRPO run: the models, the optimizer, where it stands, and its inputs.
-pub struct GrpoRun {
-    pub base: PalmParams,
-    pub learner: Learner,
-    pub opt: AdamW,
-    pub progress: Progress,
+/// GRPO's part of an RL run: its settings.
+pub struct Grpo {
     pub settings: GrpoSettings,
-    pub prompts: Vec<Vec<u32>>,
-    pub reward: RewardSource,
-    /// The locked run folder with its metrics file.
-    pub run: RunDir,
 }
 
-impl RlRun for GrpoRun {
-    fn progress(&self) -> &Progress {
-        &self.progress
+/// A GRPO run.
+pub type GrpoRun = RlRun<Grpo>;
+
+impl RlRun<Grpo> {
+    /// A fresh run from `base` (frozen: the start and the reference) into `run`: new actor
+    /// adapters and optimizer seeded by `settings.seed`.
+    pub fn new(
+        settings: GrpoSettings,
+        base: PalmParams,
+        reward: RewardSource,
+        prompts: Vec<Vec<u32>>,
+        run: RunDir,
+    ) -> Result<Self> {
+        let s = &settings;
+        let fresh = FreshLearner {
+            lora_rank: s.lora_rank,
+            critic: false,
+            seed: s.seed,
+            lr: s.lr,
+            weight_decay: s.weight_decay,
+            beta: s.beta,
+        };
+        let core = Core::fresh(base, prompts, reward, run, &fresh)?;
+        Ok(RlRun {
+            core,
+            algo: Grpo { settings },
+        })
+    }
+}
+
+impl Algorithm for Grpo {
+    const STATE_FORMAT: &'static str = STATE_FORMAT;
+
+    fn settings_json(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(&self.settings)
+            .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))
     }
 
     fn schedule(&self) -> (u64, u64, u64) {
@@ -188,55 +213,37 @@ impl RlRun for GrpoRun {
         (s.updates, s.sample_every, s.ckpt_every)
     }
 
-    fn run_dir(&mut self) -> &mut RunDir {
-        &mut self.run
-    }
-
-    fn save(&mut self) -> Result<()> {
-        let settings = serde_json::to_value(&self.settings)
-            .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;
-        rl_run::save_checkpoint(
-            &mut self.run,
-            &self.base,
-            &self.learner,
-            &self.opt,
-            &self.progress,
-            STATE_FORMAT,
-            &settings,
-        )
-    }
-
     /// One update: G responses to each of `batch` prompts, group advantages, the epochs.
-    fn update(&mut self) -> Result<Report> {
+    fn update(&mut self, core: &mut Core) -> Result<Report> {
         let s = self.settings.clone();
         let t0 = Instant::now();
-        let idx = self.progress.take_prompts(s.batch, self.prompts.len());
+        let idx = core.progress.take_prompts(s.batch, core.prompts.len());
         let prompts: Vec<Vec<u32>> = idx
             .iter()
-            .flat_map(|&i| std::iter::repeat_n(self.prompts[i].clone(), s.group))
+            .flat_map(|&i| std::iter::repeat_n(core.prompts[i].clone(), s.group))
             .collect();
         let episodes = rollout::sample_episodes(
-            &self.base,
-            Some(&self.learner.actor),
+            &core.base,
+            Some(&core.learner.actor),
             &prompts,
             &s.sampling(),
-            &mut self.progress.rng,
+            &mut core.progress.rng,
         )?;
-        let scores = self.reward.score(&episodes, s.batch * s.group)?;
+        let scores = core.reward.score(&episodes, s.batch * s.group)?;
         let g = palm_engine::cpu::on_workers(|| {
-            groups(&self.base, &self.learner, &episodes, scores, &s)
+            groups(&core.base, &core.learner, &episodes, scores, &s)
         })?;
         let rollout_s = rl_run::secs(t0);
         let t1 = Instant::now();
         let (base, learner, opt, rng) = (
-            &self.base,
-            &mut self.learner,
-            &mut self.opt,
-            &mut self.progress.rng,
+            &core.base,
+            &mut core.learner,
+            &mut core.opt,
+            &mut core.progress.rng,
         );
         let stats = palm_engine::cpu::on_workers(|| train_on(base, learner, opt, &g, &s, rng))?;
         let train_s = rl_run::secs(t1);
-        self.progress.update += 1;
+        core.progress.update += 1;
 
         let n = g.batch.n;
         let seq_kl: Vec<f32> = (0..g.batch.b)
@@ -258,8 +265,8 @@ impl RlRun for GrpoRun {
             .count() as f32
             / s.batch as f32;
         let metrics = serde_json::json!({
-            "update": self.progress.update,
-            "episodes": self.progress.update * (s.batch * s.group) as u64,
+            "update": core.progress.update,
+            "episodes": core.progress.update * (s.batch * s.group) as u64,
             "score_mean": score_mean, "score_std": score_std,
             "kl": kl, "beta": s.beta, "loss": stats.loss, "entropy": stats.entropy,
             "clip_frac": stats.clip_frac, "ratio_mean": stats.ratio,

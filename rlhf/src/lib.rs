@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod corpus;
+pub mod critic;
 pub mod data;
 pub mod demo;
 pub mod dpo;

@@ -8,101 +8,19 @@ use crate::labelers::Labeler;
 use crate::rl_math::{
     KlController, PpoBatch, PpoConfig, gae, kl_k1_host, kl_k3_host, ppo_loss, token_rewards, whiten,
 };
-use crate::rl_run::{self, Learner, Progress, Report, RlRun};
+use crate::rl_run::{self, Algorithm, Core, FreshLearner, Learner, Report, RlRun};
 use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, gather, mean_std};
 use crate::run_dir::RunDir;
 use crate::trainer::positive;
 use crate::{Error, Result};
-use palm_engine::{AdamW, Rng, SafeFile, Tensor, no_grad};
-use palm_model::checkpoint::{get_checked, load_lora};
-use palm_model::{LoraScope, PalmConfig, PalmParams, Trainable, tokenizer};
+use palm_engine::{AdamW, Rng, no_grad};
+use palm_model::{PalmParams, tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// The critic's adapters (DESIGN §5).
-pub const CRITIC: &str = "critic";
 /// The `format` of a PPO state file.
 pub const STATE_FORMAT: &str = "palm-ppo-state";
-
-/// The value model: the frozen base with adapters of scope `critic` and a linear head from the
-/// final-LayerNorm output to one value per position (`value_head.weight` (1, D), `.bias` (1)).
-pub struct Critic {
-    pub lora: LoraScope,
-    pub weight: Tensor,
-    pub bias: Tensor,
-}
-
-impl Trainable for Critic {
-    fn trained(&self) -> Vec<(String, Tensor)> {
-        let mut out = self.lora.trained();
-        out.push(("value_head.weight".into(), self.weight.clone()));
-        out.push(("value_head.bias".into(), self.bias.clone()));
-        out
-    }
-
-    fn trained_mut(&mut self) -> Vec<&mut Tensor> {
-        let mut out = self.lora.tensors_mut();
-        out.extend([&mut self.weight, &mut self.bias]);
-        out
-    }
-}
-
-impl Critic {
-    /// Fresh adapters (B = 0) and a head like `nn.Linear(dim, 1)` (uniform ±1/√dim, bias 0).
-    pub fn new(config: &PalmConfig, r: usize, rng: &mut Rng) -> Result<Self> {
-        let lora = LoraScope::new(config, CRITIC, r, None, rng)?;
-        let d = config.dim;
-        let bound = 1.0 / (d as f32).sqrt();
-        let w: Vec<f32> = (0..d)
-            .map(|_| (rng.uniform() * 2.0 - 1.0) * bound)
-            .collect();
-        Ok(Critic {
-            lora,
-            weight: Tensor::from_vec(w, &[1, d])?.as_var(),
-            bias: Tensor::from_vec(vec![0f32], &[1])?.as_var(),
-        })
-    }
-
-    /// The critic saved in a state file, its shapes checked against `config`.
-    pub fn load(file: &SafeFile, config: &PalmConfig) -> Result<Self> {
-        let lora = load_lora(file, config, CRITIC)?
-            .ok_or_else(|| Error::data(file.path(), None, format!("no '{CRITIC}' adapters")))?;
-        Ok(Critic {
-            lora,
-            weight: get_checked(file, "value_head.weight", &[1, config.dim])?.as_var(),
-            bias: get_checked(file, "value_head.bias", &[1])?.as_var(),
-        })
-    }
-
-    /// V (b, n): position t values the state after the batch's input tokens 0..=t, i.e. before
-    /// target t is chosen, so values line up with the targets' log-probs and mask.
-    pub fn values(&self, base: &PalmParams, batch: &Padded) -> Result<Tensor> {
-        let opts = &mut palm_model::Forward {
-            lora: Some(&self.lora),
-            ..Default::default()
-        };
-        let h = base.embed(&batch.input_tensor()?, opts)?;
-        // The head runs in the trunk's compute dtype (bf16 on a GPU); values come back in f32.
-        let (w, b) = (
-            self.weight.to_dtype(h.dtype())?,
-            self.bias.to_dtype(h.dtype())?,
-        );
-        Ok(h.matmul(&w.t()?)?
-            .add(&b)?
-            .reshape(&[batch.b, batch.n])?
-            .to_dtype(palm_engine::DType::F32)?)
-    }
-
-    /// Move the adapters and the head to `device`.
-    pub fn move_to(&mut self, device: palm_engine::Device) -> Result<()> {
-        self.lora.move_to(device)?;
-        for t in [&mut self.weight, &mut self.bias] {
-            *t = t.to_device(device)?.as_var();
-        }
-        Ok(())
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -464,25 +382,20 @@ pub fn explained_variance(values: &[f32], returns: &[f32], mask: &[f32]) -> f32 
     1.0 - (sd_d * sd_d) / (sd_r * sd_r)
 }
 
-/// A PPO run: the models, the optimizer, where it stands, and its inputs.
-pub struct PpoRun {
-    pub base: PalmParams,
-    pub learner: Learner,
-    pub opt: AdamW,
-    pub progress: Progress,
+/// PPO's part of an RL run: its settings, the KL controller, and an optional gold rule.
+pub struct Ppo {
     pub settings: PpoSettings,
     pub kl_ctl: KlController,
-    pub prompts: Vec<Vec<u32>>,
-    pub reward: RewardSource,
-    /// The locked run folder with its metrics file.
-    pub run: RunDir,
     /// A scripted score of each rollout, logged as `gold_score_mean` beside the score trained
     /// on and never trained on: how the demo watches a reward model's policy by the rule the
     /// model was fitted to.
     pub gold: Option<Labeler>,
 }
 
-impl PpoRun {
+/// A PPO run.
+pub type PpoRun = RlRun<Ppo>;
+
+impl RlRun<Ppo> {
     /// A fresh run from `base` (frozen: the start and the reference) into `run`: new actor
     /// adapters, critic and optimizer seeded by `settings.seed`.
     pub fn new(
@@ -492,41 +405,33 @@ impl PpoRun {
         prompts: Vec<Vec<u32>>,
         run: RunDir,
     ) -> Result<Self> {
-        let s = settings;
-        if prompts.is_empty() {
-            return Err(Error::Invalid("PPO needs at least one prompt".into()));
-        }
-        let mut rng = Rng::new(s.seed);
-        let actor = LoraScope::new(&base.config, rl_run::ACTOR, s.lora_rank, None, &mut rng)?;
-        let critic = Critic::new(&base.config, s.lora_rank, &mut rng)?;
-        let learner = Learner {
-            actor,
-            critic: Some(critic),
+        let s = &settings;
+        let fresh = FreshLearner {
+            lora_rank: s.lora_rank,
+            critic: true,
+            seed: s.seed,
+            lr: s.lr,
+            weight_decay: s.weight_decay,
+            beta: s.beta,
         };
-        let opt = rl_run::adam(s.lr, s.weight_decay, &learner)?;
-        Ok(PpoRun {
-            kl_ctl: s.kl_controller(s.beta)?,
-            progress: Progress {
-                update: 0,
-                cursor: 0,
-                rng,
-                beta: s.beta,
+        let core = Core::fresh(base, prompts, reward, run, &fresh)?;
+        Ok(RlRun {
+            core,
+            algo: Ppo {
+                kl_ctl: s.kl_controller(s.beta)?,
+                settings,
+                gold: None,
             },
-            base,
-            learner,
-            opt,
-            settings: s,
-            prompts,
-            reward,
-            run,
-            gold: None,
         })
     }
 }
 
-impl RlRun for PpoRun {
-    fn progress(&self) -> &Progress {
-        &self.progress
+impl Algorithm for Ppo {
+    const STATE_FORMAT: &'static str = STATE_FORMAT;
+
+    fn settings_json(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(&self.settings)
+            .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))
     }
 
     fn schedule(&self) -> (u64, u64, u64) {
@@ -534,50 +439,32 @@ impl RlRun for PpoRun {
         (s.updates, s.sample_every, s.ckpt_every)
     }
 
-    fn run_dir(&mut self) -> &mut RunDir {
-        &mut self.run
-    }
-
-    fn save(&mut self) -> Result<()> {
-        let settings = serde_json::to_value(&self.settings)
-            .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;
-        rl_run::save_checkpoint(
-            &mut self.run,
-            &self.base,
-            &self.learner,
-            &self.opt,
-            &self.progress,
-            STATE_FORMAT,
-            &settings,
-        )
-    }
-
     /// One update: rollout, experience, PPO epochs, the β controller.
-    fn update(&mut self) -> Result<Report> {
+    fn update(&mut self, core: &mut Core) -> Result<Report> {
         let s = self.settings.clone();
         let t0 = Instant::now();
-        let idx = self.progress.take_prompts(s.batch, self.prompts.len());
-        let prompts: Vec<Vec<u32>> = idx.iter().map(|&i| self.prompts[i].clone()).collect();
+        let idx = core.progress.take_prompts(s.batch, core.prompts.len());
+        let prompts: Vec<Vec<u32>> = idx.iter().map(|&i| core.prompts[i].clone()).collect();
         let episodes = rollout::sample_episodes(
-            &self.base,
-            Some(&self.learner.actor),
+            &core.base,
+            Some(&core.learner.actor),
             &prompts,
             &s.sampling(),
-            &mut self.progress.rng,
+            &mut core.progress.rng,
         )?;
-        let raw = self.reward.score(&episodes, s.batch)?;
+        let raw = core.reward.score(&episodes, s.batch)?;
         let scores = shape_scores(&raw, &episodes, s.missing_eos_penalty, s.score_clip);
         let beta = self.kl_ctl.beta();
         let exp = palm_engine::cpu::on_workers(|| {
-            experience(&self.base, &self.learner, &episodes, scores, beta, &s)
+            experience(&core.base, &core.learner, &episodes, scores, beta, &s)
         })?;
         let rollout_s = rl_run::secs(t0);
         let t1 = Instant::now();
         let (base, learner, opt, rng) = (
-            &self.base,
-            &mut self.learner,
-            &mut self.opt,
-            &mut self.progress.rng,
+            &core.base,
+            &mut core.learner,
+            &mut core.opt,
+            &mut core.progress.rng,
         );
         let stats = palm_engine::cpu::on_workers(|| train_on(base, learner, opt, &exp, &s, rng))?;
         let train_s = rl_run::secs(t1);
@@ -585,16 +472,16 @@ impl RlRun for PpoRun {
         let seq_kl = exp.sequence_kl();
         let (kl, _) = mean_std(&seq_kl);
         self.kl_ctl.update(kl, s.batch as u64);
-        self.progress.beta = self.kl_ctl.beta();
-        self.progress.update += 1;
+        core.progress.beta = self.kl_ctl.beta();
+        core.progress.update += 1;
         let (raw_mean, _) = mean_std(&raw);
         let (score_mean, score_std) = mean_std(&exp.scores);
         let lengths = exp.batch.lengths();
         let (length, _) = mean_std(&lengths);
         let eos_rate = episodes.iter().filter(|e| e.ended).count() as f32 / episodes.len() as f32;
         let metrics = serde_json::json!({
-            "update": self.progress.update,
-            "episodes": self.progress.update * s.batch as u64,
+            "update": core.progress.update,
+            "episodes": core.progress.update * s.batch as u64,
             "score_mean": score_mean, "score_std": score_std, "raw_score_mean": raw_mean,
             "kl": kl, "non_score_reward": -beta * kl, "beta": beta,
             "entropy": stats.entropy, "approx_kl": stats.approx_kl,

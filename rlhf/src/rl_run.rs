@@ -4,7 +4,8 @@
 //! actor`) and a state file with every trained tensor, the optimizer moments, the RNG, the
 //! prompt cursor and β.
 
-use crate::ppo::Critic;
+use crate::critic::Critic;
+use crate::rollout::RewardSource;
 use crate::run_dir::{RunDir, SavedState, StateMeta};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, SafeFile, Tensor, clip_grad_norm};
@@ -367,63 +368,184 @@ impl Report {
     }
 }
 
-/// A run the shared loop drives (PPO, GRPO).
-pub trait RlRun {
-    /// One update; `progress().update` counts it.
-    fn update(&mut self) -> Result<Report>;
-    fn progress(&self) -> &Progress;
+/// What PPO and GRPO each add to the run they share.
+pub trait Algorithm {
+    /// The `format` of the run's state file.
+    const STATE_FORMAT: &'static str;
+    /// The command's settings, saved with every checkpoint.
+    fn settings_json(&self) -> Result<serde_json::Value>;
     /// (total updates, sample every, checkpoint every).
     fn schedule(&self) -> (u64, u64, u64);
-    fn run_dir(&mut self) -> &mut RunDir;
-    /// Write a checkpoint.
-    fn save(&mut self) -> Result<()>;
+    /// One update of the shared run; it counts itself in `core.progress.update`.
+    fn update(&mut self, core: &mut Core) -> Result<Report>;
 }
 
-/// Run updates until the planned total (or `stop_at`): a metrics line and a progress line per
-/// update, the instability warnings, samples and checkpoints on schedule and at the end.
-pub fn drive(run: &mut dyn RlRun, stop_at: Option<u64>) -> Result<()> {
-    let (total, sample_every, ckpt_every) = run.schedule();
-    if run.progress().update >= total {
-        eprintln!(
-            "already at update {} of {total}: nothing to do (pass a larger --updates)",
-            run.progress().update
-        );
-        return Ok(());
+/// What every RL run holds: the frozen base, what trains, the optimizer, where it stands, its
+/// inputs and its run folder.
+pub struct Core {
+    pub base: PalmParams,
+    pub learner: Learner,
+    pub opt: AdamW,
+    pub progress: Progress,
+    pub prompts: Vec<Vec<u32>>,
+    pub reward: RewardSource,
+    /// The locked run folder with its metrics file.
+    pub run: RunDir,
+}
+
+/// The sizes a fresh run's trained part is made with.
+pub struct FreshLearner {
+    pub lora_rank: usize,
+    /// A critic too (PPO).
+    pub critic: bool,
+    pub seed: u64,
+    pub lr: f32,
+    pub weight_decay: f32,
+    /// The KL coefficient to start with.
+    pub beta: f32,
+}
+
+impl Core {
+    /// A fresh run from `base` (frozen: the start and the reference) into `run`: new actor
+    /// adapters (and critic) and optimizer, seeded by `f.seed`.
+    pub fn fresh(
+        base: PalmParams,
+        prompts: Vec<Vec<u32>>,
+        reward: RewardSource,
+        run: RunDir,
+        f: &FreshLearner,
+    ) -> Result<Core> {
+        if prompts.is_empty() {
+            return Err(Error::Invalid("an RL run needs at least one prompt".into()));
+        }
+        let mut rng = Rng::new(f.seed);
+        let actor = LoraScope::new(&base.config, ACTOR, f.lora_rank, None, &mut rng)?;
+        let critic = match f.critic {
+            true => Some(Critic::new(&base.config, f.lora_rank, &mut rng)?),
+            false => None,
+        };
+        let learner = Learner { actor, critic };
+        let opt = adam(f.lr, f.weight_decay, &learner)?;
+        Ok(Core {
+            progress: Progress {
+                update: 0,
+                cursor: 0,
+                rng,
+                beta: f.beta,
+            },
+            base,
+            learner,
+            opt,
+            prompts,
+            reward,
+            run,
+        })
     }
-    let due = |every: u64, u: u64| every > 0 && u.is_multiple_of(every);
-    let timer = std::time::Instant::now();
-    let mut last_score = f64::NAN;
-    while run.progress().update < total {
-        let r = run.update()?;
-        run.run_dir().log(&r.metrics)?;
-        let u = run.progress().update;
-        last_score = r.get("score_mean");
-        eprintln!("update {u}/{total}: {}", r.line);
-        warn_if_unstable(r.get("kl"), r.get("ratio_mean"));
-        let stop = stop_at == Some(u);
-        let last = u == total || stop;
-        if last || due(sample_every, u) {
-            for (p, resp, score) in &r.samples {
-                eprintln!("  sample (score {score:.3}): {p:?} → {resp:?}");
-            }
+
+    /// A resumed run: its checkpoint, the inputs its settings name, and its run folder.
+    pub fn resumed(
+        ck: Checkpoint,
+        prompts: Vec<Vec<u32>>,
+        reward: RewardSource,
+        run: RunDir,
+    ) -> Core {
+        Core {
+            base: ck.base,
+            learner: ck.learner,
+            opt: ck.opt,
+            progress: ck.progress,
+            prompts,
+            reward,
+            run,
         }
-        if last || due(ckpt_every, u) {
-            run.save()?;
-        }
-        if stop && u < total {
+    }
+}
+
+/// An RL run: the shared part and the algorithm (PPO, GRPO); one driver for both.
+pub struct RlRun<A> {
+    pub core: Core,
+    pub algo: A,
+}
+
+impl<A: Algorithm> RlRun<A> {
+    /// One update.
+    pub fn update(&mut self) -> Result<Report> {
+        self.algo.update(&mut self.core)
+    }
+
+    /// A checkpoint of the run.
+    pub fn save(&mut self) -> Result<()> {
+        let settings = self.algo.settings_json()?;
+        let c = &mut self.core;
+        save_checkpoint(
+            &mut c.run,
+            &c.base,
+            &c.learner,
+            &c.opt,
+            &c.progress,
+            A::STATE_FORMAT,
+            &settings,
+        )
+    }
+
+    /// Move the run to `device` (see [`move_to`]).
+    pub fn move_to(&mut self, device: palm_engine::Device) -> Result<()> {
+        let c = &mut self.core;
+        move_to(
+            device,
+            &mut c.base,
+            &mut c.learner,
+            &mut c.opt,
+            &mut c.reward,
+        )
+    }
+
+    /// Run updates until the planned total (or `stop_at`): a metrics line and a progress line
+    /// per update, the instability warnings, samples and checkpoints on schedule and at the end.
+    pub fn drive(&mut self, stop_at: Option<u64>) -> Result<()> {
+        let (total, sample_every, ckpt_every) = self.algo.schedule();
+        if self.core.progress.update >= total {
             eprintln!(
-                "stopped at update {u}; continue with --resume {}",
-                run.run_dir().path().display()
+                "already at update {} of {total}: nothing to do (pass a larger --updates)",
+                self.core.progress.update
             );
             return Ok(());
         }
+        let due = |every: u64, u: u64| every > 0 && u.is_multiple_of(every);
+        let timer = std::time::Instant::now();
+        let mut last_score = f64::NAN;
+        while self.core.progress.update < total {
+            let r = self.update()?;
+            self.core.run.log(&r.metrics)?;
+            let u = self.core.progress.update;
+            last_score = r.get("score_mean");
+            eprintln!("update {u}/{total}: {}", r.line);
+            warn_if_unstable(r.get("kl"), r.get("ratio_mean"));
+            let stop = stop_at == Some(u);
+            let last = u == total || stop;
+            if last || due(sample_every, u) {
+                for (p, resp, score) in &r.samples {
+                    eprintln!("  sample (score {score:.3}): {p:?} → {resp:?}");
+                }
+            }
+            if last || due(ckpt_every, u) {
+                self.save()?;
+            }
+            if stop && u < total {
+                eprintln!(
+                    "stopped at update {u}; continue with --resume {}",
+                    self.core.run.path().display()
+                );
+                return Ok(());
+            }
+        }
+        eprintln!(
+            "done: {total} updates, last score mean {last_score:.3}, {:.1}s; model in {} (sample with --lora {ACTOR})",
+            secs(timer),
+            self.core.run.join(MODEL_FILE).display(),
+        );
+        Ok(())
     }
-    eprintln!(
-        "done: {total} updates, last score mean {last_score:.3}, {:.1}s; model in {} (sample with --lora {ACTOR})",
-        secs(timer),
-        run.run_dir().join(MODEL_FILE).display(),
-    );
-    Ok(())
 }
 
 /// The instability warnings of DESIGN §5: a KL estimate below −1 (the policy gives its own

@@ -322,7 +322,6 @@ fn ppo_on(device: Device, smoke: bool, batch: usize, only: Option<&str>) -> Resu
         .map_err(|e| bad(e.to_string()))?;
         let mut run =
             palm_rlhf::commands::ppo::start(&cmd.args, device).map_err(|e| bad(e.to_string()))?;
-        use palm_rlhf::rl_run::RlRun;
         run.update().map_err(|e| bad(e.to_string()))?;
         let t = Instant::now();
         for _ in 0..updates {

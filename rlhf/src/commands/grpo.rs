@@ -1,16 +1,14 @@
 //! `palm grpo`: Group Relative Policy Optimisation of a policy checkpoint (LoRA `actor` over the
 //! frozen policy, which is also the reference) against a reward model or a scripted rule.
 
-use crate::grpo::{GrpoRun, GrpoSettings, STATE_FORMAT};
-use crate::rl_run::{self, ACTOR, Learner, Progress};
+use crate::grpo::{Grpo, GrpoRun, GrpoSettings, STATE_FORMAT};
+use crate::rl_run::{self, ACTOR, Core, RlRun};
 use crate::rollout::RewardSource;
 use crate::run_dir::RunDir;
 use crate::sampling::{Stop, parse_stop};
 use crate::trainer::positive;
 use crate::{Error, Result};
 use clap::Args;
-use palm_engine::Rng;
-use palm_model::LoraScope;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -156,31 +154,25 @@ pub fn run(args: GrpoArgs) -> Result<()> {
         Some(dir) => resume(dir, &args, device)?,
         None => fresh(&args, device)?,
     };
-    rl_run::move_to(
-        device,
-        &mut run.base,
-        &mut run.learner,
-        &mut run.opt,
-        &mut run.reward,
-    )?;
-    let s = &run.settings;
+    run.move_to(device)?;
+    let (s, c) = (&run.algo.settings, &run.core);
     eprintln!(
         "GRPO of {} (LoRA rank {} '{ACTOR}', {:.2}M frozen parameters, β {}) against {}; {} prompts from {}; updates {}..{} of {} prompts × {} responses × {} epochs × {} minibatches",
         s.policy.display(),
         s.lora_rank,
-        run.base.config.num_params() as f64 / 1e6,
+        c.base.config.num_params() as f64 / 1e6,
         s.beta,
-        run.reward.describe(),
-        run.prompts.len(),
+        c.reward.describe(),
+        c.prompts.len(),
         s.prompts.display(),
-        run.progress.update + 1,
+        c.progress.update + 1,
         s.updates,
         s.batch,
         s.group,
         s.epochs,
         s.minibatches
     );
-    rl_run::drive(&mut run, args.stop_at)
+    run.drive(args.stop_at)
 }
 
 /// A new run: everything is read and checked before the run folder is created.
@@ -196,28 +188,8 @@ fn fresh(args: &GrpoArgs, device: palm_engine::Device) -> Result<GrpoRun> {
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
     let base = rl_run::load_policy(&s.policy)?;
     rl_run::check_memory(&base.config, &s.update_shape(), device)?;
-    let mut rng = Rng::new(s.seed);
-    let learner = Learner {
-        actor: LoraScope::new(&base.config, ACTOR, s.lora_rank, None, &mut rng)?,
-        critic: None,
-    };
-    let opt = rl_run::adam(s.lr, s.weight_decay, &learner)?;
     let run = RunDir::create(&args.out, &rl_run::RUN_FILES, args.replace.overwrite)?;
-    Ok(GrpoRun {
-        progress: Progress {
-            update: 0,
-            cursor: 0,
-            rng,
-            beta: s.beta,
-        },
-        base,
-        learner,
-        opt,
-        settings: s,
-        prompts,
-        reward,
-        run,
-    })
+    GrpoRun::new(s, base, reward, prompts, run)
 }
 
 /// Continue the run saved in `dir` with its own settings (`--updates` may change).
@@ -237,14 +209,8 @@ fn resume(dir: &Path, args: &GrpoArgs, device: palm_engine::Device) -> Result<Gr
     rl_run::check_memory(&ck.base.config, &s.update_shape(), device)?;
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
-    Ok(GrpoRun {
-        progress: ck.progress,
-        base: ck.base,
-        learner: ck.learner,
-        opt: ck.opt,
-        settings: s,
-        prompts,
-        reward,
-        run,
+    Ok(RlRun {
+        core: Core::resumed(ck, prompts, reward, run),
+        algo: Grpo { settings: s },
     })
 }

@@ -1,8 +1,9 @@
 //! `palm ppo`: PPO of a policy checkpoint (LoRA `actor` over the frozen policy, which is also the
 //! reference) against a reward model or a scripted rule, with a LoRA `critic` and value head.
 
-use crate::ppo::{Critic, KlEstimator, PpoRun, PpoSettings, STATE_FORMAT};
-use crate::rl_run::{self, ACTOR};
+use crate::critic::Critic;
+use crate::ppo::{KlEstimator, Ppo, PpoRun, PpoSettings, STATE_FORMAT};
+use crate::rl_run::{self, ACTOR, Core, RlRun};
 use crate::rollout::RewardSource;
 use crate::run_dir::RunDir;
 use crate::sampling::{Stop, parse_stop};
@@ -163,22 +164,22 @@ fn parse_settings(v: &serde_json::Value) -> Result<PpoSettings> {
 pub fn run(args: PpoArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let mut run = start(&args, device)?;
-    let s = &run.settings;
+    let (s, c) = (&run.algo.settings, &run.core);
     eprintln!(
         "PPO of {} (LoRA rank {} '{ACTOR}' + critic, {:.2}M frozen parameters) against {}; {} prompts from {}; updates {}..{} of {} episodes × {} epochs × {} minibatches",
         s.policy.display(),
         s.lora_rank,
-        run.base.config.num_params() as f64 / 1e6,
-        run.reward.describe(),
-        run.prompts.len(),
+        c.base.config.num_params() as f64 / 1e6,
+        c.reward.describe(),
+        c.prompts.len(),
         s.prompts.display(),
-        run.progress.update + 1,
+        c.progress.update + 1,
         s.updates,
         s.batch,
         s.ppo_epochs,
         s.minibatches
     );
-    rl_run::drive(&mut run, args.stop_at)
+    run.drive(args.stop_at)
 }
 
 /// A new run (or the one to resume) with everything on `device`, ready for
@@ -188,13 +189,7 @@ pub fn start(args: &PpoArgs, device: palm_engine::Device) -> Result<PpoRun> {
         Some(dir) => resume(dir, args, device)?,
         None => fresh(args, device)?,
     };
-    rl_run::move_to(
-        device,
-        &mut run.base,
-        &mut run.learner,
-        &mut run.opt,
-        &mut run.reward,
-    )?;
+    run.move_to(device)?;
     Ok(run)
 }
 
@@ -232,16 +227,13 @@ fn resume(dir: &std::path::Path, args: &PpoArgs, device: palm_engine::Device) ->
     rl_run::check_memory(&ck.base.config, &s.update_shape(), device)?;
     let reward = RewardSource::load(s.reward.as_deref(), s.rule.as_deref())?;
     let prompts = rl_run::read_prompts(&s.prompts, s.max_prompt)?;
-    Ok(PpoRun {
+    let algo = Ppo {
         kl_ctl: s.kl_controller(ck.progress.beta)?,
-        progress: ck.progress,
-        base: ck.base,
-        learner: ck.learner,
-        opt: ck.opt,
         settings: s,
-        prompts,
-        reward,
-        run,
         gold: None,
+    };
+    Ok(RlRun {
+        core: Core::resumed(ck, prompts, reward, run),
+        algo,
     })
 }
