@@ -1,4 +1,4 @@
-// Elementwise kernels: binary arithmetic, affine, unary maps, casts, fill, strided copies.
+// Elementwise kernels: binary arithmetic, max/min and comparison, affine, unary maps, casts, fill, strided copies.
 //
 // All are grid-stride loops over `n` elements: any grid and block shape works
 // (suggested: block 256, grid min(ceil(n / 256), 132 * 16)). Same-shape contiguous operands;
@@ -53,6 +53,15 @@ struct AddOp { __device__ float operator()(float a, float b) const { return a + 
 struct SubOp { __device__ float operator()(float a, float b) const { return a - b; } };
 struct MulOp { __device__ float operator()(float a, float b) const { return a * b; } };
 struct DivOp { __device__ float operator()(float a, float b) const { return a / b; } };
+// max/min propagate NaN (like torch.maximum): when neither comparison holds, a + b is NaN.
+struct MaxOp {
+    __device__ float operator()(float a, float b) const { return a >= b ? a : (b > a ? b : a + b); }
+};
+struct MinOp {
+    __device__ float operator()(float a, float b) const { return a <= b ? a : (b < a ? b : a + b); }
+};
+// 1 where a >= b, else 0 (NaN compares false): a mask, never differentiated.
+struct GeOp { __device__ float operator()(float a, float b) const { return a >= b ? 1.0f : 0.0f; } };
 struct LogOp { __device__ float operator()(float a) const { return logf(a); } };
 struct SqrOp { __device__ float operator()(float a) const { return a * a; } };
 struct SqrtOp { __device__ float operator()(float a) const { return sqrtf(a); } };
@@ -86,6 +95,13 @@ PALM_BINARY(mul_fwd_bf16, bf16, MulOp)
 PALM_BINARY(mul_fwd_f32, float, MulOp)
 PALM_BINARY(div_fwd_bf16, bf16, DivOp)
 PALM_BINARY(div_fwd_f32, float, DivOp)
+// out = max(a, b), min(a, b), (a >= b ? 1 : 0)
+PALM_BINARY(max_fwd_bf16, bf16, MaxOp)
+PALM_BINARY(max_fwd_f32, float, MaxOp)
+PALM_BINARY(min_fwd_bf16, bf16, MinOp)
+PALM_BINARY(min_fwd_f32, float, MinOp)
+PALM_BINARY(ge_fwd_bf16, bf16, GeOp)
+PALM_BINARY(ge_fwd_f32, float, GeOp)
 
 // out = x * scale + bias   (backward: dx = affine(g, scale, 0))
 extern "C" __global__ void affine_fwd_bf16(const bf16* x, bf16* out, long long n, float scale, float bias) {

@@ -44,6 +44,23 @@ fn randn(dims: &[usize], seed: u64) -> Tensor {
     Tensor::randn(dims, 1.0, &mut Rng::new(seed))
 }
 
+/// A gap of 0.2 to 1.2 with the sign of `self`'s elements, exactly representable in bf16.
+trait Apart {
+    fn sign_apart(&self) -> Tensor;
+}
+
+impl Apart for Tensor {
+    fn sign_apart(&self) -> Tensor {
+        let v: Vec<f32> = self
+            .to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .map(|g| g.signum() * (0.25 + (g.abs().min(1.0) * 4.0).round() / 4.0))
+            .collect();
+        Tensor::from_vec(v, self.dims()).unwrap()
+    }
+}
+
 /// `t` as the CPU reference sees it: rounded to `dt`, back in f32.
 fn rounded(t: &Tensor, dt: DType) -> Tensor {
     t.to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap()
@@ -153,6 +170,25 @@ proptest! {
             compare("sub", dt, &[a.clone(), b.clone()], |x| x[1].sub(&x[0]).unwrap());
             compare("mul", dt, &[a.clone(), randn(&[r, 1], seed + 2)], |x| x[0].mul(&x[1]).unwrap());
             compare("div", dt, &[a.clone(), bpos], |x| x[0].div(&x[1]).unwrap());
+        }
+    }
+
+    /// max/min/clamp/select, and the ge mask they are built on, on operands that differ by at
+    /// least 0.2 (so bf16 rounding never turns an order into a tie).
+    #[test]
+    fn maximum_minimum_clamp_select(r in 1usize..40, c in 1usize..300, seed in 0u64..1000) {
+        if !gpu("maximum_minimum_clamp_select") { return Ok(()); }
+        for dt in DTYPES {
+            let a = rounded(&randn(&[r, c], seed), DType::BF16);
+            let gap = randn(&[r, c], seed + 1);
+            let b = a.add(&gap.sign_apart()).unwrap();
+            compare("maximum", dt, &[a.clone(), b.clone()], |x| x[0].maximum(&x[1]).unwrap());
+            compare("minimum", dt, &[a.clone(), b.clone()], |x| x[0].minimum(&x[1]).unwrap());
+            compare("ge", dt, &[a.clone(), b.clone()], |x| x[0].ge(&x[1]).unwrap());
+            compare("clamp", dt, std::slice::from_ref(&b), |x| x[0].clamp(-0.5, 0.75).unwrap());
+            compare("select", dt, &[a.clone(), b.clone()], |x| {
+                Tensor::select(&x[0].ge(&x[1]).unwrap(), &x[0], &x[1].scale(2.0).unwrap()).unwrap()
+            });
         }
     }
 

@@ -37,6 +37,87 @@ fn binary_fixed_broadcasts() {
     }
 }
 
+/// `a` and a `b` that differs from it everywhere by 0.2 to 1.2, either way, so finite
+/// differences never cross a tie.
+fn apart(dims: &[usize], seed: u64) -> (Input, Input) {
+    let a = normal(dims, seed);
+    let gap = away_from_zero(dims, seed + 1);
+    let b: Vec<f32> = a
+        .iter()
+        .zip(&gap)
+        .map(|(x, g)| x + g.signum() * (0.2 + g.abs().min(1.0)))
+        .collect();
+    (inp(a, dims), inp(b, dims))
+}
+
+#[test]
+fn maximum_minimum_clamp_select() {
+    for (seed, dims) in [(1, vec![3, 4]), (2, vec![7]), (3, vec![2, 3, 5])] {
+        let (a, b) = apart(&dims, seed);
+        let ab = [a.clone(), b.clone()];
+        gradcheck("maximum", &ab, 1e-2, TOL, |t| {
+            Ok(vec![t[0].maximum(&t[1])?])
+        });
+        gradcheck("minimum", &ab, 1e-2, TOL, |t| {
+            Ok(vec![t[0].minimum(&t[1])?])
+        });
+        // Away from the bounds ±0.5 by at least the step: values pushed off them.
+        let x: Vec<f32> = normal(&dims, seed + 7)
+            .iter()
+            .map(|v| {
+                if (v.abs() - 0.5).abs() < 0.05 {
+                    v * 1.3
+                } else {
+                    *v
+                }
+            })
+            .collect();
+        gradcheck("clamp", &[inp(x, &dims)], 1e-2, TOL, |t| {
+            Ok(vec![t[0].clamp(-0.5, 0.5)?])
+        });
+        gradcheck("select", &ab, 1e-2, TOL, |t| {
+            let mask = t[0].ge(&t[1])?;
+            Ok(vec![Tensor::select(&mask, &t[0].sqr()?, &t[1].exp()?)?])
+        });
+    }
+}
+
+#[test]
+fn maximum_minimum_exact_values() {
+    let t = |v: &[f32]| Tensor::from_vec(v.to_vec(), &[v.len()]).unwrap();
+    let (a, b) = (
+        t(&[1.0, 2.0, 3.0, f32::NAN, 0.0]),
+        t(&[1.0, 5.0, -1.0, 0.0, f32::NAN]),
+    );
+    let max = a.maximum(&b).unwrap().to_vec::<f32>().unwrap();
+    let min = a.minimum(&b).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(&max[..3], &[1.0, 5.0, 3.0]);
+    assert_eq!(&min[..3], &[1.0, 2.0, -1.0]);
+    assert!(max[3].is_nan() && max[4].is_nan() && min[3].is_nan() && min[4].is_nan());
+    let ge = a.ge(&b).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(ge, vec![1.0, 0.0, 1.0, 0.0, 0.0]);
+    assert_eq!(
+        t(&[-3.0, 0.2, 9.0])
+            .clamp(-1.0, 1.0)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap(),
+        vec![-1.0, 0.2, 1.0]
+    );
+    assert!(t(&[1.0]).clamp(1.0, 0.0).is_err());
+    // A tie sends the whole gradient to the left operand.
+    let (x, y) = (t(&[2.0]).as_var(), t(&[2.0]).as_var());
+    let grads = x
+        .maximum(&y)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_eq!(grads.get(&x).unwrap().to_vec::<f32>().unwrap(), vec![1.0]);
+    assert_eq!(grads.get(&y).unwrap().to_vec::<f32>().unwrap(), vec![0.0]);
+}
+
 proptest! {
     #![proptest_config(cfg(64))]
 

@@ -106,6 +106,15 @@ fn elementwise_and_copies() {
         fwd_bwd(&[on(&pos, dt)], |x| {
             x[0].log().unwrap().add(&x[0].sqrt().unwrap()).unwrap()
         });
+        // max/min and their ge masks (the clamp PPO's losses use).
+        fwd_bwd(&[on(&a, dt), on(&b, dt)], |x| {
+            x[0].maximum(&x[1])
+                .unwrap()
+                .add(&x[0].minimum(&x[1]).unwrap())
+                .unwrap()
+                .add(&x[0].clamp(-0.5, 0.5).unwrap())
+                .unwrap()
+        });
         // Copies: strided gather, concatenation into a slice, fills; reductions.
         let x = on(&randn(&[3, 5, 70], 3), dt);
         host(&x.transpose(0, 2).unwrap().contiguous().unwrap());

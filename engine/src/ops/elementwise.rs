@@ -11,6 +11,12 @@ pub enum BinaryOp {
     Sub,
     Mul,
     Div,
+    /// The larger; NaN if either is NaN (as `torch.maximum`).
+    Max,
+    /// The smaller; NaN if either is NaN.
+    Min,
+    /// 1 where a ≥ b, else 0 (NaN compares false): a mask, carrying no gradient.
+    Ge,
 }
 
 impl BinaryOp {
@@ -21,6 +27,26 @@ impl BinaryOp {
             BinaryOp::Sub => a - b,
             BinaryOp::Mul => a * b,
             BinaryOp::Div => a / b,
+            // When neither comparison holds one is NaN, and so is a + b.
+            BinaryOp::Max => {
+                if a >= b {
+                    a
+                } else if b > a {
+                    b
+                } else {
+                    a + b
+                }
+            }
+            BinaryOp::Min => {
+                if a <= b {
+                    a
+                } else if b < a {
+                    b
+                } else {
+                    a + b
+                }
+            }
+            BinaryOp::Ge => f32::from(u8::from(a >= b)),
         }
     }
 }
@@ -116,6 +142,36 @@ impl Tensor {
     }
     pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary(rhs, BinaryOp::Div, "div")
+    }
+    /// The elementwise larger of the two (broadcast); the gradient goes to the larger, to
+    /// `self` on a tie.
+    pub fn maximum(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Max, "maximum")
+    }
+    /// The elementwise smaller of the two (broadcast); the gradient goes to the smaller, to
+    /// `self` on a tie.
+    pub fn minimum(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Min, "minimum")
+    }
+    /// 1 where `self ≥ rhs`, else 0 (broadcast; NaN compares false). A mask: no gradient
+    /// flows through it.
+    pub fn ge(&self, rhs: &Tensor) -> Result<Tensor> {
+        let _g = crate::autograd::no_grad();
+        self.binary(rhs, BinaryOp::Ge, "ge")
+    }
+    /// `self` limited to [lo, hi] (the gradient flows where it is inside).
+    pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
+        if !(lo <= hi) {
+            return Err(Error::Invalid(format!("clamp: lo {lo} > hi {hi}")));
+        }
+        let bound = |v: f32| Tensor::full(v, &[1], self.dtype(), self.device());
+        self.minimum(&bound(hi)?)?.maximum(&bound(lo)?)
+    }
+    /// `a` where `mask` is 1, `b` where it is 0 (broadcast): `b + mask·(a − b)`, with the
+    /// gradient going to the side chosen.
+    pub fn select(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let mask = mask.detach();
+        a.mul(&mask)?.add(&b.mul(&mask.affine(-1.0, 1.0)?)?)
     }
 
     fn unary(&self, op: UnaryOp, name: &'static str) -> Result<Tensor> {
@@ -254,6 +310,18 @@ pub(crate) fn binary_backward(
         BinaryOp::Mul => (g.mul(b)?, g.mul(a)?),
         // d(a/b)/db = -a/b²
         BinaryOp::Div => (g.div(b)?, g.mul(a)?.div(&b.sqr()?)?.neg()?),
+        // To the chosen side; a tie goes to `a`.
+        BinaryOp::Max => {
+            let ga = g.mul(&a.ge(b)?)?;
+            let gb = g.sub(&ga)?;
+            (ga, gb)
+        }
+        BinaryOp::Min => {
+            let ga = g.mul(&b.ge(a)?)?;
+            let gb = g.sub(&ga)?;
+            (ga, gb)
+        }
+        BinaryOp::Ge => (g.scale(0.0)?, g.scale(0.0)?),
     })
 }
 

@@ -18,6 +18,9 @@ pub fn binary_name(op: BinaryOp) -> &'static str {
         BinaryOp::Sub => "sub",
         BinaryOp::Mul => "mul",
         BinaryOp::Div => "div",
+        BinaryOp::Max => "max",
+        BinaryOp::Min => "min",
+        BinaryOp::Ge => "ge",
     }
 }
 
