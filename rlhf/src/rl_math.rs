@@ -265,71 +265,65 @@ pub fn whiten(x: &[f32], mask: &[f32], shift_mean: bool) -> Result<Vec<f32>> {
         .collect())
 }
 
+/// Past this a log-ratio is held (e^80 still fits f32 and bf16): uncounted tokens may hold
+/// anything, and a counted token this far off has a clipped, gradient-free branch anyway.
+const LOG_RATIO_LIMIT: f32 = 80.0;
+
+/// `logp − other` on counted tokens, 0 elsewhere (so garbage at padding cannot overflow what is
+/// built on it), held to ±[`LOG_RATIO_LIMIT`]; on `logp`'s device.
+fn counted_log_ratio(logp: &Tensor, other: &[f32], mask: &Tensor) -> Result<Tensor> {
+    let dims = logp.dims().to_vec();
+    Ok(logp
+        .sub(&constant(other.to_vec(), &dims, logp)?)?
+        .clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)?
+        .mul(mask)?)
+}
+
 /// The per-token clipped surrogate max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)), ρ = exp(logp − old),
-/// as a tensor shaped like `logp`, and per token whether the clipped branch won. Uncounted
-/// tokens are 0 (their ratio is not even formed, so garbage there cannot overflow).
+/// and a 0/1 mask of where the clipped branch won (strictly; a tie is the unclipped branch,
+/// which carries the gradient), both shaped like `logp` and computed on its device. Uncounted
+/// tokens have ρ = 1 and advantage 0.
 fn clipped_surrogate(
     logp: &Tensor,
     old_logp: &[f32],
     adv: &[f32],
     mask: &[f32],
     eps: f32,
-) -> Result<(Tensor, Vec<bool>)> {
+) -> Result<(Tensor, Tensor)> {
     if !(eps > 0.0 && eps.is_finite()) {
         return Err(bad(format!("clip range ε must be > 0, got {eps}")));
     }
     let dims = logp.dims().to_vec();
-    let now = logp.to_f32_vec()?;
-    let len = now.len();
+    let len = logp.elem_count();
     check_len("old log-probs", old_logp, len)?;
     check_len("advantages", adv, len)?;
     check_len("mask", mask, len)?;
-    let (mut shift, mut coef, mut konst, mut clipped) = (
-        Vec::with_capacity(len),
-        Vec::with_capacity(len),
-        Vec::with_capacity(len),
-        Vec::with_capacity(len),
-    );
-    for i in 0..len {
-        if mask[i] == 0.0 {
-            // logp − logp = 0: ratio 1, times coefficient 0.
-            shift.push(now[i]);
-            coef.push(0.0);
-            konst.push(0.0);
-            clipped.push(false);
-            continue;
-        }
-        let ratio = (now[i] - old_logp[i]).exp();
-        let unclipped = -adv[i] * ratio;
-        let clip = -adv[i] * ratio.clamp(1.0 - eps, 1.0 + eps);
-        shift.push(old_logp[i]);
-        if unclipped >= clip {
-            coef.push(-adv[i]);
-            konst.push(0.0);
-            clipped.push(false);
-        } else {
-            coef.push(0.0);
-            konst.push(clip);
-            clipped.push(true);
-        }
-    }
-    let ratio = logp.sub(&constant(shift, &dims, logp)?)?.exp()?;
-    let per_token = ratio
-        .mul(&constant(coef, &dims, logp)?)?
-        .add(&constant(konst, &dims, logp)?)?;
-    Ok((per_token, clipped))
+    let m = constant(mask.to_vec(), &dims, logp)?;
+    let neg_adv = constant(adv.iter().map(|a| -a).collect(), &dims, logp)?.mul(&m)?;
+    let ratio = counted_log_ratio(logp, old_logp, &m)?.exp()?;
+    let unclipped = ratio.mul(&neg_adv)?;
+    let clipped = ratio.clamp(1.0 - eps, 1.0 + eps)?.mul(&neg_adv)?;
+    let won = unclipped.ge(&clipped)?.affine(-1.0, 1.0)?;
+    Ok((unclipped.maximum(&clipped)?, won))
 }
 
-/// Fraction of counted tokens where `flag` holds.
-fn masked_fraction(flag: &[bool], mask: &[f32]) -> f32 {
-    let c: f32 = mask.iter().sum();
-    let hit: f32 = flag
-        .iter()
-        .zip(mask)
-        .filter(|(f, _)| **f)
-        .map(|(_, m)| m)
-        .sum();
-    hit / c.max(f32::MIN_POSITIVE)
+/// The policy loss, clip fraction and approx-KL as scalar tensors on the device.
+fn policy_terms(
+    logp: &Tensor,
+    old_logp: &[f32],
+    adv: &[f32],
+    mask: &[f32],
+    eps: f32,
+) -> Result<[Tensor; 3]> {
+    dims2(logp, "policy log-probs")?;
+    let (per_token, won) = clipped_surrogate(logp, old_logp, adv, mask, eps)?;
+    let m = constant(mask.to_vec(), logp.dims(), logp)?;
+    let approx_kl = masked_mean(&counted_log_ratio(logp, old_logp, &m)?.sqr()?, mask)?;
+    Ok([
+        masked_mean(&per_token, mask)?,
+        masked_mean(&won, mask)?,
+        approx_kl.scale(0.5)?,
+    ])
 }
 
 /// PPO's clipped policy loss and its statistics.
@@ -351,23 +345,11 @@ pub fn ppo_policy_loss(
     mask: &[f32],
     eps: f32,
 ) -> Result<PolicyLoss> {
-    dims2(logp, "policy log-probs")?;
-    let (per_token, clipped) = clipped_surrogate(logp, old_logp, adv, mask, eps)?;
-    let loss = masked_mean(&per_token, mask)?;
-    let now = logp.to_f32_vec()?;
-    let c = counted(mask, "approx-KL")?;
-    let approx_kl = 0.5
-        * now
-            .iter()
-            .zip(old_logp)
-            .zip(mask)
-            .map(|((a, b), m)| m * (a - b) * (a - b))
-            .sum::<f32>()
-        / c;
+    let [loss, clip_frac, approx_kl] = policy_terms(logp, old_logp, adv, mask, eps)?;
     Ok(PolicyLoss {
         loss,
-        clip_frac: masked_fraction(&clipped, mask),
-        approx_kl,
+        clip_frac: clip_frac.to_scalar()?,
+        approx_kl: approx_kl.to_scalar()?,
     })
 }
 
@@ -388,40 +370,41 @@ pub fn ppo_value_loss(
     mask: &[f32],
     eps_v: f32,
 ) -> Result<ValueLoss> {
+    let [loss, clip_frac] = value_terms(values, old_values, returns, mask, eps_v)?;
+    Ok(ValueLoss {
+        loss,
+        clip_frac: clip_frac.to_scalar()?,
+    })
+}
+
+/// The value loss and its clip fraction as scalar tensors on the device. Where the clipped
+/// branch wins strictly, V − V_old is outside ±ε_v, so that branch carries no gradient.
+fn value_terms(
+    values: &Tensor,
+    old_values: &[f32],
+    returns: &[f32],
+    mask: &[f32],
+    eps_v: f32,
+) -> Result<[Tensor; 2]> {
     let dims = values.dims().to_vec();
     dims2(values, "values")?;
     if !(eps_v > 0.0 && eps_v.is_finite()) {
         return Err(bad(format!("value clip range must be > 0, got {eps_v}")));
     }
-    let now = values.to_f32_vec()?;
-    let len = now.len();
+    let len = values.elem_count();
     check_len("old values", old_values, len)?;
     check_len("returns", returns, len)?;
     check_len("mask", mask, len)?;
-    let (mut keep, mut konst, mut clipped) = (vec![0f32; len], vec![0f32; len], vec![false; len]);
-    for i in 0..len {
-        if mask[i] == 0.0 {
-            continue;
-        }
-        let plain = (now[i] - returns[i]).powi(2);
-        let v_clip = old_values[i] + (now[i] - old_values[i]).clamp(-eps_v, eps_v);
-        let clip = (v_clip - returns[i]).powi(2);
-        if plain >= clip {
-            keep[i] = 1.0;
-        } else {
-            konst[i] = clip;
-            clipped[i] = true;
-        }
-    }
-    let per_token = values
-        .sub(&constant(returns.to_vec(), &dims, values)?)?
-        .sqr()?
-        .mul(&constant(keep, &dims, values)?)?
-        .add(&constant(konst, &dims, values)?)?;
-    Ok(ValueLoss {
-        loss: masked_mean(&per_token, mask)?.scale(0.5)?,
-        clip_frac: masked_fraction(&clipped, mask),
-    })
+    let old = constant(old_values.to_vec(), &dims, values)?;
+    let ret = constant(returns.to_vec(), &dims, values)?;
+    let plain = values.sub(&ret)?.sqr()?;
+    let v_clip = old.add(&values.sub(&old)?.clamp(-eps_v, eps_v)?)?;
+    let clip = v_clip.sub(&ret)?.sqr()?;
+    let won = plain.ge(&clip)?.affine(-1.0, 1.0)?;
+    Ok([
+        masked_mean(&plain.maximum(&clip)?, mask)?.scale(0.5)?,
+        masked_mean(&won, mask)?,
+    ])
 }
 
 /// PPO's coefficients (DESIGN §5 defaults).
@@ -479,8 +462,9 @@ pub fn ppo_loss(
     batch: &PpoBatch,
     cfg: &PpoConfig,
 ) -> Result<PpoLoss> {
-    let pg = ppo_policy_loss(logp, batch.old_logp, batch.advantages, batch.mask, cfg.clip)?;
-    let vf = ppo_value_loss(
+    let [pg, clip_frac, approx_kl] =
+        policy_terms(logp, batch.old_logp, batch.advantages, batch.mask, cfg.clip)?;
+    let [vf, value_clip_frac] = value_terms(
         values,
         batch.old_values,
         batch.returns,
@@ -489,16 +473,25 @@ pub fn ppo_loss(
     )?;
     let ent = masked_mean(entropy, batch.mask)?;
     let loss = pg
-        .loss
-        .add(&vf.loss.scale(cfg.vf_coef)?)?
+        .add(&vf.scale(cfg.vf_coef)?)?
         .sub(&ent.scale(cfg.ent_coef)?)?;
+    // Every statistic in one copy to the host (the loss's per-token work stays on the device).
+    let stats = {
+        let _g = palm_engine::no_grad();
+        let parts = [&pg, &vf, &ent, &approx_kl, &clip_frac, &value_clip_frac]
+            .iter()
+            .map(|t| Ok(t.reshape(&[1])?.to_dtype(palm_engine::DType::F32)?))
+            .collect::<Result<Vec<Tensor>>>()?;
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        Tensor::cat(&refs, 0)?.to_vec::<f32>()?
+    };
     Ok(PpoLoss {
-        policy_loss: pg.loss.to_scalar()?,
-        value_loss: vf.loss.to_scalar()?,
-        entropy: ent.to_scalar()?,
-        approx_kl: pg.approx_kl,
-        clip_frac: pg.clip_frac,
-        value_clip_frac: vf.clip_frac,
+        policy_loss: stats[0],
+        value_loss: stats[1],
+        entropy: stats[2],
+        approx_kl: stats[3],
+        clip_frac: stats[4],
+        value_clip_frac: stats[5],
         loss,
     })
 }
@@ -695,21 +688,15 @@ pub fn grpo_loss(
     check_len("GRPO advantages", adv, b)?;
     check_len("mask", mask, b * n)?;
     let per_token_adv: Vec<f32> = (0..b * n).map(|i| adv[i / n]).collect();
-    let (mut per_token, clipped) = clipped_surrogate(logp, old_logp, &per_token_adv, mask, eps)?;
+    let (mut per_token, won) = clipped_surrogate(logp, old_logp, &per_token_adv, mask, eps)?;
     let mut kl = 0.0;
     if beta != 0.0 {
         check_len("reference log-probs", ref_logp, b * n)?;
-        // The reference at uncounted tokens is the policy itself, so k3 there is exactly 0.
-        let now = logp.to_f32_vec()?;
-        let reference: Vec<f32> = (0..b * n)
-            .map(|i| if mask[i] == 0.0 { now[i] } else { ref_logp[i] })
-            .collect();
-        let c = counted(mask, "GRPO KL")?;
-        kl = (0..b * n)
-            .map(|i| mask[i] * kl_k3_host(now[i], reference[i]))
-            .sum::<f32>()
-            / c;
-        let k3 = kl_k3(logp, &constant(reference, &[b, n], logp)?)?;
+        // k3 = e^d − d − 1 with d = logπ_ref − logπ, 0 at uncounted tokens (so k3 is 0 there).
+        let m = constant(mask.to_vec(), &[b, n], logp)?;
+        let d = counted_log_ratio(logp, ref_logp, &m)?.neg()?;
+        let k3 = d.exp()?.affine(1.0, -1.0)?.sub(&d)?;
+        kl = masked_mean(&k3, mask)?.to_scalar()?;
         per_token = per_token.add(&k3.scale(beta)?)?;
     }
     // Weights 1/(|o_i|·responses) over each response's counted tokens.
@@ -730,7 +717,7 @@ pub fn grpo_loss(
         .collect();
     Ok(GrpoLoss {
         loss: weighted_sum(&per_token, w)?,
-        clip_frac: masked_fraction(&clipped, mask),
+        clip_frac: masked_mean(&won, mask)?.to_scalar()?,
         kl,
     })
 }

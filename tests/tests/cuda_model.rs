@@ -327,3 +327,61 @@ fn every_head_dim_matches_the_cpu() {
         }
     }
 }
+
+/// PPO's loss stays on the device: its clipped branches are chosen there (maximum, clamp,
+/// ge), so a loss with its backward copies one thing to the host — the six statistics, in one
+/// copy — where choosing the branches on the host copied the log-probs and values back; and it
+/// matches the CPU's loss, statistics and gradients.
+#[test]
+fn ppo_loss_stays_on_the_device() {
+    let Some(dev) = gpu_or_skip("ppo_loss_stays_on_the_device") else {
+        return;
+    };
+    use palm_rlhf::rl_math::{PpoBatch, PpoConfig, ppo_loss};
+    let (b, n) = (4, 37);
+    let mut rng = Rng::new(5);
+    let mut host = |scale: f32| -> Vec<f32> { (0..b * n).map(|_| rng.normal() * scale).collect() };
+    let (logp, values, entropy) = (host(0.3), host(1.0), host(0.1));
+    let (old_logp, old_values) = (host(0.3), host(1.0));
+    let (adv, returns) = (host(1.0), host(1.0));
+    let mask: Vec<f32> = (0..b * n)
+        .map(|i| f32::from(u8::from(i % n < 30 - i / n)))
+        .collect();
+    let batch = PpoBatch {
+        old_logp: &old_logp,
+        old_values: &old_values,
+        advantages: &adv,
+        returns: &returns,
+        mask: &mask,
+    };
+    let cfg = PpoConfig::default();
+    let run = |device: Device| {
+        let t = |v: &Vec<f32>| {
+            Tensor::from_vec(v.clone(), &[b, n])
+                .unwrap()
+                .to_device(device)
+                .unwrap()
+                .as_var()
+        };
+        let (lp, v, h) = (t(&logp), t(&values), t(&entropy));
+        let before = dev.d2h_copies();
+        let out = ppo_loss(&lp, &h, &v, &batch, &cfg).unwrap();
+        let grads = out.loss.backward().unwrap();
+        let copies = dev.d2h_copies() - before;
+        let g = |x: &Tensor| grads.get(x).unwrap().to_vec::<f32>().unwrap();
+        let stats = vec![
+            out.policy_loss,
+            out.value_loss,
+            out.entropy,
+            out.approx_kl,
+            out.clip_frac,
+        ];
+        (copies, stats, g(&lp), g(&v))
+    };
+    let (copies, stats, glp, gv) = run(GPU);
+    assert_eq!(copies, 1, "device→host copies in one PPO loss and backward");
+    let (_, cpu_stats, cpu_glp, cpu_gv) = run(Device::Cpu);
+    assert_close("PPO statistics", &stats, &cpu_stats, 1e-5);
+    assert_close("PPO d/d log-probs", &glp, &cpu_glp, 1e-5);
+    assert_close("PPO d/d values", &gv, &cpu_gv, 1e-5);
+}

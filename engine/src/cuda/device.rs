@@ -218,6 +218,8 @@ pub struct CudaDevice {
     /// `PALM_CUDA_POISON=1`: fill new allocations with 0xFF bytes (NaN for floats), so a kernel
     /// that leaves part of its output unwritten fails the CPU-vs-CUDA tests.
     poison: std::sync::atomic::AtomicBool,
+    /// Device-to-host copies so far (each one waits for the stream: a host round trip).
+    d2h_copies: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -295,6 +297,7 @@ impl CudaDevice {
             last_kernel: Mutex::new("(none)"),
             sync_each_launch,
             poison: std::sync::atomic::AtomicBool::new(poison),
+            d2h_copies: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -327,6 +330,7 @@ impl CudaDevice {
             last_kernel: Mutex::new("(none)"),
             sync_each_launch: false,
             poison: std::sync::atomic::AtomicBool::new(false),
+            d2h_copies: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -542,6 +546,7 @@ impl CudaDevice {
         if bytes.is_empty() {
             return Ok(());
         }
+        self.d2h_copies.fetch_add(1, Ordering::Relaxed);
         if let Some(vm) = self.vm() {
             // Reading back bytes no kernel or copy wrote is a bug the VM reports (initcheck).
             return Ok(vm.mem.read(buf.ptr + at as u64, bytes, true)?);
@@ -562,6 +567,12 @@ impl CudaDevice {
         let mut out = vec![T::zeroed(); len];
         self.download(buf, &mut out)?;
         Ok(out)
+    }
+
+    /// Device-to-host copies made so far (each a wait for the stream): how tests check that a
+    /// step stays on the device.
+    pub fn d2h_copies(&self) -> u64 {
+        self.d2h_copies.load(Ordering::Relaxed)
     }
 
     /// Fill new allocations with 0xFF bytes from now on (tests: an unwritten output is NaN).

@@ -162,7 +162,9 @@ impl Tensor {
     /// `self` limited to [lo, hi] (the gradient flows where it is inside).
     pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
         if lo.is_nan() || hi.is_nan() || lo > hi {
-            return Err(Error::Invalid(format!("clamp: bounds {lo}..{hi} are not ordered")));
+            return Err(Error::Invalid(format!(
+                "clamp: bounds {lo}..{hi} are not ordered"
+            )));
         }
         let bound = |v: f32| Tensor::full(v, &[1], self.dtype(), self.device());
         self.minimum(&bound(hi)?)?.maximum(&bound(lo)?)
