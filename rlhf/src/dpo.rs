@@ -8,7 +8,7 @@
 //! where DPO reports accuracy and margin every step.
 
 use crate::data::PreferenceRecord;
-use crate::epochs::{Batches, EPOCH_LOSS_KEY, Session};
+use crate::epochs::{Batches, EPOCH_LOSS_KEY, Session, say_stopped};
 use crate::reward_train::Ranked;
 use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_logprobs};
 use crate::run_dir::{RunDir, StateMeta};
@@ -366,11 +366,7 @@ pub fn train(
             )?;
         }
         if stop {
-            pb.abandon();
-            eprintln!(
-                "stopped at step {step}; continue with --resume {}",
-                run.path().display()
-            );
+            say_stopped(&pb, step, run);
             return Ok(results);
         }
     }

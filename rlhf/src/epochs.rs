@@ -29,6 +29,15 @@ pub struct Session {
     pub stop_at: Option<u64>,
 }
 
+/// Say where a run stopped as if interrupted, and how to continue it.
+pub fn say_stopped(pb: &indicatif::ProgressBar, step: u64, run: &crate::run_dir::RunDir) {
+    pb.abandon();
+    eprintln!(
+        "stopped at step {step}; continue with --resume {}",
+        run.path().display()
+    );
+}
+
 /// The metadata key of [`Start::epoch_loss`] in a state file.
 pub const EPOCH_LOSS_KEY: &str = "epoch_loss_bits";
 

@@ -5,7 +5,7 @@
 //! and with `--lora` only adapters in front of a frozen trunk.
 
 use crate::data::PreferenceRecord;
-use crate::epochs::{Batches, EPOCH_LOSS_KEY, Session};
+use crate::epochs::{Batches, EPOCH_LOSS_KEY, Session, say_stopped};
 use crate::reward::{RewardModel, Scored, ranking_loss};
 use crate::rl_run::shuffle;
 use crate::run_dir::{RunDir, StateMeta};
@@ -293,11 +293,7 @@ pub fn train(
             )?;
         }
         if stop {
-            pb.abandon();
-            eprintln!(
-                "stopped at step {step}; continue with --resume {}",
-                run.path().display()
-            );
+            say_stopped(&pb, step, run);
             return Ok(results);
         }
     }

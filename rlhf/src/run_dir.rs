@@ -89,12 +89,7 @@ impl RunDir {
                 std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
             }
         }
-        let metrics_path = path.join(METRICS_FILE);
-        let metrics = File::options()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| Error::io(&metrics_path, e))?;
+        let (metrics, _) = open_metrics(path)?;
         Ok(RunDir {
             path: path.to_path_buf(),
             metrics,
@@ -125,12 +120,7 @@ impl RunDir {
             )));
         }
         let (loaded, offset) = read(path)?;
-        let metrics_path = path.join(METRICS_FILE);
-        let metrics = File::options()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| Error::io(&metrics_path, e))?;
+        let (metrics, metrics_path) = open_metrics(path)?;
         let len = metrics
             .metadata()
             .map_err(|e| Error::io(&metrics_path, e))?
@@ -189,6 +179,17 @@ impl RunDir {
             metrics_offset,
         })
     }
+}
+
+/// `DIR/metrics.jsonl` opened for appending (created if missing), with its path.
+fn open_metrics(dir: &Path) -> Result<(File, PathBuf)> {
+    let path = dir.join(METRICS_FILE);
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    Ok((file, path))
 }
 
 /// The step and metrics offset a state file's metadata records.
