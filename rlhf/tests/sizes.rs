@@ -182,7 +182,7 @@ fn sizes_that_do_not_fit_are_refused_before_allocating() {
     // A batch or a sequence length larger than the data is only as large as the data.
     let text = dir.join("text.txt");
     std::fs::write(&text, "some text to score ".repeat(20)).unwrap();
-    let fine: [Vec<&str>; 3] = [
+    let fine: [Vec<&str>; 4] = [
         vec![
             "eval",
             "--checkpoint",
@@ -216,6 +216,22 @@ fn sizes_that_do_not_fit_are_refused_before_allocating() {
             MAX,
             "--seq-len",
             MAX,
+            "--out",
+            o,
+            "--overwrite",
+        ],
+        vec![
+            "sft",
+            "--checkpoint",
+            c,
+            "--data",
+            s(&sft),
+            "--seq-len",
+            MAX,
+            "--steps",
+            "1",
+            "--batch",
+            "2",
             "--out",
             o,
             "--overwrite",

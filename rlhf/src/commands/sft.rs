@@ -188,13 +188,26 @@ impl Task for Sft {
 }
 
 /// Refuse a `--batch`/`--seq-len` that would not fit, before anything is allocated.
-fn check_memory(run: &RunSettings, config: &PalmConfig, device: palm_engine::Device) -> Result<()> {
+/// Refuse a `--batch` that would not fit, before anything is allocated. Examples are as long
+/// as the data's longest (in bytes), up to --seq-len.
+fn check_memory(
+    run: &RunSettings,
+    records: &[SftRecord],
+    config: &PalmConfig,
+    device: palm_engine::Device,
+) -> Result<()> {
+    let longest = records
+        .iter()
+        .map(|r| r.prompt.len().saturating_add(r.completion.len()))
+        .max()
+        .unwrap_or(0)
+        .min(run.seq_len as usize);
     palm_model::budget::check(
         &format!(
             "training with --batch {} --seq-len {}",
             run.batch, run.seq_len
         ),
-        palm_model::budget::training(config, run.batch as usize, run.seq_len as usize),
+        palm_model::budget::training(config, run.batch as usize, longest),
         device,
     )?;
     Ok(())
@@ -211,7 +224,7 @@ pub fn run(args: SftArgs) -> Result<()> {
                 ));
             };
             // Read the data before creating anything on disk.
-            read_jsonl::<SftRecord>(data)?;
+            let records = read_jsonl::<SftRecord>(data)?;
             let (params, _) = load_language_model(ckpt)?;
             let settings = OptimSettings {
                 steps: args.steps.unwrap_or(300),
@@ -231,7 +244,7 @@ pub fn run(args: SftArgs) -> Result<()> {
                 ckpt_every: args.ckpt_every,
             };
             let extra = serde_json::to_value(&run).map_err(|e| Error::Invalid(e.to_string()))?;
-            check_memory(&run, &params.config, device)?;
+            check_memory(&run, &records, &params.config, device)?;
             Trainer::from_params(
                 params,
                 settings,
@@ -244,9 +257,10 @@ pub fn run(args: SftArgs) -> Result<()> {
     };
     let run: RunSettings = serde_json::from_value(trainer.extra.clone())
         .map_err(|e| Error::Invalid(format!("bad run settings in the training state: {e}")))?;
-    check_memory(&run, &trainer.params.config, device)?;
-    trainer.to_device(device)?;
     let records = read_jsonl::<SftRecord>(&run.data)?;
+    check_memory(&run, &records, &trainer.params.config, device)?;
+    trainer.to_device(device)?;
+
     if records.len() < 2 {
         return Err(Error::data(
             &run.data,
