@@ -301,3 +301,25 @@ fn palm_device_steers_auto() {
     );
     assert_eq!(cuda.lines().count(), 1, "{cuda}");
 }
+
+/// Every flag of every command says what it does in `--help`.
+#[test]
+fn every_flag_of_every_command_has_help() {
+    for cmd in [
+        &["train"][..],
+        &["sft"],
+        &["reward", "train"],
+        &["reward", "score"],
+        &["dpo"],
+        &["ppo"],
+        &["grpo"],
+        &["rlhf-demo"],
+        &["label"],
+        &["rank"],
+        &["sample"],
+        &["eval"],
+        &["info"],
+    ] {
+        assert!(common::documented_flags(cmd) >= 1, "{cmd:?}");
+    }
+}

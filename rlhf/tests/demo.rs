@@ -216,26 +216,7 @@ fn quick_demo_writes_its_artefacts_and_raises_the_gold_score() {
 
 #[test]
 fn every_flag_has_help_and_bad_inputs_give_one_clear_error() {
-    let o = palm(&["rlhf-demo", "--help"]);
-    assert!(o.status.success());
-    let help = stdout(&o);
-    let lines: Vec<&str> = help.lines().collect();
-    let mut flags = 0;
-    for (i, l) in lines.iter().enumerate() {
-        if !l.trim_start().starts_with("--") {
-            continue;
-        }
-        flags += 1;
-        // Clap puts the text after the flag ("--flag <V>  text") or on the next line.
-        let same_line = l.trim_start().split_once("  ").map(|(_, r)| r.trim());
-        let next = lines.get(i + 1).map(|n| n.trim()).unwrap_or("");
-        let text = same_line.unwrap_or(next);
-        assert!(
-            !text.is_empty() && !text.starts_with('-'),
-            "no help for: {l}"
-        );
-    }
-    assert!(flags >= 15, "{help}");
+    assert!(common::documented_flags(&["rlhf-demo"]) >= 15);
 
     let dir = scratch("demo-bad");
     let out = dir.join("out");

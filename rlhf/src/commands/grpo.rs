@@ -78,6 +78,7 @@ pub struct GrpoArgs {
     /// Learning rate (constant).
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f32,
+    /// AdamW weight decay (matrices only).
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
     /// Clip the global gradient norm to this.

@@ -78,8 +78,10 @@ pub struct PpoArgs {
     /// Subtract this from the score of a response that hit --max-new without EOS.
     #[arg(long)]
     pub missing_eos_penalty: Option<f32>,
+    /// Discount γ of the per-token rewards (GAE).
     #[arg(long, default_value_t = 1.0)]
     pub gamma: f32,
+    /// GAE's λ: 1 is the Monte-Carlo return, 0 the one-step TD error.
     #[arg(long, default_value_t = 0.95)]
     pub lam: f32,
     /// Policy clip range ε.
@@ -88,6 +90,7 @@ pub struct PpoArgs {
     /// Value clip range.
     #[arg(long, default_value_t = 0.2)]
     pub value_clip: f32,
+    /// Weight of the value loss in the total loss.
     #[arg(long, default_value_t = 0.1)]
     pub vf_coef: f32,
     /// Weight of the entropy bonus.
@@ -102,6 +105,7 @@ pub struct PpoArgs {
     /// Learning rate (constant).
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f32,
+    /// AdamW weight decay (matrices only).
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
     /// Clip the global gradient norm to this.

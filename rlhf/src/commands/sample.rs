@@ -27,6 +27,7 @@ pub struct SampleArgs {
     /// Keep the most likely tokens up to this probability mass.
     #[arg(long)]
     pub top_p: Option<f32>,
+    /// Seeds the draws (the same seed gives the same samples on the same device).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Number of samples (decoded together as one batch).

@@ -30,23 +30,31 @@ pub struct SftArgs {
     /// Longest example in tokens (prompt + completion); longer ones are cut at the end.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..))]
     pub seq_len: u64,
+    /// Peak learning rate.
     #[arg(long, default_value_t = 3e-4)]
     pub lr: f32,
+    /// Final learning rate of the cosine schedule.
     #[arg(long, default_value_t = 3e-5)]
     pub min_lr: f32,
+    /// Linear warmup steps.
     #[arg(long, default_value_t = 20)]
     pub warmup: u64,
+    /// AdamW weight decay (matrices only).
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
+    /// Clip the global gradient norm to this.
     #[arg(long, default_value_t = 0.5)]
     pub grad_clip: f32,
+    /// Validate on the held-out examples every N steps (and at the end); 0 = only at the end.
     #[arg(long, default_value_t = 50)]
     pub val_every: u64,
     /// Print a sample every N steps (and at the end); 0 = only at the end.
     #[arg(long, default_value_t = 100)]
     pub sample_every: u64,
+    /// Checkpoint every N steps (and at the end); 0 = only at the end.
     #[arg(long, default_value_t = 100)]
     pub ckpt_every: u64,
+    /// Seeds the batches and the samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Run folder.

@@ -11,17 +11,24 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// Model size: tiny, enwik8, small or 1b (see `palm info`); the flags below override it.
+    /// Model size: tiny (0.5M parameters: dim 128, depth 2, 4 heads of 32), enwik8 (30M: 512,
+    /// 8, 8 of 64), small (139M: 768, 12, 12 of 64, a 50,304-token vocabulary) or 1b (1.05B:
+    /// 2048, 16, 16 of 128, 50,304 tokens); the flags below override single sizes.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
+    /// Model width (the residual stream).
     #[arg(long)]
     pub dim: Option<usize>,
+    /// Number of layers.
     #[arg(long)]
     pub depth: Option<usize>,
+    /// Query heads per layer (keys and values have one head: multi-query attention).
     #[arg(long)]
     pub heads: Option<usize>,
+    /// Width of each head (even: rotary embeddings rotate pairs).
     #[arg(long)]
     pub dim_head: Option<usize>,
+    /// Feed-forward width as a multiple of --dim.
     #[arg(long)]
     pub ff_mult: Option<usize>,
     /// Training text (.gz is decompressed); the last 5% is held out. Default: the shipped corpus.
@@ -47,6 +54,7 @@ pub struct TrainArgs {
     /// Linear warmup steps.
     #[arg(long, default_value_t = 100)]
     pub warmup: u64,
+    /// AdamW weight decay (matrices only).
     #[arg(long, default_value_t = 0.1)]
     pub weight_decay: f32,
     /// Clip the global gradient norm to this.
@@ -67,6 +75,7 @@ pub struct TrainArgs {
     /// Checkpoint every N steps (and at the end); 0 = only at the end.
     #[arg(long, default_value_t = 500)]
     pub ckpt_every: u64,
+    /// Seeds the initialisation, the batches and the samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Run folder: model.safetensors, train_state.safetensors, metrics.jsonl.

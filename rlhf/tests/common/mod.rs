@@ -173,3 +173,28 @@ pub fn assert_resumed_like(full: &Path, part: &Path, files: &[&str]) {
         assert_same_tensors(&full.join(f), &part.join(f));
     }
 }
+
+/// Check that every flag `palm CMD --help` lists has a line of help; returns how many there are.
+#[allow(dead_code)]
+pub fn documented_flags(cmd: &[&str]) -> usize {
+    let o = palm(&[cmd, &["--help"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let help = stdout(&o);
+    let lines: Vec<&str> = help.lines().collect();
+    let mut flags = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if !l.trim_start().starts_with("--") {
+            continue;
+        }
+        flags += 1;
+        // Clap puts the text after the flag ("--flag <V>  text") or on the next line.
+        let same_line = l.trim_start().split_once("  ").map(|(_, r)| r.trim());
+        let next = lines.get(i + 1).map(|n| n.trim()).unwrap_or("");
+        let text = same_line.unwrap_or(next);
+        assert!(
+            !text.is_empty() && !text.starts_with('-') && !text.starts_with("[default"),
+            "palm {cmd:?}: no help for: {l}"
+        );
+    }
+    flags
+}
