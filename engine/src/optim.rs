@@ -27,6 +27,18 @@ impl Default for AdamWConfig {
     }
 }
 
+impl AdamWConfig {
+    /// The defaults (β₁ 0.9, β₂ 0.95, ε 1e-8) with this learning rate and weight decay, as every
+    /// training loop configures it.
+    pub fn new(lr: f32, weight_decay: f32) -> Self {
+        AdamWConfig {
+            lr,
+            weight_decay,
+            ..AdamWConfig::default()
+        }
+    }
+}
+
 /// First and second moments of one parameter.
 pub type Moments = (Vec<f32>, Vec<f32>);
 

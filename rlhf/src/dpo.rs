@@ -261,11 +261,7 @@ pub const RUN_FILES: [&str; 2] = [STATE_FILE, MODEL_FILE];
 
 impl TrainSettings {
     pub fn adam(&self) -> AdamWConfig {
-        AdamWConfig {
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            ..AdamWConfig::default()
-        }
+        AdamWConfig::new(self.lr, self.weight_decay)
     }
 }
 

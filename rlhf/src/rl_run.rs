@@ -62,12 +62,10 @@ pub fn freeze(params: &mut PalmParams) {
 }
 
 pub fn adam(lr: f32, weight_decay: f32, learner: &Learner) -> Result<AdamW> {
-    let cfg = AdamWConfig {
-        lr,
-        weight_decay,
-        ..AdamWConfig::default()
-    };
-    Ok(AdamW::new(cfg, &learner.trained_tensors())?)
+    Ok(AdamW::new(
+        AdamWConfig::new(lr, weight_decay),
+        &learner.trained_tensors(),
+    )?)
 }
 
 /// Backward through `loss`, clip the global gradient norm, one AdamW step. Returns the norm
@@ -228,12 +226,7 @@ pub fn load_checkpoint(
         critic: critic(&state.file, &base)?,
     };
     let (lr, weight_decay) = opt_cfg(&state.settings)?;
-    let cfg = AdamWConfig {
-        lr,
-        weight_decay,
-        ..AdamWConfig::default()
-    };
-    let opt = state.optimizer(cfg, &learner)?;
+    let opt = state.optimizer(AdamWConfig::new(lr, weight_decay), &learner)?;
     Ok(Checkpoint {
         base,
         learner,

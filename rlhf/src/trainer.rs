@@ -88,11 +88,7 @@ pub struct StepStats {
 }
 
 fn adam_config(s: &OptimSettings) -> AdamWConfig {
-    AdamWConfig {
-        lr: s.lr,
-        weight_decay: s.weight_decay,
-        ..AdamWConfig::default()
-    }
+    AdamWConfig::new(s.lr, s.weight_decay)
 }
 
 impl Trainer {

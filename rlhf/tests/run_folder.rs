@@ -6,8 +6,7 @@
 mod common;
 
 use common::{
-    TINY_MODEL, TINY_RUN, assert_one_error, assert_same_tensors, corpus, losses, palm, scratch,
-    stderr, train,
+    assert_one_error, assert_same_tensors, corpus, losses, palm, scratch, stderr, train, train_args,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,17 +14,7 @@ use std::time::{Duration, Instant};
 
 /// `palm train` into `dir` as a child process (to be killed).
 fn spawn_train(dir: &Path, data: &Path, extra: &[&str]) -> Child {
-    let mut args = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        dir.to_str().unwrap(),
-    ];
-    args.extend_from_slice(TINY_MODEL);
-    args.extend_from_slice(TINY_RUN);
-    args.extend_from_slice(extra);
-    spawn(&args)
+    spawn(&train_args(dir, data, extra))
 }
 
 fn spawn(args: &[&str]) -> Child {

@@ -94,8 +94,9 @@ pub const TINY_RUN: &[&str] = &[
     "16",
 ];
 
+/// The arguments of `palm train` on `data` into `dir` at the test sizes, then `extra`.
 #[allow(dead_code)]
-pub fn train(dir: &Path, data: &Path, extra: &[&str]) -> Output {
+pub fn train_args<'a>(dir: &'a Path, data: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "train",
         "--data",
@@ -106,7 +107,12 @@ pub fn train(dir: &Path, data: &Path, extra: &[&str]) -> Output {
     args.extend_from_slice(TINY_MODEL);
     args.extend_from_slice(TINY_RUN);
     args.extend_from_slice(extra);
-    palm(&args)
+    args
+}
+
+#[allow(dead_code)]
+pub fn train(dir: &Path, data: &Path, extra: &[&str]) -> Output {
+    palm(&train_args(dir, data, extra))
 }
 
 /// The training losses of a run, in order, exactly as logged.
