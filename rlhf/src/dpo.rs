@@ -8,10 +8,10 @@
 //! where DPO reports accuracy and margin every step.
 
 use crate::data::PreferenceRecord;
-use crate::epochs::{Batches, EPOCH_LOSS_KEY, Session, say_stopped};
+use crate::epochs::{Batches, Checkpoints, Session, say_stopped};
 use crate::reward_train::Ranked;
 use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_logprobs};
-use crate::run_dir::{RunDir, StateMeta};
+use crate::run_dir::RunDir;
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
@@ -290,6 +290,11 @@ pub fn train(
         settings,
         stop_at,
     } = session;
+    let to = Checkpoints {
+        kind: STATE_FORMAT,
+        files: (STATE_FILE, MODEL_FILE),
+        settings,
+    };
     let mut opt = start.optimizer(s.adam(), policy)?;
     let mut batches = Batches::new(train.pairs.len(), batch, s.epochs, start.step, start.rng)?;
     let total = batches.total();
@@ -343,23 +348,10 @@ pub fn train(
             results.push(validate(policy, step, run)?);
         }
         if validating || stop {
-            let mut extra = std::collections::HashMap::new();
-            extra.insert(EPOCH_LOSS_KEY.into(), 0f64.to_bits().to_string());
-            let meta = StateMeta {
-                kind: STATE_FORMAT,
-                step,
-                rng: batches.resume_rng(),
-                settings: settings.clone(),
-                extra,
-            };
             let model: &Policy = policy;
-            run.checkpoint(
-                (STATE_FILE, MODEL_FILE),
-                model,
-                &opt,
-                meta,
-                |path, marks| model.save(path, marks),
-            )?;
+            batches.checkpoint(run, &to, 0.0, model, &opt, |path, marks| {
+                model.save(path, marks)
+            })?;
         }
         if stop {
             say_stopped(&pb, step, run);

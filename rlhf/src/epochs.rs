@@ -5,7 +5,7 @@
 //! as it was before the current epoch's shuffle ([`Batches::resume_rng`]): from those a resumed
 //! run draws the same order and skips the batches already done.
 
-use crate::run_dir::SavedState;
+use crate::run_dir::{RunDir, SavedState, StateMeta};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng};
 use palm_model::Trainable;
@@ -27,6 +27,14 @@ pub struct Session {
     pub start: Start,
     pub settings: serde_json::Value,
     pub stop_at: Option<u64>,
+}
+
+/// Where an epoch loop's checkpoints go: its run kind, its (state, model) files, and the
+/// command's settings they save.
+pub struct Checkpoints {
+    pub kind: &'static str,
+    pub files: (&'static str, &'static str),
+    pub settings: serde_json::Value,
 }
 
 /// Say where a run stopped as if interrupted, and how to continue it.
@@ -161,6 +169,30 @@ impl Batches {
         self.step += 1;
         let start = within * self.batch;
         Some(&self.order[start..(start + self.batch).min(self.items)])
+    }
+
+    /// A checkpoint at the current step (see [`RunDir::checkpoint`]): the state file of `to`
+    /// with the RNG a resume starts from and the epoch's running loss, then the model, which
+    /// `write` saves to the path it is given with the metadata entries it is given.
+    pub fn checkpoint(
+        &self,
+        run: &mut RunDir,
+        to: &Checkpoints,
+        epoch_loss: f64,
+        trained: &dyn Trainable,
+        opt: &AdamW,
+        write: impl FnOnce(&std::path::Path, &[(String, String)]) -> Result<()>,
+    ) -> Result<()> {
+        let mut extra = std::collections::HashMap::new();
+        extra.insert(EPOCH_LOSS_KEY.into(), epoch_loss.to_bits().to_string());
+        let meta = StateMeta {
+            kind: to.kind,
+            step: self.step,
+            rng: self.resume_rng(),
+            settings: to.settings.clone(),
+            extra,
+        };
+        run.checkpoint(to.files, trained, opt, meta, write)
     }
 
     /// The RNG a run resumed at the current step starts from.

@@ -5,10 +5,10 @@
 //! and with `--lora` only adapters in front of a frozen trunk.
 
 use crate::data::PreferenceRecord;
-use crate::epochs::{Batches, EPOCH_LOSS_KEY, Session, say_stopped};
+use crate::epochs::{Batches, Checkpoints, Session, say_stopped};
 use crate::reward::{RewardModel, Scored, ranking_loss};
 use crate::rl_run::shuffle;
-use crate::run_dir::{RunDir, StateMeta};
+use crate::run_dir::RunDir;
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
@@ -222,6 +222,11 @@ pub fn train(
         settings,
         stop_at,
     } = session;
+    let to = Checkpoints {
+        kind: STATE_FORMAT,
+        files: (STATE_FILE, MODEL_FILE),
+        settings,
+    };
     let mut opt = start.optimizer(s.adam(), rm)?;
     let mut batches = Batches::new(train.len(), batch, s.epochs, start.step, start.rng)?;
     let total = batches.total();
@@ -270,23 +275,10 @@ pub fn train(
             results.push(held);
         }
         if batches.at_epoch_end() || stop {
-            let mut extra = std::collections::HashMap::new();
-            extra.insert(EPOCH_LOSS_KEY.into(), epoch_loss.to_bits().to_string());
-            let meta = StateMeta {
-                kind: STATE_FORMAT,
-                step,
-                rng: batches.resume_rng(),
-                settings: settings.clone(),
-                extra,
-            };
             let model: &RewardModel = rm;
-            run.checkpoint(
-                (STATE_FILE, MODEL_FILE),
-                model,
-                &opt,
-                meta,
-                |path, marks| model.save_with(path, marks),
-            )?;
+            batches.checkpoint(run, &to, epoch_loss, model, &opt, |path, marks| {
+                model.save_with(path, marks)
+            })?;
         }
         if stop {
             say_stopped(&pb, step, run);
