@@ -2,6 +2,7 @@
 //! optimizers and safetensors I/O. The only crate of the workspace with `unsafe`.
 
 pub mod autograd;
+pub mod backend;
 pub mod cpu;
 pub mod cuda;
 pub mod device;
@@ -16,6 +17,7 @@ pub mod storage;
 pub mod tensor;
 
 pub use autograd::{Grads, NoGradGuard, no_grad};
+pub use backend::RopeTables;
 pub use device::{Device, DeviceRequest};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
@@ -24,7 +26,7 @@ pub use ops::cross_entropy::cross_entropy;
 pub use ops::embedding::embedding;
 pub use ops::layernorm::layer_norm;
 pub use ops::logprob::{entropy, logprob};
-pub use ops::rope::{RopeTables, rope};
+pub use ops::rope::rope;
 pub use ops::swiglu::swiglu;
 pub use optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
 pub use rng::Rng;

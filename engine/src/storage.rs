@@ -1,4 +1,5 @@
-//! Tensor data: one enum arm per device, one arm per dtype on the CPU.
+//! Tensor data: one enum arm per device (backend), one arm per dtype on the CPU; and `on_backend!`,
+//! the one place an op's operands meet their backend.
 
 use crate::cuda::CudaStorage;
 use crate::{DType, Device, Element};
@@ -111,6 +112,14 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// Whether this backend's fused attention covers head dim `d`.
+    pub(crate) fn fuses_attention(&self, d: usize) -> bool {
+        use crate::backend::Backend;
+        match self {
+            Storage::Cpu(_) => CpuStorage::fuses_attention(d),
+            Storage::Cuda(_) => CudaStorage::fuses_attention(d),
+        }
+    }
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
@@ -124,3 +133,64 @@ impl Storage {
         }
     }
 }
+
+/// A backend's results, lifted into `Storage` (the same shape of result from either arm).
+pub(crate) trait Lift {
+    type Out;
+    fn lift(self) -> Self::Out;
+}
+
+impl Lift for CpuStorage {
+    type Out = Storage;
+    fn lift(self) -> Storage {
+        Storage::Cpu(self)
+    }
+}
+
+impl Lift for CudaStorage {
+    type Out = Storage;
+    fn lift(self) -> Storage {
+        Storage::Cuda(self)
+    }
+}
+
+impl<S: Lift> Lift for (S, S) {
+    type Out = (S::Out, S::Out);
+    fn lift(self) -> Self::Out {
+        (self.0.lift(), self.1.lift())
+    }
+}
+
+impl<S: Lift> Lift for (S, S, S) {
+    type Out = (S::Out, S::Out, S::Out);
+    fn lift(self) -> Self::Out {
+        (self.0.lift(), self.1.lift(), self.2.lift())
+    }
+}
+
+impl<S: Lift<Out = Storage>> Lift for crate::backend::Two<S> {
+    type Out = crate::backend::Two<Storage>;
+    fn lift(self) -> Self::Out {
+        use crate::backend::Two;
+        match self {
+            Two::Separate(a, b) => Two::Separate(a.lift(), b.lift()),
+            Two::Shared(s, a, b) => Two::Shared(s.lift(), a, b),
+        }
+    }
+}
+
+/// Evaluate `$body` with each listed tensor's storage bound (as `$s`) to its backend's storage
+/// type, and lift the result back into `Storage`: the body is written once, against the
+/// `Backend` trait, and compiled for each backend. Operands on different devices are an error
+/// naming the op.
+macro_rules! on_backend {
+    ($op:expr, [$($t:expr => $s:ident),+ $(,)?], $body:expr) => {{
+        #[allow(unreachable_patterns)]
+        match ($($t.storage(),)+) {
+            ($($crate::storage::Storage::Cpu($s),)+) => $body.map($crate::storage::Lift::lift),
+            ($($crate::storage::Storage::Cuda($s),)+) => $body.map($crate::storage::Lift::lift),
+            _ => Err($crate::ops::device_mismatch($op, &[$($t.device()),+])),
+        }
+    }};
+}
+pub(crate) use on_backend;

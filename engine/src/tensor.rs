@@ -112,18 +112,17 @@ impl Tensor {
     }
 
     pub fn full(value: f32, dims: &[usize], dtype: DType, device: Device) -> Result<Self> {
-        if let Device::Cuda(i) = device {
-            return crate::cuda::ops::elementwise::full(&CudaDevice::get(i)?, dims, dtype, value);
-        }
         let n = elem_count(dims);
-        let t = match dtype {
-            DType::F32 => Tensor::from_vec(vec![value; n], dims)?,
-            DType::BF16 => Tensor::from_vec(vec![half::bf16::from_f32(value); n], dims)?,
-            DType::U32 => Tensor::from_vec(vec![value as u32; n], dims)?,
-            DType::I64 => Tensor::from_vec(vec![value as i64; n], dims)?,
-            DType::U8 => Tensor::from_vec(vec![value as u8; n], dims)?,
+        let s = match device {
+            Device::Cpu => Storage::Cpu(crate::cpu::filled(value, n, dtype)),
+            Device::Cuda(i) => Storage::Cuda(crate::cuda::ops::elementwise::full(
+                &CudaDevice::get(i)?,
+                n,
+                dtype,
+                value,
+            )?),
         };
-        Ok(t)
+        Ok(Tensor::from_storage(s, dims))
     }
 
     pub fn scalar(value: f32) -> Self {
@@ -271,31 +270,20 @@ impl Tensor {
         if self.device() == device {
             return Ok(self.clone());
         }
-        match device {
-            Device::Cuda(i) => {
-                let dev = CudaDevice::get(i)?;
-                let on_cpu = self.to_device(Device::Cpu)?;
-                crate::cuda::ops::elementwise::upload(&dev, &on_cpu)
+        let s = match (self.storage(), device) {
+            (Storage::Cpu(s), Device::Cuda(i)) => Storage::Cuda(
+                crate::cuda::ops::elementwise::upload(&CudaDevice::get(i)?, (s, self.layout()))?,
+            ),
+            (Storage::Cuda(s), Device::Cpu) => {
+                Storage::Cpu(crate::cuda::ops::elementwise::download((s, self.layout()))?)
             }
-            Device::Cpu => {
-                let t = self.contiguous()?;
-                let Storage::Cuda(s) = t.storage() else {
-                    return Err(Error::Invalid(
-                        "internal: to_device from a CPU tensor".into(),
-                    ));
-                };
-                let (dev, at) = (s.device(), t.layout().offset() * t.dtype().size_in_bytes());
-                let n = t.elem_count();
-                let host = match t.dtype() {
-                    DType::F32 => CpuStorage::F32(Buf::Owned(download(dev, s, at, n)?)),
-                    DType::BF16 => CpuStorage::BF16(Buf::Owned(download(dev, s, at, n)?)),
-                    DType::U32 => CpuStorage::U32(Buf::Owned(download(dev, s, at, n)?)),
-                    DType::I64 => CpuStorage::I64(Buf::Owned(download(dev, s, at, n)?)),
-                    DType::U8 => CpuStorage::U8(Buf::Owned(download(dev, s, at, n)?)),
-                };
-                Ok(Tensor::from_cpu(host, t.dims()))
+            // One GPU to another: through the host.
+            (Storage::Cuda(_), Device::Cuda(_)) => {
+                return self.to_device(Device::Cpu)?.to_device(device);
             }
-        }
+            (Storage::Cpu(_), Device::Cpu) => return Ok(self.clone()),
+        };
+        Ok(Tensor::from_storage(s, self.dims()))
     }
 
     // ---- views -------------------------------------------------------------------------
@@ -367,24 +355,11 @@ impl Tensor {
         if self.layout().is_contiguous() {
             return Ok(self.clone());
         }
-        let t = match self.storage() {
-            Storage::Cpu(s) => {
-                Tensor::from_cpu(crate::cpu::copy_strided(s, self.layout()), self.dims())
-            }
-            Storage::Cuda(_) => crate::cuda::ops::elementwise::contiguous(self)?,
-        };
-        Ok(t.record(&[self], || Op::Copy(self.clone())))
+        let out = crate::storage::on_backend!("contiguous", [self => s], {
+            crate::backend::Backend::copy((s, self.layout()))
+        })?;
+        Ok(Tensor::from_op(out, self.dims(), &[self], || {
+            Op::Copy(self.clone())
+        }))
     }
-}
-
-/// `n` elements of a device buffer from byte offset `at`.
-fn download<T: bytemuck::Pod>(
-    dev: &CudaDevice,
-    s: &crate::cuda::CudaStorage,
-    at: usize,
-    n: usize,
-) -> Result<Vec<T>> {
-    let mut out = vec![T::zeroed(); n];
-    dev.download_at(s.buffer(), at, &mut out)?;
-    Ok(out)
 }

@@ -2,16 +2,7 @@
 
 use rayon::prelude::*;
 
-pub struct Hyper {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    /// 1 − β₁ᵗ and 1 − β₂ᵗ for the current step.
-    pub bias1: f32,
-    pub bias2: f32,
-}
+pub use crate::backend::AdamWHyper as Hyper;
 
 pub fn step(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &Hyper) {
     let step_size = h.lr / h.bias1;

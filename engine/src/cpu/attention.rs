@@ -7,22 +7,11 @@ use rayon::prelude::*;
 
 const BLOCK: usize = 64;
 
-pub struct Shape {
-    pub b: usize,
-    pub h: usize,
-    pub n: usize,
-    pub m: usize,
-    pub d: usize,
-    /// Query row i sits at absolute position i + offset and sees keys j ≤ i + offset.
-    pub offset: usize,
-    pub scale: f32,
-}
+use crate::backend::AttentionShape as Shape;
 
-impl Shape {
-    /// Keys visible to query rows [i0, i1).
-    fn keys(&self, i1: usize) -> usize {
-        (i1 + self.offset).min(self.m)
-    }
+/// Keys visible to query rows [i0, i1).
+fn visible_keys(s: &Shape, i1: usize) -> usize {
+    (i1 + s.offset).min(s.m)
 }
 
 /// q (b,h,n,d), k/v (b,m,d), all contiguous. Returns (out (b,h,n,d), lse (b,h,n)).
@@ -38,7 +27,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], s: &Shape) -> (Vec<f32>, Vec<f32
             let mut p = vec![0f32; BLOCK * m];
             for i0 in (0..n).step_by(BLOCK) {
                 let i1 = (i0 + BLOCK).min(n);
-                let (rows, keys) = (i1 - i0, s.keys(i1));
+                let (rows, keys) = (i1 - i0, visible_keys(s, i1));
                 let qb = MatRef::rows(q, (bh * n + i0) * d, d);
                 let kt = MatRef::rows(k, bi * m * d, d).t();
                 gemm_into(rows, keys, d, &mut p, keys, &qb, &kt, s.scale, false, false);
@@ -104,7 +93,7 @@ pub fn backward(
             let mut dp = vec![0f32; BLOCK * m];
             for i0 in (0..n).step_by(BLOCK) {
                 let i1 = (i0 + BLOCK).min(n);
-                let (rows, keys) = (i1 - i0, s.keys(i1));
+                let (rows, keys) = (i1 - i0, visible_keys(s, i1));
                 let qb = MatRef::rows(q, (bh * n + i0) * d, d);
                 let gb = MatRef::rows(g, (bh * n + i0) * d, d);
                 let kb = MatRef::rows(k, bi * m * d, d);

@@ -1,8 +1,8 @@
 //! Elementwise maps: unary, binary with broadcasting, casts.
 
 use super::PAR_MIN;
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::layout::Layout;
-use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use half::bf16;
 use rayon::prelude::*;
 

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-pub const EPS: f32 = 1e-5;
+use crate::backend::LAYER_NORM_EPS as EPS;
 
 /// Returns (y, stats) with stats = (mean, rstd) per row.
 pub fn forward(x: &[f32], gamma: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {

@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub(crate) mod backend;
 pub mod buffers;
 pub mod cross_entropy;
 pub mod elementwise;
@@ -16,7 +17,7 @@ pub mod swiglu;
 
 use crate::layout::Layout;
 use crate::storage::{Buf, CpuElement, CpuStorage};
-use crate::{Error, Result, Tensor};
+use crate::{Result, Tensor};
 use std::borrow::Cow;
 
 /// Run `f` on a worker of the thread pool. Call the hot loop (a training step) through this: ops
@@ -38,6 +39,18 @@ pub(crate) fn min_rows(cols: usize) -> usize {
 
 pub(crate) fn owned<T: CpuElement>(v: Vec<T>) -> CpuStorage {
     T::wrap(Buf::Owned(v))
+}
+
+/// `n` elements of `dtype`, all `value` (converted as `as` does).
+pub(crate) fn filled(value: f32, n: usize, dtype: crate::DType) -> CpuStorage {
+    use crate::DType;
+    match dtype {
+        DType::F32 => owned(vec![value; n]),
+        DType::BF16 => owned(vec![half::bf16::from_f32(value); n]),
+        DType::U32 => owned(vec![value as u32; n]),
+        DType::I64 => owned(vec![value as i64; n]),
+        DType::U8 => owned(vec![value as u8; n]),
+    }
 }
 
 /// The elements of a strided view, copied into row-major order.
@@ -69,28 +82,7 @@ pub(crate) fn copy_strided(s: &CpuStorage, layout: &Layout) -> CpuStorage {
     }
 }
 
-/// The elements of a CPU tensor of type `T` in row-major order, borrowed when contiguous.
-pub(crate) fn data<'a, T: CpuElement>(t: &'a Tensor, op: &'static str) -> Result<Cow<'a, [T]>> {
-    let slice = T::view(t.cpu()?).ok_or(Error::DType {
-        op,
-        got: t.dtype(),
-        want: T::DTYPE.name(),
-    })?;
-    Ok(match t.layout().contiguous_range() {
-        Some(r) => Cow::Borrowed(&slice[r]),
-        None => Cow::Owned(gather(slice, t.layout())),
-    })
-}
-
 /// f32 elements, borrowed when contiguous: the CPU backend computes in f32 only.
 pub(crate) fn f32s<'a>(t: &'a Tensor, op: &'static str) -> Result<Cow<'a, [f32]>> {
-    let slice = f32::view(t.cpu()?).ok_or(Error::DType {
-        op,
-        got: t.dtype(),
-        want: "f32",
-    })?;
-    Ok(match t.layout().contiguous_range() {
-        Some(r) => Cow::Borrowed(&slice[r]),
-        None => Cow::Owned(gather_f32(slice, t.layout())),
-    })
+    backend::f32s((t.cpu()?, t.layout()), op)
 }

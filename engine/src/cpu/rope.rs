@@ -1,7 +1,7 @@
 //! Rotary embedding with xPos scaling, half-split rotation: rot(u) = cat(−u[h:], u[:h]).
 //! Tables are (positions × dh); row t of x uses table row t.
 
-use crate::ops::rope::RopeTables;
+use crate::backend::RopeTables;
 use rayon::prelude::*;
 
 /// out = (u·cos + rot(u)·sin) · s, with s = scale (or 1/scale when `inverse`), rows of dh;

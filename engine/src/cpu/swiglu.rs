@@ -1,6 +1,6 @@
 //! SwiGLU: silu(gate) · x, the PaLM feedforward gate (the seed's `x, gate = chunk(2)`).
 
-use crate::ops::elementwise::sigmoid;
+use crate::backend::sigmoid;
 use rayon::prelude::*;
 
 pub fn forward(x: &[f32], gate: &[f32]) -> Vec<f32> {

@@ -3,6 +3,7 @@
 //! ([`pool`]), tensor storage on the device ([`CudaStorage`]) and the CUDA arm of every op
 //! ([`ops`], one module per kernel family, each a pure launch plan plus the code that runs it).
 
+mod backend;
 mod device;
 pub mod launch;
 pub mod ops;

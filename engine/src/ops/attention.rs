@@ -3,53 +3,36 @@
 //! from the saved log-sum-exp).
 
 use crate::autograd::Op;
-use crate::cpu::{self, f32s, owned};
-use crate::storage::Storage;
+use crate::backend::{AttentionShape, Backend};
+use crate::storage::on_backend;
 use crate::{Error, Result, Tensor};
 
 /// q (b, h, n, d); k, v (b, m, d) with m ≥ n. Query i is at position i + (m − n) and sees keys
 /// up to that position (so a KV-cache step with n = 1 sees every cached key).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
-    let device = crate::ops::same_device("attention", &[q, k, v])?;
     let s = shape(q, k, v, scale)?;
-    if device != crate::Device::Cpu && !crate::cuda::ops::attention::fused_head_dim(s.d) {
+    if !q.storage().fuses_attention(s.d) {
         return composed(q, k, v, &s);
     }
-    if device != crate::Device::Cpu {
-        let (out, lse) = crate::cuda::ops::attention::forward(q, k, v, cuda_shape(&s), scale)?;
-        return Ok(out.record(&[q, k, v], || Op::Attention {
+    let (out, lse) = on_backend!("attention", [q => qs, k => ks, v => vs], {
+        Backend::attention((qs, q.layout()), (ks, k.layout()), (vs, v.layout()), &s)
+    })?;
+    let lse = Tensor::from_storage(lse, &[s.b, s.h, s.n]);
+    Ok(Tensor::from_op(out, q.dims(), &[q, k, v], || {
+        Op::Attention {
             q: q.clone(),
             k: k.clone(),
             v: v.clone(),
             lse,
             scale,
-        }));
-    }
-    let (out, lse) = cpu::attention::forward(
-        &f32s(q, "attention")?,
-        &f32s(k, "attention")?,
-        &f32s(v, "attention")?,
-        &s,
-    );
-    let lse = Tensor::from_vec(lse, &[s.b, s.h, s.n])?;
-    Ok(Tensor::from_op(
-        Storage::Cpu(owned(out)),
-        q.dims(),
-        &[q, k, v],
-        || Op::Attention {
-            q: q.clone(),
-            k: k.clone(),
-            v: v.clone(),
-            lse,
-            scale,
-        },
-    ))
+        }
+    }))
 }
 
 /// Attention from primitive ops, for head dims the fused CUDA kernels do not cover: the
 /// (b, h·n, m) scores are materialised, masked and softmaxed in f32, then cast back. Its
 /// gradient flows through the primitives.
-fn composed(q: &Tensor, k: &Tensor, v: &Tensor, s: &cpu::attention::Shape) -> Result<Tensor> {
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor, s: &AttentionShape) -> Result<Tensor> {
     let (b, h, n, m, d) = (s.b, s.h, s.n, s.m, s.d);
     let dtype = q.dtype();
     let scores = q
@@ -77,17 +60,7 @@ fn composed(q: &Tensor, k: &Tensor, v: &Tensor, s: &cpu::attention::Shape) -> Re
         .reshape(&[b, h, n, d])
 }
 
-fn cuda_shape(s: &cpu::attention::Shape) -> crate::cuda::ops::attention::Shape {
-    crate::cuda::ops::attention::Shape {
-        b: s.b,
-        h: s.h,
-        n: s.n,
-        m: s.m,
-        d: s.d,
-    }
-}
-
-fn shape(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<cpu::attention::Shape> {
+fn shape(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<AttentionShape> {
     let err = || {
         Error::shape(
             "attention",
@@ -110,7 +83,7 @@ fn shape(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<cpu::attentio
     if v.dims() != k.dims() {
         return Err(err());
     }
-    Ok(cpu::attention::Shape {
+    Ok(AttentionShape {
         b,
         h,
         n,
@@ -131,22 +104,21 @@ pub(crate) fn backward(
     g: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let s = shape(q, k, v, scale)?;
-    if q.device() != crate::Device::Cpu {
-        return crate::cuda::ops::attention::backward(q, k, v, out, lse, g, cuda_shape(&s), scale);
-    }
-    let (dq, dk, dv) = cpu::attention::backward(
-        &f32s(q, "attention")?,
-        &f32s(k, "attention")?,
-        &f32s(v, "attention")?,
-        &f32s(out, "attention")?,
-        &f32s(lse, "attention")?,
-        &f32s(g, "attention")?,
-        &s,
-    );
+    let (dq, dk, dv) = on_backend!(
+        "attention",
+        [q => qs, k => ks, v => vs, out => os, lse => ls, g => gs],
+        Backend::attention_backward(
+            [(qs, q.layout()), (ks, k.layout()), (vs, v.layout())],
+            (os, out.layout()),
+            (ls, lse.layout()),
+            (gs, g.layout()),
+            &s,
+        )
+    )?;
     Ok((
-        Tensor::from_vec(dq, q.dims())?,
-        Tensor::from_vec(dk, k.dims())?,
-        Tensor::from_vec(dv, v.dims())?,
+        Tensor::from_storage(dq, q.dims()),
+        Tensor::from_storage(dk, k.dims()),
+        Tensor::from_storage(dv, v.dims()),
     ))
 }
 

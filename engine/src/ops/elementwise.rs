@@ -1,91 +1,11 @@
 //! Elementwise ops: binary with numpy broadcasting, unary maps, affine, casts.
 
 use crate::autograd::Op;
-use crate::cpu::{self, f32s, owned};
-use crate::storage::{CpuStorage, Storage};
-use crate::{DType, Device, Error, Result, Tensor, cuda};
+use crate::backend::Backend;
+use crate::storage::on_backend;
+use crate::{DType, Error, Result, Tensor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    /// The larger; NaN if either is NaN (as `torch.maximum`).
-    Max,
-    /// The smaller; NaN if either is NaN.
-    Min,
-    /// 1 where a ≥ b, else 0 (NaN compares false): a mask, carrying no gradient.
-    Ge,
-}
-
-impl BinaryOp {
-    #[inline]
-    pub fn apply(self, a: f32, b: f32) -> f32 {
-        match self {
-            BinaryOp::Add => a + b,
-            BinaryOp::Sub => a - b,
-            BinaryOp::Mul => a * b,
-            BinaryOp::Div => a / b,
-            // When neither comparison holds one is NaN, and so is a + b.
-            BinaryOp::Max => {
-                if a >= b {
-                    a
-                } else if b > a {
-                    b
-                } else {
-                    a + b
-                }
-            }
-            BinaryOp::Min => {
-                if a <= b {
-                    a
-                } else if b < a {
-                    b
-                } else {
-                    a + b
-                }
-            }
-            BinaryOp::Ge => f32::from(u8::from(a >= b)),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum UnaryOp {
-    Neg,
-    Exp,
-    Log,
-    Sqr,
-    Sqrt,
-    Sigmoid,
-    Silu,
-    Tanh,
-    /// `x * mul + add`.
-    Affine(f32, f32),
-}
-
-impl UnaryOp {
-    #[inline]
-    pub fn apply(self, x: f32) -> f32 {
-        match self {
-            UnaryOp::Neg => -x,
-            UnaryOp::Exp => x.exp(),
-            UnaryOp::Log => x.ln(),
-            UnaryOp::Sqr => x * x,
-            UnaryOp::Sqrt => x.sqrt(),
-            UnaryOp::Sigmoid => sigmoid(x),
-            UnaryOp::Silu => x * sigmoid(x),
-            UnaryOp::Tanh => x.tanh(),
-            UnaryOp::Affine(m, a) => x * m + a,
-        }
-    }
-}
-
-#[inline]
-pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
+pub use crate::backend::{BinaryOp, UnaryOp, sigmoid};
 
 /// The shape two operands broadcast to (numpy rules).
 pub fn broadcast_dims(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
@@ -112,23 +32,14 @@ pub fn broadcast_dims(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<
 
 impl Tensor {
     fn binary(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
-        let device = crate::ops::same_device(name, &[self, rhs])?;
         let dims = broadcast_dims(name, self.dims(), rhs.dims())?;
         let (a, b) = (self.broadcast_as(&dims)?, rhs.broadcast_as(&dims)?);
-        if device != Device::Cpu {
-            let out = cuda::ops::elementwise::binary(&a, &b, op)?;
-            return Ok(out.record(&[&a, &b], || Op::Binary(a.clone(), b.clone(), op)));
-        }
-        let out = {
-            let (sa, sb) = (cpu_f32(&a, name)?, cpu_f32(&b, name)?);
-            cpu::elementwise::binary(sa, a.layout(), sb, b.layout(), op)
-        };
-        Ok(Tensor::from_op(
-            Storage::Cpu(owned(out)),
-            &dims,
-            &[&a, &b],
-            || Op::Binary(a.clone(), b.clone(), op),
-        ))
+        let out = on_backend!(name, [a => sa, b => sb], {
+            Backend::binary((sa, a.layout()), (sb, b.layout()), op)
+        })?;
+        Ok(Tensor::from_op(out, &dims, &[&a, &b], || {
+            Op::Binary(a.clone(), b.clone(), op)
+        }))
     }
 
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
@@ -177,14 +88,8 @@ impl Tensor {
     }
 
     fn unary(&self, op: UnaryOp, name: &'static str) -> Result<Tensor> {
-        let out = match self.device() {
-            Device::Cpu => Tensor::from_cpu(
-                owned(cpu::elementwise::unary(&f32s(self, name)?, op)),
-                self.dims(),
-            ),
-            Device::Cuda(_) => cuda::ops::elementwise::unary(self, op)?,
-        };
-        Ok(out.record(&[self], || match op {
+        let out = on_backend!(name, [self => s], Backend::unary((s, self.layout()), op))?;
+        Ok(Tensor::from_op(out, self.dims(), &[self], || match op {
             UnaryOp::Affine(m, _) => Op::Affine(self.clone(), m),
             _ => Op::Unary(self.clone(), op),
         }))
@@ -232,71 +137,26 @@ impl Tensor {
         if let Some(copy) = self.shadow(dtype) {
             return Ok(copy.record(inputs, || Op::Cast(self.clone())));
         }
-        if self.device() != Device::Cpu {
-            let out = cuda::ops::elementwise::cast(self, dtype)?;
-            return Ok(out.record(inputs, || Op::Cast(self.clone())));
+        let supported = differentiable
+            || matches!(
+                (self.dtype(), dtype),
+                (DType::U32 | DType::U8, DType::F32)
+                    | (DType::U32, DType::I64)
+                    | (DType::I64, DType::U32)
+            );
+        if !supported {
+            return Err(Error::DType {
+                op: "to_dtype",
+                got: self.dtype(),
+                want: dtype.name(),
+            });
         }
-        use cpu::data;
-        let s: CpuStorage = match (self.dtype(), dtype) {
-            (DType::F32, DType::BF16) => owned(cpu::elementwise::f32_to_bf16(&data::<f32>(
-                self, "to_dtype",
-            )?)),
-            (DType::BF16, DType::F32) => owned(cpu::elementwise::bf16_to_f32(&data::<half::bf16>(
-                self, "to_dtype",
-            )?)),
-            (DType::U32, DType::F32) => owned(
-                data::<u32>(self, "to_dtype")?
-                    .iter()
-                    .map(|&v| v as f32)
-                    .collect::<Vec<_>>(),
-            ),
-            (DType::I64, DType::U32) => owned(
-                data::<i64>(self, "to_dtype")?
-                    .iter()
-                    .map(|&v| {
-                        u32::try_from(v)
-                            .map_err(|_| Error::Invalid(format!("id {v} out of u32 range")))
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            ),
-            (DType::U32, DType::I64) => owned(
-                data::<u32>(self, "to_dtype")?
-                    .iter()
-                    .map(|&v| v as i64)
-                    .collect::<Vec<_>>(),
-            ),
-            (DType::U8, DType::F32) => owned(
-                data::<u8>(self, "to_dtype")?
-                    .iter()
-                    .map(|&v| v as f32)
-                    .collect::<Vec<_>>(),
-            ),
-            (from, _) => {
-                return Err(Error::DType {
-                    op: "to_dtype",
-                    got: from,
-                    want: dtype.name(),
-                });
-            }
-        };
-        Ok(Tensor::from_op(
-            Storage::Cpu(s),
-            self.dims(),
-            inputs,
-            || Op::Cast(self.clone()),
-        ))
-    }
-}
-
-/// The whole f32 buffer of a CPU tensor (for ops that walk its layout themselves).
-fn cpu_f32<'a>(t: &'a Tensor, op: &'static str) -> Result<&'a [f32]> {
-    match t.cpu()? {
-        CpuStorage::F32(b) => Ok(b.as_slice()),
-        _ => Err(Error::DType {
-            op,
-            got: t.dtype(),
-            want: "f32",
-        }),
+        let out = on_backend!("to_dtype", [self => s], {
+            Backend::cast((s, self.layout()), dtype)
+        })?;
+        Ok(Tensor::from_op(out, self.dims(), inputs, || {
+            Op::Cast(self.clone())
+        }))
     }
 }
 

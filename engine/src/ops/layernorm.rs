@@ -1,12 +1,11 @@
 //! Gain-only LayerNorm, y = (x − mean)/sqrt(var + 1e-5) · (gamma + 1), over the last dim.
 
 use crate::autograd::Op;
-use crate::cpu::{self, f32s, owned};
-use crate::storage::Storage;
+use crate::backend::Backend;
+use crate::storage::on_backend;
 use crate::{Error, Result, Tensor};
 
 pub fn layer_norm(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
-    let device = crate::ops::same_device("layer_norm", &[x, gamma])?;
     let d = *x
         .dims()
         .last()
@@ -21,28 +20,18 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
             ),
         ));
     }
-    if device != crate::Device::Cpu {
-        let (y, stats) = crate::cuda::ops::layernorm::forward(x, gamma)?;
-        return Ok(y.record(&[x, gamma], || Op::LayerNorm {
+    let (y, stats) = on_backend!("layer_norm", [x => xs, gamma => gs], {
+        Backend::layer_norm((xs, x.layout()), (gs, gamma.layout()))
+    })?;
+    // Per-row mean and rstd, in the backend's own arrangement.
+    let stats = Tensor::from_storage(stats, &[2 * (x.elem_count() / d.max(1))]);
+    Ok(Tensor::from_op(y, x.dims(), &[x, gamma], || {
+        Op::LayerNorm {
             x: x.clone(),
             gamma: gamma.clone(),
             stats,
-        }));
-    }
-    let (y, stats) =
-        cpu::layernorm::forward(&f32s(x, "layer_norm")?, &f32s(gamma, "layer_norm")?, d);
-    let rows = x.elem_count() / d.max(1);
-    let stats = Tensor::from_vec(stats, &[rows, 2])?;
-    Ok(Tensor::from_op(
-        Storage::Cpu(owned(y)),
-        x.dims(),
-        &[x, gamma],
-        || Op::LayerNorm {
-            x: x.clone(),
-            gamma: gamma.clone(),
-            stats,
-        },
-    ))
+        }
+    }))
 }
 
 pub(crate) fn backward(
@@ -51,19 +40,18 @@ pub(crate) fn backward(
     stats: &Tensor,
     g: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
-    if x.device() != crate::Device::Cpu {
-        return crate::cuda::ops::layernorm::backward(x, gamma, stats, g);
-    }
-    let d = gamma.dims()[0];
-    let (dx, dg) = cpu::layernorm::backward(
-        &f32s(x, "layer_norm")?,
-        &f32s(gamma, "layer_norm")?,
-        &f32s(stats, "layer_norm")?,
-        &f32s(g, "layer_norm")?,
-        d,
-    );
+    let (dx, dg) = on_backend!(
+        "layer_norm",
+        [x => xs, gamma => gms, stats => ss, g => gs],
+        Backend::layer_norm_backward(
+            (xs, x.layout()),
+            (gms, gamma.layout()),
+            (ss, stats.layout()),
+            (gs, g.layout()),
+        )
+    )?;
     Ok((
-        Tensor::from_vec(dx, x.dims())?,
-        Tensor::from_vec(dg, gamma.dims())?,
+        Tensor::from_storage(dx, x.dims()),
+        Tensor::from_storage(dg, gamma.dims()),
     ))
 }

@@ -3,8 +3,9 @@
 //! the whole vocabulary kept for the backward (it recomputes from the saved log-sum-exp).
 
 use crate::autograd::Op;
-use crate::cpu::{self, data, f32s, owned};
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::backend::Backend;
+use crate::storage::on_backend;
+use crate::{DType, Error, Result, Tensor};
 
 fn classes(logits: &Tensor, temperature: f32, op: &'static str) -> Result<usize> {
     if !(temperature > 0.0 && temperature.is_finite()) {
@@ -27,8 +28,7 @@ fn row_dims(logits: &Tensor) -> Vec<usize> {
 /// log softmax(logits / temperature)[ids] per row: logits (…, V), ids (…) u32 → (…) f32.
 /// An id ≥ V gives 0 and no gradient (padding beyond the vocabulary).
 pub fn logprob(logits: &Tensor, ids: &Tensor, temperature: f32) -> Result<Tensor> {
-    let device = crate::ops::same_device("logprob", &[logits, ids])?;
-    let v = classes(logits, temperature, "logprob")?;
+    classes(logits, temperature, "logprob")?;
     let dims = row_dims(logits);
     if ids.dims() != dims {
         return Err(Error::shape(
@@ -37,20 +37,12 @@ pub fn logprob(logits: &Tensor, ids: &Tensor, temperature: f32) -> Result<Tensor
         ));
     }
     let inv_temp = 1.0 / temperature;
-    let (out, lse) = match device {
-        Device::Cpu => {
-            let ids = ids.to_dtype(DType::U32)?;
-            let (lp, lse) = cpu::logprob::logprob(
-                &f32s(logits, "logprob")?,
-                &data::<u32>(&ids, "logprob ids")?,
-                v,
-                inv_temp,
-            );
-            (Tensor::from_vec(lp, &dims)?, Tensor::from_vec(lse, &dims)?)
-        }
-        Device::Cuda(_) => crate::cuda::ops::logprob::forward(logits, Some(ids), inv_temp, false)?,
-    };
-    Ok(out.record(&[logits], || Op::Logprob {
+    let ids = ids.to_dtype(DType::U32)?;
+    let (out, lse) = on_backend!("logprob", [logits => ls, ids => is], {
+        Backend::logprob((ls, logits.layout()), Some((is, ids.layout())), inv_temp)
+    })?;
+    let lse = Tensor::from_storage(lse, &dims);
+    Ok(Tensor::from_op(out, &dims, &[logits], || Op::Logprob {
         logits: logits.clone(),
         ids: Some(ids.clone()),
         lse,
@@ -61,17 +53,15 @@ pub fn logprob(logits: &Tensor, ids: &Tensor, temperature: f32) -> Result<Tensor
 
 /// Entropy of softmax(logits / temperature) per row: logits (…, V) → (…) f32.
 pub fn entropy(logits: &Tensor, temperature: f32) -> Result<Tensor> {
-    let v = classes(logits, temperature, "entropy")?;
+    classes(logits, temperature, "entropy")?;
     let dims = row_dims(logits);
     let inv_temp = 1.0 / temperature;
-    let (out, lse) = match logits.device() {
-        Device::Cpu => {
-            let (h, lse) = cpu::logprob::entropy(&f32s(logits, "entropy")?, v, inv_temp);
-            (Tensor::from_vec(h, &dims)?, Tensor::from_vec(lse, &dims)?)
-        }
-        Device::Cuda(_) => crate::cuda::ops::logprob::forward(logits, None, inv_temp, true)?,
-    };
-    let saved = out.detach();
+    let (out, lse) = on_backend!("entropy", [logits => ls], {
+        Backend::logprob((ls, logits.layout()), None, inv_temp)
+    })?;
+    let lse = Tensor::from_storage(lse, &dims);
+    let out = Tensor::from_storage(out, &dims);
+    let saved = out.clone();
     Ok(out.record(&[logits], || Op::Logprob {
         logits: logits.clone(),
         ids: None,
@@ -90,29 +80,20 @@ pub(crate) fn backward(
     inv_temp: f32,
     g: &Tensor,
 ) -> Result<Tensor> {
-    if logits.device() != Device::Cpu {
-        return crate::cuda::ops::logprob::backward(logits, ids, lse, entropy, inv_temp, g);
-    }
-    let v = *logits.dims().last().unwrap_or(&1);
-    let g = f32s(g, "logprob")?;
-    let ids = ids.map(|t| t.to_dtype(DType::U32)).transpose()?;
-    let ids = ids
-        .as_ref()
-        .map(|t| data::<u32>(t, "logprob ids"))
-        .transpose()?;
-    let h = entropy.map(|t| f32s(t, "entropy")).transpose()?;
-    let up = cpu::logprob::Upstream {
-        ids: ids.as_deref(),
-        dlogp: ids.as_ref().map(|_| &g[..]),
-        entropy: h.as_deref(),
-        dentropy: h.as_ref().map(|_| &g[..]),
-    };
-    let out = cpu::logprob::backward(
-        &f32s(logits, "logprob")?,
-        &f32s(lse, "logprob")?,
-        &up,
-        v,
-        inv_temp,
-    );
-    Ok(Tensor::from_cpu(owned(out), logits.dims()))
+    let g = g.to_dtype(DType::F32)?;
+    // The optional operands ride along as the logits' own storage when absent (never read).
+    let (ids_t, h_t) = (ids.unwrap_or(logits), entropy.unwrap_or(logits));
+    let out = on_backend!(
+        "logprob",
+        [logits => ls, ids_t => is, lse => es, h_t => hs, g => gs],
+        Backend::logprob_backward(
+            (ls, logits.layout()),
+            ids.map(|t| (is, t.layout())),
+            (es, lse.layout()),
+            entropy.map(|t| (hs, t.layout())),
+            inv_temp,
+            (gs, g.layout()),
+        )
+    )?;
+    Ok(Tensor::from_storage(out, logits.dims()))
 }

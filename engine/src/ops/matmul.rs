@@ -2,8 +2,8 @@
 //! dims flattened. Backward: dA = dC·Bᵀ, dB = Aᵀ·dC (views, no copies).
 
 use crate::autograd::Op;
-use crate::cpu::{self, matmul::MatRef, owned};
-use crate::storage::{CpuStorage, Storage};
+use crate::backend::{Backend, MatmulDims};
+use crate::storage::on_backend;
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -42,7 +42,6 @@ impl Tensor {
     }
 
     fn matmul_primitive(&self, rhs: &Tensor) -> Result<Tensor> {
-        let device = crate::ops::same_device("matmul", &[self, rhs])?;
         let (ra, rb) = (self.rank(), rhs.rank());
         let batched = match (ra, rb) {
             (2, 2) => false,
@@ -60,48 +59,14 @@ impl Tensor {
         } else {
             vec![m, n]
         };
-        if device != crate::Device::Cpu {
-            let d = crate::cuda::ops::matmul::Dims { batch, m, n, k };
-            let out = crate::cuda::ops::matmul::matmul(self, rhs, d, &dims)?;
-            return Ok(out.record(&[self, rhs], || Op::Matmul(self.clone(), rhs.clone())));
-        }
-        let out = cpu::matmul::matmul(
-            batch,
-            m,
-            n,
-            k,
-            &mat_ref(self, batched)?,
-            &mat_ref(rhs, batched)?,
-        );
-        Ok(Tensor::from_op(
-            Storage::Cpu(owned(out)),
-            &dims,
-            &[self, rhs],
-            || Op::Matmul(self.clone(), rhs.clone()),
-        ))
+        let d = MatmulDims { batch, m, n, k };
+        let out = on_backend!("matmul", [self => a, rhs => b], {
+            Backend::matmul((a, self.layout()), (b, rhs.layout()), d)
+        })?;
+        Ok(Tensor::from_op(out, &dims, &[self, rhs], || {
+            Op::Matmul(self.clone(), rhs.clone())
+        }))
     }
-}
-
-fn mat_ref(t: &Tensor, batched: bool) -> Result<MatRef<'_>> {
-    let data = match t.cpu()? {
-        CpuStorage::F32(b) => b.as_slice(),
-        _ => {
-            return Err(Error::DType {
-                op: "matmul",
-                got: t.dtype(),
-                want: "f32",
-            });
-        }
-    };
-    let s = t.layout().strides();
-    let r = s.len();
-    Ok(MatRef {
-        data,
-        offset: t.layout().offset(),
-        batch_stride: if batched { s[0] } else { 0 },
-        row_stride: s[r - 2],
-        col_stride: s[r - 1],
-    })
 }
 
 pub(crate) fn backward(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {

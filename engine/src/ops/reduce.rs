@@ -1,8 +1,8 @@
 //! Reductions: sum (keepdim / all / to a shape), mean, max (no gradient), log-softmax.
 
 use crate::autograd::Op;
-use crate::cpu::{self, f32s, owned};
-use crate::storage::Storage;
+use crate::backend::Backend;
+use crate::storage::on_backend;
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -39,30 +39,25 @@ impl Tensor {
 
     /// Row maximum over the last dim (keepdim). Not differentiable: used for stability shifts.
     pub fn max_last_keepdim(&self) -> Result<Tensor> {
-        if self.device() != crate::Device::Cpu {
-            return crate::cuda::ops::reduce::max_last(self);
-        }
-        let cols = self.dim(self.rank().saturating_sub(1))?;
         let mut dims = self.dims().to_vec();
-        *dims.last_mut().unwrap_or(&mut 0) = 1;
-        let out = cpu::reduce::max_last(&f32s(self, "max")?, cols.max(1));
-        Tensor::from_vec(out, &dims)
+        *dims
+            .last_mut()
+            .ok_or_else(|| Error::shape("max", "scalar input"))? = 1;
+        let out = on_backend!("max", [self => s], Backend::max_last((s, self.layout())))?;
+        Ok(Tensor::from_storage(out, &dims))
     }
 
     /// log-softmax over the last dim.
     pub fn log_softmax(&self) -> Result<Tensor> {
-        if self.device() != crate::Device::Cpu {
-            let out = crate::cuda::ops::reduce::log_softmax(self)?;
-            return Ok(out.record(&[self], || Op::LogSoftmax(self.clone())));
+        if self.rank() == 0 {
+            return Err(Error::shape("log_softmax", "scalar input"));
         }
-        let cols = self.dim(self.rank().saturating_sub(1))?;
-        let out = cpu::reduce::log_softmax(&f32s(self, "log_softmax")?, cols.max(1));
-        Ok(Tensor::from_op(
-            Storage::Cpu(owned(out)),
-            self.dims(),
-            &[self],
-            || Op::LogSoftmax(self.clone()),
-        ))
+        let out = on_backend!("log_softmax", [self => s], {
+            Backend::log_softmax((s, self.layout()))
+        })?;
+        Ok(Tensor::from_op(out, self.dims(), &[self], || {
+            Op::LogSoftmax(self.clone())
+        }))
     }
 
     pub fn softmax(&self) -> Result<Tensor> {
@@ -90,23 +85,14 @@ pub fn sum_to(x: &Tensor, dims: &[usize]) -> Result<Tensor> {
             ));
         }
     }
-    let out = match x.device() {
-        crate::Device::Cpu => Tensor::from_cpu(
-            owned(cpu::reduce::sum_to(&f32s(x, "sum")?, x.dims(), &keep)),
-            &keep,
-        ),
-        crate::Device::Cuda(_) => crate::cuda::ops::reduce::sum_to(x, &keep)?,
-    };
-    let t = out.record(&[x], || Op::Sum(x.clone()));
+    let out = on_backend!("sum", [x => s], Backend::sum_to((s, x.layout()), &keep))?;
+    let t = Tensor::from_op(out, &keep, &[x], || Op::Sum(x.clone()));
     if lead == 0 { Ok(t) } else { t.reshape(dims) }
 }
 
 pub(crate) fn log_softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
-    if crate::ops::same_device("log_softmax", &[y, g])? != crate::Device::Cpu {
-        return crate::cuda::ops::reduce::log_softmax_backward(y, g);
-    }
-    let cols = y.dims().last().copied().unwrap_or(1).max(1);
-    let out =
-        cpu::reduce::log_softmax_backward(&f32s(y, "log_softmax")?, &f32s(g, "log_softmax")?, cols);
-    Tensor::from_vec(out, y.dims())
+    let out = on_backend!("log_softmax", [y => ys, g => gs], {
+        Backend::log_softmax_backward((ys, y.layout()), (gs, g.layout()))
+    })?;
+    Ok(Tensor::from_storage(out, y.dims()))
 }

@@ -5,88 +5,12 @@
 //! q·k depends on the position difference only; `center` is free (the seed uses n/2).
 
 use crate::autograd::Op;
-use crate::cpu::{self, f32s, owned};
-use crate::{Device, Error, Result, Tensor};
+use crate::backend::Backend;
+use crate::storage::on_backend;
+use crate::{Error, Result, Tensor};
 use std::sync::Arc;
 
-/// cos, sin and xPos scale for a run of positions, each (positions × dh).
-pub struct RopeTables {
-    pub dh: usize,
-    pub n: usize,
-    pub cos: Vec<f32>,
-    pub sin: Vec<f32>,
-    pub scale: Vec<f32>,
-    /// The tables uploaded to a GPU on first use there (cos, sin, scale as one (3, n, dh) f32).
-    pub(crate) on_device: std::sync::OnceLock<Tensor>,
-}
-
-impl RopeTables {
-    /// Tables for absolute positions `start .. start + n`. With `xpos == false` the scale is 1.
-    pub fn new(
-        dh: usize,
-        start: usize,
-        n: usize,
-        center: f64,
-        xpos: bool,
-        scale_base: f64,
-    ) -> Result<Arc<Self>> {
-        if dh == 0 || !dh.is_multiple_of(2) {
-            return Err(Error::shape("rope", format!("head dim {dh} must be even")));
-        }
-        let h = dh / 2;
-        let mut t = RopeTables {
-            dh,
-            n,
-            cos: vec![0.0; n * dh],
-            sin: vec![0.0; n * dh],
-            scale: vec![1.0; n * dh],
-            on_device: std::sync::OnceLock::new(),
-        };
-        for r in 0..n {
-            let pos = (start + r) as f64;
-            let power = (pos - center) / scale_base;
-            for j in 0..h {
-                let theta = 1.0 / 10000f64.powf(2.0 * j as f64 / dh as f64);
-                let f = pos * theta;
-                let zeta = (2.0 * j as f64 + 0.4 * dh as f64) / (1.4 * dh as f64);
-                let s = if xpos { zeta.powf(power) } else { 1.0 };
-                for jj in [j, j + h] {
-                    t.cos[r * dh + jj] = f.cos() as f32;
-                    t.sin[r * dh + jj] = f.sin() as f32;
-                    t.scale[r * dh + jj] = s as f32;
-                }
-            }
-        }
-        Ok(Arc::new(t))
-    }
-
-    /// [`RopeTables::new`] through a small process-wide cache, so a training run builds (and on
-    /// a GPU uploads) its tables once instead of on every forward.
-    pub fn shared(
-        dh: usize,
-        start: usize,
-        n: usize,
-        center: f64,
-        xpos: bool,
-        scale_base: f64,
-    ) -> Result<Arc<Self>> {
-        type Key = (usize, usize, usize, u64, bool, u64);
-        static CACHE: std::sync::Mutex<Vec<(Key, Arc<RopeTables>)>> =
-            std::sync::Mutex::new(Vec::new());
-        const KEEP: usize = 16;
-        let key = (dh, start, n, center.to_bits(), xpos, scale_base.to_bits());
-        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, t)) = cache.iter().find(|(k, _)| *k == key) {
-            return Ok(t.clone());
-        }
-        let t = Self::new(dh, start, n, center, xpos, scale_base)?;
-        if cache.len() >= KEEP {
-            cache.remove(0);
-        }
-        cache.push((key, t.clone()));
-        Ok(t)
-    }
-}
+pub use crate::backend::RopeTables;
 
 /// Apply to x (…, n, dh) where the second-to-last dim is the position; `inverse` divides by
 /// the scale (keys).
@@ -103,14 +27,9 @@ pub fn rope(x: &Tensor, tables: &Arc<RopeTables>, inverse: bool) -> Result<Tenso
             ),
         ));
     }
-    let out = match x.device() {
-        Device::Cpu => Tensor::from_cpu(
-            owned(cpu::rope::forward(&f32s(x, "rope")?, tables, inverse)),
-            x.dims(),
-        ),
-        Device::Cuda(_) => crate::cuda::ops::rope::apply(x, tables, inverse, false)?,
-    };
-    Ok(out.record(&[x], || Op::Rope {
+    let out =
+        on_backend!("rope", [x => xs], Backend::rope((xs, x.layout()), tables, inverse, false))?;
+    Ok(Tensor::from_op(out, x.dims(), &[x], || Op::Rope {
         x: x.clone(),
         tables: tables.clone(),
         inverse,
@@ -123,9 +42,6 @@ pub(crate) fn backward(
     inverse: bool,
     g: &Tensor,
 ) -> Result<Tensor> {
-    if g.device() != Device::Cpu {
-        return crate::cuda::ops::rope::apply(g, t, inverse, true);
-    }
-    let out = cpu::rope::backward(&f32s(g, "rope")?, t, inverse);
-    Tensor::from_vec(out, x.dims())
+    let out = on_backend!("rope", [g => gs], Backend::rope((gs, g.layout()), t, inverse, true))?;
+    Ok(Tensor::from_storage(out, x.dims()))
 }

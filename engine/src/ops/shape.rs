@@ -2,9 +2,10 @@
 //! broadcast — live on `Tensor` in tensor.rs: they copy nothing.)
 
 use crate::autograd::Op;
-use crate::cpu::{data, owned};
-use crate::storage::{CpuElement, CpuStorage, Storage};
-use crate::{DType, Error, Result, Tensor};
+use crate::backend::Backend;
+use crate::cuda::CudaStorage;
+use crate::storage::{CpuStorage, Lift, Storage};
+use crate::{Error, Result, Tensor};
 
 impl Tensor {
     /// Concatenate along `dim`; all other dims must agree.
@@ -12,7 +13,7 @@ impl Tensor {
         let first = ts
             .first()
             .ok_or_else(|| Error::shape("cat", "no tensors"))?;
-        let device = crate::ops::same_device("cat", ts)?;
+        crate::ops::same_device("cat", ts)?;
         let rank = first.rank();
         if dim >= rank {
             return Err(Error::shape(
@@ -39,64 +40,38 @@ impl Tensor {
             dims[dim] += t.dims()[dim];
         }
         let list: Vec<Tensor> = ts.iter().map(|t| (*t).clone()).collect();
-        if device != crate::Device::Cpu {
-            let out = crate::cuda::ops::elementwise::cat(ts, dim, &dims)?;
-            return Ok(out.record(ts, || Op::Cat(list, dim)));
-        }
-        let s = match first.dtype() {
-            DType::F32 => cat_f32(ts, dim)?,
-            DType::BF16 => cat_cpu::<half::bf16>(ts, dim)?,
-            DType::U32 => cat_cpu::<u32>(ts, dim)?,
-            DType::I64 => cat_cpu::<i64>(ts, dim)?,
-            DType::U8 => cat_cpu::<u8>(ts, dim)?,
+        let out = match first.storage() {
+            Storage::Cpu(_) => cat_on::<CpuStorage>(ts, dim, &dims, |s| match s {
+                Storage::Cpu(s) => Some(s),
+                _ => None,
+            })?,
+            Storage::Cuda(_) => cat_on::<CudaStorage>(ts, dim, &dims, |s| match s {
+                Storage::Cuda(s) => Some(s),
+                _ => None,
+            })?,
         };
-        Ok(Tensor::from_op(Storage::Cpu(s), &dims, ts, || {
-            Op::Cat(list, dim)
-        }))
+        Ok(Tensor::from_op(out, &dims, ts, || Op::Cat(list, dim)))
     }
 }
 
-fn cat_cpu<T: CpuElement>(ts: &[&Tensor], dim: usize) -> Result<CpuStorage> {
-    let outer: usize = ts[0].dims()[..dim].iter().product();
-    let blocks: Vec<(std::borrow::Cow<[T]>, usize)> = ts
+/// `cat` on one backend: the one op with any number of operands, so it gathers them itself
+/// (`same_device` has checked they share the backend `get` picks out).
+fn cat_on<S: Backend + Lift<Out = Storage>>(
+    ts: &[&Tensor],
+    dim: usize,
+    dims: &[usize],
+    get: impl Fn(&Storage) -> Option<&S>,
+) -> Result<Storage> {
+    let parts = ts
         .iter()
         .map(|t| {
-            let inner: usize = t.dims()[dim..].iter().product();
-            Ok((data::<T>(t, "cat")?, inner))
+            get(t.storage()).map(|s| (s, t.layout())).ok_or_else(|| {
+                let devices: Vec<_> = ts.iter().map(|t| t.device()).collect();
+                crate::ops::device_mismatch("cat", &devices)
+            })
         })
-        .collect::<Result<_>>()?;
-    let total: usize = blocks.iter().map(|(d, _)| d.len()).sum();
-    let mut out = Vec::with_capacity(total);
-    for o in 0..outer {
-        for (d, inner) in &blocks {
-            out.extend_from_slice(&d[o * inner..(o + 1) * inner]);
-        }
-    }
-    Ok(owned(out))
-}
-
-/// `cat_cpu` for f32, into a recycled buffer (concatenated gradients are large).
-fn cat_f32(ts: &[&Tensor], dim: usize) -> Result<CpuStorage> {
-    let outer: usize = ts[0].dims()[..dim].iter().product();
-    let blocks: Vec<(std::borrow::Cow<[f32]>, usize)> = ts
-        .iter()
-        .map(|t| {
-            Ok((
-                crate::cpu::f32s(t, "cat")?,
-                t.dims()[dim..].iter().product(),
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let total: usize = blocks.iter().map(|(d, _)| d.len()).sum();
-    let mut out = crate::cpu::buffers::take(total);
-    let mut at = 0;
-    for o in 0..outer {
-        for (d, inner) in &blocks {
-            out[at..at + inner].copy_from_slice(&d[o * inner..(o + 1) * inner]);
-            at += inner;
-        }
-    }
-    Ok(owned(out))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(S::cat(&parts, dim, dims)?.lift())
 }
 
 /// Place `g` at `start` along `dim` inside zeros of `dims` (the gradient of a narrow).

@@ -8,7 +8,7 @@ use crate::{Result, Tensor};
 
 /// The hyper-parameters of one step: the CPU reference's (weight decay per tensor in
 /// `step_multi`'s slots).
-pub use crate::cpu::adamw::Hyper as Step;
+pub use crate::backend::AdamWHyper as Step;
 
 /// One launch updating `n` tensors whose pointer arrays sit in one device table (see
 /// [`step_multi`] for its layout); per-tensor weight decays come from the table.

@@ -1,9 +1,11 @@
 //! Flash-style causal multi-query attention (`attention.cu`), bf16 tensor cores, head dims 64
 //! and 128: q (b, h, n, d), k = v (b, m, d), strided views read in place when aligned.
 
-use super::{Launch, alloc, base_ptr, device_of, int, out_ptr, tensor, untracked};
+use super::elementwise::{cast, copy};
+use super::{Cu, Launch, addr, alloc, dense, input, int, out_ptr};
+use crate::cuda::CudaStorage;
 use crate::cuda::launch::{KArg, LaunchCfg};
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Error, Result};
 
 /// Sizes of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -156,48 +158,58 @@ pub fn plan_bwd(
     ))
 }
 
-/// A bf16 operand the kernels can read in place (d contiguous, strides ≡ 0 mod 8, 16-B
-/// aligned), copying it when it is not. Rank 4 (b, h, n, d) or 3 (b, m, d).
-fn view(t: &Tensor) -> Result<(Tensor, View)> {
-    let t = t.to_dtype(DType::BF16)?;
-    let try_view = |t: &Tensor| -> Result<Option<View>> {
-        let (d, st) = (t.dims(), t.layout().strides());
-        let r = d.len();
-        if st[r - 1] != 1 && d[r - 1] > 1 {
-            return Ok(None);
-        }
-        let v = if r == 4 {
-            View {
-                ptr: base_ptr(t)?,
-                sb: st[0],
-                sh: st[1],
-                sn: st[2],
-            }
-        } else {
-            View {
-                ptr: base_ptr(t)?,
-                sb: st[0],
-                sh: 0,
-                sn: st[1],
-            }
-        };
-        let ok = v.ptr % 16 == 0 && [v.sb, v.sh, v.sn].iter().all(|s| s % 8 == 0);
-        Ok(ok.then_some(v))
-    };
-    if let Some(v) = try_view(&t)? {
-        return Ok((t, v));
+/// Where the kernels can read a bf16 operand in place (d contiguous, strides ≡ 0 mod 8, 16-B
+/// aligned), or `None`. Rank 4 (b, h, n, d) or 3 (b, m, d).
+fn try_view(x: Cu) -> Option<View> {
+    let (d, st) = (x.1.dims(), x.1.strides());
+    let r = d.len();
+    if st[r - 1] != 1 && d[r - 1] > 1 {
+        return None;
     }
-    let c = t.contiguous()?;
-    let v = try_view(&c)?.ok_or_else(|| {
-        Error::Invalid(format!(
-            "attention on CUDA: head dim {} is not a multiple of 8",
-            t.dims()[t.rank() - 1]
-        ))
-    })?;
-    Ok((c, v))
+    let ptr = addr(x);
+    let v = if r == 4 {
+        View {
+            ptr,
+            sb: st[0],
+            sh: st[1],
+            sn: st[2],
+        }
+    } else {
+        View {
+            ptr,
+            sb: st[0],
+            sh: 0,
+            sn: st[1],
+        }
+    };
+    let ok = v.ptr % 16 == 0 && [v.sb, v.sh, v.sn].iter().all(|s| s % 8 == 0);
+    ok.then_some(v)
 }
 
-fn contiguous_view(s: &super::CudaStorage, h: usize, n: usize, d: usize) -> View {
+/// A bf16 operand as the kernels read it: in place when they can, else a converted or
+/// contiguous copy (kept alive by the returned storage).
+fn view(x: Cu) -> Result<(Option<CudaStorage>, View)> {
+    if x.0.dtype() == DType::BF16
+        && let Some(v) = try_view(x)
+    {
+        return Ok((None, v));
+    }
+    let c = if x.0.dtype() == DType::BF16 {
+        copy(x)?
+    } else {
+        cast(x, DType::BF16)?
+    };
+    let l = dense(x.1.dims());
+    let v = try_view((&c, &l)).ok_or_else(|| {
+        Error::Invalid(format!(
+            "attention on CUDA: head dim {} is not a multiple of 8",
+            x.1.dims()[x.1.rank() - 1]
+        ))
+    })?;
+    Ok((Some(c), v))
+}
+
+fn contiguous_view(s: &CudaStorage, h: usize, n: usize, d: usize) -> View {
     View {
         ptr: out_ptr(s),
         sb: h * n * d,
@@ -206,82 +218,82 @@ fn contiguous_view(s: &super::CudaStorage, h: usize, n: usize, d: usize) -> View
     }
 }
 
+/// `s` (`n` elements of `from`) in `dtype`, converted when that differs.
+fn in_dtype(s: CudaStorage, n: usize, from: DType, dtype: DType) -> Result<CudaStorage> {
+    if from == dtype {
+        return Ok(s);
+    }
+    cast((&s, &dense(&[n])), dtype)
+}
+
 /// (out in the dtype of q, lse (b, h, n) f32).
 pub(crate) fn forward(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    q: Cu,
+    k: Cu,
+    v: Cu,
     s: Shape,
     scale: f32,
-) -> Result<(Tensor, Tensor)> {
-    untracked(|| {
-        head_dim(s.d)?;
-        let dtype = q.dtype();
-        let (_q, vq) = view(q)?;
-        let (_k, vk) = view(k)?;
-        let (_v, vv) = view(v)?;
-        let dev = device_of(q)?;
-        let out = alloc(&dev, DType::BF16, s.b * s.h * s.n * s.d)?;
-        let lse = alloc(&dev, DType::F32, s.b * s.h * s.n)?;
-        if s.b * s.h * s.n > 0 {
-            let vo = contiguous_view(&out, s.h, s.n, s.d);
-            dev.run(&plan_fwd(s, vq, vk, vv, vo, out_ptr(&lse), scale)?)?;
-        }
-        let out = tensor(out, &[s.b, s.h, s.n, s.d]).to_dtype(dtype)?;
-        Ok((out, tensor(lse, &[s.b, s.h, s.n])))
-    })
+) -> Result<(CudaStorage, CudaStorage)> {
+    head_dim(s.d)?;
+    let (_q, vq) = view(q)?;
+    let (_k, vk) = view(k)?;
+    let (_v, vv) = view(v)?;
+    let dev = q.0.device();
+    let n_out = s.b * s.h * s.n * s.d;
+    let out = alloc(dev, DType::BF16, n_out)?;
+    let lse = alloc(dev, DType::F32, s.b * s.h * s.n)?;
+    if s.b * s.h * s.n > 0 {
+        let vo = contiguous_view(&out, s.h, s.n, s.d);
+        dev.run(&plan_fwd(s, vq, vk, vv, vo, out_ptr(&lse), scale)?)?;
+    }
+    Ok((in_dtype(out, n_out, DType::BF16, q.0.dtype())?, lse))
 }
 
 /// (dq, dk, dv) in the dtypes of q, k, v.
 pub(crate) fn backward(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    out: &Tensor,
-    lse: &Tensor,
-    g: &Tensor,
+    [q, k, v]: [Cu; 3],
+    out: Cu,
+    lse: Cu,
+    g: Cu,
     s: Shape,
     scale: f32,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    untracked(|| {
-        head_dim(s.d)?;
-        let (_q, vq) = view(q)?;
-        let (_k, vk) = view(k)?;
-        let (_v, vv) = view(v)?;
-        let (_o, vo) = view(out)?;
-        let (_g, vg) = view(g)?;
-        let dev = device_of(q)?;
-        let f32_zeros = |n: usize| -> Result<super::CudaStorage> {
-            Ok(super::CudaStorage::new(
-                dev.alloc_zeroed(n * 4)?,
-                DType::F32,
-            ))
-        };
-        let dvec = alloc(&dev, DType::F32, s.b * s.h * s.n)?;
-        let dq = f32_zeros(s.b * s.h * s.n * s.d)?;
-        let dk = f32_zeros(s.b * s.m * s.d)?;
-        let dv = f32_zeros(s.b * s.m * s.d)?;
-        if s.b * s.h * s.n > 0 {
-            dev.run(&plan_bwd_pre(s, vo, vg, out_ptr(&dvec), dev.num_sms())?)?;
-            dev.run(&plan_bwd(
-                s,
-                vq,
-                vk,
-                vv,
-                vg,
-                super::ptr(lse)?,
-                out_ptr(&dvec),
-                out_ptr(&dq),
-                out_ptr(&dk),
-                out_ptr(&dv),
-                scale,
-                dev.num_sms(),
-            )?)?;
-        }
-        Ok((
-            tensor(dq, q.dims()).to_dtype(q.dtype())?,
-            tensor(dk, k.dims()).to_dtype(k.dtype())?,
-            tensor(dv, v.dims()).to_dtype(v.dtype())?,
-        ))
-    })
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    head_dim(s.d)?;
+    let (_q, vq) = view(q)?;
+    let (_k, vk) = view(k)?;
+    let (_v, vv) = view(v)?;
+    let (_o, vo) = view(out)?;
+    let (_g, vg) = view(g)?;
+    let ilse = input(lse)?;
+    let dev = q.0.device();
+    let f32_zeros = |n: usize| -> Result<CudaStorage> {
+        Ok(CudaStorage::new(dev.alloc_zeroed(n * 4)?, DType::F32))
+    };
+    let (nq, nk) = (s.b * s.h * s.n * s.d, s.b * s.m * s.d);
+    let dvec = alloc(dev, DType::F32, s.b * s.h * s.n)?;
+    let dq = f32_zeros(nq)?;
+    let dk = f32_zeros(nk)?;
+    let dv = f32_zeros(nk)?;
+    if s.b * s.h * s.n > 0 {
+        dev.run(&plan_bwd_pre(s, vo, vg, out_ptr(&dvec), dev.num_sms())?)?;
+        dev.run(&plan_bwd(
+            s,
+            vq,
+            vk,
+            vv,
+            vg,
+            ilse.ptr,
+            out_ptr(&dvec),
+            out_ptr(&dq),
+            out_ptr(&dk),
+            out_ptr(&dv),
+            scale,
+            dev.num_sms(),
+        )?)?;
+    }
+    Ok((
+        in_dtype(dq, nq, DType::F32, q.0.dtype())?,
+        in_dtype(dk, nk, DType::F32, k.0.dtype())?,
+        in_dtype(dv, nk, DType::F32, v.0.dtype())?,
+    ))
 }

@@ -1,9 +1,13 @@
 //! Fused cross-entropy (`cross_entropy.cu`): per-row loss and log-sum-exp from the logits in
 //! their own dtype, and the gradient (softmax − onehot) · scale · dloss read on the device.
 
-use super::{Launch, alloc, device_of, int, out_ptr, ptr, row_block, suffix, tensor, untracked};
+use super::elementwise::unary;
+use super::reduce::sum_to;
+use super::{Cu, Launch, alloc, dense, input, int, out_ptr, row_block, suffix};
+use crate::backend::UnaryOp;
+use crate::cuda::CudaStorage;
 use crate::cuda::launch::{KArg, LaunchCfg};
-use crate::{DType, Result, Tensor};
+use crate::{DType, Result};
 
 pub fn plan_fwd(
     sfx: &str,
@@ -55,65 +59,59 @@ pub fn plan_bwd(
     ))
 }
 
-/// (mean loss as a device f32 scalar, per-row lse) over the counted targets (`count` > 0).
-pub(crate) fn forward(logits: &Tensor, targets: &Tensor, count: usize) -> Result<(Tensor, Tensor)> {
-    untracked(|| {
-        let v = logits.dims().last().copied().unwrap_or(1);
-        let sfx = suffix(logits.dtype(), "cross_entropy")?;
-        let logits = logits.contiguous()?;
-        let targets = targets.to_dtype(DType::U32)?.contiguous()?;
-        let dev = device_of(&logits)?;
-        let rows = targets.elem_count();
-        let loss = alloc(&dev, DType::F32, rows)?;
-        let lse = alloc(&dev, DType::F32, rows)?;
-        if rows > 0 {
-            dev.run(&plan_fwd(
-                sfx,
-                ptr(&logits)?,
-                ptr(&targets)?,
-                out_ptr(&loss),
-                out_ptr(&lse),
-                rows,
-                v,
-            )?)?;
-        }
-        let scale = if count == 0 { 0.0 } else { 1.0 / count as f32 };
-        let mean = tensor(loss, &[rows]).sum_all()?.scale(scale)?;
-        Ok((mean, tensor(lse, targets.dims())))
-    })
+/// (mean loss as a device f32 scalar, per-row lse) over the counted targets.
+pub(crate) fn forward(logits: Cu, targets: Cu, count: usize) -> Result<(CudaStorage, CudaStorage)> {
+    let v = logits.1.dims().last().copied().unwrap_or(1);
+    let sfx = suffix(logits.0.dtype(), "cross_entropy")?;
+    let (il, it) = (input(logits)?, input(targets)?);
+    let dev = logits.0.device();
+    let rows = targets.1.elem_count();
+    let loss = alloc(dev, DType::F32, rows)?;
+    let lse = alloc(dev, DType::F32, rows)?;
+    if rows > 0 {
+        dev.run(&plan_fwd(
+            sfx,
+            il.ptr,
+            it.ptr,
+            out_ptr(&loss),
+            out_ptr(&lse),
+            rows,
+            v,
+        )?)?;
+    }
+    let scale = if count == 0 { 0.0 } else { 1.0 / count as f32 };
+    let total = sum_to((&loss, &dense(&[rows])), &[1])?;
+    let mean = unary((&total, &dense(&[1])), UnaryOp::Affine(scale, 0.0))?;
+    Ok((mean, lse))
 }
 
 /// dlogits = (softmax − onehot) · g / count, with g the device scalar gradient of the mean.
 pub(crate) fn backward(
-    logits: &Tensor,
-    targets: &Tensor,
-    lse: &Tensor,
+    logits: Cu,
+    targets: Cu,
+    lse: Cu,
     count: usize,
-    g: &Tensor,
-) -> Result<Tensor> {
-    untracked(|| {
-        let v = logits.dims().last().copied().unwrap_or(1);
-        let sfx = suffix(logits.dtype(), "cross_entropy")?;
-        let logits = logits.contiguous()?;
-        let targets = targets.to_dtype(DType::U32)?.contiguous()?;
-        let g = g.to_dtype(DType::F32)?.contiguous()?;
-        let dev = device_of(&logits)?;
-        let rows = targets.elem_count();
-        let out = alloc(&dev, logits.dtype(), logits.elem_count())?;
-        let scale = if count == 0 { 0.0 } else { 1.0 / count as f32 };
-        if rows > 0 {
-            dev.run(&plan_bwd(
-                sfx,
-                ptr(&logits)?,
-                ptr(&targets)?,
-                ptr(lse)?,
-                out_ptr(&out),
-                rows,
-                v,
-                scale,
-                ptr(&g)?,
-            )?)?;
-        }
-        Ok(tensor(out, logits.dims()))
-    })
+    g: Cu,
+) -> Result<CudaStorage> {
+    let v = logits.1.dims().last().copied().unwrap_or(1);
+    let sfx = suffix(logits.0.dtype(), "cross_entropy")?;
+    let (il, it, ilse, ig) = (input(logits)?, input(targets)?, input(lse)?, input(g)?);
+    let dev = logits.0.device();
+    let rows = targets.1.elem_count();
+    let out = alloc(dev, logits.0.dtype(), logits.1.elem_count())?;
+    let scale = if count == 0 { 0.0 } else { 1.0 / count as f32 };
+    if rows > 0 {
+        dev.run(&plan_bwd(
+            sfx,
+            il.ptr,
+            it.ptr,
+            ilse.ptr,
+            out_ptr(&out),
+            rows,
+            v,
+            scale,
+            ig.ptr,
+        )?)?;
+    }
+    Ok(out)
 }

@@ -1,11 +1,12 @@
 //! Elementwise kernels (`elementwise.cu`): binary and unary maps, casts, fills, strided copies.
 
-use super::{BLOCK, Launch, alloc, collapse, device_of, out_ptr, ptr, suffix, tensor, untracked};
-use crate::cuda::CudaDevice;
+use super::{BLOCK, Cu, Launch, alloc, collapse, input, out_ptr, suffix};
+use crate::backend::{Arg, Backend, BinaryOp, UnaryOp};
 use crate::cuda::launch::{KArg, LaunchCfg};
+use crate::cuda::{CudaDevice, CudaStorage};
 use crate::layout::Layout;
-use crate::ops::elementwise::{BinaryOp, UnaryOp};
-use crate::{DType, Error, Result, Tensor};
+use crate::storage::CpuStorage;
+use crate::{DType, Error, Result};
 use std::sync::Arc;
 
 fn gs(n: usize, sms: u32) -> LaunchCfg {
@@ -177,183 +178,201 @@ pub fn plan_copy_into(
     ))
 }
 
-// ---- tensor level ------------------------------------------------------------------------
+// ---- storage level ------------------------------------------------------------------------
 
-/// `op(a, b)` for operands already broadcast to one shape and of one float dtype.
-pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
-    untracked(|| {
-        let name = binary_name(op);
-        if a.dtype() != b.dtype() {
-            return Err(Error::DType {
-                op: name,
-                got: b.dtype(),
-                want: a.dtype().name(),
-            });
-        }
-        let sfx = suffix(a.dtype(), name)?;
-        let (a, b) = (a.contiguous()?, b.contiguous()?);
-        let dev = device_of(&a)?;
-        let n = a.elem_count();
-        let out = alloc(&dev, a.dtype(), n)?;
-        if n > 0 {
-            dev.run(&plan_binary(
-                op,
-                sfx,
-                ptr(&a)?,
-                ptr(&b)?,
-                out_ptr(&out),
-                n,
-                dev.num_sms(),
-            ))?;
-        }
-        Ok(tensor(out, a.dims()))
-    })
+/// `op(a, b)` for operands laid out over one shape, of one float dtype.
+pub(crate) fn binary(a: Cu, b: Cu, op: BinaryOp) -> Result<CudaStorage> {
+    let name = binary_name(op);
+    if a.0.dtype() != b.0.dtype() {
+        return Err(Error::DType {
+            op: name,
+            got: b.0.dtype(),
+            want: a.0.dtype().name(),
+        });
+    }
+    let sfx = suffix(a.0.dtype(), name)?;
+    let (ia, ib) = (input(a)?, input(b)?);
+    let dev = a.0.device();
+    let n = a.1.elem_count();
+    let out = alloc(dev, a.0.dtype(), n)?;
+    if n > 0 {
+        dev.run(&plan_binary(
+            op,
+            sfx,
+            ia.ptr,
+            ib.ptr,
+            out_ptr(&out),
+            n,
+            dev.num_sms(),
+        ))?;
+    }
+    Ok(out)
 }
 
-pub(crate) fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
-    untracked(|| {
-        let sfx = suffix(x.dtype(), unary_name(op).0)?;
-        let x = x.contiguous()?;
-        let dev = device_of(&x)?;
-        let n = x.elem_count();
-        let out = alloc(&dev, x.dtype(), n)?;
-        if n > 0 {
-            dev.run(&plan_unary(
-                op,
-                sfx,
-                ptr(&x)?,
-                out_ptr(&out),
-                n,
-                dev.num_sms(),
-            ))?;
-        }
-        Ok(tensor(out, x.dims()))
-    })
+pub(crate) fn unary(x: Cu, op: UnaryOp) -> Result<CudaStorage> {
+    let sfx = suffix(x.0.dtype(), unary_name(op).0)?;
+    let ix = input(x)?;
+    let dev = x.0.device();
+    let n = x.1.elem_count();
+    let out = alloc(dev, x.0.dtype(), n)?;
+    if n > 0 {
+        dev.run(&plan_unary(
+            op,
+            sfx,
+            ix.ptr,
+            out_ptr(&out),
+            n,
+            dev.num_sms(),
+        ))?;
+    }
+    Ok(out)
 }
 
 /// f32 ↔ bf16 on the device; other conversions go through the host (ids, rarely used).
-pub(crate) fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
-    untracked(|| {
-        let dev = device_of(x)?;
-        let floats = |d: DType| matches!(d, DType::F32 | DType::BF16);
-        if !(floats(x.dtype()) && floats(dtype)) {
-            let host = x.to_device(crate::Device::Cpu)?.to_dtype(dtype)?;
-            return upload(&dev, &host);
-        }
-        let x = x.contiguous()?;
-        let n = x.elem_count();
-        let out = alloc(&dev, dtype, n)?;
-        if n > 0 {
-            dev.run(&plan_cast(
-                x.dtype(),
-                ptr(&x)?,
-                out_ptr(&out),
-                n,
-                dev.num_sms(),
-            ))?;
-        }
-        Ok(tensor(out, x.dims()))
-    })
+pub(crate) fn cast(x: Cu, dtype: DType) -> Result<CudaStorage> {
+    let dev = x.0.device();
+    let floats = |d: DType| matches!(d, DType::F32 | DType::BF16);
+    if !(floats(x.0.dtype()) && floats(dtype)) {
+        let host = download(x)?;
+        let n = x.1.elem_count();
+        let host = CpuStorage::cast((&host, &super::dense(&[n])), dtype)?;
+        return upload(dev, (&host, &super::dense(&[n])));
+    }
+    let ix = input(x)?;
+    let n = x.1.elem_count();
+    let out = alloc(dev, dtype, n)?;
+    if n > 0 {
+        dev.run(&plan_cast(
+            x.0.dtype(),
+            ix.ptr,
+            out_ptr(&out),
+            n,
+            dev.num_sms(),
+        ))?;
+    }
+    Ok(out)
 }
 
-/// A new tensor filled with `value`.
+/// `n` elements filled with `value`.
 pub(crate) fn full(
     dev: &Arc<CudaDevice>,
-    dims: &[usize],
+    n: usize,
     dtype: DType,
     value: f32,
-) -> Result<Tensor> {
-    let n = crate::layout::elem_count(dims);
+) -> Result<CudaStorage> {
     let out = alloc(dev, dtype, n)?;
     if n > 0 {
         match plan_fill(dtype, out_ptr(&out), n, value, dev.num_sms()) {
             Ok(plan) => dev.run(&plan)?,
             // i64 / u8: fill on the host and upload.
             Err(_) => {
-                let host = Tensor::full(value, dims, dtype, crate::Device::Cpu)?;
-                return upload(dev, &host);
+                let host = crate::cpu::filled(value, n, dtype);
+                return upload(dev, (&host, &super::dense(&[n])));
             }
         }
     }
-    Ok(tensor(out, dims))
+    Ok(out)
 }
 
-/// A contiguous device copy of a CPU tensor.
-pub(crate) fn upload(dev: &Arc<CudaDevice>, host: &Tensor) -> Result<Tensor> {
-    use crate::storage::CpuStorage;
-    let host = host.contiguous()?;
-    let buf = match host.cpu()? {
-        CpuStorage::F32(b) => dev.upload(slice(b.as_slice(), &host))?,
-        CpuStorage::BF16(b) => dev.upload(slice(b.as_slice(), &host))?,
-        CpuStorage::U32(b) => dev.upload(slice(b.as_slice(), &host))?,
-        CpuStorage::I64(b) => dev.upload(slice(b.as_slice(), &host))?,
-        CpuStorage::U8(b) => dev.upload(slice(b.as_slice(), &host))?,
+/// A contiguous device copy of a host operand.
+pub(crate) fn upload(dev: &Arc<CudaDevice>, x: Arg<CpuStorage>) -> Result<CudaStorage> {
+    use crate::cpu::backend::view;
+    let buf = match x.0 {
+        CpuStorage::F32(_) => dev.upload(&view::<f32>(x, "upload")?)?,
+        CpuStorage::BF16(_) => dev.upload(&view::<half::bf16>(x, "upload")?)?,
+        CpuStorage::U32(_) => dev.upload(&view::<u32>(x, "upload")?)?,
+        CpuStorage::I64(_) => dev.upload(&view::<i64>(x, "upload")?)?,
+        CpuStorage::U8(_) => dev.upload(&view::<u8>(x, "upload")?)?,
     };
-    Ok(tensor(
-        crate::cuda::CudaStorage::new(buf, host.dtype()),
-        host.dims(),
-    ))
+    Ok(CudaStorage::new(buf, x.0.dtype()))
 }
 
-fn slice<'a, T>(data: &'a [T], t: &Tensor) -> &'a [T] {
-    let o = t.layout().offset();
-    &data[o..o + t.elem_count()]
+/// A contiguous host copy of a device operand (waits for the stream).
+pub(crate) fn download(x: Cu) -> Result<CpuStorage> {
+    let c;
+    let (s, l) = if x.1.is_contiguous() {
+        x
+    } else {
+        c = (copy(x)?, super::dense(x.1.dims()));
+        (&c.0, &c.1)
+    };
+    let (dev, at, n) = (
+        s.device(),
+        l.offset() * s.dtype().size_in_bytes(),
+        l.elem_count(),
+    );
+    fn get<T: bytemuck::Pod>(
+        dev: &CudaDevice,
+        s: &CudaStorage,
+        at: usize,
+        n: usize,
+    ) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); n];
+        dev.download_at(s.buffer(), at, &mut out)?;
+        Ok(out)
+    }
+    use crate::cpu::owned;
+    Ok(match s.dtype() {
+        DType::F32 => owned(get::<f32>(dev, s, at, n)?),
+        DType::BF16 => owned(get::<half::bf16>(dev, s, at, n)?),
+        DType::U32 => owned(get::<u32>(dev, s, at, n)?),
+        DType::I64 => owned(get::<i64>(dev, s, at, n)?),
+        DType::U8 => owned(get::<u8>(dev, s, at, n)?),
+    })
 }
 
 /// A contiguous copy of a strided view (broadcasts materialise). i64 / u8 go through the host.
-pub(crate) fn contiguous(x: &Tensor) -> Result<Tensor> {
-    untracked(|| {
-        let dev = device_of(x)?;
-        if copy_suffix(x.dtype()).is_err() {
-            let host = x.to_device(crate::Device::Cpu)?;
-            return upload(&dev, &host);
-        }
-        let n = x.elem_count();
-        let out = alloc(&dev, x.dtype(), n)?;
-        if n > 0 {
-            let (d, [s]) = collapse(x.dims(), [x.layout().strides()])?;
-            dev.run(&plan_copy(
-                x.dtype(),
-                super::storage(x)?.buffer().ptr(),
+pub(crate) fn copy(x: Cu) -> Result<CudaStorage> {
+    let (s, l) = x;
+    let dev = s.device();
+    if copy_suffix(s.dtype()).is_err() {
+        let host = download(x)?;
+        return upload(dev, (&host, &super::dense(l.dims())));
+    }
+    let n = l.elem_count();
+    let out = alloc(dev, s.dtype(), n)?;
+    if n > 0 {
+        let (d, [st]) = collapse(l.dims(), [l.strides()])?;
+        dev.run(&plan_copy(
+            s.dtype(),
+            s.buffer().ptr(),
+            out_ptr(&out),
+            d,
+            st,
+            l.offset(),
+            dev.num_sms(),
+        )?)?;
+    }
+    Ok(out)
+}
+
+/// Concatenate along `dim` into `dims` (shapes checked by the caller): each piece is copied
+/// into its slice.
+pub(crate) fn cat(parts: &[Cu], dim: usize, dims: &[usize]) -> Result<CudaStorage> {
+    let dev = parts[0].0.device();
+    let dtype = parts[0].0.dtype();
+    copy_suffix(dtype)?;
+    let out = alloc(dev, dtype, crate::layout::elem_count(dims))?;
+    let full = Layout::contiguous(dims);
+    let mut start = 0;
+    for &(s, l) in parts {
+        let len = l.dims()[dim];
+        if l.elem_count() > 0 {
+            let slot = full.narrow(dim, start, len)?;
+            let (d, [st, tt]) = collapse(l.dims(), [l.strides(), slot.strides()])?;
+            dev.run(&plan_copy_into(
+                dtype,
+                s.buffer().ptr(),
                 out_ptr(&out),
                 d,
-                s,
-                x.layout().offset(),
+                st,
+                l.offset(),
+                tt,
+                slot.offset(),
                 dev.num_sms(),
             )?)?;
         }
-        Ok(tensor(out, x.dims()))
-    })
-}
-
-/// Concatenate along `dim` (shapes checked by the caller): each piece is copied into its slice.
-pub(crate) fn cat(ts: &[&Tensor], dim: usize, dims: &[usize]) -> Result<Tensor> {
-    untracked(|| {
-        let dev = device_of(ts[0])?;
-        let dtype = ts[0].dtype();
-        copy_suffix(dtype)?;
-        let out = alloc(&dev, dtype, crate::layout::elem_count(dims))?;
-        let full = Layout::contiguous(dims);
-        let mut start = 0;
-        for t in ts {
-            let len = t.dims()[dim];
-            if t.elem_count() > 0 {
-                let slot = full.narrow(dim, start, len)?;
-                let (d, [s, tt]) = collapse(t.dims(), [t.layout().strides(), slot.strides()])?;
-                dev.run(&plan_copy_into(
-                    dtype,
-                    super::storage(t)?.buffer().ptr(),
-                    out_ptr(&out),
-                    d,
-                    s,
-                    t.layout().offset(),
-                    tt,
-                    slot.offset(),
-                    dev.num_sms(),
-                )?)?;
-            }
-            start += len;
-        }
-        Ok(tensor(out, dims))
-    })
+        start += len;
+    }
+    Ok(out)
 }

@@ -1,8 +1,10 @@
 //! Embedding gather and scatter-add (`embedding.cu`).
 
-use super::{Launch, alloc, device_of, int, out_ptr, ptr, suffix, tensor, untracked};
+use super::elementwise::cast;
+use super::{Cu, Launch, alloc, dense, input, int, out_ptr, suffix};
+use crate::cuda::CudaStorage;
 use crate::cuda::launch::{KArg, LaunchCfg};
-use crate::{DType, Result, Tensor};
+use crate::{DType, Result};
 
 fn block(dim: usize) -> u32 {
     (dim.div_ceil(8).div_ceil(32) * 32).clamp(32, 256) as u32
@@ -37,52 +39,31 @@ pub fn plan(
 
 /// Rows of `table` (v, d) for u32 `ids`. Ids ≥ v give zero rows on the device (checking them
 /// would cost a host round trip; the batch builders check ids on the host).
-pub(crate) fn gather(table: &Tensor, ids: &Tensor, out_dims: &[usize]) -> Result<Tensor> {
-    untracked(|| {
-        let (v, d) = (table.dims()[0], table.dims()[1]);
-        let sfx = suffix(table.dtype(), "embedding")?;
-        let (table, ids) = (table.contiguous()?, ids.to_dtype(DType::U32)?.contiguous()?);
-        let dev = device_of(&table)?;
-        let n = ids.elem_count();
-        let out = alloc(&dev, table.dtype(), n * d)?;
-        if n * d > 0 {
-            dev.run(&plan(
-                false,
-                sfx,
-                ptr(&ids)?,
-                ptr(&table)?,
-                out_ptr(&out),
-                n,
-                d,
-                v,
-            )?)?;
-        }
-        Ok(tensor(out, out_dims))
-    })
+pub(crate) fn gather(table: Cu, ids: Cu) -> Result<CudaStorage> {
+    let (v, d) = (table.1.dims()[0], table.1.dims()[1]);
+    let sfx = suffix(table.0.dtype(), "embedding")?;
+    let (it, ii) = (input(table)?, input(ids)?);
+    let dev = table.0.device();
+    let n = ids.1.elem_count();
+    let out = alloc(dev, table.0.dtype(), n * d)?;
+    if n * d > 0 {
+        dev.run(&plan(false, sfx, ii.ptr, it.ptr, out_ptr(&out), n, d, v)?)?;
+    }
+    Ok(out)
 }
 
-/// Gradient of the table: rows of `g` added at their ids (f32 atomics), in the table's dtype.
-pub(crate) fn scatter_add(table: &Tensor, ids: &Tensor, g: &Tensor) -> Result<Tensor> {
-    untracked(|| {
-        let (v, d) = (table.dims()[0], table.dims()[1]);
-        let sfx = suffix(g.dtype(), "embedding")?;
-        let (g, ids) = (g.contiguous()?, ids.to_dtype(DType::U32)?.contiguous()?);
-        let dev = device_of(&g)?;
-        let out = dev.alloc_zeroed(v * d * 4)?;
-        let out = crate::cuda::CudaStorage::new(out, DType::F32);
-        let n = ids.elem_count();
-        if n * d > 0 {
-            dev.run(&plan(
-                true,
-                sfx,
-                ptr(&ids)?,
-                ptr(&g)?,
-                out_ptr(&out),
-                n,
-                d,
-                v,
-            )?)?;
-        }
-        tensor(out, table.dims()).to_dtype(table.dtype())
-    })
+/// Gradient of the (v, d) table: rows of `g` added at their ids (f32 atomics), in `dtype`.
+pub(crate) fn scatter_add([v, d]: [usize; 2], dtype: DType, ids: Cu, g: Cu) -> Result<CudaStorage> {
+    let sfx = suffix(g.0.dtype(), "embedding")?;
+    let (ig, ii) = (input(g)?, input(ids)?);
+    let dev = g.0.device();
+    let out = CudaStorage::new(dev.alloc_zeroed(v * d * 4)?, DType::F32);
+    let n = ids.1.elem_count();
+    if n * d > 0 {
+        dev.run(&plan(true, sfx, ii.ptr, ig.ptr, out_ptr(&out), n, d, v)?)?;
+    }
+    if dtype == DType::F32 {
+        return Ok(out);
+    }
+    cast((&out, &dense(&[v, d])), dtype)
 }

@@ -1,10 +1,12 @@
 //! LayerNorm with gain (γ + 1), no bias (`layernorm.cu`). The saved statistics on CUDA are a
 //! (2, rows) f32 tensor: means, then reciprocal standard deviations.
 
-use super::{Launch, alloc, device_of, int, out_ptr, ptr, row_block, suffix, tensor, untracked};
-use crate::cpu::layernorm::EPS;
+use super::elementwise::cast;
+use super::{Cu, Launch, alloc, dense, input, input_as, int, out_ptr, row_block, suffix};
+use crate::backend::LAYER_NORM_EPS as EPS;
+use crate::cuda::CudaStorage;
 use crate::cuda::launch::{KArg, LaunchCfg};
-use crate::{DType, Result, Tensor};
+use crate::{DType, Result};
 
 pub fn plan_fwd(
     sfx: &str,
@@ -87,82 +89,72 @@ pub fn plan_dgamma(partial: u64, dgamma: u64, parts: usize, cols: usize) -> Resu
     ))
 }
 
-/// γ in the dtype of x (the kernels take one element type).
-fn same_dtype(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
-    gamma.to_dtype(x.dtype())?.contiguous()
-}
-
-/// (y, stats) for x (…, d) and γ (d).
-pub(crate) fn forward(x: &Tensor, gamma: &Tensor) -> Result<(Tensor, Tensor)> {
-    untracked(|| {
-        let cols = gamma.dims()[0].max(1);
-        let sfx = suffix(x.dtype(), "layer_norm")?;
-        let x = x.contiguous()?;
-        let gamma = same_dtype(&x, gamma)?;
-        let dev = device_of(&x)?;
-        let rows = x.elem_count() / cols;
-        let y = alloc(&dev, x.dtype(), x.elem_count())?;
-        let stats = alloc(&dev, DType::F32, 2 * rows)?;
-        if rows > 0 {
-            let s = out_ptr(&stats);
-            dev.run(&plan_fwd(
-                sfx,
-                ptr(&x)?,
-                ptr(&gamma)?,
-                out_ptr(&y),
-                s,
-                s + 4 * rows as u64,
-                rows,
-                cols,
-            )?)?;
-        }
-        Ok((tensor(y, x.dims()), tensor(stats, &[2, rows])))
-    })
+/// (y, stats (2 × rows: means, then rstds)) for x (…, d) and γ (d).
+pub(crate) fn forward(x: Cu, gamma: Cu) -> Result<(CudaStorage, CudaStorage)> {
+    let cols = gamma.1.dims()[0].max(1);
+    let dtype = x.0.dtype();
+    let sfx = suffix(dtype, "layer_norm")?;
+    // γ in the dtype of x (the kernels take one element type).
+    let (ix, ig) = (input(x)?, input_as(gamma, dtype)?);
+    let dev = x.0.device();
+    let rows = x.1.elem_count() / cols;
+    let y = alloc(dev, dtype, x.1.elem_count())?;
+    let stats = alloc(dev, DType::F32, 2 * rows)?;
+    if rows > 0 {
+        let s = out_ptr(&stats);
+        dev.run(&plan_fwd(
+            sfx,
+            ix.ptr,
+            ig.ptr,
+            out_ptr(&y),
+            s,
+            s + 4 * rows as u64,
+            rows,
+            cols,
+        )?)?;
+    }
+    Ok((y, stats))
 }
 
 /// (dx, dγ) in the dtypes of x and γ.
-pub(crate) fn backward(
-    x: &Tensor,
-    gamma: &Tensor,
-    stats: &Tensor,
-    g: &Tensor,
-) -> Result<(Tensor, Tensor)> {
-    untracked(|| {
-        let cols = gamma.dims()[0].max(1);
-        let sfx = suffix(x.dtype(), "layer_norm")?;
-        let (x, g) = (x.contiguous()?, g.to_dtype(x.dtype())?.contiguous()?);
-        let gm = same_dtype(&x, gamma)?;
-        let dev = device_of(&x)?;
-        let rows = x.elem_count() / cols;
-        let parts = bwd_parts(rows, dev.num_sms());
-        let dx = alloc(&dev, x.dtype(), x.elem_count())?;
-        let partial = alloc(&dev, DType::F32, parts * cols)?;
-        let dgamma = alloc(&dev, DType::F32, cols)?;
-        if rows > 0 {
-            let s = ptr(stats)?;
-            dev.run(&plan_bwd(
-                sfx,
-                ptr(&x)?,
-                ptr(&gm)?,
-                ptr(&g)?,
-                s,
-                s + 4 * rows as u64,
-                out_ptr(&dx),
-                out_ptr(&partial),
-                rows,
-                cols,
-                dev.num_sms(),
-            )?)?;
-            dev.run(&plan_dgamma(
-                out_ptr(&partial),
-                out_ptr(&dgamma),
-                parts,
-                cols,
-            )?)?;
-        } else {
-            dev.zero(dgamma.buffer())?;
-        }
-        let dgamma = tensor(dgamma, gamma.dims()).to_dtype(gamma.dtype())?;
-        Ok((tensor(dx, x.dims()), dgamma))
-    })
+pub(crate) fn backward(x: Cu, gamma: Cu, stats: Cu, g: Cu) -> Result<(CudaStorage, CudaStorage)> {
+    let cols = gamma.1.dims()[0].max(1);
+    let dtype = x.0.dtype();
+    let sfx = suffix(dtype, "layer_norm")?;
+    let (ix, igm, ig) = (input(x)?, input_as(gamma, dtype)?, input_as(g, dtype)?);
+    let dev = x.0.device();
+    let rows = x.1.elem_count() / cols;
+    let parts = bwd_parts(rows, dev.num_sms());
+    let dx = alloc(dev, dtype, x.1.elem_count())?;
+    let partial = alloc(dev, DType::F32, parts * cols)?;
+    let dgamma = alloc(dev, DType::F32, cols)?;
+    if rows > 0 {
+        let s = input(stats)?;
+        dev.run(&plan_bwd(
+            sfx,
+            ix.ptr,
+            igm.ptr,
+            ig.ptr,
+            s.ptr,
+            s.ptr + 4 * rows as u64,
+            out_ptr(&dx),
+            out_ptr(&partial),
+            rows,
+            cols,
+            dev.num_sms(),
+        )?)?;
+        dev.run(&plan_dgamma(
+            out_ptr(&partial),
+            out_ptr(&dgamma),
+            parts,
+            cols,
+        )?)?;
+    } else {
+        dev.zero(dgamma.buffer())?;
+    }
+    let dgamma = match gamma.0.dtype() {
+        DType::F32 => dgamma,
+        other => cast((&dgamma, &dense(&[cols])), other)?,
+    };
+    Ok((dx, dgamma))
 }

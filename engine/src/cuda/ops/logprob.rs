@@ -1,9 +1,10 @@
 //! Per-row log-probabilities and entropies (`logprob.cu`), read from the logits in their own
 //! dtype; the backward recomputes softmax from the saved log-sum-exp.
 
-use super::{Launch, alloc, device_of, int, out_ptr, ptr, row_block, suffix, tensor, untracked};
+use super::{Cu, Launch, alloc, input, int, out_ptr, row_block, suffix};
+use crate::cuda::CudaStorage;
 use crate::cuda::launch::{KArg, LaunchCfg};
-use crate::{DType, Result, Tensor};
+use crate::{DType, Result};
 
 /// Outputs (each nullable): logp (needs ids), entropy, lse.
 pub fn plan_fwd(
@@ -65,89 +66,79 @@ pub fn plan_bwd(
     ))
 }
 
-/// (logp or entropy, lse), each (…) f32: logp when `ids` is given, the entropy otherwise.
+/// (logp or entropy, lse), each one f32 per row: logp when `ids` is given, the entropy
+/// otherwise.
 pub(crate) fn forward(
-    logits: &Tensor,
-    ids: Option<&Tensor>,
+    logits: Cu,
+    ids: Option<Cu>,
     inv_temp: f32,
-    want_entropy: bool,
-) -> Result<(Tensor, Tensor)> {
-    untracked(|| {
-        let v = logits.dims().last().copied().unwrap_or(1);
-        let dims = logits.dims()[..logits.rank() - 1].to_vec();
-        let sfx = suffix(logits.dtype(), "logprob")?;
-        let logits = logits.contiguous()?;
-        let ids = ids
-            .map(|t| t.to_dtype(DType::U32)?.contiguous())
-            .transpose()?;
-        let dev = device_of(&logits)?;
-        let rows = logits.elem_count() / v.max(1);
-        let out = alloc(&dev, DType::F32, rows)?;
-        let lse = alloc(&dev, DType::F32, rows)?;
-        if rows > 0 {
-            let (lp, h) = if want_entropy {
-                (0, out_ptr(&out))
-            } else {
-                (out_ptr(&out), 0)
-            };
-            let idp = ids.as_ref().map(ptr).transpose()?.unwrap_or(0);
-            dev.run(&plan_fwd(
-                sfx,
-                ptr(&logits)?,
-                idp,
-                lp,
-                h,
-                out_ptr(&lse),
-                rows,
-                v,
-                inv_temp,
-            )?)?;
-        }
-        Ok((tensor(out, &dims), tensor(lse, &dims)))
-    })
+) -> Result<(CudaStorage, CudaStorage)> {
+    let v = logits.1.dims().last().copied().unwrap_or(1);
+    let sfx = suffix(logits.0.dtype(), "logprob")?;
+    let il = input(logits)?;
+    let ii = ids.map(input).transpose()?;
+    let dev = logits.0.device();
+    let rows = logits.1.elem_count() / v.max(1);
+    let out = alloc(dev, DType::F32, rows)?;
+    let lse = alloc(dev, DType::F32, rows)?;
+    if rows > 0 {
+        let (lp, h) = match ii {
+            Some(_) => (out_ptr(&out), 0),
+            None => (0, out_ptr(&out)),
+        };
+        let idp = ii.as_ref().map_or(0, |i| i.ptr);
+        dev.run(&plan_fwd(
+            sfx,
+            il.ptr,
+            idp,
+            lp,
+            h,
+            out_ptr(&lse),
+            rows,
+            v,
+            inv_temp,
+        )?)?;
+    }
+    Ok((out, lse))
 }
 
 pub(crate) fn backward(
-    logits: &Tensor,
-    ids: Option<&Tensor>,
-    lse: &Tensor,
-    entropy: Option<&Tensor>,
+    logits: Cu,
+    ids: Option<Cu>,
+    lse: Cu,
+    entropy: Option<Cu>,
     inv_temp: f32,
-    g: &Tensor,
-) -> Result<Tensor> {
-    untracked(|| {
-        let v = logits.dims().last().copied().unwrap_or(1);
-        let sfx = suffix(logits.dtype(), "logprob")?;
-        let logits = logits.contiguous()?;
-        let ids = ids
-            .map(|t| t.to_dtype(DType::U32)?.contiguous())
-            .transpose()?;
-        let g = g.to_dtype(DType::F32)?.contiguous()?;
-        let dev = device_of(&logits)?;
-        let rows = logits.elem_count() / v.max(1);
-        let out = alloc(&dev, logits.dtype(), logits.elem_count())?;
-        if rows > 0 {
-            let idp = ids.as_ref().map(ptr).transpose()?.unwrap_or(0);
-            let hp = entropy.map(ptr).transpose()?.unwrap_or(0);
-            let (dlp, dh) = if entropy.is_some() {
-                (0, ptr(&g)?)
-            } else {
-                (ptr(&g)?, 0)
-            };
-            dev.run(&plan_bwd(
-                sfx,
-                ptr(&logits)?,
-                idp,
-                ptr(lse)?,
-                hp,
-                dlp,
-                dh,
-                out_ptr(&out),
-                rows,
-                v,
-                inv_temp,
-            )?)?;
-        }
-        Ok(tensor(out, logits.dims()))
-    })
+    g: Cu,
+) -> Result<CudaStorage> {
+    let v = logits.1.dims().last().copied().unwrap_or(1);
+    let sfx = suffix(logits.0.dtype(), "logprob")?;
+    let il = input(logits)?;
+    let ii = ids.map(input).transpose()?;
+    let ih = entropy.map(input).transpose()?;
+    let (ilse, ig) = (input(lse)?, input(g)?);
+    let dev = logits.0.device();
+    let rows = logits.1.elem_count() / v.max(1);
+    let out = alloc(dev, logits.0.dtype(), logits.1.elem_count())?;
+    if rows > 0 {
+        let idp = ii.as_ref().map_or(0, |i| i.ptr);
+        let hp = ih.as_ref().map_or(0, |i| i.ptr);
+        let (dlp, dh) = match ih {
+            Some(_) => (0, ig.ptr),
+            None => (ig.ptr, 0),
+        };
+        dev.run(&plan_bwd(
+            sfx,
+            il.ptr,
+            idp,
+            ilse.ptr,
+            hp,
+            dlp,
+            dh,
+            out_ptr(&out),
+            rows,
+            v,
+            inv_temp,
+        )?)?;
+    }
+    Ok(out)
 }

@@ -2,9 +2,12 @@
 //! f32 operands are rounded to bf16 first (the tensor cores' input type), like PyTorch's
 //! autocast; the result keeps the operands' dtype.
 
-use super::{Launch, alloc, base_ptr, device_of, int, out_ptr, tensor, untracked};
+use super::elementwise::{cast, copy};
+use super::{Cu, Launch, addr, alloc, dense, int, out_ptr};
+use crate::cuda::CudaStorage;
 use crate::cuda::launch::{KArg, LaunchCfg};
-use crate::{DType, Error, Result, Tensor};
+use crate::layout::Layout;
+use crate::{DType, Error, Result};
 
 /// One operand as the kernels read it: row-major (`trans = false`, element (i, j) at
 /// `ptr + i·ld + j`) or stored transposed (`trans = true`, at `ptr + j·ld + i`).
@@ -17,14 +20,7 @@ pub struct Operand {
     pub batch_stride: usize,
 }
 
-/// Shapes of one (batched) product: C (batch, m, n) = A (batch, m, k) · B (batch, k, n).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Dims {
-    pub batch: usize,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-}
+pub use crate::backend::MatmulDims as Dims;
 
 fn aligned(o: &Operand) -> bool {
     o.ld.is_multiple_of(8) && o.batch_stride.is_multiple_of(8) && o.ptr.is_multiple_of(16)
@@ -115,78 +111,86 @@ pub fn operand_of(dims: &[usize], strides: &[usize], ptr: u64) -> Option<Operand
     None
 }
 
-fn operand(t: &Tensor) -> Result<(Tensor, Operand)> {
-    if let Some(o) = operand_of(t.dims(), t.layout().strides(), base_ptr(t)?) {
-        return Ok((t.clone(), o));
+/// An operand as the kernels read it, with the copy it is read from when one was needed.
+fn operand(x: Cu) -> Result<(Option<CudaStorage>, Operand)> {
+    if let Some(o) = operand_of(x.1.dims(), x.1.strides(), addr(x)) {
+        return Ok((None, o));
     }
-    let c = t.contiguous()?;
-    let o = operand_of(c.dims(), c.layout().strides(), base_ptr(&c)?)
+    let c = copy(x)?;
+    let o = operand_of(x.1.dims(), dense(x.1.dims()).strides(), out_ptr(&c))
         .ok_or_else(|| Error::Invalid("internal: contiguous matmul operand".into()))?;
-    Ok((c, o))
+    Ok((Some(c), o))
 }
 
 /// An f32 operand rounded to bf16 for the tensor cores. A transposed operand stays transposed
 /// (its contiguous transpose is cast), so the kernel reads it in place rather than after a gather.
-fn bf16_keeping_transpose(t: &Tensor) -> Result<Tensor> {
-    let r = t.rank();
-    if r >= 2 && !t.layout().is_contiguous() {
-        let back = t.transpose(r - 2, r - 1)?;
-        if back.layout().is_contiguous() {
-            return back.to_dtype(DType::BF16)?.transpose(r - 2, r - 1);
+fn bf16_keeping_transpose(x: Cu) -> Result<(CudaStorage, Layout)> {
+    let r = x.1.rank();
+    if r >= 2 && !x.1.is_contiguous() {
+        let back = x.1.transpose(r - 2, r - 1)?;
+        if back.is_contiguous() {
+            let c = cast((x.0, &back), DType::BF16)?;
+            return Ok((c, dense(back.dims()).transpose(r - 2, r - 1)?));
         }
     }
-    t.to_dtype(DType::BF16)
+    Ok((cast(x, DType::BF16)?, dense(x.1.dims())))
 }
 
 /// (m×k)·(k×n) or (b×m×k)·(b×k×n), shapes checked by the caller.
-pub(crate) fn matmul(a: &Tensor, b: &Tensor, d: Dims, out_dims: &[usize]) -> Result<Tensor> {
-    untracked(|| {
-        if a.dtype() != b.dtype() {
+pub(crate) fn matmul(a: Cu, b: Cu, d: Dims) -> Result<CudaStorage> {
+    if a.0.dtype() != b.0.dtype() {
+        return Err(Error::DType {
+            op: "matmul",
+            got: b.0.dtype(),
+            want: a.0.dtype().name(),
+        });
+    }
+    let f32_out = match a.0.dtype() {
+        DType::BF16 => false,
+        DType::F32 => true,
+        other => {
             return Err(Error::DType {
                 op: "matmul",
-                got: b.dtype(),
-                want: a.dtype().name(),
+                got: other,
+                want: "f32 or bf16",
             });
         }
-        let f32_out = match a.dtype() {
-            DType::BF16 => false,
-            DType::F32 => true,
-            other => {
-                return Err(Error::DType {
-                    op: "matmul",
-                    got: other,
-                    want: "f32 or bf16",
-                });
-            }
-        };
-        let dev = device_of(a)?;
-        if d.k == 0 {
-            return super::elementwise::full(&dev, out_dims, a.dtype(), 0.0);
+    };
+    let dev = a.0.device();
+    let out_dtype = if f32_out { DType::F32 } else { DType::BF16 };
+    let n_out = d.batch * d.m * d.n;
+    if d.k == 0 {
+        return super::elementwise::full(dev, n_out, out_dtype, 0.0);
+    }
+    let rounded;
+    let (a, b) = if f32_out {
+        rounded = (bf16_keeping_transpose(a)?, bf16_keeping_transpose(b)?);
+        ((&rounded.0.0, &rounded.0.1), (&rounded.1.0, &rounded.1.1))
+    } else {
+        (a, b)
+    };
+    // The operands as read (kept alive until the launch is queued).
+    let (_a, oa) = operand(a)?;
+    // No kernel reads both operands transposed: then B is copied into row-major order.
+    let (_b, ob) = match operand(b)? {
+        (_, o) if oa.trans && o.trans => {
+            let c = copy(b)?;
+            let o = operand_of(b.1.dims(), dense(b.1.dims()).strides(), out_ptr(&c))
+                .ok_or_else(|| Error::Invalid("internal: contiguous matmul operand".into()))?;
+            (Some(c), o)
         }
-        let (a, b) = if f32_out {
-            (bf16_keeping_transpose(a)?, bf16_keeping_transpose(b)?)
-        } else {
-            (a.clone(), b.clone())
-        };
-        // The operands as read (kept alive until the launch is queued).
-        let (_a, oa) = operand(&a)?;
-        // No kernel reads both operands transposed: then B is copied into row-major order.
-        let (_b, ob) = match operand(&b)? {
-            (_, o) if oa.trans && o.trans => operand(&b.contiguous()?)?,
-            read => read,
-        };
-        let out_dtype = if f32_out { DType::F32 } else { DType::BF16 };
-        let out = alloc(&dev, out_dtype, d.batch * d.m * d.n)?;
-        if d.batch * d.m * d.n > 0 {
-            dev.run(&plan_matmul(
-                oa,
-                ob,
-                out_ptr(&out),
-                d,
-                f32_out,
-                dev.num_sms(),
-            )?)?;
-        }
-        Ok(tensor(out, out_dims))
-    })
+        read => read,
+    };
+    let out = alloc(dev, out_dtype, n_out)?;
+    if n_out > 0 {
+        dev.run(&plan_matmul(
+            oa,
+            ob,
+            out_ptr(&out),
+            d,
+            f32_out,
+            dev.num_sms(),
+        )?)?;
+    }
+    Ok(out)
 }

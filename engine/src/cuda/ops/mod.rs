@@ -2,9 +2,12 @@
 //!
 //! Each module has two layers: `plan_*` functions, pure, that turn device addresses and sizes into
 //! a [`Launch`] (kernel name, grid/block/shared memory, arguments) — the CPU tests check every plan
-//! against the PTX signatures and CUDA's limits without a GPU — and tensor-level functions that
-//! allocate outputs, make inputs contiguous where a kernel needs it, and run the plans. The
-//! tensor-level functions return untracked tensors; `crate::ops` records the op for autograd.
+//! against the PTX signatures and CUDA's limits without a GPU — and storage-level functions that
+//! take (storage, layout) operands, allocate outputs, make inputs contiguous (or cast them) where
+//! a kernel needs it, and run the plans: the CUDA side of the backend boundary
+//! (`crate::backend::Backend`, implemented in `cuda/backend.rs`). They never build tensors; the
+//! optimizer's multi-tensor step, the gradient-norm sum and sampling (`adamw.rs`, `sumsq_into`,
+//! `sampling.rs`) are device routines of their callers rather than ops, and take tensors.
 
 // The plans take what the kernels take: as many pointers and sizes as their signatures.
 #![allow(clippy::too_many_arguments)]
@@ -24,9 +27,14 @@ pub mod swiglu;
 
 use super::launch::{KArg, LaunchCfg};
 use super::{CudaDevice, CudaStorage};
+use crate::backend::Arg;
+use crate::layout::Layout;
 use crate::storage::Storage;
 use crate::{DType, Error, Result, Tensor};
 use std::sync::Arc;
+
+/// A CUDA operand: device storage and the layout to read it through.
+pub(crate) type Cu<'a> = Arg<'a, CudaStorage>;
 
 /// Threads per block of the grid-stride kernels.
 pub const BLOCK: u32 = 256;
@@ -118,6 +126,52 @@ pub(crate) fn alloc(dev: &Arc<CudaDevice>, dtype: DType, n: usize) -> Result<Cud
         .checked_mul(dtype.size_in_bytes())
         .ok_or_else(|| Error::Invalid(format!("{n} elements of {dtype:?} overflow")))?;
     Ok(CudaStorage::new(dev.alloc(bytes)?, dtype))
+}
+
+/// Address of an operand's first element (storage start + layout offset); its strides are the
+/// caller's business.
+pub(crate) fn addr((s, l): Cu) -> u64 {
+    s.buffer().ptr() + (l.offset() * s.dtype().size_in_bytes()) as u64
+}
+
+/// A kernel input: contiguous memory at `ptr`, the operand itself or a copy held here until the
+/// launch that reads it is queued.
+pub(crate) struct Input {
+    pub ptr: u64,
+    _copy: Option<CudaStorage>,
+}
+
+impl Input {
+    fn copied(c: CudaStorage) -> Self {
+        Input {
+            ptr: out_ptr(&c),
+            _copy: Some(c),
+        }
+    }
+}
+
+/// The operand as contiguous memory (copied when it is a strided view).
+pub(crate) fn input(x: Cu) -> Result<Input> {
+    if x.1.is_contiguous() {
+        return Ok(Input {
+            ptr: addr(x),
+            _copy: None,
+        });
+    }
+    Ok(Input::copied(elementwise::copy(x)?))
+}
+
+/// The operand as contiguous memory of `dtype` (converted when it has another).
+pub(crate) fn input_as(x: Cu, dtype: DType) -> Result<Input> {
+    if x.0.dtype() == dtype {
+        return input(x);
+    }
+    Ok(Input::copied(elementwise::cast(x, dtype)?))
+}
+
+/// The layout of a new contiguous result.
+pub(crate) fn dense(dims: &[usize]) -> Layout {
+    Layout::contiguous(dims)
 }
 
 /// An untracked tensor over new device storage.

@@ -1,10 +1,16 @@
 //! Reductions (`reduce.cu`): row sums and maxima, column sums, sums of squares.
 
+use super::elementwise::{binary, cast, copy, unary};
 use super::{
-    BLOCK, Launch, alloc, device_of, int, out_ptr, ptr, row_block, suffix, tensor, untracked,
+    BLOCK, Cu, Launch, alloc, dense, device_of, input, input_as, int, out_ptr, ptr, row_block,
+    suffix,
 };
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::cuda::launch::{KArg, LaunchCfg};
+use crate::cuda::{CudaDevice, CudaStorage};
+use crate::layout::Layout;
 use crate::{DType, Result, Tensor};
+use std::sync::Arc;
 
 /// `sum` or `max` over the last dim of a (rows, cols) buffer.
 pub fn plan_rows(
@@ -67,88 +73,128 @@ pub fn plan_sumsq_multi(
     ))
 }
 
-/// Reduce the last dim of a contiguous tensor viewed as (rows, cols) with `kind` = sum | max.
-fn rows_of(x: &Tensor, rows: usize, cols: usize, kind: &'static str) -> Result<Tensor> {
-    let dev = device_of(x)?;
-    let sfx = suffix(x.dtype(), kind)?;
-    let out = alloc(&dev, x.dtype(), rows)?;
+/// Reduce a contiguous (rows, cols) buffer at `x` over its last dim with `kind` = sum | max.
+fn rows_of(
+    dev: &Arc<CudaDevice>,
+    dtype: DType,
+    x: u64,
+    rows: usize,
+    cols: usize,
+    kind: &'static str,
+) -> Result<CudaStorage> {
+    let sfx = suffix(dtype, kind)?;
+    let out = alloc(dev, dtype, rows)?;
     if rows > 0 {
-        dev.run(&plan_rows(kind, sfx, ptr(x)?, out_ptr(&out), rows, cols)?)?;
+        dev.run(&plan_rows(kind, sfx, x, out_ptr(&out), rows, cols)?)?;
     }
-    Ok(tensor(out, &[rows]))
+    Ok(out)
 }
 
-fn cols_of(x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
-    let dev = device_of(x)?;
-    let sfx = suffix(x.dtype(), "sum")?;
-    let out = alloc(&dev, x.dtype(), cols)?;
+fn cols_of(
+    dev: &Arc<CudaDevice>,
+    dtype: DType,
+    x: u64,
+    rows: usize,
+    cols: usize,
+) -> Result<CudaStorage> {
+    let sfx = suffix(dtype, "sum")?;
+    let out = alloc(dev, dtype, cols)?;
     if cols > 0 {
-        dev.run(&plan_cols(sfx, ptr(x)?, out_ptr(&out), rows, cols)?)?;
+        dev.run(&plan_cols(sfx, x, out_ptr(&out), rows, cols)?)?;
     }
-    Ok(tensor(out, &[cols]))
+    Ok(out)
 }
 
-/// Max over the last dim, keeping it as size 1.
-pub(crate) fn max_last(x: &Tensor) -> Result<Tensor> {
-    untracked(|| {
-        let x = x.contiguous()?;
-        let cols = x.dims().last().copied().unwrap_or(1).max(1);
-        let rows = x.elem_count() / cols;
-        let mut dims = x.dims().to_vec();
-        if let Some(l) = dims.last_mut() {
-            *l = 1;
-        }
-        rows_of(&x, rows, cols, "max")?.reshape(&dims)
-    })
+fn last_dim(x: Cu) -> usize {
+    x.1.dims().last().copied().unwrap_or(1).max(1)
+}
+
+/// Max over the last dim (one per row).
+pub(crate) fn max_last(x: Cu) -> Result<CudaStorage> {
+    let ix = input(x)?;
+    let cols = last_dim(x);
+    let rows = x.1.elem_count() / cols;
+    rows_of(x.0.device(), x.0.dtype(), ix.ptr, rows, cols, "max")
 }
 
 /// Sum `x` down to `keep` (same rank, 1 where summed), one axis at a time: a trailing axis is a
 /// row sum, a leading one a column sum, a middle one is moved last first. The partial sums stay
 /// in f32 (a bf16 input is widened once and the result rounded once).
-pub(crate) fn sum_to(x: &Tensor, keep: &[usize]) -> Result<Tensor> {
-    untracked(|| {
-        let mut cur = x.to_dtype(DType::F32)?.contiguous()?;
-        for axis in 0..keep.len() {
-            let dims = cur.dims().to_vec();
-            if dims[axis] == keep[axis] {
-                continue;
-            }
-            let a: usize = dims[..axis].iter().product();
-            let d = dims[axis];
-            let b: usize = dims[axis + 1..].iter().product();
-            let red = if b == 1 {
-                rows_of(&cur, a, d, "sum")?
-            } else if a == 1 {
-                cols_of(&cur, d, b)?
-            } else {
-                let moved = cur.reshape(&[a, d, b])?.transpose(1, 2)?.contiguous()?;
-                rows_of(&moved, a * b, d, "sum")?
-            };
-            let mut nd = dims;
-            nd[axis] = 1;
-            cur = red.reshape(&nd)?;
+pub(crate) fn sum_to(x: Cu, keep: &[usize]) -> Result<CudaStorage> {
+    let dev = x.0.device();
+    let mut dims = x.1.dims().to_vec();
+    let first = input_as(x, DType::F32)?;
+    let mut cur: Option<CudaStorage> = None;
+    for axis in 0..keep.len() {
+        if dims[axis] == keep[axis] {
+            continue;
         }
-        cur.to_dtype(x.dtype())
-    })
+        let a: usize = dims[..axis].iter().product();
+        let d = dims[axis];
+        let b: usize = dims[axis + 1..].iter().product();
+        let p = cur.as_ref().map_or(first.ptr, out_ptr);
+        cur = Some(if b == 1 {
+            rows_of(dev, DType::F32, p, a, d, "sum")?
+        } else if a == 1 {
+            cols_of(dev, DType::F32, p, d, b)?
+        } else {
+            let moved = Layout::contiguous(&[a, d, b]).transpose(1, 2)?;
+            let moved = match &cur {
+                Some(c) => copy((c, &moved))?,
+                None => copy((&cast_or_copy(x)?, &moved))?,
+            };
+            rows_of(dev, DType::F32, out_ptr(&moved), a * b, d, "sum")?
+        });
+        dims[axis] = 1;
+    }
+    let Some(cur) = cur else {
+        return copy(x);
+    };
+    match x.0.dtype() {
+        DType::F32 => Ok(cur),
+        other => cast((&cur, &dense(&dims)), other),
+    }
+}
+
+/// `x` as contiguous f32 storage.
+fn cast_or_copy(x: Cu) -> Result<CudaStorage> {
+    match x.0.dtype() {
+        DType::F32 => copy(x),
+        _ => cast(x, DType::F32),
+    }
 }
 
 /// log-softmax over the last dim from the row kernels and elementwise maps:
 /// y = z − log Σ exp z with z = x − max x.
-pub(crate) fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    untracked(|| {
-        let z = x.sub(&max_last(x)?)?;
-        let last = x.rank().saturating_sub(1);
-        let lse = z.exp()?.sum_keepdim(&[last])?.log()?;
-        z.sub(&lse)
-    })
+pub(crate) fn log_softmax(x: Cu) -> Result<CudaStorage> {
+    let dims = x.1.dims();
+    let mut kept = dims.to_vec();
+    if let Some(l) = kept.last_mut() {
+        *l = 1;
+    }
+    let row = dense(&kept).broadcast_as(dims)?;
+    let full = dense(dims);
+    let max = max_last(x)?;
+    let z = binary(x, (&max, &row), BinaryOp::Sub)?;
+    let e = unary((&z, &full), UnaryOp::Exp)?;
+    let sum = sum_to((&e, &full), &kept)?;
+    let lse = unary((&sum, &dense(&kept)), UnaryOp::Log)?;
+    binary((&z, &full), (&lse, &row), BinaryOp::Sub)
 }
 
 /// Backward of log-softmax: g − softmax · Σ g.
-pub(crate) fn log_softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
-    untracked(|| {
-        let last = y.rank().saturating_sub(1);
-        g.sub(&y.exp()?.mul(&g.sum_keepdim(&[last])?)?)
-    })
+pub(crate) fn log_softmax_backward(y: Cu, g: Cu) -> Result<CudaStorage> {
+    let dims = y.1.dims();
+    let mut kept = dims.to_vec();
+    if let Some(l) = kept.last_mut() {
+        *l = 1;
+    }
+    let row = dense(&kept).broadcast_as(dims)?;
+    let full = dense(dims);
+    let p = unary(y, UnaryOp::Exp)?;
+    let gsum = sum_to(g, &kept)?;
+    let pg = binary((&p, &full), (&gsum, &row), BinaryOp::Mul)?;
+    binary(g, (&pg, &full), BinaryOp::Sub)
 }
 
 /// Σ x² over all of `xs` (float tensors on one device) added into the device f32 scalar `acc`

@@ -1,11 +1,13 @@
 //! Fused SwiGLU (`swiglu.cu`): out = silu(gate) · x, where x and gate are column ranges of one
 //! row-major buffer (the fused projection), read in place.
 
-use super::{
-    Launch, alloc, base_ptr, device_of, int, out_ptr, ptr, storage, suffix, tensor, untracked,
-};
+use super::elementwise::cat;
+use super::{Cu, Launch, addr, alloc, dense, input_as, int, out_ptr, suffix};
+use crate::Result;
+use crate::backend::Two;
+use crate::cuda::CudaStorage;
 use crate::cuda::launch::{KArg, LaunchCfg};
-use crate::{Result, Tensor};
+use crate::layout::Layout;
 
 pub fn plan_fwd(
     sfx: &str,
@@ -65,8 +67,8 @@ pub fn plan_bwd(
 
 /// The row stride of a view whose leading dims collapse onto one stride and whose last dim is
 /// contiguous, or `None`.
-fn row_stride(t: &Tensor) -> Option<usize> {
-    let (d, s) = (t.dims(), t.layout().strides());
+fn row_stride(l: &Layout) -> Option<usize> {
+    let (d, s) = (l.dims(), l.strides());
     let r = d.len();
     if r < 2 || (s[r - 1] != 1 && d[r - 1] > 1) {
         return None;
@@ -82,68 +84,101 @@ fn row_stride(t: &Tensor) -> Option<usize> {
     Some(ld)
 }
 
-/// (base pointer, ld, x offset, gate offset) of x and gate read in place when they are column
-/// ranges of one buffer with one row stride; otherwise of a (rows, 2f) concatenation.
-fn fused(x: &Tensor, gate: &Tensor) -> Result<(Tensor, u64, usize, usize, usize)> {
-    let f = x.dims().last().copied().unwrap_or(0);
-    let same = std::ptr::eq(storage(x)?, storage(gate)?);
-    if same
-        && let (Some(lx), Some(lg)) = (row_stride(x), row_stride(gate))
-        && lx == lg
-        && x.layout().offset() / lx.max(1) == gate.layout().offset() / lx.max(1)
-    {
-        let (ox, og) = (x.layout().offset(), gate.layout().offset());
-        let base = ox.min(og);
-        let p = base_ptr(x)? - ((ox - base) * x.dtype().size_in_bytes()) as u64;
-        return Ok((x.clone(), p, lx, ox - base, og - base));
-    }
-    let r = x.rank();
-    let both = Tensor::cat(&[x, gate], r - 1)?;
-    Ok((both.clone(), ptr(&both)?, 2 * f, 0, f))
+/// Where the kernels read x and gate: one buffer with row stride `ld`, x at column `xo` and
+/// gate at `go` of each row.
+struct Fused {
+    base: u64,
+    ld: usize,
+    xo: usize,
+    go: usize,
+    _copy: Option<CudaStorage>,
 }
 
-pub(crate) fn forward(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    untracked(|| {
-        let sfx = suffix(x.dtype(), "swiglu")?;
-        let f = x.dims().last().copied().unwrap_or(0);
-        let rows = x.elem_count() / f.max(1);
-        let (_keep, p, ld, xo, go) = fused(x, gate)?;
-        let dev = device_of(x)?;
-        let out = alloc(&dev, x.dtype(), x.elem_count())?;
-        if rows * f > 0 {
-            dev.run(&plan_fwd(sfx, p, ld, xo, go, out_ptr(&out), rows, f)?)?;
-        }
-        Ok(tensor(out, x.dims()))
+/// x and gate read in place when they are column ranges of one buffer with one row stride;
+/// otherwise from a (rows, 2f) concatenation.
+fn fused(x: Cu, gate: Cu) -> Result<Fused> {
+    let f = x.1.dims().last().copied().unwrap_or(0);
+    if std::ptr::eq(x.0, gate.0)
+        && let (Some(lx), Some(lg)) = (row_stride(x.1), row_stride(gate.1))
+        && lx == lg
+        && x.1.offset() / lx.max(1) == gate.1.offset() / lx.max(1)
+    {
+        let (ox, og) = (x.1.offset(), gate.1.offset());
+        let base = ox.min(og);
+        let p = addr(x) - ((ox - base) * x.0.dtype().size_in_bytes()) as u64;
+        return Ok(Fused {
+            base: p,
+            ld: lx,
+            xo: ox - base,
+            go: og - base,
+            _copy: None,
+        });
+    }
+    let r = x.1.rank();
+    let mut dims = x.1.dims().to_vec();
+    dims[r - 1] = 2 * f;
+    let both = cat(&[x, gate], r - 1, &dims)?;
+    Ok(Fused {
+        base: out_ptr(&both),
+        ld: 2 * f,
+        xo: 0,
+        go: f,
+        _copy: Some(both),
     })
+}
+
+pub(crate) fn forward(x: Cu, gate: Cu) -> Result<CudaStorage> {
+    let sfx = suffix(x.0.dtype(), "swiglu")?;
+    let f = x.1.dims().last().copied().unwrap_or(0);
+    let rows = x.1.elem_count() / f.max(1);
+    let p = fused(x, gate)?;
+    let dev = x.0.device();
+    let out = alloc(dev, x.0.dtype(), x.1.elem_count())?;
+    if rows * f > 0 {
+        dev.run(&plan_fwd(
+            sfx,
+            p.base,
+            p.ld,
+            p.xo,
+            p.go,
+            out_ptr(&out),
+            rows,
+            f,
+        )?)?;
+    }
+    Ok(out)
 }
 
 /// (dx, dgate) as two column views of one (…, 2f) buffer.
-pub(crate) fn backward(x: &Tensor, gate: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
-    untracked(|| {
-        let sfx = suffix(x.dtype(), "swiglu")?;
-        let f = x.dims().last().copied().unwrap_or(0);
-        let rows = x.elem_count() / f.max(1);
-        let (_keep, p, ld, xo, go) = fused(x, gate)?;
-        let g = g.to_dtype(x.dtype())?.contiguous()?;
-        let dev = device_of(x)?;
-        let dp = alloc(&dev, x.dtype(), 2 * x.elem_count())?;
-        if rows * f > 0 {
-            dev.run(&plan_bwd(
-                sfx,
-                p,
-                ld,
-                xo,
-                go,
-                ptr(&g)?,
-                out_ptr(&dp),
-                rows,
-                f,
-            )?)?;
-        }
-        let r = x.rank();
-        let mut dims = x.dims().to_vec();
-        dims[r - 1] = 2 * f;
-        let both = tensor(dp, &dims);
-        Ok((both.narrow(r - 1, 0, f)?, both.narrow(r - 1, f, f)?))
-    })
+pub(crate) fn backward(x: Cu, gate: Cu, g: Cu) -> Result<Two<CudaStorage>> {
+    let dtype = x.0.dtype();
+    let sfx = suffix(dtype, "swiglu")?;
+    let f = x.1.dims().last().copied().unwrap_or(0);
+    let rows = x.1.elem_count() / f.max(1);
+    let p = fused(x, gate)?;
+    let ig = input_as(g, dtype)?;
+    let dev = x.0.device();
+    let dp = alloc(dev, dtype, 2 * x.1.elem_count())?;
+    if rows * f > 0 {
+        dev.run(&plan_bwd(
+            sfx,
+            p.base,
+            p.ld,
+            p.xo,
+            p.go,
+            ig.ptr,
+            out_ptr(&dp),
+            rows,
+            f,
+        )?)?;
+    }
+    let r = x.1.rank();
+    let mut dims = x.1.dims().to_vec();
+    dims[r - 1] = 2 * f;
+    let both = dense(&dims);
+    Ok(Two::Shared(
+        dp,
+        both.narrow(r - 1, 0, f)?,
+        both.narrow(r - 1, f, f)?,
+    ))
 }
