@@ -242,6 +242,8 @@ pub(crate) trait Backend: Sized {
     fn matmul(a: Arg<Self>, b: Arg<Self>, d: MatmulDims) -> Result<Self>;
     /// Sum down to `keep` (same rank, 1 where summed), in the input's dtype.
     fn sum_to(x: Arg<Self>, keep: &[usize]) -> Result<Self>;
+    /// Σ x² over every element of every operand (f32 or bf16), as f64.
+    fn sum_of_squares(xs: &[Arg<Self>]) -> Result<f64>;
     /// Row maxima over the last dim.
     fn max_last(x: Arg<Self>) -> Result<Self>;
     fn log_softmax(x: Arg<Self>) -> Result<Self>;

@@ -1,10 +1,11 @@
 //! AdamW (decoupled weight decay, none on 1-D parameters), global-norm gradient clipping and
 //! the warmup + cosine learning-rate schedule.
 
+use crate::backend::Backend;
 use crate::cpu::adamw::{self, Hyper};
 use crate::cpu::f32s;
+use crate::storage::on_backend_all;
 use crate::{DType, Device, Error, Grads, Result, Tensor};
-use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -222,26 +223,9 @@ impl AdamW {
 /// `clip_grad_norm_`). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut Grads, params: &[Tensor], max_norm: f32) -> Result<f32> {
     let _g = crate::no_grad();
-    let device = params.first().map_or(Device::Cpu, |p| p.device());
-    let mut sq = 0f64;
-    if device != Device::Cpu {
-        // Sum of squares on the device (one launch per gradient dtype), one f32 read back (the
-        // norm is logged every step).
-        let acc = Tensor::zeros(&[1], DType::F32, device)?;
-        let gs: Vec<&Tensor> = params.iter().filter_map(|p| grads.get(p)).collect();
-        crate::cuda::ops::reduce::sumsq_into(&gs, &acc)?;
-        sq = acc.to_scalar()? as f64;
-    }
-    for p in params.iter().filter(|_| device == Device::Cpu) {
-        if let Some(g) = grads.get(p) {
-            // Fixed chunks summed in order: the same norm whatever the thread count.
-            let parts: Vec<f64> = f32s(g, "clip_grad_norm")?
-                .par_chunks(crate::cpu::PAR_MIN)
-                .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-                .collect();
-            sq += parts.iter().sum::<f64>();
-        }
-    }
+    let gs: Vec<&Tensor> = params.iter().filter_map(|p| grads.get(p)).collect();
+    // On CUDA one launch per gradient dtype and one f32 read back (the norm is logged every step).
+    let sq = on_backend_all!("clip_grad_norm", &gs => parts, Backend::sum_of_squares(&parts))?;
     let norm = sq.sqrt() as f32;
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {

@@ -140,10 +140,24 @@ pub(crate) trait Lift {
     fn lift(self) -> Self::Out;
 }
 
+/// A backend's own storage, picked out of a `Storage` (for ops with any number of operands).
+pub(crate) trait Unlift: Sized {
+    fn unlift(s: &Storage) -> Option<&Self>;
+}
+
 impl Lift for CpuStorage {
     type Out = Storage;
     fn lift(self) -> Storage {
         Storage::Cpu(self)
+    }
+}
+
+impl Unlift for CpuStorage {
+    fn unlift(s: &Storage) -> Option<&Self> {
+        match s {
+            Storage::Cpu(s) => Some(s),
+            Storage::Cuda(_) => None,
+        }
     }
 }
 
@@ -152,6 +166,32 @@ impl Lift for CudaStorage {
     fn lift(self) -> Storage {
         Storage::Cuda(self)
     }
+}
+
+impl Unlift for CudaStorage {
+    fn unlift(s: &Storage) -> Option<&Self> {
+        match s {
+            Storage::Cuda(s) => Some(s),
+            Storage::Cpu(_) => None,
+        }
+    }
+}
+
+/// The operands of an n-ary op, all on `S`'s backend, or an error naming the op.
+pub(crate) fn operands<'a, S: Unlift>(
+    op: &'static str,
+    ts: &[&'a crate::Tensor],
+) -> crate::Result<Vec<crate::backend::Arg<'a, S>>> {
+    ts.iter()
+        .map(|t| {
+            S::unlift(t.storage())
+                .map(|s| (s, t.layout()))
+                .ok_or_else(|| {
+                    let devices: Vec<Device> = ts.iter().map(|t| t.device()).collect();
+                    crate::ops::device_mismatch(op, &devices)
+                })
+        })
+        .collect()
 }
 
 impl<S: Lift> Lift for (S, S) {
@@ -194,3 +234,22 @@ macro_rules! on_backend {
     }};
 }
 pub(crate) use on_backend;
+
+/// `on_backend!` for ops over a list of tensors (`cat`, the gradient norm): `$parts` is bound to
+/// their operands on the first one's backend; `$body` lifts its own result.
+macro_rules! on_backend_all {
+    ($op:expr, $ts:expr => $parts:ident, $body:expr) => {{
+        let ts: &[&$crate::Tensor] = $ts;
+        match ts.first().map(|t| t.storage()) {
+            Some($crate::storage::Storage::Cuda(_)) => {
+                let $parts = $crate::storage::operands::<$crate::cuda::CudaStorage>($op, ts)?;
+                $body
+            }
+            _ => {
+                let $parts = $crate::storage::operands::<$crate::storage::CpuStorage>($op, ts)?;
+                $body
+            }
+        }
+    }};
+}
+pub(crate) use on_backend_all;

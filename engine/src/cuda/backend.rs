@@ -43,6 +43,9 @@ impl Backend for CudaStorage {
     fn sum_to(x: Arg<Self>, keep: &[usize]) -> Result<Self> {
         reduce::sum_to(x, keep)
     }
+    fn sum_of_squares(xs: &[Arg<Self>]) -> Result<f64> {
+        reduce::sum_of_squares(xs)
+    }
     fn max_last(x: Arg<Self>) -> Result<Self> {
         reduce::max_last(x)
     }

@@ -16,22 +16,7 @@ pub mod rope;
 pub mod shape;
 pub mod swiglu;
 
-use crate::{Device, Error, Result, Tensor};
-
-/// All operands on one device, or an error naming the op.
-pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
-    let d = ts[0].device();
-    for t in &ts[1..] {
-        if t.device() != d {
-            return Err(Error::DeviceMismatch {
-                op,
-                lhs: d,
-                rhs: t.device(),
-            });
-        }
-    }
-    Ok(d)
-}
+use crate::{Device, Error, Tensor};
 
 /// The error for operands on different devices.
 pub(crate) fn device_mismatch(op: &'static str, devices: &[Device]) -> Error {

@@ -3,8 +3,7 @@
 
 use crate::autograd::Op;
 use crate::backend::Backend;
-use crate::cuda::CudaStorage;
-use crate::storage::{CpuStorage, Lift, Storage};
+use crate::storage::{Lift, on_backend_all};
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -13,7 +12,6 @@ impl Tensor {
         let first = ts
             .first()
             .ok_or_else(|| Error::shape("cat", "no tensors"))?;
-        crate::ops::same_device("cat", ts)?;
         let rank = first.rank();
         if dim >= rank {
             return Err(Error::shape(
@@ -40,38 +38,11 @@ impl Tensor {
             dims[dim] += t.dims()[dim];
         }
         let list: Vec<Tensor> = ts.iter().map(|t| (*t).clone()).collect();
-        let out = match first.storage() {
-            Storage::Cpu(_) => cat_on::<CpuStorage>(ts, dim, &dims, |s| match s {
-                Storage::Cpu(s) => Some(s),
-                _ => None,
-            })?,
-            Storage::Cuda(_) => cat_on::<CudaStorage>(ts, dim, &dims, |s| match s {
-                Storage::Cuda(s) => Some(s),
-                _ => None,
-            })?,
-        };
+        let out = on_backend_all!("cat", ts => parts, {
+            Backend::cat(&parts, dim, &dims).map(Lift::lift)
+        })?;
         Ok(Tensor::from_op(out, &dims, ts, || Op::Cat(list, dim)))
     }
-}
-
-/// `cat` on one backend: the one op with any number of operands, so it gathers them itself
-/// (`same_device` has checked they share the backend `get` picks out).
-fn cat_on<S: Backend + Lift<Out = Storage>>(
-    ts: &[&Tensor],
-    dim: usize,
-    dims: &[usize],
-    get: impl Fn(&Storage) -> Option<&S>,
-) -> Result<Storage> {
-    let parts = ts
-        .iter()
-        .map(|t| {
-            get(t.storage()).map(|s| (s, t.layout())).ok_or_else(|| {
-                let devices: Vec<_> = ts.iter().map(|t| t.device()).collect();
-                crate::ops::device_mismatch("cat", &devices)
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(S::cat(&parts, dim, dims)?.lift())
 }
 
 /// Place `g` at `start` along `dim` inside zeros of `dims` (the gradient of a narrow).

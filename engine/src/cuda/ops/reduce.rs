@@ -2,14 +2,13 @@
 
 use super::elementwise::{binary, cast, copy, unary};
 use super::{
-    BLOCK, Cu, Launch, alloc, dense, device_of, input, input_as, int, out_ptr, ptr, row_block,
-    suffix,
+    BLOCK, Cu, Input, Launch, alloc, dense, input, input_as, int, out_ptr, row_block, suffix,
 };
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::cuda::launch::{KArg, LaunchCfg};
 use crate::cuda::{CudaDevice, CudaStorage};
 use crate::layout::Layout;
-use crate::{DType, Result, Tensor};
+use crate::{DType, Result};
 use std::sync::Arc;
 
 /// `sum` or `max` over the last dim of a (rows, cols) buffer.
@@ -197,36 +196,41 @@ pub(crate) fn log_softmax_backward(y: Cu, g: Cu) -> Result<CudaStorage> {
     binary(g, (&pg, &full), BinaryOp::Sub)
 }
 
-/// Σ x² over all of `xs` (float tensors on one device) added into the device f32 scalar `acc`
-/// (zeroed by the caller): one launch per dtype.
-pub(crate) fn sumsq_into(xs: &[&Tensor], acc: &Tensor) -> Result<()> {
-    debug_assert_eq!(acc.dtype(), DType::F32);
-    let dev = device_of(acc)?;
+/// Σ x² over all of `xs` (float operands on one device): one launch per dtype into a device
+/// f32 accumulator, read back once.
+pub(crate) fn sum_of_squares(xs: &[Cu]) -> Result<f64> {
+    let Some(first) = xs.first() else {
+        return Ok(0.0);
+    };
+    let dev = first.0.device();
+    let acc = CudaStorage::new(dev.alloc_zeroed(4)?, DType::F32);
     for dtype in [DType::F32, DType::BF16] {
-        let group: Vec<Tensor> = xs
+        let group: Vec<(Input, usize)> = xs
             .iter()
-            .filter(|x| x.dtype() == dtype && x.elem_count() > 0)
-            .map(|x| x.contiguous())
+            .filter(|x| x.0.dtype() == dtype && x.1.elem_count() > 0)
+            .map(|&x| Ok((input(x)?, x.1.elem_count())))
             .collect::<Result<_>>()?;
         if group.is_empty() {
             continue;
         }
         let n = group.len();
         let mut words = vec![0u64; 2 * n];
-        for (j, x) in group.iter().enumerate() {
-            words[j] = ptr(x)?;
-            words[n + j] = x.elem_count() as u64;
+        for (j, (x, len)) in group.iter().enumerate() {
+            words[j] = x.ptr;
+            words[n + j] = *len as u64;
         }
-        let max_len = group.iter().map(Tensor::elem_count).max().unwrap_or(0);
+        let max_len = group.iter().map(|g| g.1).max().unwrap_or(0);
         let table = dev.upload(&words)?;
         dev.run(&plan_sumsq_multi(
             suffix(dtype, "sumsq")?,
             table.ptr(),
             n,
             max_len,
-            ptr(acc)?,
+            out_ptr(&acc),
             dev.num_sms(),
         )?)?;
     }
-    Ok(())
+    let mut total = [0f32];
+    dev.download_at(acc.buffer(), 0, &mut total)?;
+    Ok(f64::from(total[0]))
 }
