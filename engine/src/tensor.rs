@@ -100,8 +100,7 @@ impl Tensor {
         Tensor::new(Arc::new(s), Layout::contiguous(dims), None)
     }
 
-    /// The same data with `op` recorded when any of `inputs` tracks gradients (the CUDA arms
-    /// compute untracked; the op entry records the op once).
+    /// The same data with `op` recorded when any of `inputs` tracks gradients.
     pub(crate) fn record(&self, inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Self {
         let op = inputs.iter().any(|t| t.tracks()).then(op);
         Tensor::new(self.0.storage.clone(), self.0.layout.clone(), op)

@@ -1,6 +1,6 @@
 //! The CUDA backend: GPU discovery ([`probe`]), the device with its context, stream, lazily
 //! loaded kernel modules and the one launch helper ([`CudaDevice`]), the caching memory pool
-//! ([`pool`]), tensor storage on the device ([`CudaStorage`]) and the CUDA arm of every op
+//! ([`pool`]), tensor storage on the device ([`CudaStorage`], which implements the backend boundary) and the CUDA side of every op
 //! ([`ops`], one module per kernel family, each a pure launch plan plus the code that runs it).
 
 mod backend;

@@ -1,4 +1,4 @@
-//! The CUDA arm of every op, one module per kernel family (the names of `kernels/cuda/*.cu`).
+//! The CUDA side of every op, one module per kernel family (the names of `kernels/cuda/*.cu`).
 //!
 //! Each module has two layers: `plan_*` functions, pure, that turn device addresses and sizes into
 //! a [`Launch`] (kernel name, grid/block/shared memory, arguments) — the CPU tests check every plan
@@ -222,8 +222,8 @@ pub fn collapse<const K: usize>(
     Ok((d4, s4))
 }
 
-/// Run `f` with gradients off: the CUDA arms build intermediate tensors that must not join the
-/// graph (the op entry records the one op that counts).
+/// Run `f` with gradients off: the optimizer step and sampling (tensor-level device routines,
+/// not ops) build intermediate tensors that must not join the graph.
 pub(crate) fn untracked<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     let _g = crate::no_grad();
     f()
