@@ -561,3 +561,41 @@ fn wide_rows_match_the_cpu() {
         }
     }
 }
+
+/// Operands on two devices are an error naming the op, from every entry point (the backend
+/// boundary refuses them before any backend runs), never a panic or a silent copy.
+#[test]
+fn operands_on_two_devices_are_an_error_naming_the_op() {
+    if !gpu("operands_on_two_devices_are_an_error_naming_the_op") {
+        return;
+    }
+    let on_cpu = randn(&[2, 64], 1);
+    let on_gpu = randn(&[2, 64], 2).to_device(GPU).unwrap();
+    let ids = Tensor::from_vec(vec![1u32, 2], &[2]).unwrap();
+    let table = randn(&[8, 64], 3).to_device(GPU).unwrap();
+    let gamma = Tensor::zeros(&[64], DType::F32, Device::Cpu).unwrap();
+    let q = randn(&[1, 1, 2, 64], 4);
+    let kv = randn(&[1, 2, 64], 5).to_device(GPU).unwrap();
+    let cases: Vec<(&str, palm_engine::Result<Tensor>)> = vec![
+        ("add", on_cpu.add(&on_gpu)),
+        ("maximum", on_gpu.maximum(&on_cpu)),
+        ("matmul", on_cpu.matmul(&on_gpu.t().unwrap())),
+        ("cat", Tensor::cat(&[&on_cpu, &on_gpu], 0)),
+        ("embedding", embedding(&table, &ids)),
+        ("layer_norm", layer_norm(&on_gpu, &gamma)),
+        ("swiglu", swiglu(&on_cpu, &on_gpu)),
+        ("attention", attention(&q, &kv, &kv, 0.125)),
+        (
+            "cross_entropy",
+            cross_entropy(&on_gpu, &ids).map(|(t, _)| t),
+        ),
+        ("logprob", logprob(&on_gpu, &ids, 1.0)),
+    ];
+    for (op, got) in cases {
+        let err = got.expect_err(op).to_string();
+        assert!(
+            err.contains(op) && err.contains("cpu") && err.contains("cuda"),
+            "{op}: {err}"
+        );
+    }
+}
