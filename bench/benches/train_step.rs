@@ -1,6 +1,6 @@
 //! A full training step (forward, loss, backward, clipping, AdamW) at the torch anchor's
 //! `tiny` (2 × 64 tokens) and `enwik8` (4 × 1024 tokens) workloads. Throughput is in tokens.
-//! Compare with `python3 ../shared/anchors/torch_palm.py train --config tiny|enwik8` on the same
+//! Compare with `python3 bench/torch_anchor.py train --config tiny|enwik8` on the same
 //! machine (BENCHMARKS.md).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

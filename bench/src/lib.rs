@@ -1,5 +1,5 @@
 //! palm-bench: criterion benches for the CPU backend (benches/) and shared workload setup, so
-//! the benches and the torch anchor (`../shared/anchors/torch_palm.py`) run the same shapes.
+//! the benches and the torch anchor (`bench/torch_anchor.py`) run the same shapes.
 
 use palm_engine::{AdamW, Device, Error, Result, Rng, Tensor};
 use palm_model::{Forward, PalmConfig, PalmParams};

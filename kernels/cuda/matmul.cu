@@ -20,7 +20,7 @@
 // predicated and zero-filled per 16-byte chunk; stores are guarded). Anything else -> `_unaligned`,
 // which has no alignment requirement at all.
 //
-// Fragment layouts follow DESIGN.md section 3 (mma.sync m16n8k16 row.col, ldmatrix x4 for A,
+// Fragment layouts: kernels/README.md, "Tensor-core fragments" (mma.sync m16n8k16 row.col, ldmatrix x4 for A,
 // B given as B^T rows); operands stored k-outer in memory (A of tn, B of nn / tn) are read with
 // ldmatrix .trans. Shared-memory rows are padded by 8 elements (16 B) so ldmatrix is conflict-free.
 #include "common.cuh"

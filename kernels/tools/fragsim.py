@@ -3,7 +3,7 @@
 
 No GPU and no dependencies: it emulates `ldmatrix` (.x4, with and without .trans) and
 `mma.sync.m16n8k16.row.col` per the PTX ISA fragment layouts (the non-.trans ones were verified on an
-H200, see DESIGN.md section 3), replays the shared-memory address formulas of the kernels for one warp
+H200, see kernels/README.md, "Tensor-core fragments"), replays the shared-memory address formulas of the kernels for one warp
 (matmul: all four operand layouts; attention: S = QK^T, O = PV, S^T, dV, dP^T, dK, the dS^T smem
 round trip and dQ) on small integer matrices, and asserts exact agreement with plain products.
 The formulas are copied by hand: when you change an ldmatrix address in a kernel, change it here too

@@ -1,4 +1,4 @@
-//! The PaLM forward pass, exactly the seed's (DESIGN §4): one LayerNorm per block feeding a
+//! The PaLM forward pass, exactly the seed's (docs/model.md): one LayerNorm per block feeding a
 //! fused projection, parallel multi-query attention (RoPE + xPos) and SwiGLU feedforward on
 //! one residual; final LayerNorm; logits tied to the embedding.
 

@@ -1,5 +1,5 @@
 //! Every CUDA op against the CPU oracle, forward and gradient, on random shapes that include odd
-//! sizes that do not divide the kernels' tiles (DESIGN §6: ‖cuda − cpu‖/‖cpu‖ ≤ 1e-2 in bf16,
+//! sizes that do not divide the kernels' tiles (docs/testing.md: ‖cuda − cpu‖/‖cpu‖ ≤ 1e-2 in bf16,
 //! 1e-5 for f32 elementwise). Inputs are rounded to the tested dtype before the CPU sees them, so
 //! only the kernels' own error is measured; new device memory is poisoned (NaN) so an output a
 //! kernel forgets to write fails. Each test skips with a reason without a GPU and fails instead
@@ -85,7 +85,7 @@ fn compare(name: &str, dt: DType, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Te
 
 /// Ops that reduce (sums, log-sum-exp, normalisation, scatter-add): in f32 the GPU's summation
 /// order differs from the CPU's, which moves the smallest elements of a result by a few ULPs of
-/// the largest — above 1e-5 of the scale (DESIGN's bound for elementwise f32), below 1e-4.
+/// the largest — above 1e-5 of the scale (docs/testing.md's bound for elementwise f32), below 1e-4.
 fn compare_reduced(name: &str, dt: DType, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
     let t = if dt == DType::F32 { 1e-4 } else { tol(dt) };
     let g = if dt == DType::F32 { 1e-4 } else { 2e-2 };

@@ -1,4 +1,4 @@
-//! The GPU benchmark: the torch anchor's workloads (`../shared/anchors/torch_palm.py`) on our
+//! The GPU benchmark: the torch anchor's workloads (`bench/torch_anchor.py`) on our
 //! engine, one JSON line per result with the anchor's field names, and a ratio table.
 //!
 //! ```text
