@@ -53,17 +53,6 @@ pub fn check_optim(lr: f32, min_lr: f32, grad_clip: f32, weight_decay: f32) -> R
     Ok(())
 }
 
-/// A flag that must be a positive finite number.
-pub fn positive(name: &str, x: f32) -> Result<()> {
-    if x > 0.0 && x.is_finite() {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{name} must be a positive number, got {x}"
-        )))
-    }
-}
-
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const STATE_FILE: &str = "train_state.safetensors";
 /// The `format` of a training state (refused where a model is expected).

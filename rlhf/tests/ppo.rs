@@ -10,10 +10,12 @@ use common::{assert_one_error, palm, scratch, stderr, stdout, tiny_checkpoint};
 use palm_engine::{Rng, Tensor, no_grad};
 use palm_model::{Forward, LoraScope, PalmConfig, PalmParams, tokenizer};
 use palm_rlhf::critic::Critic;
+use palm_rlhf::flags::{Actor, Optim, RlSchedule, Sources};
 use palm_rlhf::labelers::Labeler;
-use palm_rlhf::ppo::{self, KlEstimator, PpoSettings};
+use palm_rlhf::ppo::{self, KlEstimator, PpoFlags, PpoSettings};
 use palm_rlhf::rl_run::Learner;
 use palm_rlhf::rollout::{self, Episode, Padded, Sampling};
+use palm_rlhf::sampling::Stop;
 use rl_common::{deterministic, held_out_score, metrics, pretrain, tensors, write_prompts};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -115,37 +117,47 @@ fn rollout_logprobs_are_a_fresh_forwards_and_kl_starts_at_zero() {
 
 fn settings(eos: Option<u32>) -> PpoSettings {
     PpoSettings {
-        policy: PathBuf::new(),
-        reward: None,
-        rule: Some("count:a".into()),
-        prompts: PathBuf::new(),
-        max_prompt: 64,
-        lora_rank: 4,
+        sources: Sources {
+            policy: PathBuf::new(),
+            reward: None,
+            rule: Some("count:a".into()),
+            prompts: PathBuf::new(),
+        },
         updates: 1,
-        batch: 2,
-        max_new: 8,
-        eos,
-        temperature: 1.0,
-        kl: KlEstimator::K1,
-        beta: 0.1,
-        target_kl: None,
-        kl_horizon: 10000.0,
-        score_clip: None,
-        missing_eos_penalty: None,
-        gamma: 1.0,
-        lam: 0.95,
-        clip: 0.2,
-        value_clip: 0.2,
-        vf_coef: 0.1,
-        ent_coef: 0.01,
-        ppo_epochs: 1,
-        minibatches: 1,
-        lr: 1e-3,
-        weight_decay: 0.0,
-        grad_clip: 1.0,
-        sample_every: 0,
-        ckpt_every: 0,
-        seed: 0,
+        actor: Actor {
+            lora_rank: 4,
+            max_new: 8,
+            max_prompt: 64,
+            eos: Stop(eos),
+            temperature: 1.0,
+        },
+        algo: PpoFlags {
+            batch: 2,
+            kl: KlEstimator::K1,
+            beta: 0.1,
+            target_kl: None,
+            kl_horizon: 10000.0,
+            score_clip: None,
+            missing_eos_penalty: None,
+            gamma: 1.0,
+            lam: 0.95,
+            clip: 0.2,
+            value_clip: 0.2,
+            vf_coef: 0.1,
+            ent_coef: 0.01,
+            ppo_epochs: 1,
+            minibatches: 1,
+        },
+        optim: Optim {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+        },
+        schedule: RlSchedule {
+            sample_every: 0,
+            ckpt_every: 0,
+            seed: 0,
+        },
     }
 }
 
@@ -179,11 +191,19 @@ fn prompt_padding_and_post_eos_tokens_take_no_part() {
     let mut rng = Rng::new(6);
     let learner = Learner {
         actor: perturbed_lora(&params, "actor", 7),
-        critic: Some(Critic::new(&params.config, 4, &mut rng).unwrap()),
+        extra: Critic::new(&params.config, 4, &mut rng).unwrap(),
     };
     let s = settings(Some(nl));
     let scores = vec![2.0, -1.0];
-    let exp = ppo::experience(&params, &learner, &episodes, scores.clone(), s.beta, &s).unwrap();
+    let exp = ppo::experience(
+        &params,
+        &learner,
+        &episodes,
+        scores.clone(),
+        s.algo.beta,
+        &s,
+    )
+    .unwrap();
     for i in 0..batch.mask.len() {
         if batch.mask[i] == 0.0 {
             let zero = [exp.kl[i], exp.rewards[i], exp.advantages[i], exp.returns[i]];
@@ -193,7 +213,7 @@ fn prompt_padding_and_post_eos_tokens_take_no_part() {
     // The score lands on the last counted token, with that token's KL penalty.
     for (row, last) in [(0usize, 3usize), (1, 3)] {
         let i = row * 6 + last;
-        let want = scores[row] - s.beta * exp.kl[i];
+        let want = scores[row] - s.algo.beta * exp.kl[i];
         assert!((exp.rewards[i] - want).abs() < 1e-6, "row {row}");
     }
     // The actor differs from the reference, so the KL of counted tokens is not 0.

@@ -9,6 +9,7 @@ pub mod label;
 pub mod ppo;
 pub mod rank;
 pub mod reward;
+pub mod rl;
 pub mod sample;
 pub mod sft;
 pub mod train;
