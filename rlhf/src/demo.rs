@@ -6,11 +6,11 @@
 
 use crate::corpus::{Corpus, sentence_starts};
 use crate::data::{PreferenceRecord, PromptRecord, RankingRecord, write_jsonl};
-use crate::flags::{self, Actor, Optim, RlSchedule, Sources};
+use crate::flags::{self, Actor, Cosine, Optim, RlSchedule, Sources};
 use crate::labelers::{Labeler, rank_distinct};
 use crate::plot::{self, Panel, Series};
 use crate::ppo::{Ppo, PpoFlags, PpoRun, PpoSettings};
-use crate::pretrain::{Pretrain, RunSettings};
+use crate::pretrain::{Pretrain, RunSettings, TrainDefaults};
 use crate::reward::{Pooling, RewardModel};
 use crate::reward_train::{self, TrainSettings};
 use crate::rl_run::{self, Algorithm, secs, shuffle};
@@ -477,13 +477,10 @@ fn write_prompts(path: &Path, prompts: &[String]) -> Result<()> {
 /// train` run folder); the path of its model.
 fn pretrain(corpus: &Corpus, s: &DemoSettings) -> Result<PathBuf> {
     let dir = s.out.join("pretrain");
-    let settings = OptimSettings {
+    let warmup = (s.pretrain_steps / 10).max(1);
+    let settings = OptimSettings::<TrainDefaults> {
         steps: s.pretrain_steps,
-        lr: s.pretrain_lr,
-        min_lr: s.pretrain_lr / 10.0,
-        warmup: (s.pretrain_steps / 10).max(1),
-        weight_decay: 0.1,
-        grad_clip: 0.5,
+        optim: Cosine::new(s.pretrain_lr, s.pretrain_lr / 10.0, warmup, 0.1, 0.5),
         seed: s.seed,
     };
     let run = RunSettings {
@@ -585,11 +582,7 @@ fn reward_model(
     let settings = TrainSettings {
         epochs: s.rm_epochs,
         batch: s.rm_batch,
-        lr: s.rm_lr,
-        min_lr: s.rm_lr / 10.0,
-        warmup: 5,
-        weight_decay: 0.0,
-        grad_clip: 1.0,
+        optim: Cosine::new(s.rm_lr, s.rm_lr / 10.0, 5, 0.0, 1.0),
     };
     let mut run = RunDir::create(&s.out.join("reward"), &reward_train::RUN_FILES, s.overwrite)?;
     let session = crate::epochs::Session {
