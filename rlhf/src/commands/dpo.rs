@@ -28,14 +28,11 @@ pub struct DpoArgs {
     #[arg(long, default_value = "runs/dpo")]
     pub out: PathBuf,
     #[command(flatten)]
-    pub replace: super::Overwrite,
+    pub folder: super::RunFolder,
     /// Continue the run in this folder (its saved settings apply) bit-exactly.
     /// Flags the run fixed (all but --device and --stop-at) are refused.
     #[arg(long, conflicts_with_all = ["policy", "data", "out", "overwrite", "beta", "lora", "epochs", "batch", "seq_len", "val_frac", "val_every", "log_every", "seed"])]
     pub resume: Option<PathBuf>,
-    /// Stop after this step as if interrupted (checkpointing first); resume later.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub stop_at: Option<u64>,
     /// Train LoRA adapters of this rank (scope `actor`, alpha = rank) in front of the frozen
     /// weights instead of all weights; sample the result with `palm sample --lora actor`.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -185,7 +182,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
     let (mut run, state) = match resumed {
         Some((run, state)) => (run, Some(state)),
         None => {
-            let run = RunDir::create(&args.out, &dpo::RUN_FILES, args.replace.overwrite)?;
+            let run = RunDir::create(&args.out, &dpo::RUN_FILES, args.folder.replace.overwrite)?;
             (run, None)
         }
     };
@@ -207,10 +204,10 @@ pub fn run(args: DpoArgs) -> Result<()> {
         start,
         settings: serde_json::to_value(&r)
             .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?,
-        stop_at: args.stop_at,
+        stop_at: args.folder.stop_at,
     };
     let results = dpo::train(&mut policy, &train, &val, &r.train, session, &mut run)?;
-    if args.stop_at.is_some_and(|s| s < steps) {
+    if args.folder.stop_at.is_some_and(|s| s < steps) {
         return Ok(());
     }
     let last = results

@@ -41,14 +41,11 @@ pub struct TrainArgs {
     #[arg(long, default_value = "runs/reward")]
     pub out: PathBuf,
     #[command(flatten)]
-    pub replace: super::Overwrite,
+    pub folder: super::RunFolder,
     /// Continue the run in this folder (its saved settings apply) bit-exactly.
     /// Flags the run fixed (all but --device and --stop-at) are refused.
     #[arg(long, conflicts_with_all = ["checkpoint", "data", "out", "overwrite", "pooling", "lora", "lora_rank", "epochs", "batch", "seq_len", "val_frac", "seed"])]
     pub resume: Option<PathBuf>,
-    /// Stop after this step as if interrupted (checkpointing first); resume later.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub stop_at: Option<u64>,
     /// Pool the final-LayerNorm output by its mean over the sequence (the seed) or take the
     /// last token (TRL).
     #[arg(long, value_enum, default_value_t = Pooling::Mean)]
@@ -226,7 +223,11 @@ fn train(args: TrainArgs) -> Result<()> {
             (run, start)
         }
         None => {
-            let run = RunDir::create(&args.out, &reward_train::RUN_FILES, args.replace.overwrite)?;
+            let run = RunDir::create(
+                &args.out,
+                &reward_train::RUN_FILES,
+                args.folder.replace.overwrite,
+            )?;
             (run, Start::fresh(rng))
         }
     };
@@ -256,10 +257,11 @@ fn train(args: TrainArgs) -> Result<()> {
     let session = Session {
         start,
         settings: saved,
-        stop_at: args.stop_at,
+        stop_at: args.folder.stop_at,
     };
     let results = reward_train::train(&mut rm, &train, &val, &r.train, session, &mut run)?;
     if args
+        .folder
         .stop_at
         .is_some_and(|s| s < steps_per_epoch.saturating_mul(r.train.epochs))
     {

@@ -1,7 +1,7 @@
 //! What `palm ppo` and `palm grpo` share: their arguments (the library's flag groups, each
 //! flattened, and the algorithm's own) and starting or resuming the run.
 
-use super::{DeviceArg, Overwrite};
+use super::{DeviceArg, RunFolder};
 use crate::flags::{Actor, Optim, RlSchedule, Sources};
 use crate::rl_run::{Algorithm, RlRun, RlSettings};
 use crate::{Error, Result};
@@ -34,10 +34,7 @@ pub struct RlArgs<A: RlCommand> {
     #[arg(long, conflicts_with_all = ["out", "overwrite"])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
-    pub replace: Overwrite,
-    /// Stop after this update as if interrupted (checkpointing first).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub stop_at: Option<u64>,
+    pub folder: RunFolder,
     /// Updates (rollout and training passes) in all [default: 100; on --resume: the run's own].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub updates: Option<u64>,
@@ -57,7 +54,7 @@ pub fn run<A: RlCommand>(args: RlArgs<A>) -> Result<()> {
     let device = args.device.resolve()?;
     let mut run = start(&args, device)?;
     eprintln!("{}", A::describe(&run));
-    run.drive(args.stop_at)
+    run.drive(args.folder.stop_at)
 }
 
 /// A new run (or the one to resume) with everything on `device`, ready for `RlRun::update`.
@@ -73,7 +70,7 @@ pub fn start<A: RlCommand>(args: &RlArgs<A>, device: Device) -> Result<RlRun<A>>
                 optim: args.optim,
                 schedule: args.schedule,
             };
-            RlRun::start(settings, &args.out, args.replace.overwrite, device)?
+            RlRun::start(settings, &args.out, args.folder.replace.overwrite, device)?
         }
         (None, None) => {
             return Err(Error::Invalid(

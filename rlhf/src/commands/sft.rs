@@ -53,10 +53,7 @@ pub struct SftArgs {
     #[arg(long, conflicts_with_all = ["checkpoint", "data", "batch", "seq_len", "val_every", "sample_every", "ckpt_every", "seed", "out", "overwrite"])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
-    pub replace: super::Overwrite,
-    /// Stop after this step as if interrupted (checkpointing first).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub stop_at: Option<u64>,
+    pub folder: super::RunFolder,
 }
 
 /// `palm sft`'s optimiser defaults.
@@ -254,7 +251,7 @@ pub fn run(args: SftArgs) -> Result<()> {
                 settings,
                 extra,
                 &args.out,
-                args.replace.overwrite,
+                args.folder.replace.overwrite,
                 Rng::new(args.seed),
             )?
         }
@@ -315,7 +312,7 @@ pub fn run(args: SftArgs) -> Result<()> {
         val_every: run.val_every,
         sample_every: run.sample_every,
         ckpt_every: run.ckpt_every,
-        stop_at: args.stop_at,
+        stop_at: args.folder.stop_at,
     };
     trainer.run(&task, &schedule)
 }

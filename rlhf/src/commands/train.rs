@@ -52,10 +52,7 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with_all = ["preset", "dim", "depth", "heads", "dim_head", "ff_mult", "seed", "out", "overwrite"])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
-    pub replace: super::Overwrite,
-    /// Stop after this step as if interrupted (checkpointing first); resume later.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub stop_at: Option<u64>,
+    pub folder: super::RunFolder,
 }
 
 const DEFAULT_STEPS: u64 = 2000;
@@ -101,7 +98,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let extra = serde_json::to_value(run).map_err(|e| Error::Invalid(e.to_string()))?;
             run.check_memory(&config, device)?;
             (
-                Trainer::new(&config, settings, extra, &args.out, args.replace.overwrite)?,
+                Trainer::new(
+                    &config,
+                    settings,
+                    extra,
+                    &args.out,
+                    args.folder.replace.overwrite,
+                )?,
                 corpus,
             )
         }
@@ -126,7 +129,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         describe(device)
     );
     let task = Pretrain::new(&corpus, &run, trainer.settings.seed);
-    trainer.run(&task, &run.schedule(args.stop_at))
+    trainer.run(&task, &run.schedule(args.folder.stop_at))
 }
 
 /// "the CPU" or the GPU's name, for the start line.
