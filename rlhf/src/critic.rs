@@ -36,6 +36,8 @@ impl Trainable for Critic {
 }
 
 impl Extra for Critic {
+    const LORA_SCOPES: usize = 1;
+
     fn fresh(config: &PalmConfig, lora_rank: usize, rng: &mut Rng) -> Result<Self> {
         Critic::new(config, lora_rank, rng)
     }

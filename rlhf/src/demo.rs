@@ -252,18 +252,9 @@ impl DemoSettings {
             budget::decoding(m, self.samples, self.prompt_bytes, self.max_new),
             self.device,
         )?;
-        rl_run::check_memory(
-            m,
-            &rl_run::UpdateShape {
-                episodes: self.batch,
-                minibatches: self.minibatches,
-                max_prompt: self.prompt_bytes,
-                max_new: self.max_new,
-                lora_rank: self.lora_rank,
-                critic: true,
-            },
-            self.device,
-        )
+        // The PPO run's sizes (its paths play no part).
+        let ppo = self.ppo(PathBuf::new(), PathBuf::new(), PathBuf::new())?;
+        rl_run::check_memory(m, &Ppo::update_shape(&ppo), self.device)
     }
 }
 
@@ -401,7 +392,7 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
     timings.eval_s = secs(t);
 
     let settings = s.ppo(policy_path.clone(), reward_path, prompts_path)?;
-    Ppo::check(&settings)?;
+    Ppo::check_settings(&settings)?;
     eprintln!(
         "[4/5] PPO: {} updates of {} episodes × {} epochs × {} minibatches, lr {}, β {}, LoRA rank {}",
         s.updates, s.batch, s.ppo_epochs, s.minibatches, s.lr, s.beta, s.lora_rank

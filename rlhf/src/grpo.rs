@@ -152,13 +152,10 @@ impl Algorithm for Grpo {
     type Extra = NoExtra;
     const STATE_FORMAT: &'static str = STATE_FORMAT;
 
-    fn check(s: &GrpoSettings) -> Result<()> {
-        let g = &s.algo;
-        s.actor.check()?;
-        s.optim.check()?;
+    fn check(g: &GrpoFlags) -> Result<()> {
         positive("--clip", g.clip)?;
         non_negative("--beta", g.beta)?;
-        let episodes = g.batch.saturating_mul(g.group);
+        let (episodes, _) = Self::update_size(g);
         if g.minibatches > episodes {
             return Err(Error::Invalid(format!(
                 "--minibatches {} is more than the {episodes} episodes of an update",
@@ -168,15 +165,8 @@ impl Algorithm for Grpo {
         Ok(())
     }
 
-    fn update_shape(s: &GrpoSettings) -> rl_run::UpdateShape {
-        rl_run::UpdateShape {
-            episodes: s.algo.batch.saturating_mul(s.algo.group),
-            minibatches: s.algo.minibatches,
-            max_prompt: s.actor.max_prompt,
-            max_new: s.actor.max_new,
-            lora_rank: s.actor.lora_rank,
-            critic: false,
-        }
+    fn update_size(g: &GrpoFlags) -> (usize, usize) {
+        (g.batch.saturating_mul(g.group), g.minibatches)
     }
 
     fn beta(flags: &GrpoFlags) -> f32 {

@@ -355,10 +355,7 @@ impl Algorithm for Ppo {
     type Extra = Critic;
     const STATE_FORMAT: &'static str = STATE_FORMAT;
 
-    fn check(s: &PpoSettings) -> Result<()> {
-        let p = &s.algo;
-        s.actor.check()?;
-        s.optim.check()?;
+    fn check(p: &PpoFlags) -> Result<()> {
         positive("--clip", p.clip)?;
         positive("--value-clip", p.value_clip)?;
         positive("--kl-horizon", p.kl_horizon)?;
@@ -387,15 +384,8 @@ impl Algorithm for Ppo {
         Ok(())
     }
 
-    fn update_shape(s: &PpoSettings) -> rl_run::UpdateShape {
-        rl_run::UpdateShape {
-            episodes: s.algo.batch,
-            minibatches: s.algo.minibatches,
-            max_prompt: s.actor.max_prompt,
-            max_new: s.actor.max_new,
-            lora_rank: s.actor.lora_rank,
-            critic: true,
-        }
+    fn update_size(p: &PpoFlags) -> (usize, usize) {
+        (p.batch, p.minibatches)
     }
 
     fn beta(flags: &PpoFlags) -> f32 {

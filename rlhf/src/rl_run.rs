@@ -26,6 +26,8 @@ pub const ACTOR: &str = "actor";
 /// The shared run makes, saves, loads, moves and optimises it with the actor without knowing
 /// what it is: its tensors come after the actor's in the optimizer and the state file.
 pub trait Extra: Trainable + Sized {
+    /// The LoRA scopes it trains, each with a forward pass of its own (for the memory check).
+    const LORA_SCOPES: usize;
     /// A fresh one, drawn from `rng` right after the actor's adapters of rank `lora_rank`.
     fn fresh(config: &PalmConfig, lora_rank: usize, rng: &mut Rng) -> Result<Self>;
     /// The one saved in a state file, its shapes checked against `config`.
@@ -50,6 +52,8 @@ impl Trainable for NoExtra {
 }
 
 impl Extra for NoExtra {
+    const LORA_SCOPES: usize = 0;
+
     fn fresh(_: &PalmConfig, _: usize, _: &mut Rng) -> Result<Self> {
         Ok(NoExtra)
     }
@@ -289,20 +293,20 @@ pub struct UpdateShape {
     pub max_prompt: usize,
     pub max_new: usize,
     pub lora_rank: usize,
-    /// PPO's critic: a second LoRA scope and a second forward pass.
-    pub critic: bool,
+    /// The LoRA scopes trained, each with a forward pass of its own: the actor's and those of
+    /// the algorithm's [`Extra`] (PPO's critic).
+    pub scopes: usize,
 }
 
 /// Refuse an RL run whose rollouts or minibatch steps would not fit on `device`.
 pub fn check_memory(config: &PalmConfig, u: &UpdateShape, device: Device) -> Result<()> {
     use palm_model::budget;
-    let scopes = if u.critic { 2 } else { 1 };
-    let trainable = (budget::lora(config, u.lora_rank).saturating_mul(scopes))
+    let trainable = (budget::lora(config, u.lora_rank).saturating_mul(u.scopes as u128))
         .saturating_add(config.dim as u128 + 1);
     let rows = u
         .episodes
         .div_ceil(u.minibatches.max(1))
-        .saturating_mul(scopes as usize);
+        .saturating_mul(u.scopes);
     let need = budget::decoding(config, u.episodes, u.max_prompt, u.max_new).max(
         budget::adapter_training(
             config,
@@ -422,11 +426,28 @@ pub trait Algorithm: Sized {
     type Extra: Extra;
     /// The `format` of the run's state file.
     const STATE_FORMAT: &'static str;
-    /// Every setting in its range (the flags' names in the messages); a state read back gets
-    /// the same checks.
-    fn check(s: &RlSettings<Self::Flags>) -> Result<()>;
+    /// Its own flags in their ranges (the flags' names in the messages).
+    fn check(flags: &Self::Flags) -> Result<()>;
+    /// Every setting in its range; a state read back gets the same checks as the flags.
+    fn check_settings(s: &RlSettings<Self::Flags>) -> Result<()> {
+        s.actor.check()?;
+        s.optim.check()?;
+        Self::check(&s.algo)
+    }
+    /// Episodes per update and minibatches per pass.
+    fn update_size(flags: &Self::Flags) -> (usize, usize);
     /// The sizes of one update, for [`check_memory`].
-    fn update_shape(s: &RlSettings<Self::Flags>) -> UpdateShape;
+    fn update_shape(s: &RlSettings<Self::Flags>) -> UpdateShape {
+        let (episodes, minibatches) = Self::update_size(&s.algo);
+        UpdateShape {
+            episodes,
+            minibatches,
+            max_prompt: s.actor.max_prompt,
+            max_new: s.actor.max_new,
+            lora_rank: s.actor.lora_rank,
+            scopes: 1 + Self::Extra::LORA_SCOPES,
+        }
+    }
     /// The KL coefficient a fresh run starts with.
     fn beta(flags: &Self::Flags) -> f32;
     /// The algorithm's part of a run configured by `s` whose KL coefficient is now `beta`.
@@ -468,7 +489,7 @@ impl<A: Algorithm> RlRun<A> {
         overwrite: bool,
         device: Device,
     ) -> Result<Self> {
-        A::check(&settings)?;
+        A::check_settings(&settings)?;
         let (reward, prompts) = settings.inputs()?;
         let base = load_policy(&settings.sources.policy)?;
         check_memory(&base.config, &A::update_shape(&settings), device)?;
@@ -525,7 +546,7 @@ impl<A: Algorithm> RlRun<A> {
             settings.updates = u;
         }
         // A state edited by hand gets the checks the flags get.
-        A::check(&settings)?;
+        A::check_settings(&settings)?;
         check_memory(&ck.base.config, &A::update_shape(&settings), device)?;
         let (reward, prompts) = settings.inputs()?;
         Ok(RlRun {

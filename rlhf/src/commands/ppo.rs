@@ -1,10 +1,9 @@
 //! `palm ppo`: PPO of a policy checkpoint (LoRA `actor` over the frozen policy, which is also the
 //! reference) against a reward model or a scripted rule, with a LoRA `critic` and value head.
 
-use super::rl::{self, RlArgs, RlCommand};
+use super::rl::{self, RlArgs, RlCommand, Words};
 use crate::Result;
-use crate::ppo::{Ppo, PpoRun};
-use crate::rl_run::ACTOR;
+use crate::ppo::{Ppo, PpoRun, PpoSettings};
 
 /// `palm ppo`'s arguments.
 pub type PpoArgs = RlArgs<Ppo>;
@@ -12,22 +11,16 @@ pub type PpoArgs = RlArgs<Ppo>;
 impl RlCommand for Ppo {
     const OUT: &'static str = "runs/ppo";
 
-    fn describe(run: &PpoRun) -> String {
-        let (s, c) = (&run.settings, &run.core);
-        format!(
-            "PPO of {} (LoRA rank {} '{ACTOR}' + critic, {:.2}M frozen parameters) against {}; {} prompts from {}; updates {}..{} of {} episodes × {} epochs × {} minibatches",
-            s.sources.policy.display(),
-            s.actor.lora_rank,
-            c.base.config.num_params() as f64 / 1e6,
-            c.reward.describe(),
-            c.prompts.len(),
-            s.sources.prompts.display(),
-            c.progress.update + 1,
-            s.updates,
-            s.algo.batch,
-            s.algo.ppo_epochs,
-            s.algo.minibatches
-        )
+    fn words(s: &PpoSettings) -> Words {
+        Words {
+            name: "PPO",
+            beside: " + critic",
+            note: String::new(),
+            update: format!(
+                "{} episodes × {} epochs × {} minibatches",
+                s.algo.batch, s.algo.ppo_epochs, s.algo.minibatches
+            ),
+        }
     }
 }
 

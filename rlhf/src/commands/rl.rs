@@ -3,7 +3,7 @@
 
 use super::{DeviceArg, RunFolder};
 use crate::flags::{Actor, Optim, RlSchedule, Sources};
-use crate::rl_run::{Algorithm, RlRun, RlSettings};
+use crate::rl_run::{ACTOR, Algorithm, RlRun, RlSettings};
 use crate::{Error, Result};
 use clap::Args;
 use palm_engine::Device;
@@ -12,12 +12,46 @@ use std::path::PathBuf;
 /// The updates of a fresh run without --updates.
 const DEFAULT_UPDATES: u64 = 100;
 
-/// What a command adds to its algorithm: the run folder's default and the line it starts with.
+/// What a command adds to its algorithm: the run folder's default and its words in the line the
+/// run starts with.
 pub trait RlCommand: Algorithm {
     /// The default --out.
     const OUT: &'static str;
-    /// What the run is, printed when it starts.
-    fn describe(run: &RlRun<Self>) -> String;
+    fn words(s: &RlSettings<Self::Flags>) -> Words;
+}
+
+/// An algorithm's words in its run's start line: "PPO of <policy> (LoRA rank 8 'actor' + critic,
+/// 0.50M frozen parameters) against <reward>; 3 prompts from <file>; updates 1..100 of 16
+/// episodes × 4 epochs × 1 minibatches".
+pub struct Words {
+    pub name: &'static str,
+    /// After the actor's adapters: what trains besides them.
+    pub beside: &'static str,
+    /// After the frozen parameters.
+    pub note: String,
+    /// One update's size.
+    pub update: String,
+}
+
+/// The line a run starts with.
+fn start_line<A: RlCommand>(run: &RlRun<A>) -> String {
+    let (s, c) = (&run.settings, &run.core);
+    let w = A::words(s);
+    format!(
+        "{} of {} (LoRA rank {} '{ACTOR}'{}, {:.2}M frozen parameters{}) against {}; {} prompts from {}; updates {}..{} of {}",
+        w.name,
+        s.sources.policy.display(),
+        s.actor.lora_rank,
+        w.beside,
+        c.base.config.num_params() as f64 / 1e6,
+        w.note,
+        c.reward.describe(),
+        c.prompts.len(),
+        s.sources.prompts.display(),
+        c.progress.update + 1,
+        s.updates,
+        w.update
+    )
 }
 
 /// The arguments of `palm ppo` and `palm grpo`: the flag groups every RL run has, the
@@ -53,7 +87,7 @@ pub struct RlArgs<A: RlCommand> {
 pub fn run<A: RlCommand>(args: RlArgs<A>) -> Result<()> {
     let device = args.device.resolve()?;
     let mut run = start(&args, device)?;
-    eprintln!("{}", A::describe(&run));
+    eprintln!("{}", start_line(&run));
     run.drive(args.folder.stop_at)
 }
 
