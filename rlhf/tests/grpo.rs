@@ -8,51 +8,26 @@ mod rl_common;
 use common::{assert_one_error, palm, scratch, stderr, tiny_checkpoint};
 use palm_engine::Rng;
 use palm_model::{LoraScope, PalmConfig, PalmParams};
-use palm_rlhf::flags::{Actor, Optim, RlSchedule, Sources};
 use palm_rlhf::grpo::{self, GrpoFlags, GrpoSettings};
 use palm_rlhf::labelers::Labeler;
 use palm_rlhf::rl_run::{Learner, NoExtra};
 use palm_rlhf::rollout::{self, Sampling};
-use palm_rlhf::sampling::Stop;
-use rl_common::{deterministic, held_out_score, metrics, pretrain, tensors, write_prompts};
-use std::path::{Path, PathBuf};
+use rl_common::{
+    deterministic, held_out_score, metrics, pretrain, rl_settings, tensors, write_prompts,
+};
+use std::path::Path;
 use std::process::Output;
 
 fn settings(group: usize) -> GrpoSettings {
-    GrpoSettings {
-        sources: Sources {
-            policy: PathBuf::new(),
-            reward: None,
-            rule: Some("count:a".into()),
-            prompts: PathBuf::new(),
-        },
-        updates: 1,
-        actor: Actor {
-            lora_rank: 4,
-            max_new: 8,
-            max_prompt: 64,
-            eos: Stop(Some(u32::from(b'\n'))),
-            temperature: 1.0,
-        },
-        algo: GrpoFlags {
-            batch: 2,
-            group,
-            beta: 0.04,
-            clip: 0.2,
-            epochs: 1,
-            minibatches: 1,
-        },
-        optim: Optim {
-            lr: 1e-3,
-            weight_decay: 0.0,
-            grad_clip: 1.0,
-        },
-        schedule: RlSchedule {
-            sample_every: 0,
-            ckpt_every: 0,
-            seed: 0,
-        },
-    }
+    let grpo = GrpoFlags {
+        batch: 2,
+        group,
+        beta: 0.04,
+        clip: 0.2,
+        epochs: 1,
+        minibatches: 1,
+    };
+    rl_settings(grpo, Some(u32::from(b'\n')))
 }
 
 #[test]

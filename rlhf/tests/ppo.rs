@@ -10,14 +10,14 @@ use common::{assert_one_error, palm, scratch, stderr, stdout, tiny_checkpoint};
 use palm_engine::{Rng, Tensor, no_grad};
 use palm_model::{Forward, LoraScope, PalmConfig, PalmParams, tokenizer};
 use palm_rlhf::critic::Critic;
-use palm_rlhf::flags::{Actor, Optim, RlSchedule, Sources};
 use palm_rlhf::labelers::Labeler;
 use palm_rlhf::ppo::{self, KlEstimator, PpoFlags, PpoSettings};
 use palm_rlhf::rl_run::Learner;
 use palm_rlhf::rollout::{self, Episode, Padded, Sampling};
-use palm_rlhf::sampling::Stop;
-use rl_common::{deterministic, held_out_score, metrics, pretrain, tensors, write_prompts};
-use std::path::{Path, PathBuf};
+use rl_common::{
+    deterministic, held_out_score, metrics, pretrain, rl_settings, tensors, write_prompts,
+};
+use std::path::Path;
 use std::process::Output;
 
 fn tiny_params(seed: u64) -> PalmParams {
@@ -116,49 +116,24 @@ fn rollout_logprobs_are_a_fresh_forwards_and_kl_starts_at_zero() {
 }
 
 fn settings(eos: Option<u32>) -> PpoSettings {
-    PpoSettings {
-        sources: Sources {
-            policy: PathBuf::new(),
-            reward: None,
-            rule: Some("count:a".into()),
-            prompts: PathBuf::new(),
-        },
-        updates: 1,
-        actor: Actor {
-            lora_rank: 4,
-            max_new: 8,
-            max_prompt: 64,
-            eos: Stop(eos),
-            temperature: 1.0,
-        },
-        algo: PpoFlags {
-            batch: 2,
-            kl: KlEstimator::K1,
-            beta: 0.1,
-            target_kl: None,
-            kl_horizon: 10000.0,
-            score_clip: None,
-            missing_eos_penalty: None,
-            gamma: 1.0,
-            lam: 0.95,
-            clip: 0.2,
-            value_clip: 0.2,
-            vf_coef: 0.1,
-            ent_coef: 0.01,
-            ppo_epochs: 1,
-            minibatches: 1,
-        },
-        optim: Optim {
-            lr: 1e-3,
-            weight_decay: 0.0,
-            grad_clip: 1.0,
-        },
-        schedule: RlSchedule {
-            sample_every: 0,
-            ckpt_every: 0,
-            seed: 0,
-        },
-    }
+    let ppo = PpoFlags {
+        batch: 2,
+        kl: KlEstimator::K1,
+        beta: 0.1,
+        target_kl: None,
+        kl_horizon: 10000.0,
+        score_clip: None,
+        missing_eos_penalty: None,
+        gamma: 1.0,
+        lam: 0.95,
+        clip: 0.2,
+        value_clip: 0.2,
+        vf_coef: 0.1,
+        ent_coef: 0.01,
+        ppo_epochs: 1,
+        minibatches: 1,
+    };
+    rl_settings(ppo, eos)
 }
 
 #[test]
