@@ -226,8 +226,8 @@ impl DemoSettings {
                 self.ppo_epochs
             ));
         }
-        crate::flags::positive("--rm-lr", self.rm_lr)?;
-        crate::flags::positive("--pretrain-lr", self.pretrain_lr)?;
+        flags::positive("--rm-lr", self.rm_lr)?;
+        flags::positive("--pretrain-lr", self.pretrain_lr)?;
         self.model.validate().map_err(Error::Invalid)?;
         // Before anything is trained: the stages' sizes (of the model it pretrains; a given
         // --policy is checked when it is loaded).
