@@ -1,10 +1,11 @@
 //! PPO's value model: the frozen base with adapters of scope `critic` and a per-token value head.
-//! Its own module so the shared RL run (`rl_run.rs`) and PPO (`ppo.rs`) both use it without
-//! importing each other.
+//! It is PPO's extra trainable ([`Extra`]): the shared RL run (`rl_run.rs`) makes, saves, loads,
+//! moves and optimises it beside the actor without knowing what it is.
 
+use crate::rl_run::Extra;
 use crate::rollout::Padded;
 use crate::{Error, Result};
-use palm_engine::{Rng, SafeFile, Tensor};
+use palm_engine::{Device, Rng, SafeFile, Tensor};
 use palm_model::checkpoint::{get_checked, load_lora};
 use palm_model::{LoraScope, PalmConfig, PalmParams, Trainable};
 
@@ -34,6 +35,37 @@ impl Trainable for Critic {
     }
 }
 
+impl Extra for Critic {
+    const LORA_SCOPES: usize = 1;
+
+    fn fresh(config: &PalmConfig, lora_rank: usize, rng: &mut Rng) -> Result<Self> {
+        Critic::new(config, lora_rank, rng)
+    }
+
+    fn load(file: &SafeFile, config: &PalmConfig) -> Result<Self> {
+        let lora = load_lora(file, config, CRITIC)?
+            .ok_or_else(|| Error::data(file.path(), None, format!("no '{CRITIC}' adapters")))?;
+        Ok(Critic {
+            lora,
+            weight: get_checked(file, "value_head.weight", &[1, config.dim])?.as_var(),
+            bias: get_checked(file, "value_head.bias", &[1])?.as_var(),
+        })
+    }
+
+    fn scopes(&self) -> Vec<&LoraScope> {
+        vec![&self.lora]
+    }
+
+    /// The adapters and the head.
+    fn move_to(&mut self, device: Device) -> Result<()> {
+        self.lora.move_to(device)?;
+        for t in [&mut self.weight, &mut self.bias] {
+            *t = t.to_device(device)?.as_var();
+        }
+        Ok(())
+    }
+}
+
 impl Critic {
     /// Fresh adapters (B = 0) and a head like `nn.Linear(dim, 1)` (uniform ±1/√dim, bias 0).
     pub fn new(config: &PalmConfig, r: usize, rng: &mut Rng) -> Result<Self> {
@@ -47,17 +79,6 @@ impl Critic {
             lora,
             weight: Tensor::from_vec(w, &[1, d])?.as_var(),
             bias: Tensor::from_vec(vec![0f32], &[1])?.as_var(),
-        })
-    }
-
-    /// The critic saved in a state file, its shapes checked against `config`.
-    pub fn load(file: &SafeFile, config: &PalmConfig) -> Result<Self> {
-        let lora = load_lora(file, config, CRITIC)?
-            .ok_or_else(|| Error::data(file.path(), None, format!("no '{CRITIC}' adapters")))?;
-        Ok(Critic {
-            lora,
-            weight: get_checked(file, "value_head.weight", &[1, config.dim])?.as_var(),
-            bias: get_checked(file, "value_head.bias", &[1])?.as_var(),
         })
     }
 
@@ -78,14 +99,5 @@ impl Critic {
             .add(&b)?
             .reshape(&[batch.b, batch.n])?
             .to_dtype(palm_engine::DType::F32)?)
-    }
-
-    /// Move the adapters and the head to `device`.
-    pub fn move_to(&mut self, device: palm_engine::Device) -> Result<()> {
-        self.lora.move_to(device)?;
-        for t in [&mut self.weight, &mut self.bias] {
-            *t = t.to_device(device)?.as_var();
-        }
-        Ok(())
     }
 }

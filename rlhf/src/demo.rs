@@ -6,15 +6,17 @@
 
 use crate::corpus::{Corpus, sentence_starts};
 use crate::data::{PreferenceRecord, PromptRecord, RankingRecord, write_jsonl};
+use crate::flags::{self, Actor, Cosine, Optim, RlSchedule, Sources};
 use crate::labelers::{Labeler, rank_distinct};
 use crate::plot::{self, Panel, Series};
-use crate::ppo::{KlEstimator, PpoRun, PpoSettings};
-use crate::pretrain::{Pretrain, RunSettings};
+use crate::ppo::{Ppo, PpoFlags, PpoRun, PpoSettings};
+use crate::pretrain::{Pretrain, RunSettings, TrainDefaults};
 use crate::reward::{Pooling, RewardModel};
 use crate::reward_train::{self, TrainSettings};
-use crate::rl_run::{self, secs, shuffle};
+use crate::rl_run::{self, Algorithm, secs, shuffle};
 use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, mean_std};
 use crate::run_dir::{self, RunDir};
+use crate::sampling::Stop;
 use crate::trainer::{OptimSettings, Trainer};
 use crate::{Error, Result};
 use palm_engine::{Device, Rng};
@@ -169,40 +171,39 @@ impl DemoSettings {
     }
 
     /// The PPO run's settings: the demo's choices and `palm ppo`'s defaults for the rest.
-    fn ppo(&self, policy: PathBuf, reward: PathBuf, prompts: PathBuf) -> PpoSettings {
-        PpoSettings {
-            policy,
-            reward: Some(reward),
-            rule: None,
-            prompts,
-            max_prompt: self.prompt_bytes,
-            lora_rank: self.lora_rank,
+    fn ppo(&self, policy: PathBuf, reward: PathBuf, prompts: PathBuf) -> Result<PpoSettings> {
+        Ok(PpoSettings {
+            sources: Sources {
+                policy,
+                reward: Some(reward),
+                rule: None,
+                prompts,
+            },
             updates: self.updates,
-            batch: self.batch,
-            max_new: self.max_new,
-            eos: self.eos,
-            temperature: self.temperature,
-            kl: KlEstimator::K1,
-            beta: self.beta,
-            target_kl: None,
-            kl_horizon: 10000.0,
-            score_clip: None,
-            missing_eos_penalty: None,
-            gamma: 1.0,
-            lam: 0.95,
-            clip: 0.2,
-            value_clip: 0.2,
-            vf_coef: 0.1,
-            ent_coef: 0.01,
-            ppo_epochs: self.ppo_epochs,
-            minibatches: self.minibatches,
-            lr: self.lr,
-            weight_decay: 0.0,
-            grad_clip: 1.0,
-            sample_every: (self.updates / 4).max(1),
-            ckpt_every: 0,
-            seed: self.seed,
-        }
+            actor: Actor {
+                lora_rank: self.lora_rank,
+                max_new: self.max_new,
+                max_prompt: self.prompt_bytes,
+                eos: Stop(self.eos),
+                temperature: self.temperature,
+            },
+            algo: PpoFlags {
+                batch: self.batch,
+                beta: self.beta,
+                ppo_epochs: self.ppo_epochs,
+                minibatches: self.minibatches,
+                ..flags::defaults()?
+            },
+            optim: Optim {
+                lr: self.lr,
+                ..flags::defaults()?
+            },
+            schedule: RlSchedule {
+                sample_every: (self.updates / 4).max(1),
+                ckpt_every: 0,
+                seed: self.seed,
+            },
+        })
     }
 
     fn check(&self) -> Result<()> {
@@ -225,8 +226,8 @@ impl DemoSettings {
                 self.ppo_epochs
             ));
         }
-        crate::trainer::positive("--rm-lr", self.rm_lr)?;
-        crate::trainer::positive("--pretrain-lr", self.pretrain_lr)?;
+        flags::positive("--rm-lr", self.rm_lr)?;
+        flags::positive("--pretrain-lr", self.pretrain_lr)?;
         self.model.validate().map_err(Error::Invalid)?;
         // Before anything is trained: the stages' sizes (of the model it pretrains; a given
         // --policy is checked when it is loaded).
@@ -251,18 +252,9 @@ impl DemoSettings {
             budget::decoding(m, self.samples, self.prompt_bytes, self.max_new),
             self.device,
         )?;
-        rl_run::check_memory(
-            m,
-            &rl_run::UpdateShape {
-                episodes: self.batch,
-                minibatches: self.minibatches,
-                max_prompt: self.prompt_bytes,
-                max_new: self.max_new,
-                lora_rank: self.lora_rank,
-                critic: true,
-            },
-            self.device,
-        )
+        // The PPO run's sizes (its paths play no part).
+        let ppo = self.ppo(PathBuf::new(), PathBuf::new(), PathBuf::new())?;
+        rl_run::check_memory(m, &Ppo::update_shape(&ppo), self.device)
     }
 }
 
@@ -399,14 +391,14 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
     let (before, before_eps) = evaluate(&base, None, &held_tokens, &reward, s)?;
     timings.eval_s = secs(t);
 
-    let settings = s.ppo(policy_path.clone(), reward_path, prompts_path);
-    settings.check()?;
+    let settings = s.ppo(policy_path.clone(), reward_path, prompts_path)?;
+    Ppo::check_settings(&settings)?;
     eprintln!(
         "[4/5] PPO: {} updates of {} episodes × {} epochs × {} minibatches, lr {}, β {}, LoRA rank {}",
         s.updates, s.batch, s.ppo_epochs, s.minibatches, s.lr, s.beta, s.lora_rank
     );
     let t = Instant::now();
-    rl_run::check_memory(&base.config, &settings.update_shape(), s.device)?;
+    rl_run::check_memory(&base.config, &Ppo::update_shape(&settings), s.device)?;
     let dir = RunDir::create(&s.out, &rl_run::RUN_FILES, s.overwrite)?;
     let mut run = PpoRun::new(settings, base, reward, tokens(&train_prompts), dir)?;
     run.move_to(s.device)?;
@@ -476,13 +468,10 @@ fn write_prompts(path: &Path, prompts: &[String]) -> Result<()> {
 /// train` run folder); the path of its model.
 fn pretrain(corpus: &Corpus, s: &DemoSettings) -> Result<PathBuf> {
     let dir = s.out.join("pretrain");
-    let settings = OptimSettings {
+    let warmup = (s.pretrain_steps / 10).max(1);
+    let settings = OptimSettings::<TrainDefaults> {
         steps: s.pretrain_steps,
-        lr: s.pretrain_lr,
-        min_lr: s.pretrain_lr / 10.0,
-        warmup: (s.pretrain_steps / 10).max(1),
-        weight_decay: 0.1,
-        grad_clip: 0.5,
+        optim: Cosine::new(s.pretrain_lr, s.pretrain_lr / 10.0, warmup, 0.1, 0.5),
         seed: s.seed,
     };
     let run = RunSettings {
@@ -584,11 +573,7 @@ fn reward_model(
     let settings = TrainSettings {
         epochs: s.rm_epochs,
         batch: s.rm_batch,
-        lr: s.rm_lr,
-        min_lr: s.rm_lr / 10.0,
-        warmup: 5,
-        weight_decay: 0.0,
-        grad_clip: 1.0,
+        optim: Cosine::new(s.rm_lr, s.rm_lr / 10.0, 5, 0.0, 1.0),
     };
     let mut run = RunDir::create(&s.out.join("reward"), &reward_train::RUN_FILES, s.overwrite)?;
     let session = crate::epochs::Session {

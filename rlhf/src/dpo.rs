@@ -9,14 +9,16 @@
 
 use crate::data::PreferenceRecord;
 use crate::epochs::{Batches, Checkpoints, Session, say_stopped};
+use crate::flags::{Cosine, CosineDefaults, at_least};
 use crate::reward_train::Ranked;
 use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_logprobs};
 use crate::run_dir::RunDir;
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
-use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
+use palm_engine::{AdamW, Rng, Tensor, clip_grad_norm, no_grad};
 use palm_model::checkpoint::save_model_with;
 use palm_model::{Forward, LoraScope, PalmParams, Trainable};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -236,20 +238,40 @@ pub fn evaluate(policy: &Policy, data: &Scored, batch: usize, beta: f32) -> Resu
     })
 }
 
-#[derive(Debug, Clone)]
+/// `palm dpo`'s optimiser defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpoDefaults;
+
+impl CosineDefaults for DpoDefaults {
+    const LR: &'static str = "0.0001";
+    const MIN_LR: &'static str = "0.00001";
+    const WARMUP: &'static str = "10";
+    const WEIGHT_DECAY: &'static str = "0";
+    const GRAD_CLIP: &'static str = "1";
+}
+
+/// How DPO trains (`palm dpo`'s flags of it, saved with its runs).
+#[derive(clap::Args, Debug, Clone, Serialize, Deserialize)]
 pub struct TrainSettings {
+    /// DPO's β: the strength of the implicit KL penalty toward the reference.
+    #[arg(long, default_value_t = 0.1)]
     pub beta: f32,
+    /// Passes over the training pairs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub epochs: u64,
-    /// Pairs per step.
+    /// Pairs per step (chosen and rejected responses go through one forward pass).
+    #[arg(long, default_value_t = 8, value_parser = at_least(1))]
     pub batch: usize,
-    pub lr: f32,
-    pub min_lr: f32,
-    pub warmup: u64,
-    pub weight_decay: f32,
-    pub grad_clip: f32,
-    /// Validate (and save) every N steps as well as at the end; 0 = only at the end.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub optim: Cosine<DpoDefaults>,
+    /// Validate on the held-out pairs (and save the model) every N steps as well as at the
+    /// end; 0 = only at the end.
+    #[arg(long, default_value_t = 50)]
     pub val_every: u64,
-    /// Print a step line every N steps; 0 = never.
+    /// Print loss, reward accuracy and margin every N steps (every step goes to
+    /// metrics.jsonl); 0 = never.
+    #[arg(long, default_value_t = 10)]
     pub log_every: u64,
 }
 
@@ -258,12 +280,6 @@ pub const STATE_FORMAT: &str = "palm-dpo-state";
 pub const STATE_FILE: &str = "dpo_state.safetensors";
 /// The files a DPO run writes besides the metrics.
 pub const RUN_FILES: [&str; 2] = [STATE_FILE, MODEL_FILE];
-
-impl TrainSettings {
-    pub fn adam(&self) -> AdamWConfig {
-        AdamWConfig::new(self.lr, self.weight_decay)
-    }
-}
 
 /// Train `policy` on `train` from `start`, validating on `val` before training (a fresh run),
 /// every `val_every` steps and at the end; a checkpoint (`dpo_state.safetensors`, then the
@@ -295,7 +311,7 @@ pub fn train(
         files: (STATE_FILE, MODEL_FILE),
         settings,
     };
-    let mut opt = start.optimizer(s.adam(), policy)?;
+    let mut opt = start.optimizer(s.optim.adam(), policy)?;
     let mut batches = Batches::new(train.pairs.len(), batch, s.epochs, start.step, start.rng)?;
     let total = batches.total();
     let pb = progress_bar(total).with_position(start.step);
@@ -318,7 +334,7 @@ pub fn train(
     while let Some(idx) = batches.next_batch() {
         let idx = idx.to_vec();
         let (step, epoch) = (batches.step(), batches.epoch());
-        let lr = lr_at(step - 1, s.warmup, total, s.lr, s.min_lr);
+        let lr = s.optim.lr_at(step - 1, total);
         let (loss, stats, grad_norm) =
             palm_engine::cpu::on_workers(|| optimise(policy, &mut opt, train, &idx, s, lr))?;
         speed.add(idx.len() as u64);
@@ -381,7 +397,7 @@ fn optimise(
     let mut grads = out.loss.backward()?;
     drop(out.loss);
     let mut tensors = policy.trained_tensors();
-    let norm = clip_grad_norm(&mut grads, &tensors, s.grad_clip)?;
+    let norm = clip_grad_norm(&mut grads, &tensors, s.optim.grad_clip)?;
     opt.step(&mut tensors, &grads, lr)?;
     policy.set_trained(tensors)?;
     Ok((value, out.stats, norm))

@@ -3,15 +3,15 @@
 //! (LoRA `actor` over the frozen policy) minimises the clipped ratio loss on its token log-probs,
 //! optionally with β·k3 KL to the reference (the frozen policy itself).
 
+use crate::flags::positive;
+use crate::flags::{at_least, non_negative};
 use crate::rl_math::{group_advantages, grpo_loss, kl_k3_host, masked_mean};
-use crate::rl_run::{self, Algorithm, Core, FreshLearner, Learner, Report, RlRun};
-use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, gather, mean_std};
-use crate::run_dir::RunDir;
+use crate::rl_run::{self, Algorithm, Core, Learner, NoExtra, Report, RlRun, RlSettings};
+use crate::rollout::{self, Episode, Padded, gather, mean_std};
 use crate::{Error, Result};
 use palm_engine::{AdamW, Rng, no_grad};
 use palm_model::PalmParams;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// The `format` of a GRPO state file.
@@ -19,57 +19,32 @@ pub const STATE_FORMAT: &str = "palm-grpo-state";
 /// Added to a group's standard deviation (a group of equal scores gets advantages 0).
 const ADV_EPS: f32 = 1e-4;
 
-/// Everything a GRPO run is configured by, saved in its state so a resume continues alike.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GrpoSettings {
-    pub policy: PathBuf,
-    pub reward: Option<PathBuf>,
-    pub rule: Option<String>,
-    pub prompts: PathBuf,
-    pub max_prompt: usize,
-    pub lora_rank: usize,
-    pub updates: u64,
+/// GRPO's own settings and flags (the rest are the groups every RL run has, see [`RlSettings`]).
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[group(id = "algorithm", conflicts_with = "resume")]
+pub struct GrpoFlags {
     /// Prompts per update; the update has `batch · group` episodes.
+    #[arg(long, default_value_t = 4, value_parser = at_least(1))]
     pub batch: usize,
-    /// Responses per prompt, G.
+    /// Responses sampled per prompt, G.
+    #[arg(long, default_value_t = 4, value_parser = at_least(2))]
     pub group: usize,
-    pub max_new: usize,
-    pub eos: Option<u32>,
-    pub temperature: f32,
-    /// Weight of the k3 KL to the reference in the loss (0: none).
+    /// Weight of the k3 KL to the reference in the loss; 0 = none (the KL is still logged).
+    #[arg(long, default_value_t = 0.04)]
     pub beta: f32,
+    /// Ratio clip range ε.
+    #[arg(long, default_value_t = 0.2)]
     pub clip: f32,
+    /// Passes over each update's episodes (at most 100).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub epochs: u64,
+    /// Minibatches (AdamW steps) per pass.
+    #[arg(long, default_value_t = 1, value_parser = at_least(1))]
     pub minibatches: usize,
-    pub lr: f32,
-    pub weight_decay: f32,
-    pub grad_clip: f32,
-    pub sample_every: u64,
-    pub ckpt_every: u64,
-    pub seed: u64,
 }
 
-impl GrpoSettings {
-    /// The sizes of one update, for [`rl_run::check_memory`].
-    pub fn update_shape(&self) -> rl_run::UpdateShape {
-        rl_run::UpdateShape {
-            episodes: self.batch.saturating_mul(self.group),
-            minibatches: self.minibatches,
-            max_prompt: self.max_prompt,
-            max_new: self.max_new,
-            lora_rank: self.lora_rank,
-            critic: false,
-        }
-    }
-
-    pub fn sampling(&self) -> Sampling {
-        Sampling {
-            temperature: self.temperature,
-            max_new: self.max_new,
-            eos: self.eos,
-        }
-    }
-}
+/// Everything a GRPO run is configured by, saved in its state so a resume continues alike.
+pub type GrpoSettings = RlSettings<GrpoFlags>;
 
 /// One update's episodes with their group advantages and rollout log-probs, host (b, n).
 pub struct Groups {
@@ -85,14 +60,14 @@ pub struct Groups {
 /// and the reference (no gradients).
 pub fn groups(
     base: &PalmParams,
-    learner: &Learner,
+    learner: &Learner<NoExtra>,
     episodes: &[Episode],
     scores: Vec<f32>,
     s: &GrpoSettings,
 ) -> Result<Groups> {
-    let advantages = group_advantages(&scores, s.group, ADV_EPS)?;
-    let batch = Padded::new(episodes, s.eos)?;
-    let t = s.temperature;
+    let advantages = group_advantages(&scores, s.algo.group, ADV_EPS)?;
+    let batch = Padded::new(episodes, s.actor.eos.0)?;
+    let t = s.actor.temperature;
     let old_logp = rollout::logprobs_host(base, Some(&learner.actor), &batch, t)?;
     // The reference is scored even with β = 0: the KL is logged either way.
     let ref_logp = rollout::logprobs_host(base, None, &batch, t)?;
@@ -120,29 +95,30 @@ pub struct TrainStats {
 /// step each.
 pub fn train_on(
     base: &PalmParams,
-    learner: &mut Learner,
+    learner: &mut Learner<NoExtra>,
     opt: &mut AdamW,
     g: &Groups,
     s: &GrpoSettings,
     rng: &mut Rng,
 ) -> Result<TrainStats> {
     let (b, n) = (g.batch.b, g.batch.n);
-    let size = b.div_ceil(s.minibatches.max(1));
+    let (p, temperature) = (&s.algo, s.actor.temperature);
+    let size = b.div_ceil(p.minibatches.max(1));
     let mut t = TrainStats::default();
-    for _ in 0..s.epochs {
+    for _ in 0..p.epochs {
         let mut order: Vec<usize> = (0..b).collect();
         rl_run::shuffle(&mut order, rng);
         for idx in order.chunks(size) {
             let mb = g.batch.rows(idx);
             let logits = rollout::logits(base, Some(&learner.actor), &mb)?;
-            let logp = rollout::token_logprobs(&logits, &mb, s.temperature)?;
+            let logp = rollout::token_logprobs(&logits, &mb, temperature)?;
             let old = gather(&g.old_logp, n, idx);
             let reference = gather(&g.ref_logp, n, idx);
             let adv: Vec<f32> = idx.iter().map(|&i| g.advantages[i]).collect();
-            let out = grpo_loss(&logp, &old, &reference, &adv, &mb.mask, s.clip, s.beta)?;
+            let out = grpo_loss(&logp, &old, &reference, &adv, &mb.mask, p.clip, p.beta)?;
             let entropy = {
                 let _g = no_grad();
-                masked_mean(&rollout::token_entropy(&logits, s.temperature)?, &mb.mask)?
+                masked_mean(&rollout::token_entropy(&logits, temperature)?, &mb.mask)?
                     .to_scalar()?
             };
             let ratio = crate::ppo::mean_ratio(&logp.to_f32_vec()?, &old, &mb.mask);
@@ -150,7 +126,7 @@ pub fn train_on(
             t.clip_frac += out.clip_frac;
             t.entropy += entropy;
             t.ratio += ratio;
-            t.grad_norm += rl_run::optimise(learner, opt, out.loss, s.grad_clip, s.lr)?;
+            t.grad_norm += rl_run::optimise(learner, opt, out.loss, s.optim.grad_clip, s.optim.lr)?;
             t.steps += 1;
         }
     }
@@ -165,73 +141,61 @@ pub fn train_on(
     })
 }
 
-/// GRPO's part of an RL run: its settings.
-pub struct Grpo {
-    pub settings: GrpoSettings,
-}
+/// GRPO's part of an RL run: nothing besides its settings.
+pub struct Grpo;
 
 /// A GRPO run.
 pub type GrpoRun = RlRun<Grpo>;
 
-impl RlRun<Grpo> {
-    /// A fresh run from `base` (frozen: the start and the reference) into `run`: new actor
-    /// adapters and optimizer seeded by `settings.seed`.
-    pub fn new(
-        settings: GrpoSettings,
-        base: PalmParams,
-        reward: RewardSource,
-        prompts: Vec<Vec<u32>>,
-        run: RunDir,
-    ) -> Result<Self> {
-        let s = &settings;
-        let fresh = FreshLearner {
-            lora_rank: s.lora_rank,
-            critic: false,
-            seed: s.seed,
-            lr: s.lr,
-            weight_decay: s.weight_decay,
-            beta: s.beta,
-        };
-        let core = Core::fresh(base, prompts, reward, run, &fresh)?;
-        Ok(RlRun {
-            core,
-            algo: Grpo { settings },
-        })
-    }
-}
-
 impl Algorithm for Grpo {
+    type Flags = GrpoFlags;
+    type Extra = NoExtra;
     const STATE_FORMAT: &'static str = STATE_FORMAT;
 
-    fn settings_json(&self) -> Result<serde_json::Value> {
-        serde_json::to_value(&self.settings)
-            .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))
+    fn check(g: &GrpoFlags) -> Result<()> {
+        positive("--clip", g.clip)?;
+        non_negative("--beta", g.beta)?;
+        let (episodes, _) = Self::update_size(g);
+        if g.minibatches > episodes {
+            return Err(Error::Invalid(format!(
+                "--minibatches {} is more than the {episodes} episodes of an update",
+                g.minibatches
+            )));
+        }
+        Ok(())
     }
 
-    fn schedule(&self) -> (u64, u64, u64) {
-        let s = &self.settings;
-        (s.updates, s.sample_every, s.ckpt_every)
+    fn update_size(g: &GrpoFlags) -> (usize, usize) {
+        (g.batch.saturating_mul(g.group), g.minibatches)
+    }
+
+    fn beta(flags: &GrpoFlags) -> f32 {
+        flags.beta
+    }
+
+    fn new(_: &GrpoSettings, _: f32) -> Result<Self> {
+        Ok(Grpo)
     }
 
     /// One update: G responses to each of `batch` prompts, group advantages, the epochs.
-    fn update(&mut self, core: &mut Core) -> Result<Report> {
-        let s = self.settings.clone();
+    fn update(&mut self, s: &GrpoSettings, core: &mut Core<NoExtra>) -> Result<Report> {
+        let p = &s.algo;
         let t0 = Instant::now();
-        let idx = core.progress.take_prompts(s.batch, core.prompts.len());
+        let idx = core.progress.take_prompts(p.batch, core.prompts.len());
         let prompts: Vec<Vec<u32>> = idx
             .iter()
-            .flat_map(|&i| std::iter::repeat_n(core.prompts[i].clone(), s.group))
+            .flat_map(|&i| std::iter::repeat_n(core.prompts[i].clone(), p.group))
             .collect();
         let episodes = rollout::sample_episodes(
             &core.base,
             Some(&core.learner.actor),
             &prompts,
-            &s.sampling(),
+            &s.actor.sampling(),
             &mut core.progress.rng,
         )?;
-        let scores = core.reward.score(&episodes, s.batch * s.group)?;
+        let scores = core.reward.score(&episodes, p.batch * p.group)?;
         let g = palm_engine::cpu::on_workers(|| {
-            groups(&core.base, &core.learner, &episodes, scores, &s)
+            groups(&core.base, &core.learner, &episodes, scores, s)
         })?;
         let rollout_s = rl_run::secs(t0);
         let t1 = Instant::now();
@@ -241,7 +205,7 @@ impl Algorithm for Grpo {
             &mut core.opt,
             &mut core.progress.rng,
         );
-        let stats = palm_engine::cpu::on_workers(|| train_on(base, learner, opt, &g, &s, rng))?;
+        let stats = palm_engine::cpu::on_workers(|| train_on(base, learner, opt, &g, s, rng))?;
         let train_s = rl_run::secs(t1);
         core.progress.update += 1;
 
@@ -260,15 +224,15 @@ impl Algorithm for Grpo {
         // Groups whose responses all scored alike teach nothing (advantages 0).
         let flat = g
             .scores
-            .chunks(s.group)
+            .chunks(p.group)
             .filter(|c| c.iter().all(|&x| x == c[0]))
             .count() as f32
-            / s.batch as f32;
+            / p.batch as f32;
         let metrics = serde_json::json!({
             "update": core.progress.update,
-            "episodes": core.progress.update * (s.batch * s.group) as u64,
+            "episodes": core.progress.update * (p.batch * p.group) as u64,
             "score_mean": score_mean, "score_std": score_std,
-            "kl": kl, "beta": s.beta, "loss": stats.loss, "entropy": stats.entropy,
+            "kl": kl, "beta": p.beta, "loss": stats.loss, "entropy": stats.entropy,
             "clip_frac": stats.clip_frac, "ratio_mean": stats.ratio,
             "grad_norm": stats.grad_norm, "flat_groups": flat,
             "response_length": length, "eos_rate": eos_rate,

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod dpo;
 pub mod epochs;
 pub mod error;
+pub mod flags;
 pub mod grpo;
 pub mod labelers;
 pub mod plot;

@@ -4,19 +4,19 @@
 //! turn log-probs, KL, values and scores into advantages (GAE, whitened) and returns, then
 //! `ppo_epochs` passes of `minibatches` clipped-loss AdamW steps.
 
+use crate::critic::Critic;
+use crate::flags::positive;
+use crate::flags::{at_least, non_negative};
 use crate::labelers::Labeler;
 use crate::rl_math::{
     KlController, PpoBatch, PpoConfig, gae, kl_k1_host, kl_k3_host, ppo_loss, token_rewards, whiten,
 };
-use crate::rl_run::{self, Algorithm, Core, FreshLearner, Learner, Report, RlRun};
-use crate::rollout::{self, Episode, Padded, RewardSource, Sampling, gather, mean_std};
-use crate::run_dir::RunDir;
-use crate::trainer::positive;
+use crate::rl_run::{self, Algorithm, Core, Learner, Report, RlRun, RlSettings};
+use crate::rollout::{self, Episode, Padded, gather, mean_std};
 use crate::{Error, Result};
 use palm_engine::{AdamW, Rng, no_grad};
 use palm_model::{PalmParams, tokenizer};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// The `format` of a PPO state file.
@@ -31,106 +31,61 @@ pub enum KlEstimator {
     K3,
 }
 
-/// Everything a PPO run is configured by, saved in its state so a resume continues alike.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PpoSettings {
-    pub policy: PathBuf,
-    pub reward: Option<PathBuf>,
-    pub rule: Option<String>,
-    pub prompts: PathBuf,
-    pub max_prompt: usize,
-    pub lora_rank: usize,
-    pub updates: u64,
-    /// Episodes per update.
+/// PPO's own settings and flags (the rest are the groups every RL run has, see [`RlSettings`]).
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[group(id = "algorithm", conflicts_with = "resume")]
+pub struct PpoFlags {
+    /// Episodes (prompts) per update.
+    #[arg(long, default_value_t = 16, value_parser = at_least(2))]
     pub batch: usize,
-    pub max_new: usize,
-    pub eos: Option<u32>,
-    pub temperature: f32,
+    /// Per-token KL estimator of the penalty.
+    #[arg(long, value_enum, default_value_t = KlEstimator::K1)]
     pub kl: KlEstimator,
+    /// KL coefficient β (the initial one with --target-kl).
+    #[arg(long, default_value_t = 0.05)]
     pub beta: f32,
+    /// Adapt β toward this KL per sequence (Ziegler et al.); fixed β without it.
+    #[arg(long)]
     pub target_kl: Option<f32>,
+    /// Horizon (episodes) of the adaptive β controller.
+    #[arg(long, default_value_t = 10000.0)]
     pub kl_horizon: f32,
+    /// Clip scores to ±this.
+    #[arg(long)]
     pub score_clip: Option<f32>,
+    /// Subtract this from the score of a response that hit --max-new without EOS.
+    #[arg(long)]
     pub missing_eos_penalty: Option<f32>,
+    /// Discount γ of the per-token rewards (GAE).
+    #[arg(long, default_value_t = 1.0)]
     pub gamma: f32,
+    /// GAE's λ: 1 is the Monte-Carlo return, 0 the one-step TD error.
+    #[arg(long, default_value_t = 0.95)]
     pub lam: f32,
+    /// Policy clip range ε.
+    #[arg(long, default_value_t = 0.2)]
     pub clip: f32,
+    /// Value clip range.
+    #[arg(long, default_value_t = 0.2)]
     pub value_clip: f32,
+    /// Weight of the value loss in the total loss.
+    #[arg(long, default_value_t = 0.1)]
     pub vf_coef: f32,
+    /// Weight of the entropy bonus.
+    #[arg(long, default_value_t = 0.01)]
     pub ent_coef: f32,
+    /// Passes over each rollout batch (at most 100: past a few, the clipped ratio stops learning).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub ppo_epochs: u64,
+    /// Minibatches (AdamW steps) per pass.
+    #[arg(long, default_value_t = 1, value_parser = at_least(1))]
     pub minibatches: usize,
-    pub lr: f32,
-    pub weight_decay: f32,
-    pub grad_clip: f32,
-    pub sample_every: u64,
-    pub ckpt_every: u64,
-    pub seed: u64,
 }
 
-impl PpoSettings {
-    /// Every setting in its range (the flags' names in the messages).
-    pub fn check(&self) -> Result<()> {
-        let s = self;
-        positive("--temperature", s.temperature)?;
-        positive("--lr", s.lr)?;
-        positive("--grad-clip", s.grad_clip)?;
-        positive("--clip", s.clip)?;
-        positive("--value-clip", s.value_clip)?;
-        positive("--kl-horizon", s.kl_horizon)?;
-        if let Some(t) = s.target_kl {
-            positive("--target-kl", t)?;
-        }
-        if let Some(c) = s.score_clip {
-            positive("--score-clip", c)?;
-        }
-        let nonneg = [
-            ("--beta", s.beta),
-            ("--vf-coef", s.vf_coef),
-            ("--ent-coef", s.ent_coef),
-            ("--weight-decay", s.weight_decay),
-            (
-                "--missing-eos-penalty",
-                s.missing_eos_penalty.unwrap_or(0.0),
-            ),
-        ];
-        for (name, x) in nonneg {
-            if !(x >= 0.0 && x.is_finite()) {
-                return Err(Error::Invalid(format!("{name} must be ≥ 0, got {x}")));
-            }
-        }
-        if !(0.0..=1.0).contains(&s.gamma) || !(0.0..=1.0).contains(&s.lam) {
-            return Err(Error::Invalid("--gamma and --lam must be in [0, 1]".into()));
-        }
-        if s.minibatches > s.batch {
-            return Err(Error::Invalid(format!(
-                "--minibatches {} is more than the --batch of {} episodes",
-                s.minibatches, s.batch
-            )));
-        }
-        Ok(())
-    }
+/// Everything a PPO run is configured by, saved in its state so a resume continues alike.
+pub type PpoSettings = RlSettings<PpoFlags>;
 
-    /// The sizes of one update, for [`rl_run::check_memory`].
-    pub fn update_shape(&self) -> rl_run::UpdateShape {
-        rl_run::UpdateShape {
-            episodes: self.batch,
-            minibatches: self.minibatches,
-            max_prompt: self.max_prompt,
-            max_new: self.max_new,
-            lora_rank: self.lora_rank,
-            critic: true,
-        }
-    }
-
-    pub fn sampling(&self) -> Sampling {
-        Sampling {
-            temperature: self.temperature,
-            max_new: self.max_new,
-            eos: self.eos,
-        }
-    }
-
+impl PpoFlags {
     pub fn kl_controller(&self, beta: f32) -> Result<KlController> {
         match self.target_kl {
             Some(t) => KlController::adaptive(beta, t, self.kl_horizon),
@@ -198,25 +153,22 @@ impl Experience {
 /// per-token rewards (−β·KL, the score at the last counted token), GAE and whitened advantages.
 pub fn experience(
     base: &PalmParams,
-    learner: &Learner,
+    learner: &Learner<Critic>,
     episodes: &[Episode],
     scores: Vec<f32>,
     beta: f32,
     s: &PpoSettings,
 ) -> Result<Experience> {
-    let critic = learner
-        .critic
-        .as_ref()
-        .ok_or_else(|| Error::Invalid("PPO needs a critic".into()))?;
-    let batch = Padded::new(episodes, s.eos)?;
-    let t = s.temperature;
+    let critic = &learner.extra;
+    let batch = Padded::new(episodes, s.actor.eos.0)?;
+    let t = s.actor.temperature;
     let old_logp = rollout::logprobs_host(base, Some(&learner.actor), &batch, t)?;
     let ref_logp = rollout::logprobs_host(base, None, &batch, t)?;
     let values = {
         let _g = no_grad();
         critic.values(base, &batch)?.to_f32_vec()?
     };
-    let estimator = match s.kl {
+    let estimator = match s.algo.kl {
         KlEstimator::K1 => kl_k1_host,
         KlEstimator::K3 => kl_k3_host,
     };
@@ -224,7 +176,14 @@ pub fn experience(
         .map(|i| batch.mask[i] * estimator(old_logp[i], ref_logp[i]))
         .collect();
     let rewards = token_rewards(&kl, &scores, &batch.mask, beta)?;
-    let g = gae(&rewards, &values, &batch.mask, batch.n, s.gamma, s.lam)?;
+    let g = gae(
+        &rewards,
+        &values,
+        &batch.mask,
+        batch.n,
+        s.algo.gamma,
+        s.algo.lam,
+    )?;
     let advantages = whiten(&g.advantages, &batch.mask, true)?;
     Ok(Experience {
         batch,
@@ -300,21 +259,17 @@ pub fn mean_ratio(logp: &[f32], old: &[f32], mask: &[f32]) -> f32 {
 /// The PPO loss of the experience's rows `idx` under the current actor and critic.
 pub fn minibatch_loss(
     base: &PalmParams,
-    learner: &Learner,
+    learner: &Learner<Critic>,
     exp: &Experience,
     idx: &[usize],
     s: &PpoSettings,
 ) -> Result<(crate::rl_math::PpoLoss, f32)> {
-    let critic = learner
-        .critic
-        .as_ref()
-        .ok_or_else(|| Error::Invalid("PPO needs a critic".into()))?;
     let mb = exp.batch.rows(idx);
     let n = mb.n;
     let logits = rollout::logits(base, Some(&learner.actor), &mb)?;
-    let logp = rollout::token_logprobs(&logits, &mb, s.temperature)?;
-    let entropy = rollout::token_entropy(&logits, s.temperature)?;
-    let values = critic.values(base, &mb)?;
+    let logp = rollout::token_logprobs(&logits, &mb, s.actor.temperature)?;
+    let entropy = rollout::token_entropy(&logits, s.actor.temperature)?;
+    let values = learner.extra.values(base, &mb)?;
     let (old_logp, old_values) = (gather(&exp.old_logp, n, idx), gather(&exp.values, n, idx));
     let (advantages, returns) = (
         gather(&exp.advantages, n, idx),
@@ -329,7 +284,7 @@ pub fn minibatch_loss(
     };
     let ratio = mean_ratio(&logp.to_f32_vec()?, &old_logp, &mb.mask);
     Ok((
-        ppo_loss(&logp, &entropy, &values, &batch, &s.loss_config())?,
+        ppo_loss(&logp, &entropy, &values, &batch, &s.algo.loss_config())?,
         ratio,
     ))
 }
@@ -338,21 +293,22 @@ pub fn minibatch_loss(
 /// AdamW step per minibatch.
 pub fn train_on(
     base: &PalmParams,
-    learner: &mut Learner,
+    learner: &mut Learner<Critic>,
     opt: &mut AdamW,
     exp: &Experience,
     s: &PpoSettings,
     rng: &mut Rng,
 ) -> Result<TrainStats> {
     let b = exp.batch.b;
-    let size = b.div_ceil(s.minibatches.max(1));
+    let size = b.div_ceil(s.algo.minibatches.max(1));
     let mut total = TrainStats::default();
-    for _ in 0..s.ppo_epochs {
+    for _ in 0..s.algo.ppo_epochs {
         let mut order: Vec<usize> = (0..b).collect();
         rl_run::shuffle(&mut order, rng);
         for idx in order.chunks(size) {
             let (out, ratio) = minibatch_loss(base, learner, exp, idx, s)?;
-            let grad_norm = rl_run::optimise(learner, opt, out.loss, s.grad_clip, s.lr)?;
+            let grad_norm =
+                rl_run::optimise(learner, opt, out.loss, s.optim.grad_clip, s.optim.lr)?;
             total.add(&TrainStats {
                 policy_loss: out.policy_loss,
                 value_loss: out.value_loss,
@@ -382,9 +338,8 @@ pub fn explained_variance(values: &[f32], returns: &[f32], mask: &[f32]) -> f32 
     1.0 - (sd_d * sd_d) / (sd_r * sd_r)
 }
 
-/// PPO's part of an RL run: its settings, the KL controller, and an optional gold rule.
+/// PPO's part of an RL run: the KL controller and an optional gold rule.
 pub struct Ppo {
-    pub settings: PpoSettings,
     pub kl_ctl: KlController,
     /// A scripted score of each rollout, logged as `gold_score_mean` beside the score trained
     /// on and never trained on: how the demo watches a reward model's policy by the rule the
@@ -395,68 +350,73 @@ pub struct Ppo {
 /// A PPO run.
 pub type PpoRun = RlRun<Ppo>;
 
-impl RlRun<Ppo> {
-    /// A fresh run from `base` (frozen: the start and the reference) into `run`: new actor
-    /// adapters, critic and optimizer seeded by `settings.seed`.
-    pub fn new(
-        settings: PpoSettings,
-        base: PalmParams,
-        reward: RewardSource,
-        prompts: Vec<Vec<u32>>,
-        run: RunDir,
-    ) -> Result<Self> {
-        let s = &settings;
-        let fresh = FreshLearner {
-            lora_rank: s.lora_rank,
-            critic: true,
-            seed: s.seed,
-            lr: s.lr,
-            weight_decay: s.weight_decay,
-            beta: s.beta,
-        };
-        let core = Core::fresh(base, prompts, reward, run, &fresh)?;
-        Ok(RlRun {
-            core,
-            algo: Ppo {
-                kl_ctl: s.kl_controller(s.beta)?,
-                settings,
-                gold: None,
-            },
-        })
-    }
-}
-
 impl Algorithm for Ppo {
+    type Flags = PpoFlags;
+    type Extra = Critic;
     const STATE_FORMAT: &'static str = STATE_FORMAT;
 
-    fn settings_json(&self) -> Result<serde_json::Value> {
-        serde_json::to_value(&self.settings)
-            .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))
+    fn check(p: &PpoFlags) -> Result<()> {
+        positive("--clip", p.clip)?;
+        positive("--value-clip", p.value_clip)?;
+        positive("--kl-horizon", p.kl_horizon)?;
+        if let Some(t) = p.target_kl {
+            positive("--target-kl", t)?;
+        }
+        if let Some(c) = p.score_clip {
+            positive("--score-clip", c)?;
+        }
+        non_negative("--beta", p.beta)?;
+        non_negative("--vf-coef", p.vf_coef)?;
+        non_negative("--ent-coef", p.ent_coef)?;
+        non_negative(
+            "--missing-eos-penalty",
+            p.missing_eos_penalty.unwrap_or(0.0),
+        )?;
+        if !(0.0..=1.0).contains(&p.gamma) || !(0.0..=1.0).contains(&p.lam) {
+            return Err(Error::Invalid("--gamma and --lam must be in [0, 1]".into()));
+        }
+        if p.minibatches > p.batch {
+            return Err(Error::Invalid(format!(
+                "--minibatches {} is more than the --batch of {} episodes",
+                p.minibatches, p.batch
+            )));
+        }
+        Ok(())
     }
 
-    fn schedule(&self) -> (u64, u64, u64) {
-        let s = &self.settings;
-        (s.updates, s.sample_every, s.ckpt_every)
+    fn update_size(p: &PpoFlags) -> (usize, usize) {
+        (p.batch, p.minibatches)
+    }
+
+    fn beta(flags: &PpoFlags) -> f32 {
+        flags.beta
+    }
+
+    fn new(s: &PpoSettings, beta: f32) -> Result<Self> {
+        Ok(Ppo {
+            kl_ctl: s.algo.kl_controller(beta)?,
+            gold: None,
+        })
     }
 
     /// One update: rollout, experience, PPO epochs, the β controller.
-    fn update(&mut self, core: &mut Core) -> Result<Report> {
-        let s = self.settings.clone();
+    fn update(&mut self, s: &PpoSettings, core: &mut Core<Critic>) -> Result<Report> {
+        let p = &s.algo;
         let t0 = Instant::now();
-        let idx = core.progress.take_prompts(s.batch, core.prompts.len());
+        let idx = core.progress.take_prompts(p.batch, core.prompts.len());
         let prompts: Vec<Vec<u32>> = idx.iter().map(|&i| core.prompts[i].clone()).collect();
         let episodes = rollout::sample_episodes(
             &core.base,
             Some(&core.learner.actor),
             &prompts,
-            &s.sampling(),
+            &s.actor.sampling(),
             &mut core.progress.rng,
         )?;
-        let raw = core.reward.score(&episodes, s.batch)?;
-        let scores = shape_scores(&raw, &episodes, s.missing_eos_penalty, s.score_clip);
+        let raw = core.reward.score(&episodes, p.batch)?;
+        let scores = shape_scores(&raw, &episodes, p.missing_eos_penalty, p.score_clip);
         let beta = self.kl_ctl.beta();
         let exp = palm_engine::cpu::on_workers(|| {
-            experience(&core.base, &core.learner, &episodes, scores, beta, &s)
+            experience(&core.base, &core.learner, &episodes, scores, beta, s)
         })?;
         let rollout_s = rl_run::secs(t0);
         let t1 = Instant::now();
@@ -466,12 +426,12 @@ impl Algorithm for Ppo {
             &mut core.opt,
             &mut core.progress.rng,
         );
-        let stats = palm_engine::cpu::on_workers(|| train_on(base, learner, opt, &exp, &s, rng))?;
+        let stats = palm_engine::cpu::on_workers(|| train_on(base, learner, opt, &exp, s, rng))?;
         let train_s = rl_run::secs(t1);
 
         let seq_kl = exp.sequence_kl();
         let (kl, _) = mean_std(&seq_kl);
-        self.kl_ctl.update(kl, s.batch as u64);
+        self.kl_ctl.update(kl, p.batch as u64);
         core.progress.beta = self.kl_ctl.beta();
         core.progress.update += 1;
         let (raw_mean, _) = mean_std(&raw);
@@ -481,7 +441,7 @@ impl Algorithm for Ppo {
         let eos_rate = episodes.iter().filter(|e| e.ended).count() as f32 / episodes.len() as f32;
         let metrics = serde_json::json!({
             "update": core.progress.update,
-            "episodes": core.progress.update * s.batch as u64,
+            "episodes": core.progress.update * p.batch as u64,
             "score_mean": score_mean, "score_std": score_std, "raw_score_mean": raw_mean,
             "kl": kl, "non_score_reward": -beta * kl, "beta": beta,
             "entropy": stats.entropy, "approx_kl": stats.approx_kl,

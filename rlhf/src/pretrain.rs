@@ -3,6 +3,7 @@
 //! the window scoring `palm eval` shares.
 
 use crate::corpus::{Corpus, random_windows, spaced_windows};
+use crate::flags::CosineDefaults;
 use crate::trainer::{Schedule, Task, Validation};
 use crate::{Error, Result};
 use palm_engine::{Rng, Tensor, no_grad};
@@ -10,16 +11,45 @@ use palm_model::{Forward, PalmConfig, PalmParams, SampleSettings, generate, toke
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// What a resume needs besides the optimiser settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `palm train`'s optimiser defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainDefaults;
+
+impl CosineDefaults for TrainDefaults {
+    const LR: &'static str = "0.002";
+    const MIN_LR: &'static str = "0.0002";
+    const WARMUP: &'static str = "100";
+    const WEIGHT_DECAY: &'static str = "0.1";
+    const GRAD_CLIP: &'static str = "0.5";
+}
+
+/// What a resume needs besides the optimiser settings (`palm train`'s flags of them).
+#[derive(clap::Args, Debug, Clone, Serialize, Deserialize)]
+#[group(id = "pretrain", conflicts_with = "resume")]
 pub struct RunSettings {
+    /// Training text (.gz is decompressed); the last 5% is held out. Default: the shipped corpus.
+    #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
+    /// Tokens (bytes) per sequence.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..))]
     pub seq_len: u64,
+    /// Validate every N steps (and at the end).
+    #[arg(long, default_value_t = 250)]
     pub val_every: u64,
+    /// Validation windows (evenly spaced over the held-out part).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub val_windows: u64,
+    /// Print a sample every N steps (and at the end); 0 = only at the end.
+    #[arg(long, default_value_t = 500)]
     pub sample_every: u64,
+    /// Bytes per sample.
+    #[arg(long, default_value_t = 200)]
     pub sample_tokens: usize,
+    /// Checkpoint every N steps (and at the end); 0 = only at the end.
+    #[arg(long, default_value_t = 500)]
     pub ckpt_every: u64,
 }
 

@@ -6,13 +6,15 @@
 
 use crate::data::PreferenceRecord;
 use crate::epochs::{Batches, Checkpoints, Session, say_stopped};
+use crate::flags::{Cosine, CosineDefaults, at_least};
 use crate::reward::{RewardModel, Scored, ranking_loss};
 use crate::rl_run::shuffle;
 use crate::run_dir::RunDir;
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
-use palm_engine::{AdamW, AdamWConfig, Rng, Tensor, clip_grad_norm, lr_at, no_grad};
+use palm_engine::{AdamW, Rng, Tensor, clip_grad_norm, no_grad};
 use palm_model::{Trainable, tokenizer};
+use serde::{Deserialize, Serialize};
 
 pub const MODEL_FILE: &str = "reward.safetensors";
 
@@ -174,16 +176,30 @@ pub fn evaluate(rm: &RewardModel, rankings: &[Ranked], batch: usize) -> Result<H
     })
 }
 
-#[derive(Debug, Clone)]
+/// `palm reward train`'s optimiser defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RewardDefaults;
+
+impl CosineDefaults for RewardDefaults {
+    const LR: &'static str = "0.0003";
+    const MIN_LR: &'static str = "0.00003";
+    const WARMUP: &'static str = "10";
+    const WEIGHT_DECAY: &'static str = "0";
+    const GRAD_CLIP: &'static str = "1";
+}
+
+/// How a reward model trains (`palm reward train`'s flags of it, saved with its runs).
+#[derive(clap::Args, Debug, Clone, Serialize, Deserialize)]
 pub struct TrainSettings {
+    /// Passes over the training rankings.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub epochs: u64,
-    /// Rankings per step.
+    /// Rankings per step (every response of a ranking is scored in the same batch).
+    #[arg(long, default_value_t = 8, value_parser = at_least(1))]
     pub batch: usize,
-    pub lr: f32,
-    pub min_lr: f32,
-    pub warmup: u64,
-    pub weight_decay: f32,
-    pub grad_clip: f32,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub optim: Cosine<RewardDefaults>,
 }
 
 /// The `format` of a reward-model run's state file, and its name.
@@ -191,12 +207,6 @@ pub const STATE_FORMAT: &str = "palm-reward-state";
 pub const STATE_FILE: &str = "reward_state.safetensors";
 /// The files a reward-model run writes besides the metrics.
 pub const RUN_FILES: [&str; 2] = [STATE_FILE, MODEL_FILE];
-
-impl TrainSettings {
-    pub fn adam(&self) -> AdamWConfig {
-        AdamWConfig::new(self.lr, self.weight_decay)
-    }
-}
 
 /// Train `rm` on `train` from the session's start, reporting on `val` before training (a fresh run) and
 /// after every epoch; a checkpoint (`reward_state.safetensors`, then `reward.safetensors`) after
@@ -227,7 +237,7 @@ pub fn train(
         files: (STATE_FILE, MODEL_FILE),
         settings,
     };
-    let mut opt = start.optimizer(s.adam(), rm)?;
+    let mut opt = start.optimizer(s.optim.adam(), rm)?;
     let mut batches = Batches::new(train.len(), batch, s.epochs, start.step, start.rng)?;
     let total = batches.total();
     let steps_per_epoch = train.len().div_ceil(batch) as u64;
@@ -246,9 +256,10 @@ pub fn train(
         let picked: Vec<&Ranked> = chunk.iter().map(|&i| &train[i]).collect();
         let step = batches.step();
         let epoch = batches.epoch();
-        let lr = lr_at(step - 1, s.warmup, total, s.lr, s.min_lr);
-        let (loss, grad_norm) =
-            palm_engine::cpu::on_workers(|| optimise(rm, &mut opt, &picked, lr, s.grad_clip))?;
+        let lr = s.optim.lr_at(step - 1, total);
+        let (loss, grad_norm) = palm_engine::cpu::on_workers(|| {
+            optimise(rm, &mut opt, &picked, lr, s.optim.grad_clip)
+        })?;
         epoch_loss += loss as f64;
         speed.add(picked.iter().map(|r| r.responses.len() as u64).sum());
         run.log(&serde_json::json!({

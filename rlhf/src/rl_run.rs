@@ -1,16 +1,18 @@
-//! The run machinery PPO and GRPO share: the trained adapters (actor, and PPO's critic) over a
-//! frozen base, one AdamW step on them, the metrics file, and checkpoints that resume
-//! bit-exactly — `model.safetensors` (the base and the actor adapters, for `palm sample --lora
-//! actor`) and a state file with every trained tensor, the optimizer moments, the RNG, the
-//! prompt cursor and β.
+//! The run machinery PPO and GRPO share: their settings, the trained adapters (the actor, and
+//! what the algorithm trains besides) over a frozen base, one AdamW step on them, the metrics
+//! file, and checkpoints that resume bit-exactly — `model.safetensors` (the base and the actor
+//! adapters, for `palm sample --lora actor`) and a state file with every trained tensor, the
+//! optimizer moments, the RNG, the prompt cursor and β. One driver, generic over the
+//! [`Algorithm`].
 
-use crate::critic::Critic;
+use crate::flags::{Actor, Optim, RlSchedule, Sources};
 use crate::rollout::RewardSource;
 use crate::run_dir::{RunDir, SavedState, StateMeta};
 use crate::{Error, Result};
-use palm_engine::{AdamW, AdamWConfig, Rng, SafeFile, Tensor, clip_grad_norm};
+use palm_engine::{AdamW, Device, Rng, SafeFile, Tensor, clip_grad_norm};
 use palm_model::checkpoint::{config_of, load_lora, load_model, model_metadata, save_model_with};
-use palm_model::{LoraScope, PalmParams, Trainable};
+use palm_model::{LoraScope, PalmConfig, PalmParams, Trainable};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -20,36 +22,81 @@ pub const RUN_FILES: [&str; 2] = [STATE_FILE, MODEL_FILE];
 /// The policy's adapters (DESIGN §5).
 pub const ACTOR: &str = "actor";
 
-/// What trains: the actor's adapters and, for PPO, the critic (its adapters and value head).
-/// The base weights they sit on are frozen (cut out of the gradient graph).
-pub struct Learner {
-    pub actor: LoraScope,
-    pub critic: Option<Critic>,
+/// What an algorithm trains besides the actor (PPO: its critic; GRPO: nothing, [`NoExtra`]).
+/// The shared run makes, saves, loads, moves and optimises it with the actor without knowing
+/// what it is: its tensors come after the actor's in the optimizer and the state file.
+pub trait Extra: Trainable + Sized {
+    /// The LoRA scopes it trains, each with a forward pass of its own (for the memory check).
+    const LORA_SCOPES: usize;
+    /// A fresh one, drawn from `rng` right after the actor's adapters of rank `lora_rank`.
+    fn fresh(config: &PalmConfig, lora_rank: usize, rng: &mut Rng) -> Result<Self>;
+    /// The one saved in a state file, its shapes checked against `config`.
+    fn load(file: &SafeFile, config: &PalmConfig) -> Result<Self>;
+    /// Its LoRA scopes, for the files' metadata (rank and alpha of each).
+    fn scopes(&self) -> Vec<&LoraScope>;
+    fn move_to(&mut self, device: Device) -> Result<()>;
 }
 
-impl Trainable for Learner {
+/// Nothing trained besides the actor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoExtra;
+
+impl Trainable for NoExtra {
+    fn trained(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn trained_mut(&mut self) -> Vec<&mut Tensor> {
+        Vec::new()
+    }
+}
+
+impl Extra for NoExtra {
+    const LORA_SCOPES: usize = 0;
+
+    fn fresh(_: &PalmConfig, _: usize, _: &mut Rng) -> Result<Self> {
+        Ok(NoExtra)
+    }
+
+    fn load(_: &SafeFile, _: &PalmConfig) -> Result<Self> {
+        Ok(NoExtra)
+    }
+
+    fn scopes(&self) -> Vec<&LoraScope> {
+        Vec::new()
+    }
+
+    fn move_to(&mut self, _: Device) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What trains: the actor's adapters and the algorithm's `extra`. The base weights they sit on
+/// are frozen (cut out of the gradient graph).
+pub struct Learner<X> {
+    pub actor: LoraScope,
+    pub extra: X,
+}
+
+impl<X: Extra> Trainable for Learner<X> {
     fn trained(&self) -> Vec<(String, Tensor)> {
         let mut out = self.actor.trained();
-        if let Some(c) = &self.critic {
-            out.extend(c.trained());
-        }
+        out.extend(self.extra.trained());
         out
     }
 
     fn trained_mut(&mut self) -> Vec<&mut Tensor> {
         let mut out = self.actor.tensors_mut();
-        if let Some(c) = &mut self.critic {
-            out.extend(c.trained_mut());
-        }
+        out.extend(self.extra.trained_mut());
         out
     }
 }
 
-impl Learner {
+impl<X: Extra> Learner<X> {
     /// The LoRA scopes, for the files' metadata (rank and alpha of each).
     fn scopes(&self) -> Vec<&LoraScope> {
         let mut out = vec![&self.actor];
-        out.extend(self.critic.iter().map(|c| &c.lora));
+        out.extend(self.extra.scopes());
         out
     }
 }
@@ -61,17 +108,10 @@ pub fn freeze(params: &mut PalmParams) {
     }
 }
 
-pub fn adam(lr: f32, weight_decay: f32, learner: &Learner) -> Result<AdamW> {
-    Ok(AdamW::new(
-        AdamWConfig::new(lr, weight_decay),
-        &learner.trained_tensors(),
-    )?)
-}
-
 /// Backward through `loss`, clip the global gradient norm, one AdamW step. Returns the norm
 /// before clipping. A non-finite loss is an error (the run would only produce NaNs after).
 pub fn optimise(
-    learner: &mut Learner,
+    learner: &mut impl Trainable,
     opt: &mut AdamW,
     loss: Tensor,
     grad_clip: f32,
@@ -124,10 +164,10 @@ impl Progress {
 /// A checkpoint (see [`run_dir`]): the state file, then `model.safetensors` (base + actor
 /// adapters), each atomically. `format` names the run kind; `settings` are its command settings
 /// (JSON).
-pub fn save_checkpoint(
+pub fn save_checkpoint<X: Extra>(
     run: &mut RunDir,
     base: &PalmParams,
-    learner: &Learner,
+    learner: &Learner<X>,
     opt: &AdamW,
     progress: &Progress,
     format: &'static str,
@@ -154,26 +194,21 @@ pub fn save_checkpoint(
 }
 
 /// A run checkpoint read back.
-pub struct Checkpoint {
+pub struct Checkpoint<A: Algorithm> {
     pub base: PalmParams,
-    pub learner: Learner,
+    pub learner: Learner<A::Extra>,
     pub opt: AdamW,
     pub progress: Progress,
-    pub settings: serde_json::Value,
+    pub settings: RlSettings<A::Flags>,
     /// The length of `metrics.jsonl` when it was taken.
     pub metrics_offset: u64,
 }
 
 /// Continue the run in `dir` (locked; its metrics cut back to the checkpoint): its checkpoint
 /// read by [`load_checkpoint`], and the model file rewritten if a kill left it behind the state.
-pub fn resume_checkpoint(
-    dir: &Path,
-    format: &str,
-    opt_cfg: impl FnOnce(&serde_json::Value) -> Result<(f32, f32)>,
-    critic: impl FnOnce(&SafeFile, &PalmParams) -> Result<Option<Critic>>,
-) -> Result<(RunDir, Checkpoint)> {
+pub fn resume_checkpoint<A: Algorithm>(dir: &Path) -> Result<(RunDir, Checkpoint<A>)> {
     let (mut run, ck) = RunDir::resume(dir, STATE_FILE, |dir| {
-        let ck = load_checkpoint(dir, format, opt_cfg, critic)?;
+        let ck = load_checkpoint::<A>(dir)?;
         let offset = ck.metrics_offset;
         Ok((ck, offset))
     })?;
@@ -188,17 +223,12 @@ pub fn resume_checkpoint(
     Ok((run, ck))
 }
 
-/// Read the checkpoint in `dir` written by `save_checkpoint` with the same `format`. `critic`
-/// builds the critic from the state file (`None` for a run without one). Every tensor is checked
-/// against the model's config, so a state from another model is an error naming the tensor.
-pub fn load_checkpoint(
-    dir: &Path,
-    format: &str,
-    opt_cfg: impl FnOnce(&serde_json::Value) -> Result<(f32, f32)>,
-    critic: impl FnOnce(&SafeFile, &PalmParams) -> Result<Option<Critic>>,
-) -> Result<Checkpoint> {
+/// Read the checkpoint of an `A` run in `dir` written by `save_checkpoint`. Every tensor is
+/// checked against the model's config, so a state from another model is an error naming the
+/// tensor.
+pub fn load_checkpoint<A: Algorithm>(dir: &Path) -> Result<Checkpoint<A>> {
     let path = dir.join(STATE_FILE);
-    let state = SavedState::open(&path, format)?;
+    let state = SavedState::open(&path, A::STATE_FORMAT)?;
     let bad = |msg: String| Error::data(&path, None, msg);
     let beta_bits = u32::try_from(state.int("beta_bits")?)
         .map_err(|_| bad("bad 'beta_bits' in the metadata".into()))?;
@@ -223,36 +253,34 @@ pub fn load_checkpoint(
         .ok_or_else(|| bad(format!("no '{ACTOR}' adapters")))?;
     let learner = Learner {
         actor,
-        critic: critic(&state.file, &base)?,
+        extra: A::Extra::load(&state.file, &base.config)?,
     };
-    let (lr, weight_decay) = opt_cfg(&state.settings)?;
-    let opt = state.optimizer(AdamWConfig::new(lr, weight_decay), &learner)?;
+    let settings: RlSettings<A::Flags> = state.settings_as()?;
+    let opt = state.optimizer(settings.optim.adam(), &learner)?;
     Ok(Checkpoint {
         base,
         learner,
         opt,
         progress,
-        settings: state.settings,
+        settings,
         metrics_offset: state.metrics_offset,
     })
 }
 
 /// Move a run to `device`: the frozen base (still frozen), the trained adapters and head, the
 /// optimizer's moments (rebuilt there with the same step) and a reward model.
-pub fn move_to(
-    device: palm_engine::Device,
+pub fn move_to<X: Extra>(
+    device: Device,
     base: &mut PalmParams,
-    learner: &mut Learner,
+    learner: &mut Learner<X>,
     opt: &mut AdamW,
-    reward: &mut crate::rollout::RewardSource,
+    reward: &mut RewardSource,
 ) -> Result<()> {
     // Each move is a no-op for what is already there (a run built around a moved base).
     *base = base.to_device(device)?;
     freeze(base);
     learner.actor.move_to(device)?;
-    if let Some(c) = learner.critic.as_mut() {
-        c.move_to(device)?;
-    }
+    learner.extra.move_to(device)?;
     opt.follow(&learner.trained_tensors())?;
     reward.move_to(device)
 }
@@ -265,24 +293,20 @@ pub struct UpdateShape {
     pub max_prompt: usize,
     pub max_new: usize,
     pub lora_rank: usize,
-    /// PPO's critic: a second LoRA scope and a second forward pass.
-    pub critic: bool,
+    /// The LoRA scopes trained, each with a forward pass of its own: the actor's and those of
+    /// the algorithm's [`Extra`] (PPO's critic).
+    pub scopes: usize,
 }
 
 /// Refuse an RL run whose rollouts or minibatch steps would not fit on `device`.
-pub fn check_memory(
-    config: &palm_model::PalmConfig,
-    u: &UpdateShape,
-    device: palm_engine::Device,
-) -> Result<()> {
+pub fn check_memory(config: &PalmConfig, u: &UpdateShape, device: Device) -> Result<()> {
     use palm_model::budget;
-    let scopes = if u.critic { 2 } else { 1 };
-    let trainable = (budget::lora(config, u.lora_rank).saturating_mul(scopes))
+    let trainable = (budget::lora(config, u.lora_rank).saturating_mul(u.scopes as u128))
         .saturating_add(config.dim as u128 + 1);
     let rows = u
         .episodes
         .div_ceil(u.minibatches.max(1))
-        .saturating_mul(scopes as usize);
+        .saturating_mul(u.scopes);
     let need = budget::decoding(config, u.episodes, u.max_prompt, u.max_new).max(
         budget::adapter_training(
             config,
@@ -361,23 +385,86 @@ impl Report {
     }
 }
 
+/// Everything an RL run is configured by, saved in its state so a resume continues alike: the
+/// flag groups PPO and GRPO share and the algorithm's own, `F`, flattened into one JSON object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RlSettings<F> {
+    #[serde(flatten)]
+    pub sources: Sources,
+    /// Updates in all.
+    pub updates: u64,
+    #[serde(flatten)]
+    pub actor: Actor,
+    #[serde(flatten)]
+    pub algo: F,
+    #[serde(flatten)]
+    pub optim: Optim,
+    #[serde(flatten)]
+    pub schedule: RlSchedule,
+}
+
+impl<F> RlSettings<F> {
+    /// The reward and the prompts (each cut to `--max-prompt`) the settings name.
+    pub fn inputs(&self) -> Result<(RewardSource, Vec<Vec<u32>>)> {
+        let src = &self.sources;
+        let reward = RewardSource::load(src.reward.as_deref(), src.rule.as_deref())?;
+        let prompts = read_prompts(&src.prompts, self.actor.max_prompt)?;
+        Ok((reward, prompts))
+    }
+}
+
 /// What PPO and GRPO each add to the run they share.
-pub trait Algorithm {
+pub trait Algorithm: Sized {
+    /// Its own flags, saved with the shared ones.
+    type Flags: clap::Args
+        + Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + PartialEq
+        + std::fmt::Debug;
+    /// What it trains besides the actor.
+    type Extra: Extra;
     /// The `format` of the run's state file.
     const STATE_FORMAT: &'static str;
-    /// The command's settings, saved with every checkpoint.
-    fn settings_json(&self) -> Result<serde_json::Value>;
-    /// (total updates, sample every, checkpoint every).
-    fn schedule(&self) -> (u64, u64, u64);
+    /// Its own flags in their ranges (the flags' names in the messages).
+    fn check(flags: &Self::Flags) -> Result<()>;
+    /// Every setting in its range; a state read back gets the same checks as the flags.
+    fn check_settings(s: &RlSettings<Self::Flags>) -> Result<()> {
+        s.actor.check()?;
+        s.optim.check()?;
+        Self::check(&s.algo)
+    }
+    /// Episodes per update and minibatches per pass.
+    fn update_size(flags: &Self::Flags) -> (usize, usize);
+    /// The sizes of one update, for [`check_memory`].
+    fn update_shape(s: &RlSettings<Self::Flags>) -> UpdateShape {
+        let (episodes, minibatches) = Self::update_size(&s.algo);
+        UpdateShape {
+            episodes,
+            minibatches,
+            max_prompt: s.actor.max_prompt,
+            max_new: s.actor.max_new,
+            lora_rank: s.actor.lora_rank,
+            scopes: 1 + Self::Extra::LORA_SCOPES,
+        }
+    }
+    /// The KL coefficient a fresh run starts with.
+    fn beta(flags: &Self::Flags) -> f32;
+    /// The algorithm's part of a run configured by `s` whose KL coefficient is now `beta`.
+    fn new(s: &RlSettings<Self::Flags>, beta: f32) -> Result<Self>;
     /// One update of the shared run; it counts itself in `core.progress.update`.
-    fn update(&mut self, core: &mut Core) -> Result<Report>;
+    fn update(
+        &mut self,
+        s: &RlSettings<Self::Flags>,
+        core: &mut Core<Self::Extra>,
+    ) -> Result<Report>;
 }
 
 /// What every RL run holds: the frozen base, what trains, the optimizer, where it stands, its
 /// inputs and its run folder.
-pub struct Core {
+pub struct Core<X> {
     pub base: PalmParams,
-    pub learner: Learner,
+    pub learner: Learner<X>,
     pub opt: AdamW,
     pub progress: Progress,
     pub prompts: Vec<Vec<u32>>,
@@ -386,89 +473,106 @@ pub struct Core {
     pub run: RunDir,
 }
 
-/// The sizes a fresh run's trained part is made with.
-pub struct FreshLearner {
-    pub lora_rank: usize,
-    /// A critic too (PPO).
-    pub critic: bool,
-    pub seed: u64,
-    pub lr: f32,
-    pub weight_decay: f32,
-    /// The KL coefficient to start with.
-    pub beta: f32,
-}
-
-impl Core {
-    /// A fresh run from `base` (frozen: the start and the reference) into `run`: new actor
-    /// adapters (and critic) and optimizer, seeded by `f.seed`.
-    pub fn fresh(
-        base: PalmParams,
-        prompts: Vec<Vec<u32>>,
-        reward: RewardSource,
-        run: RunDir,
-        f: &FreshLearner,
-    ) -> Result<Core> {
-        if prompts.is_empty() {
-            return Err(Error::Invalid("an RL run needs at least one prompt".into()));
-        }
-        let mut rng = Rng::new(f.seed);
-        let actor = LoraScope::new(&base.config, ACTOR, f.lora_rank, None, &mut rng)?;
-        let critic = match f.critic {
-            true => Some(Critic::new(&base.config, f.lora_rank, &mut rng)?),
-            false => None,
-        };
-        let learner = Learner { actor, critic };
-        let opt = adam(f.lr, f.weight_decay, &learner)?;
-        Ok(Core {
-            progress: Progress {
-                update: 0,
-                cursor: 0,
-                rng,
-                beta: f.beta,
-            },
-            base,
-            learner,
-            opt,
-            prompts,
-            reward,
-            run,
-        })
-    }
-
-    /// A resumed run: its checkpoint, the inputs its settings name, and its run folder.
-    pub fn resumed(
-        ck: Checkpoint,
-        prompts: Vec<Vec<u32>>,
-        reward: RewardSource,
-        run: RunDir,
-    ) -> Core {
-        Core {
-            base: ck.base,
-            learner: ck.learner,
-            opt: ck.opt,
-            progress: ck.progress,
-            prompts,
-            reward,
-            run,
-        }
-    }
-}
-
-/// An RL run: the shared part and the algorithm (PPO, GRPO); one driver for both.
-pub struct RlRun<A> {
-    pub core: Core,
+/// An RL run: its settings, the shared part and the algorithm (PPO, GRPO); one driver for both.
+pub struct RlRun<A: Algorithm> {
+    pub settings: RlSettings<A::Flags>,
+    pub core: Core<A::Extra>,
     pub algo: A,
 }
 
 impl<A: Algorithm> RlRun<A> {
+    /// A fresh run of `settings` into `out` (see [`RunDir::create`] for `overwrite`):
+    /// everything is read and checked before the run folder is created.
+    pub fn start(
+        settings: RlSettings<A::Flags>,
+        out: &Path,
+        overwrite: bool,
+        device: Device,
+    ) -> Result<Self> {
+        A::check_settings(&settings)?;
+        let (reward, prompts) = settings.inputs()?;
+        let base = load_policy(&settings.sources.policy)?;
+        check_memory(&base.config, &A::update_shape(&settings), device)?;
+        let run = RunDir::create(out, &RUN_FILES, overwrite)?;
+        Self::new(settings, base, reward, prompts, run)
+    }
+
+    /// A fresh run from `base` (frozen: the start and the reference) into `run`: new actor
+    /// adapters, the algorithm's extra trainable and an optimizer, seeded by the settings' seed.
+    pub fn new(
+        settings: RlSettings<A::Flags>,
+        base: PalmParams,
+        reward: RewardSource,
+        prompts: Vec<Vec<u32>>,
+        run: RunDir,
+    ) -> Result<Self> {
+        if prompts.is_empty() {
+            return Err(Error::Invalid("an RL run needs at least one prompt".into()));
+        }
+        let (s, config) = (&settings, &base.config);
+        let mut rng = Rng::new(s.schedule.seed);
+        let actor = LoraScope::new(config, ACTOR, s.actor.lora_rank, None, &mut rng)?;
+        let extra = A::Extra::fresh(config, s.actor.lora_rank, &mut rng)?;
+        let learner = Learner { actor, extra };
+        let opt = AdamW::new(s.optim.adam(), &learner.trained_tensors())?;
+        let beta = A::beta(&s.algo);
+        let algo = A::new(s, beta)?;
+        let progress = Progress {
+            update: 0,
+            cursor: 0,
+            rng,
+            beta,
+        };
+        Ok(RlRun {
+            core: Core {
+                base,
+                learner,
+                opt,
+                progress,
+                prompts,
+                reward,
+                run,
+            },
+            algo,
+            settings,
+        })
+    }
+
+    /// Continue the run saved in `dir` with its own settings (`updates` may change).
+    pub fn resume(dir: &Path, updates: Option<u64>, device: Device) -> Result<Self> {
+        let (run, ck) = resume_checkpoint::<A>(dir)?;
+        let mut settings = ck.settings;
+        if let Some(u) = updates {
+            settings.updates = u;
+        }
+        // A state edited by hand gets the checks the flags get.
+        A::check_settings(&settings)?;
+        check_memory(&ck.base.config, &A::update_shape(&settings), device)?;
+        let (reward, prompts) = settings.inputs()?;
+        Ok(RlRun {
+            algo: A::new(&settings, ck.progress.beta)?,
+            core: Core {
+                base: ck.base,
+                learner: ck.learner,
+                opt: ck.opt,
+                progress: ck.progress,
+                prompts,
+                reward,
+                run,
+            },
+            settings,
+        })
+    }
+
     /// One update.
     pub fn update(&mut self) -> Result<Report> {
-        self.algo.update(&mut self.core)
+        self.algo.update(&self.settings, &mut self.core)
     }
 
     /// A checkpoint of the run.
     pub fn save(&mut self) -> Result<()> {
-        let settings = self.algo.settings_json()?;
+        let settings = serde_json::to_value(&self.settings)
+            .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;
         let c = &mut self.core;
         save_checkpoint(
             &mut c.run,
@@ -482,7 +586,7 @@ impl<A: Algorithm> RlRun<A> {
     }
 
     /// Move the run to `device` (see [`move_to`]).
-    pub fn move_to(&mut self, device: palm_engine::Device) -> Result<()> {
+    pub fn move_to(&mut self, device: Device) -> Result<()> {
         let c = &mut self.core;
         move_to(
             device,
@@ -496,7 +600,12 @@ impl<A: Algorithm> RlRun<A> {
     /// Run updates until the planned total (or `stop_at`): a metrics line and a progress line
     /// per update, the instability warnings, samples and checkpoints on schedule and at the end.
     pub fn drive(&mut self, stop_at: Option<u64>) -> Result<()> {
-        let (total, sample_every, ckpt_every) = self.algo.schedule();
+        let total = self.settings.updates;
+        let RlSchedule {
+            sample_every,
+            ckpt_every,
+            ..
+        } = self.settings.schedule;
         if self.core.progress.update >= total {
             eprintln!(
                 "already at update {} of {total}: nothing to do (pass a larger --updates)",

@@ -377,6 +377,17 @@ impl SavedState {
         int_of(&self.file, self.file.path(), key)
     }
 
+    /// The run's settings as the command saved them.
+    pub fn settings_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.settings.clone()).map_err(|e| {
+            Error::data(
+                self.file.path(),
+                None,
+                format!("bad 'settings' in the metadata: {e}"),
+            )
+        })
+    }
+
     /// An AdamW with `cfg` over `trained`'s tensors, holding the saved moments (each checked
     /// against its tensor's shape) and step.
     pub fn optimizer(&self, cfg: AdamWConfig, trained: &dyn Trainable) -> Result<AdamW> {

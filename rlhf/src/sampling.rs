@@ -32,8 +32,9 @@ pub struct SamplingArgs {
     pub seed: u64,
 }
 
-/// The byte that ends a response, if any.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The byte that ends a response, if any (saved as the byte's number, or null).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Stop(pub Option<u32>);
 
 pub fn parse_stop(s: &str) -> std::result::Result<Stop, String> {

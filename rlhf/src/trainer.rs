@@ -2,10 +2,11 @@
 //! RLHF stages next): AdamW with warmup + cosine, gradient clipping, progress, metrics JSONL,
 //! atomic checkpoints, and bit-exact resume (parameters, moments, step, RNG state).
 
+use crate::flags::{Cosine, CosineDefaults};
 use crate::run_dir::{RunDir, SavedState, StateMeta};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use palm_engine::{AdamW, AdamWConfig, Device, Rng, Tensor, clip_grad_norm, lr_at};
+use palm_engine::{AdamW, Device, Rng, Tensor, clip_grad_norm};
 use palm_model::checkpoint::{
     check_holds, config_of, get_checked, model_metadata, save_model_with,
 };
@@ -14,54 +15,15 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
 
-/// Optimisation settings, saved with the run so a resume continues the same schedule.
+/// Optimisation settings, saved with the run so a resume continues the same schedule. `D` gives
+/// the command's defaults of the optimiser flags (see [`Cosine`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OptimSettings {
+#[serde(bound = "")]
+pub struct OptimSettings<D: CosineDefaults> {
     pub steps: u64,
-    pub lr: f32,
-    pub min_lr: f32,
-    pub warmup: u64,
-    pub weight_decay: f32,
-    pub grad_clip: f32,
+    #[serde(flatten)]
+    pub optim: Cosine<D>,
     pub seed: u64,
-}
-
-impl OptimSettings {
-    /// The checks of the optimiser flags, also applied to a state read back (a hand-edited
-    /// negative learning rate is refused there too).
-    pub fn check(&self) -> Result<()> {
-        check_optim(self.lr, self.min_lr, self.grad_clip, self.weight_decay)
-    }
-}
-
-/// The optimiser flags every training command shares: a positive finite `--lr`, `--min-lr` in
-/// [0, lr], a positive `--grad-clip` and a `--weight-decay` ≥ 0.
-pub fn check_optim(lr: f32, min_lr: f32, grad_clip: f32, weight_decay: f32) -> Result<()> {
-    let bad = |m: &str| Err(Error::Invalid(m.to_string()));
-    if !(lr > 0.0 && lr.is_finite()) {
-        return bad("--lr must be a positive number");
-    }
-    if !(min_lr >= 0.0 && min_lr <= lr) {
-        return bad("--min-lr must be between 0 and --lr");
-    }
-    if !(grad_clip.is_finite() && grad_clip > 0.0) {
-        return bad("--grad-clip must be positive");
-    }
-    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
-        return bad("--weight-decay must be ≥ 0");
-    }
-    Ok(())
-}
-
-/// A flag that must be a positive finite number.
-pub fn positive(name: &str, x: f32) -> Result<()> {
-    if x > 0.0 && x.is_finite() {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{name} must be a positive number, got {x}"
-        )))
-    }
 }
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -69,12 +31,13 @@ pub const STATE_FILE: &str = "train_state.safetensors";
 /// The `format` of a training state (refused where a model is expected).
 pub const STATE_FORMAT: &str = "palm-train-state";
 
-pub struct Trainer {
+/// The loop's state; `D` gives the command's optimiser defaults (see [`Cosine`]).
+pub struct Trainer<D: CosineDefaults> {
     pub params: PalmParams,
     pub opt: AdamW,
     pub rng: Rng,
     pub step: u64,
-    pub settings: OptimSettings,
+    pub settings: OptimSettings<D>,
     /// Command-specific settings (JSON), saved and restored with the state.
     pub extra: serde_json::Value,
     /// The locked run folder with its metrics file.
@@ -87,18 +50,14 @@ pub struct StepStats {
     pub grad_norm: f32,
 }
 
-fn adam_config(s: &OptimSettings) -> AdamWConfig {
-    AdamWConfig::new(s.lr, s.weight_decay)
-}
-
-impl Trainer {
+impl<D: CosineDefaults> Trainer<D> {
     /// The files a run of this loop writes besides the metrics.
     pub const RUN_FILES: [&str; 2] = [STATE_FILE, MODEL_FILE];
 
     /// A fresh run in `out` (see [`RunDir::create`] for `overwrite`).
     pub fn new(
         config: &PalmConfig,
-        settings: OptimSettings,
+        settings: OptimSettings<D>,
         extra: serde_json::Value,
         out: &Path,
         overwrite: bool,
@@ -111,14 +70,14 @@ impl Trainer {
     /// A fresh optimiser over given parameters (fine-tuning from a checkpoint).
     pub fn from_params(
         params: PalmParams,
-        settings: OptimSettings,
+        settings: OptimSettings<D>,
         extra: serde_json::Value,
         out: &Path,
         overwrite: bool,
         rng: Rng,
     ) -> Result<Self> {
-        settings.check()?;
-        let opt = AdamW::new(adam_config(&settings), &params.tensors())?;
+        settings.optim.check()?;
+        let opt = AdamW::new(settings.optim.adam(), &params.tensors())?;
         let run = RunDir::create(out, &Self::RUN_FILES, overwrite)?;
         Ok(Trainer {
             params,
@@ -153,32 +112,32 @@ impl Trainer {
 }
 
 /// A training state read back, before it has its run folder.
-struct Loaded {
+struct Loaded<D: CosineDefaults> {
     params: PalmParams,
     opt: AdamW,
     rng: Rng,
     step: u64,
-    settings: OptimSettings,
+    settings: OptimSettings<D>,
     extra: serde_json::Value,
 }
 
 /// The training state in `dir` and the metrics offset of its checkpoint.
-fn read_state(dir: &Path, steps: Option<u64>) -> Result<(Loaded, u64)> {
+fn read_state<D: CosineDefaults>(dir: &Path, steps: Option<u64>) -> Result<(Loaded<D>, u64)> {
     let path = dir.join(STATE_FILE);
     let state = SavedState::open(&path, STATE_FORMAT)?;
-    let saved: SavedSettings = serde_json::from_value(state.settings.clone())
-        .map_err(|e| Error::data(&path, None, format!("bad 'settings' in the metadata: {e}")))?;
+    let saved: SavedSettings<D> = state.settings_as()?;
     let mut settings = saved.optim;
     if let Some(s) = steps {
         settings.steps = s;
     }
     settings
+        .optim
         .check()
         .map_err(|e| Error::data(&path, None, format!("bad 'settings' in the metadata: {e}")))?;
     let config = config_of(&state.file)?;
     check_holds(&state.file, &config)?;
     let params = PalmParams::from_named(&config, |n, s| get_checked(&state.file, n, s))?;
-    let opt = state.optimizer(adam_config(&settings), &params)?;
+    let opt = state.optimizer(settings.optim.adam(), &params)?;
     let loaded = Loaded {
         params,
         opt,
@@ -192,13 +151,14 @@ fn read_state(dir: &Path, steps: Option<u64>) -> Result<(Loaded, u64)> {
 
 /// The settings a training state records.
 #[derive(Serialize, Deserialize)]
-struct SavedSettings {
-    optim: OptimSettings,
+#[serde(bound = "")]
+struct SavedSettings<D: CosineDefaults> {
+    optim: OptimSettings<D>,
     /// The command's own (`Trainer::extra`).
     run: serde_json::Value,
 }
 
-impl Trainer {
+impl<D: CosineDefaults> Trainer<D> {
     /// Move the parameters and the optimizer state to `device` (CUDA trains in mixed precision:
     /// f32 master weights and moments, bf16 compute).
     pub fn to_device(&mut self, device: Device) -> Result<()> {
@@ -209,9 +169,14 @@ impl Trainer {
         Ok(self.opt.follow(&self.params.tensors())?)
     }
 
+    /// The command's own settings ([`Trainer::extra`]) as it saved them.
+    pub fn run_settings<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.extra.clone())
+            .map_err(|e| Error::Invalid(format!("bad run settings in the training state: {e}")))
+    }
+
     pub fn lr(&self) -> f32 {
-        let s = &self.settings;
-        lr_at(self.step, s.warmup, s.steps, s.lr, s.min_lr)
+        self.settings.optim.lr_at(self.step, self.settings.steps)
     }
 
     pub fn done(&self) -> bool {
@@ -242,7 +207,7 @@ impl Trainer {
         let mut grads = loss.backward()?;
         drop(loss);
         let mut tensors = self.params.tensors();
-        let grad_norm = clip_grad_norm(&mut grads, &tensors, self.settings.grad_clip)?;
+        let grad_norm = clip_grad_norm(&mut grads, &tensors, self.settings.optim.grad_clip)?;
         let lr = self.lr();
         self.opt.step(&mut tensors, &grads, lr)?;
         self.params.set_tensors(tensors)?;
@@ -316,7 +281,7 @@ pub struct Schedule {
     pub stop_at: Option<u64>,
 }
 
-impl Trainer {
+impl<D: CosineDefaults> Trainer<D> {
     /// Train until the planned step count (or `stop_at`): a progress bar with loss and tokens/s
     /// (plain lines when stderr is not a terminal), a metrics line per step, validation, samples
     /// and checkpoints on schedule and at the end.

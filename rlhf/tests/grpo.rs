@@ -8,39 +8,26 @@ mod rl_common;
 use common::{assert_one_error, palm, scratch, stderr, tiny_checkpoint};
 use palm_engine::Rng;
 use palm_model::{LoraScope, PalmConfig, PalmParams};
-use palm_rlhf::grpo::{self, GrpoSettings};
+use palm_rlhf::grpo::{self, GrpoFlags, GrpoSettings};
 use palm_rlhf::labelers::Labeler;
-use palm_rlhf::rl_run::Learner;
+use palm_rlhf::rl_run::{Learner, NoExtra};
 use palm_rlhf::rollout::{self, Sampling};
-use rl_common::{deterministic, held_out_score, metrics, pretrain, tensors, write_prompts};
-use std::path::{Path, PathBuf};
+use rl_common::{
+    deterministic, held_out_score, metrics, pretrain, rl_settings, tensors, write_prompts,
+};
+use std::path::Path;
 use std::process::Output;
 
 fn settings(group: usize) -> GrpoSettings {
-    GrpoSettings {
-        policy: PathBuf::new(),
-        reward: None,
-        rule: Some("count:a".into()),
-        prompts: PathBuf::new(),
-        max_prompt: 64,
-        lora_rank: 4,
-        updates: 1,
+    let grpo = GrpoFlags {
         batch: 2,
         group,
-        max_new: 8,
-        eos: Some(u32::from(b'\n')),
-        temperature: 1.0,
         beta: 0.04,
         clip: 0.2,
         epochs: 1,
         minibatches: 1,
-        lr: 1e-3,
-        weight_decay: 0.0,
-        grad_clip: 1.0,
-        sample_every: 0,
-        ckpt_every: 0,
-        seed: 0,
-    }
+    };
+    rl_settings(grpo, Some(u32::from(b'\n')))
 }
 
 #[test]
@@ -49,7 +36,7 @@ fn groups_standardise_scores_per_prompt() {
     let params = PalmParams::init(&PalmConfig::new(256, 32, 1, 2, 16), &mut rng).unwrap();
     let learner = Learner {
         actor: LoraScope::new(&params.config, "actor", 4, None, &mut rng).unwrap(),
-        critic: None,
+        extra: NoExtra,
     };
     let s = settings(3);
     let prompts: Vec<Vec<u32>> = [b"Hi: ".as_slice(), b"Tell me: ".as_slice()]
@@ -59,7 +46,7 @@ fn groups_standardise_scores_per_prompt() {
     let sampling = Sampling {
         temperature: 1.0,
         max_new: 6,
-        eos: s.eos,
+        eos: s.actor.eos.0,
     };
     let episodes =
         rollout::sample_episodes(&params, Some(&learner.actor), &prompts, &sampling, &mut rng)

@@ -11,11 +11,13 @@ use palm_engine::{Rng, Tensor, no_grad};
 use palm_model::{Forward, LoraScope, PalmConfig, PalmParams, tokenizer};
 use palm_rlhf::critic::Critic;
 use palm_rlhf::labelers::Labeler;
-use palm_rlhf::ppo::{self, KlEstimator, PpoSettings};
+use palm_rlhf::ppo::{self, KlEstimator, PpoFlags, PpoSettings};
 use palm_rlhf::rl_run::Learner;
 use palm_rlhf::rollout::{self, Episode, Padded, Sampling};
-use rl_common::{deterministic, held_out_score, metrics, pretrain, tensors, write_prompts};
-use std::path::{Path, PathBuf};
+use rl_common::{
+    deterministic, held_out_score, metrics, pretrain, rl_settings, tensors, write_prompts,
+};
+use std::path::Path;
 use std::process::Output;
 
 fn tiny_params(seed: u64) -> PalmParams {
@@ -114,18 +116,8 @@ fn rollout_logprobs_are_a_fresh_forwards_and_kl_starts_at_zero() {
 }
 
 fn settings(eos: Option<u32>) -> PpoSettings {
-    PpoSettings {
-        policy: PathBuf::new(),
-        reward: None,
-        rule: Some("count:a".into()),
-        prompts: PathBuf::new(),
-        max_prompt: 64,
-        lora_rank: 4,
-        updates: 1,
+    let ppo = PpoFlags {
         batch: 2,
-        max_new: 8,
-        eos,
-        temperature: 1.0,
         kl: KlEstimator::K1,
         beta: 0.1,
         target_kl: None,
@@ -140,13 +132,8 @@ fn settings(eos: Option<u32>) -> PpoSettings {
         ent_coef: 0.01,
         ppo_epochs: 1,
         minibatches: 1,
-        lr: 1e-3,
-        weight_decay: 0.0,
-        grad_clip: 1.0,
-        sample_every: 0,
-        ckpt_every: 0,
-        seed: 0,
-    }
+    };
+    rl_settings(ppo, eos)
 }
 
 #[test]
@@ -179,11 +166,19 @@ fn prompt_padding_and_post_eos_tokens_take_no_part() {
     let mut rng = Rng::new(6);
     let learner = Learner {
         actor: perturbed_lora(&params, "actor", 7),
-        critic: Some(Critic::new(&params.config, 4, &mut rng).unwrap()),
+        extra: Critic::new(&params.config, 4, &mut rng).unwrap(),
     };
     let s = settings(Some(nl));
     let scores = vec![2.0, -1.0];
-    let exp = ppo::experience(&params, &learner, &episodes, scores.clone(), s.beta, &s).unwrap();
+    let exp = ppo::experience(
+        &params,
+        &learner,
+        &episodes,
+        scores.clone(),
+        s.algo.beta,
+        &s,
+    )
+    .unwrap();
     for i in 0..batch.mask.len() {
         if batch.mask[i] == 0.0 {
             let zero = [exp.kl[i], exp.rewards[i], exp.advantages[i], exp.returns[i]];
@@ -193,7 +188,7 @@ fn prompt_padding_and_post_eos_tokens_take_no_part() {
     // The score lands on the last counted token, with that token's KL penalty.
     for (row, last) in [(0usize, 3usize), (1, 3)] {
         let i = row * 6 + last;
-        let want = scores[row] - s.beta * exp.kl[i];
+        let want = scores[row] - s.algo.beta * exp.kl[i];
         assert!((exp.rewards[i] - want).abs() < 1e-6, "row {row}");
     }
     // The actor differs from the reference, so the KL of counted tokens is not 0.

@@ -59,7 +59,8 @@ pub fn safetensors_input(bytes: &[u8]) {
     let _ = palm_rlhf::reward::RewardModel::load(&path);
     let _ = palm_rlhf::rl_run::load_policy(&path);
     dir.write(palm_rlhf::trainer::STATE_FILE, bytes);
-    let _ = palm_rlhf::trainer::Trainer::resume(dir.path(), None);
+    let _ =
+        palm_rlhf::trainer::Trainer::<palm_rlhf::pretrain::TrainDefaults>::resume(dir.path(), None);
 }
 
 /// `bytes` as a JSONL file (and, when they are gzip, as a `.jsonl.gz`), read as every record

@@ -28,27 +28,17 @@ pub struct DpoArgs {
     #[arg(long, default_value = "runs/dpo")]
     pub out: PathBuf,
     #[command(flatten)]
-    pub replace: super::Overwrite,
+    pub folder: super::RunFolder,
     /// Continue the run in this folder (its saved settings apply) bit-exactly.
     /// Flags the run fixed (all but --device and --stop-at) are refused.
-    #[arg(long, conflicts_with_all = ["policy", "data", "out", "overwrite", "beta", "lora", "epochs", "batch", "seq_len", "val_frac", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "val_every", "log_every", "seed"])]
+    #[arg(long, conflicts_with_all = ["policy", "data", "out", "overwrite", "beta", "lora", "epochs", "batch", "seq_len", "val_frac", "val_every", "log_every", "seed"])]
     pub resume: Option<PathBuf>,
-    /// Stop after this step as if interrupted (checkpointing first); resume later.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub stop_at: Option<u64>,
-    /// DPO's β: the strength of the implicit KL penalty toward the reference.
-    #[arg(long, default_value_t = 0.1)]
-    pub beta: f32,
     /// Train LoRA adapters of this rank (scope `actor`, alpha = rank) in front of the frozen
     /// weights instead of all weights; sample the result with `palm sample --lora actor`.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub lora: Option<u64>,
-    /// Passes over the training pairs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub epochs: u64,
-    /// Pairs per step (chosen and rejected responses go through one forward pass).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch: u64,
+    #[command(flatten)]
+    pub train: TrainSettings,
     /// Longest sequence (prompt + response) in tokens: responses keep at most N − 1 (cut at the
     /// end), and the prompt loses its front until the longest response of its record fits.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..))]
@@ -57,29 +47,6 @@ pub struct DpoArgs {
     /// ranking stay on one side.
     #[arg(long, default_value_t = 0.1)]
     pub val_frac: f64,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-4)]
-    pub lr: f32,
-    /// Final learning rate of the cosine schedule.
-    #[arg(long, default_value_t = 1e-5)]
-    pub min_lr: f32,
-    /// Linear warmup steps.
-    #[arg(long, default_value_t = 10)]
-    pub warmup: u64,
-    /// AdamW weight decay (matrices only).
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f32,
-    /// Clip the global gradient norm to this.
-    #[arg(long, default_value_t = 1.0)]
-    pub grad_clip: f32,
-    /// Validate on the held-out pairs (and save the model) every N steps as well as at the
-    /// end; 0 = only at the end.
-    #[arg(long, default_value_t = 50)]
-    pub val_every: u64,
-    /// Print loss, reward accuracy and margin every N steps (every step goes to
-    /// metrics.jsonl); 0 = never.
-    #[arg(long, default_value_t = 10)]
-    pub log_every: u64,
     /// Seeds the held-out split, the adapters' initialisation and the pair order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -92,20 +59,12 @@ pub struct DpoArgs {
 struct DpoRun {
     policy: PathBuf,
     data: PathBuf,
-    beta: f32,
     lora: Option<u64>,
-    epochs: u64,
-    batch: u64,
     seq_len: u64,
     val_frac: f64,
-    lr: f32,
-    min_lr: f32,
-    warmup: u64,
-    weight_decay: f32,
-    grad_clip: f32,
-    val_every: u64,
-    log_every: u64,
     seed: u64,
+    #[serde(flatten)]
+    train: TrainSettings,
 }
 
 impl DpoRun {
@@ -118,36 +77,27 @@ impl DpoRun {
         Ok(DpoRun {
             policy: policy.clone(),
             data: data.clone(),
-            beta: a.beta,
             lora: a.lora,
-            epochs: a.epochs,
-            batch: a.batch,
             seq_len: a.seq_len,
             val_frac: a.val_frac,
-            lr: a.lr,
-            min_lr: a.min_lr,
-            warmup: a.warmup,
-            weight_decay: a.weight_decay,
-            grad_clip: a.grad_clip,
-            val_every: a.val_every,
-            log_every: a.log_every,
             seed: a.seed,
+            train: a.train.clone(),
         })
     }
 
     /// The flags' checks, also applied to settings read back from a state.
     fn check(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Invalid(m.to_string()));
-        if !(self.beta > 0.0 && self.beta.is_finite()) {
+        let (bad, t) = (|m: &str| Err(Error::Invalid(m.to_string())), &self.train);
+        if !(t.beta > 0.0 && t.beta.is_finite()) {
             return bad("--beta must be a positive number");
         }
         if !(self.val_frac > 0.0 && self.val_frac < 1.0) {
             return bad("--val-frac must be between 0 and 1 (exclusive)");
         }
-        if self.epochs == 0 || self.batch == 0 || self.seq_len < 2 || self.lora == Some(0) {
+        if t.epochs == 0 || t.batch == 0 || self.seq_len < 2 || self.lora == Some(0) {
             return bad("--epochs, --batch and --lora must be ≥ 1 and --seq-len ≥ 2");
         }
-        crate::trainer::check_optim(self.lr, self.min_lr, self.grad_clip, self.weight_decay)
+        t.optim.check()
     }
 }
 
@@ -162,8 +112,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
                 let offset = state.metrics_offset;
                 Ok((state, offset))
             })?;
-            let r: DpoRun = serde_json::from_value(state.settings.clone())
-                .map_err(|e| Error::Invalid(format!("bad settings in the DPO state: {e}")))?;
+            let r: DpoRun = state.settings_as()?;
             eprintln!("resuming {} at step {}", dir.display(), state.step);
             (Some((run, state)), r)
         }
@@ -187,7 +136,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
         );
     }
     // Each step scores the chosen and the rejected response of `--batch` pairs.
-    let rows = (r.batch as usize).min(train_pairs.len()).saturating_mul(2);
+    let rows = r.train.batch.min(train_pairs.len()).saturating_mul(2);
     // Sequences are as long as the data's (already cut to --seq-len).
     let longest = train_pairs
         .iter()
@@ -203,7 +152,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
         None => palm_model::budget::training(c, rows, longest),
     };
     palm_model::budget::check(
-        &format!("DPO with --batch {} --seq-len {seq_len}", r.batch),
+        &format!("DPO with --batch {} --seq-len {seq_len}", r.train.batch),
         need,
         device,
     )?;
@@ -216,36 +165,24 @@ pub fn run(args: DpoArgs) -> Result<()> {
         Some(rank) => format!("frozen, LoRA rank {rank} (scope {LORA_SCOPE}) trained"),
         None => "all weights trained".to_string(),
     };
-    let batch = r.batch as usize;
+    let batch = r.train.batch;
     eprintln!(
         "DPO (β = {}) of a {:.2}M-parameter policy ({what}) from {}; {} pairs to train, {} held out, from {}; {} epoch(s) of {} steps of {} pairs",
-        r.beta,
+        r.train.beta,
         policy.params.config.num_params() as f64 / 1e6,
         r.policy.display(),
         train_pairs.len(),
         val_pairs.len(),
         r.data.display(),
-        r.epochs,
+        r.train.epochs,
         train_pairs.len().div_ceil(batch),
         batch
     );
-    let settings = TrainSettings {
-        beta: r.beta,
-        epochs: r.epochs,
-        batch,
-        lr: r.lr,
-        min_lr: r.min_lr,
-        warmup: r.warmup,
-        weight_decay: r.weight_decay,
-        grad_clip: r.grad_clip,
-        val_every: r.val_every,
-        log_every: r.log_every,
-    };
-    let steps = (train_pairs.len().div_ceil(batch) as u64).saturating_mul(r.epochs);
+    let steps = (train_pairs.len().div_ceil(batch) as u64).saturating_mul(r.train.epochs);
     let (mut run, state) = match resumed {
         Some((run, state)) => (run, Some(state)),
         None => {
-            let run = RunDir::create(&args.out, &dpo::RUN_FILES, args.replace.overwrite)?;
+            let run = RunDir::create(&args.out, &dpo::RUN_FILES, args.folder.replace.overwrite)?;
             (run, None)
         }
     };
@@ -256,7 +193,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
     let val = dpo::score_reference(&policy, val_pairs, batch)?;
     let start = match &state {
         Some(state) => {
-            let start = Start::resumed(state, &mut policy, settings.adam())?;
+            let start = Start::resumed(state, &mut policy, r.train.optim.adam())?;
             let p = &policy;
             run.repair_model(MODEL_FILE, state.step, |path, marks| p.save(path, marks))?;
             start
@@ -267,10 +204,10 @@ pub fn run(args: DpoArgs) -> Result<()> {
         start,
         settings: serde_json::to_value(&r)
             .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?,
-        stop_at: args.stop_at,
+        stop_at: args.folder.stop_at,
     };
-    let results = dpo::train(&mut policy, &train, &val, &settings, session, &mut run)?;
-    if args.stop_at.is_some_and(|s| s < steps) {
+    let results = dpo::train(&mut policy, &train, &val, &r.train, session, &mut run)?;
+    if args.folder.stop_at.is_some_and(|s| s < steps) {
         return Ok(());
     }
     let last = results

@@ -9,6 +9,7 @@ pub mod label;
 pub mod ppo;
 pub mod rank;
 pub mod reward;
+pub mod rl;
 pub mod sample;
 pub mod sft;
 pub mod train;
@@ -23,6 +24,18 @@ pub struct Overwrite {
     /// refusing to start.
     #[arg(long)]
     pub overwrite: bool,
+}
+
+/// `--overwrite` and `--stop-at`, shared by the commands that checkpoint a run in a folder. (Each
+/// keeps its own `--out` and `--resume`: their defaults, and the flags a resume refuses, differ.)
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct RunFolder {
+    #[command(flatten)]
+    pub replace: Overwrite,
+    /// Stop after this step (update, in PPO and GRPO) as if interrupted (checkpointing first);
+    /// continue with --resume.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stop_at: Option<u64>,
 }
 
 /// `--device`, shared by every command that computes.

@@ -41,14 +41,11 @@ pub struct TrainArgs {
     #[arg(long, default_value = "runs/reward")]
     pub out: PathBuf,
     #[command(flatten)]
-    pub replace: super::Overwrite,
+    pub folder: super::RunFolder,
     /// Continue the run in this folder (its saved settings apply) bit-exactly.
     /// Flags the run fixed (all but --device and --stop-at) are refused.
-    #[arg(long, conflicts_with_all = ["checkpoint", "data", "out", "overwrite", "pooling", "lora", "lora_rank", "epochs", "batch", "seq_len", "val_frac", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "seed"])]
+    #[arg(long, conflicts_with_all = ["checkpoint", "data", "out", "overwrite", "pooling", "lora", "lora_rank", "epochs", "batch", "seq_len", "val_frac", "seed"])]
     pub resume: Option<PathBuf>,
-    /// Stop after this step as if interrupted (checkpointing first); resume later.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub stop_at: Option<u64>,
     /// Pool the final-LayerNorm output by its mean over the sequence (the seed) or take the
     /// last token (TRL).
     #[arg(long, value_enum, default_value_t = Pooling::Mean)]
@@ -60,12 +57,8 @@ pub struct TrainArgs {
     /// Rank of the LoRA adapters (with --lora).
     #[arg(long, default_value_t = 8, requires = "lora", value_parser = clap::value_parser!(u64).range(1..))]
     pub lora_rank: u64,
-    /// Passes over the training rankings.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub epochs: u64,
-    /// Rankings per step (every response of a ranking is scored in the same batch).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch: u64,
+    #[command(flatten)]
+    pub train: TrainSettings,
     /// Longest sequence (prompt + response) in tokens: responses keep at most N − 1 (cut at
     /// the end), and the prompt loses its front until the longest response fits.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..))]
@@ -74,21 +67,6 @@ pub struct TrainArgs {
     /// reported after every epoch.
     #[arg(long, default_value_t = 0.1)]
     pub val_frac: f64,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-4)]
-    pub lr: f32,
-    /// Final learning rate of the cosine schedule.
-    #[arg(long, default_value_t = 3e-5)]
-    pub min_lr: f32,
-    /// Linear warmup steps.
-    #[arg(long, default_value_t = 10)]
-    pub warmup: u64,
-    /// AdamW weight decay (matrices only).
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f32,
-    /// Clip the global gradient norm to this.
-    #[arg(long, default_value_t = 1.0)]
-    pub grad_clip: f32,
     /// Seeds the held-out split, the head (and adapter) initialisation and the batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -129,13 +107,8 @@ struct RewardRun {
     seq_len: u64,
     val_frac: f64,
     seed: u64,
-    epochs: u64,
-    batch: u64,
-    lr: f32,
-    min_lr: f32,
-    warmup: u64,
-    weight_decay: f32,
-    grad_clip: f32,
+    #[serde(flatten)]
+    train: TrainSettings,
 }
 
 impl RewardRun {
@@ -153,13 +126,7 @@ impl RewardRun {
             seq_len: a.seq_len,
             val_frac: a.val_frac,
             seed: a.seed,
-            epochs: a.epochs,
-            batch: a.batch,
-            lr: a.lr,
-            min_lr: a.min_lr,
-            warmup: a.warmup,
-            weight_decay: a.weight_decay,
-            grad_clip: a.grad_clip,
+            train: a.train.clone(),
         })
     }
 
@@ -170,24 +137,13 @@ impl RewardRun {
                 "--val-frac must be between 0 and 1 (exclusive)".into(),
             ));
         }
-        if self.epochs == 0 || self.batch == 0 || self.seq_len < 2 || self.lora == Some(0) {
+        let t = &self.train;
+        if t.epochs == 0 || t.batch == 0 || self.seq_len < 2 || self.lora == Some(0) {
             return Err(Error::Invalid(
                 "--epochs, --batch and --lora-rank must be ≥ 1 and --seq-len ≥ 2".into(),
             ));
         }
-        crate::trainer::check_optim(self.lr, self.min_lr, self.grad_clip, self.weight_decay)
-    }
-
-    fn train_settings(&self) -> TrainSettings {
-        TrainSettings {
-            epochs: self.epochs,
-            batch: self.batch as usize,
-            lr: self.lr,
-            min_lr: self.min_lr,
-            warmup: self.warmup,
-            weight_decay: self.weight_decay,
-            grad_clip: self.grad_clip,
-        }
+        t.optim.check()
     }
 }
 
@@ -203,9 +159,7 @@ fn train(args: TrainArgs) -> Result<()> {
                 let offset = state.metrics_offset;
                 Ok((state, offset))
             })?;
-            let r: RewardRun = serde_json::from_value(state.settings.clone()).map_err(|e| {
-                Error::Invalid(format!("bad settings in the reward-model state: {e}"))
-            })?;
+            let r: RewardRun = state.settings_as()?;
             eprintln!("resuming {} at step {}", dir.display(), state.step);
             (Some((run, state)), r)
         }
@@ -231,7 +185,7 @@ fn train(args: TrainArgs) -> Result<()> {
     }
     // Each step scores every response of `--batch` rankings at once.
     let widest = train.iter().map(|r| r.responses.len()).max().unwrap_or(2);
-    let rows = (r.batch as usize).min(train.len()).saturating_mul(widest);
+    let rows = r.train.batch.min(train.len()).saturating_mul(widest);
     // Sequences are as long as the data's, up to --seq-len.
     let seq = train
         .iter()
@@ -249,7 +203,10 @@ fn train(args: TrainArgs) -> Result<()> {
         None => palm_model::budget::training(c, rows, seq),
     };
     palm_model::budget::check(
-        &format!("reward training with --batch {} --seq-len {seq}", r.batch),
+        &format!(
+            "reward training with --batch {} --seq-len {seq}",
+            r.train.batch
+        ),
         need,
         device,
     )?;
@@ -257,17 +214,20 @@ fn train(args: TrainArgs) -> Result<()> {
     if let Some(rank) = r.lora {
         rm.add_lora(rank as usize, &mut rng)?;
     }
-    let settings = r.train_settings();
     let (mut run, start) = match resumed {
         Some((mut run, state)) => {
-            let start = Start::resumed(&state, &mut rm, settings.adam())?;
+            let start = Start::resumed(&state, &mut rm, r.train.optim.adam())?;
             run.repair_model(MODEL_FILE, state.step, |path, marks| {
                 rm.save_with(path, marks)
             })?;
             (run, start)
         }
         None => {
-            let run = RunDir::create(&args.out, &reward_train::RUN_FILES, args.replace.overwrite)?;
+            let run = RunDir::create(
+                &args.out,
+                &reward_train::RUN_FILES,
+                args.folder.replace.overwrite,
+            )?;
             (run, Start::fresh(rng))
         }
     };
@@ -278,7 +238,7 @@ fn train(args: TrainArgs) -> Result<()> {
         Some(rank) => format!("frozen, LoRA rank {rank} trained"),
         None => "trained".to_string(),
     };
-    let steps_per_epoch = train.len().div_ceil(r.batch as usize) as u64;
+    let steps_per_epoch = train.len().div_ceil(r.train.batch) as u64;
     eprintln!(
         "reward model on a {:.2}M-parameter trunk ({what}), {} pooling; {} rankings ({} pairs) to train, {} held out ({} pairs) from {}; {} epoch(s) of {steps_per_epoch} steps of {}",
         c.num_params() as f64 / 1e6,
@@ -288,8 +248,8 @@ fn train(args: TrainArgs) -> Result<()> {
         val.len(),
         pairs(&val),
         r.data.display(),
-        r.epochs,
-        r.batch
+        r.train.epochs,
+        r.train.batch
     );
     let timer = std::time::Instant::now();
     let saved = serde_json::to_value(&r)
@@ -297,12 +257,13 @@ fn train(args: TrainArgs) -> Result<()> {
     let session = Session {
         start,
         settings: saved,
-        stop_at: args.stop_at,
+        stop_at: args.folder.stop_at,
     };
-    let results = reward_train::train(&mut rm, &train, &val, &settings, session, &mut run)?;
+    let results = reward_train::train(&mut rm, &train, &val, &r.train, session, &mut run)?;
     if args
+        .folder
         .stop_at
-        .is_some_and(|s| s < steps_per_epoch.saturating_mul(r.epochs))
+        .is_some_and(|s| s < steps_per_epoch.saturating_mul(r.train.epochs))
     {
         return Ok(());
     }
@@ -311,7 +272,7 @@ fn train(args: TrainArgs) -> Result<()> {
         .ok_or_else(|| Error::Invalid("reward training ran no epoch".into()))?;
     eprintln!(
         "done: {} epoch(s), {}, {:.1}s; model in {}",
-        r.epochs,
+        r.train.epochs,
         reward_train::held_line(last),
         timer.elapsed().as_secs_f64(),
         run.join(MODEL_FILE).display()

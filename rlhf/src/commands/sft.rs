@@ -2,6 +2,7 @@
 //! only. Uses the shared training loop (progress, validation, checkpoints, resume).
 
 use crate::data::{SftRecord, read_jsonl};
+use crate::flags::{Cosine, CosineDefaults};
 use crate::trainer::{OptimSettings, Schedule, Task, Trainer, Validation};
 use crate::{Error, Result};
 use clap::Args;
@@ -30,21 +31,8 @@ pub struct SftArgs {
     /// Longest example in tokens (prompt + completion); longer ones are cut at the end.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..))]
     pub seq_len: u64,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-4)]
-    pub lr: f32,
-    /// Final learning rate of the cosine schedule.
-    #[arg(long, default_value_t = 3e-5)]
-    pub min_lr: f32,
-    /// Linear warmup steps.
-    #[arg(long, default_value_t = 20)]
-    pub warmup: u64,
-    /// AdamW weight decay (matrices only).
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f32,
-    /// Clip the global gradient norm to this.
-    #[arg(long, default_value_t = 0.5)]
-    pub grad_clip: f32,
+    #[command(flatten)]
+    pub optim: Cosine<SftDefaults>,
     /// Validate on the held-out examples every N steps (and at the end); 0 = only at the end.
     #[arg(long, default_value_t = 50)]
     pub val_every: u64,
@@ -62,13 +50,22 @@ pub struct SftArgs {
     pub out: PathBuf,
     /// Continue the run in this folder.
     /// Flags the run fixed (all but --device, --steps and --stop-at) are refused.
-    #[arg(long, conflicts_with_all = ["checkpoint", "data", "batch", "seq_len", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "val_every", "sample_every", "ckpt_every", "seed", "out", "overwrite"])]
+    #[arg(long, conflicts_with_all = ["checkpoint", "data", "batch", "seq_len", "val_every", "sample_every", "ckpt_every", "seed", "out", "overwrite"])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
-    pub replace: super::Overwrite,
-    /// Stop after this step as if interrupted (checkpointing first).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub stop_at: Option<u64>,
+    pub folder: super::RunFolder,
+}
+
+/// `palm sft`'s optimiser defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SftDefaults;
+
+impl CosineDefaults for SftDefaults {
+    const LR: &'static str = "0.0003";
+    const MIN_LR: &'static str = "0.00003";
+    const WARMUP: &'static str = "20";
+    const WEIGHT_DECAY: &'static str = "0";
+    const GRAD_CLIP: &'static str = "0.5";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,7 +221,7 @@ fn check_memory(
 pub fn run(args: SftArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let mut trainer = match &args.resume {
-        Some(dir) => Trainer::resume(dir, args.steps)?,
+        Some(dir) => Trainer::<SftDefaults>::resume(dir, args.steps)?,
         None => {
             let (Some(ckpt), Some(data)) = (&args.checkpoint, &args.data) else {
                 return Err(Error::Invalid(
@@ -236,11 +233,7 @@ pub fn run(args: SftArgs) -> Result<()> {
             let (params, _) = load_language_model(ckpt)?;
             let settings = OptimSettings {
                 steps: args.steps.unwrap_or(300),
-                lr: args.lr,
-                min_lr: args.min_lr,
-                warmup: args.warmup,
-                weight_decay: args.weight_decay,
-                grad_clip: args.grad_clip,
+                optim: args.optim,
                 seed: args.seed,
             };
             let run = RunSettings {
@@ -258,13 +251,12 @@ pub fn run(args: SftArgs) -> Result<()> {
                 settings,
                 extra,
                 &args.out,
-                args.replace.overwrite,
+                args.folder.replace.overwrite,
                 Rng::new(args.seed),
             )?
         }
     };
-    let run: RunSettings = serde_json::from_value(trainer.extra.clone())
-        .map_err(|e| Error::Invalid(format!("bad run settings in the training state: {e}")))?;
+    let run: RunSettings = trainer.run_settings()?;
     let records = read_jsonl::<SftRecord>(&run.data)?;
     check_memory(&run, &records, &trainer.params.config, device)?;
     trainer.to_device(device)?;
@@ -320,7 +312,7 @@ pub fn run(args: SftArgs) -> Result<()> {
         val_every: run.val_every,
         sample_every: run.sample_every,
         ckpt_every: run.ckpt_every,
-        stop_at: args.stop_at,
+        stop_at: args.folder.stop_at,
     };
     trainer.run(&task, &schedule)
 }

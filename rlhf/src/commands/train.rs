@@ -2,7 +2,8 @@
 //! addresses by default), with validation bits per byte, samples and checkpoints.
 
 use crate::corpus::Corpus;
-use crate::pretrain::{Pretrain, RunSettings};
+use crate::flags::Cosine;
+use crate::pretrain::{Pretrain, RunSettings, TrainDefaults};
 use crate::trainer::{OptimSettings, Trainer};
 use crate::{Error, Result};
 use clap::Args;
@@ -31,50 +32,15 @@ pub struct TrainArgs {
     /// Feed-forward width as a multiple of --dim.
     #[arg(long)]
     pub ff_mult: Option<usize>,
-    /// Training text (.gz is decompressed); the last 5% is held out. Default: the shipped corpus.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
     #[command(flatten)]
     pub device: super::DeviceArg,
     /// Optimisation steps [default: 2000; on --resume: the run's own total unless given].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch: u64,
-    /// Tokens (bytes) per sequence.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..))]
-    pub seq_len: u64,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-3)]
-    pub lr: f32,
-    /// Final learning rate of the cosine schedule.
-    #[arg(long, default_value_t = 2e-4)]
-    pub min_lr: f32,
-    /// Linear warmup steps.
-    #[arg(long, default_value_t = 100)]
-    pub warmup: u64,
-    /// AdamW weight decay (matrices only).
-    #[arg(long, default_value_t = 0.1)]
-    pub weight_decay: f32,
-    /// Clip the global gradient norm to this.
-    #[arg(long, default_value_t = 0.5)]
-    pub grad_clip: f32,
-    /// Validate every N steps (and at the end).
-    #[arg(long, default_value_t = 250)]
-    pub val_every: u64,
-    /// Validation windows (evenly spaced over the held-out part).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
-    pub val_windows: u64,
-    /// Print a sample every N steps (and at the end); 0 = only at the end.
-    #[arg(long, default_value_t = 500)]
-    pub sample_every: u64,
-    /// Bytes per sample.
-    #[arg(long, default_value_t = 200)]
-    pub sample_tokens: usize,
-    /// Checkpoint every N steps (and at the end); 0 = only at the end.
-    #[arg(long, default_value_t = 500)]
-    pub ckpt_every: u64,
+    #[command(flatten)]
+    pub run: RunSettings,
+    #[command(flatten)]
+    pub optim: Cosine<TrainDefaults>,
     /// Seeds the initialisation, the batches and the samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -83,13 +49,10 @@ pub struct TrainArgs {
     pub out: PathBuf,
     /// Continue the run in this folder (its saved settings apply; --steps may extend it).
     /// Flags the run fixed (all but --device, --steps and --stop-at) are refused.
-    #[arg(long, conflicts_with_all = ["preset", "dim", "depth", "heads", "dim_head", "ff_mult", "data", "batch", "seq_len", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "val_every", "val_windows", "sample_every", "sample_tokens", "ckpt_every", "seed", "out", "overwrite"])]
+    #[arg(long, conflicts_with_all = ["preset", "dim", "depth", "heads", "dim_head", "ff_mult", "seed", "out", "overwrite"])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
-    pub replace: super::Overwrite,
-    /// Stop after this step as if interrupted (checkpointing first); resume later.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub stop_at: Option<u64>,
+    pub folder: super::RunFolder,
 }
 
 const DEFAULT_STEPS: u64 = 2000;
@@ -111,53 +74,42 @@ fn model_config(a: &TrainArgs) -> Result<PalmConfig> {
     Ok(c)
 }
 
-fn validate_args(a: &TrainArgs) -> Result<()> {
-    crate::trainer::check_optim(a.lr, a.min_lr, a.grad_clip, a.weight_decay)
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     let device = args.device.resolve()?;
     // A fresh run checks its data before creating anything on disk.
     let (mut trainer, corpus) = match &args.resume {
         Some(dir) => {
-            let t = Trainer::resume(dir, args.steps)?;
+            let t = Trainer::<TrainDefaults>::resume(dir, args.steps)?;
             eprintln!("resuming {} at step {}", dir.display(), t.step);
-            let run = run_settings(&t)?;
+            let run: RunSettings = t.run_settings()?;
             let corpus = Corpus::load(run.data.as_deref(), 0.05, run.seq_len as usize)?;
             (t, corpus)
         }
         None => {
-            validate_args(&args)?;
+            args.optim.check()?;
             let config = model_config(&args)?;
-            let corpus = Corpus::load(args.data.as_deref(), 0.05, args.seq_len as usize)?;
+            let run = &args.run;
+            let corpus = Corpus::load(run.data.as_deref(), 0.05, run.seq_len as usize)?;
             let settings = OptimSettings {
                 steps: args.steps.unwrap_or(DEFAULT_STEPS),
-                lr: args.lr,
-                min_lr: args.min_lr,
-                warmup: args.warmup,
-                weight_decay: args.weight_decay,
-                grad_clip: args.grad_clip,
+                optim: args.optim,
                 seed: args.seed,
             };
-            let run = RunSettings {
-                data: args.data.clone(),
-                batch: args.batch,
-                seq_len: args.seq_len,
-                val_every: args.val_every,
-                val_windows: args.val_windows,
-                sample_every: args.sample_every,
-                sample_tokens: args.sample_tokens,
-                ckpt_every: args.ckpt_every,
-            };
-            let extra = serde_json::to_value(&run).map_err(|e| Error::Invalid(e.to_string()))?;
+            let extra = serde_json::to_value(run).map_err(|e| Error::Invalid(e.to_string()))?;
             run.check_memory(&config, device)?;
             (
-                Trainer::new(&config, settings, extra, &args.out, args.replace.overwrite)?,
+                Trainer::new(
+                    &config,
+                    settings,
+                    extra,
+                    &args.out,
+                    args.folder.replace.overwrite,
+                )?,
                 corpus,
             )
         }
     };
-    let run = run_settings(&trainer)?;
+    let run: RunSettings = trainer.run_settings()?;
     run.check_memory(&trainer.params.config, device)?;
     trainer.to_device(device)?;
     let c = trainer.params.config.clone();
@@ -177,7 +129,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         describe(device)
     );
     let task = Pretrain::new(&corpus, &run, trainer.settings.seed);
-    trainer.run(&task, &run.schedule(args.stop_at))
+    trainer.run(&task, &run.schedule(args.folder.stop_at))
 }
 
 /// "the CPU" or the GPU's name, for the start line.
@@ -193,9 +145,4 @@ pub fn describe(device: palm_engine::Device) -> String {
             })
             .unwrap_or_else(|_| format!("cuda:{i}")),
     }
-}
-
-fn run_settings(t: &Trainer) -> Result<RunSettings> {
-    serde_json::from_value(t.extra.clone())
-        .map_err(|e| Error::Invalid(format!("bad run settings in the training state: {e}")))
 }

@@ -7,8 +7,11 @@ use palm_engine::{Rng, SafeFile};
 use palm_model::checkpoint::{load_lora, load_model};
 use palm_model::tokenizer;
 use palm_rlhf::data::{PromptRecord, write_jsonl};
+use palm_rlhf::flags::{Actor, Optim, RlSchedule, Sources};
 use palm_rlhf::labelers::Labeler;
+use palm_rlhf::rl_run::RlSettings;
 use palm_rlhf::rollout::{self, Sampling};
+use palm_rlhf::sampling::Stop;
 use std::path::{Path, PathBuf};
 
 /// Lines "<word> say: <letters from abcde>\n": a tiny language whose answers a rule can score.
@@ -128,4 +131,36 @@ pub fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
             (n, v)
         })
         .collect()
+}
+
+/// The unit tests' settings around an algorithm's own flags: the rule count:a, one update,
+/// rank-4 adapters, responses of up to 8 tokens ending at `eos`, --lr 1e-3.
+pub fn rl_settings<F>(algo: F, eos: Option<u32>) -> RlSettings<F> {
+    RlSettings {
+        sources: Sources {
+            policy: PathBuf::new(),
+            reward: None,
+            rule: Some("count:a".into()),
+            prompts: PathBuf::new(),
+        },
+        updates: 1,
+        actor: Actor {
+            lora_rank: 4,
+            max_new: 8,
+            max_prompt: 64,
+            eos: Stop(eos),
+            temperature: 1.0,
+        },
+        algo,
+        optim: Optim {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+        },
+        schedule: RlSchedule {
+            sample_every: 0,
+            ckpt_every: 0,
+            seed: 0,
+        },
+    }
 }
