@@ -48,8 +48,11 @@ enum Ending {
     Signal(String),
 }
 
-fn run_limited(args: &[String]) -> Ending {
+/// Run palm in `cwd` (a scratch folder: a fuzzed relative `--out` such as `2` or `NaN` lands
+/// there, not in the source tree).
+fn run_limited(args: &[String], cwd: &Path) -> Ending {
     let mut child = Command::new("sh")
+        .current_dir(cwd)
         .arg("-c")
         .arg("ulimit -v 4000000 && exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_palm"))
@@ -336,7 +339,7 @@ fn every_command_survives_hostile_flag_values() {
                 None => f,
             });
         }
-        let ending = run_limited(&args);
+        let ending = run_limited(&args, &dir);
         let kind = match &ending {
             Ending::Exit(c, _) => format!("exit {c}"),
             Ending::StillRunning => "still running".into(),
