@@ -441,7 +441,8 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
 /// (training, held-out) prompts.
 fn prompts(corpus: &Corpus, s: &DemoSettings, rng: &mut Rng) -> Result<(Vec<String>, Vec<String>)> {
     let mut starts = sentence_starts(&corpus.val, s.prompt_bytes);
-    let need = s.train_prompts + s.held_out_prompts;
+    // Saturating: --prompts and --held-out near 2^64 are refused below, not wrapped.
+    let need = s.train_prompts.saturating_add(s.held_out_prompts);
     if starts.len() < need {
         return Err(Error::Invalid(format!(
             "the held-out part of {} has {} sentence openings of {} bytes, fewer than the {need} prompts asked for",

@@ -239,6 +239,14 @@ fn every_flag_has_help_and_bad_inputs_give_one_clear_error() {
         "none.safetensors",
     );
     assert_one_error(&demo(&out, &["--prompts", "100000"]), "sentence openings");
+    // Found by the flag fuzzing: the two counts once wrapped around past 2^64 and panicked.
+    assert_one_error(
+        &demo(
+            &out,
+            &["--prompts", "18446744073709551615", "--held-out", "2"],
+        ),
+        "sentence openings",
+    );
     assert_one_error(&demo(&out, &["--device", "tpu"]), "unknown device 'tpu'");
     std::fs::remove_dir_all(&dir).unwrap();
 }
