@@ -23,6 +23,7 @@ pub mod rl_run;
 pub mod rollout;
 pub mod run_dir;
 pub mod sampling;
+pub mod sft;
 pub mod trainer;
 
 pub use error::{Error, Result};

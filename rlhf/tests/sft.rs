@@ -1,8 +1,8 @@
 //! Supervised fine-tuning: prompt tokens are never targets, padding is ignored, and `palm sft`
 //! learns completions from a checkpoint (and resumes bit-exactly through the shared loop).
 
-use palm_rlhf::commands::sft::{Example, batch_tensors};
 use palm_rlhf::data::{SftRecord, write_jsonl};
+use palm_rlhf::sft::{Example, batch_tensors};
 mod common;
 
 use common::{TINY_MODEL, palm, scratch, stderr};
