@@ -1,4 +1,4 @@
-//! DPO training (DESIGN §5): preference pairs as token ids, the frozen reference's sequence
+//! DPO training (docs/rlhf.md): preference pairs as token ids, the frozen reference's sequence
 //! log-probs computed once, and AdamW on the policy (all weights, or LoRA adapters of scope
 //! `actor` in front of the frozen base) with warmup + cosine, reporting loss, implicit-reward
 //! accuracy and margin per step and on held-out pairs.
@@ -7,19 +7,19 @@
 //! alone, while `--lora` trains (and saves) adapters, and its `Task` returns only a loss,
 //! where DPO reports accuracy and margin every step.
 
-use crate::data::PreferenceRecord;
-use crate::epochs::{Batches, Checkpoints, Session, say_stopped};
+use crate::data::{PreferenceRecord, read_jsonl};
+use crate::epochs::{Batches, Checkpoints, Session, Start, say_stopped};
 use crate::flags::{Cosine, CosineDefaults, at_least};
-use crate::reward_train::Ranked;
+use crate::reward_train::{Ranked, split_held_out};
 use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_logprobs};
-use crate::run_dir::RunDir;
+use crate::run_dir::{Begin, RunDir, SavedState};
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
-use palm_engine::{AdamW, Rng, Tensor, clip_grad_norm, no_grad};
+use palm_engine::{AdamW, Device, Rng, Tensor, clip_grad_norm, no_grad};
 use palm_model::checkpoint::save_model_with;
 use palm_model::{Forward, LoraScope, PalmParams, Trainable};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 /// The LoRA scope DPO trains (DESIGN §5: the policy is the actor).
@@ -414,4 +414,176 @@ pub fn held_line(h: &HeldOut) -> String {
         h.stats.chosen_reward,
         h.stats.rejected_reward
     )
+}
+
+// ---- a run, fresh or resumed ------------------------------------------------------------------
+
+/// What a DPO run is: saved with its checkpoints, so `--resume` rebuilds the same run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DpoRun {
+    pub policy: PathBuf,
+    pub data: PathBuf,
+    pub lora: Option<u64>,
+    pub seq_len: u64,
+    pub val_frac: f64,
+    pub seed: u64,
+    #[serde(flatten)]
+    pub train: TrainSettings,
+}
+
+impl DpoRun {
+    /// The flags' checks, also applied to settings read back from a state.
+    pub fn check(&self) -> Result<()> {
+        let (bad, t) = (|m: &str| Err(Error::Invalid(m.to_string())), &self.train);
+        if !(t.beta > 0.0 && t.beta.is_finite()) {
+            return bad("--beta must be a positive number");
+        }
+        if !(self.val_frac > 0.0 && self.val_frac < 1.0) {
+            return bad("--val-frac must be between 0 and 1 (exclusive)");
+        }
+        if t.epochs == 0 || t.batch == 0 || self.seq_len < 2 || self.lora == Some(0) {
+            return bad("--epochs, --batch and --lora must be ≥ 1 and --seq-len ≥ 2");
+        }
+        t.optim.check()
+    }
+}
+
+/// Train (or continue) the DPO run `begin` names on `device`, stopping after step `stop_at` as if
+/// interrupted when given.
+pub fn run(begin: Begin<DpoRun>, device: Device, stop_at: Option<u64>) -> Result<()> {
+    // A resumed run is locked before its state is read; a fresh one checks its data and
+    // checkpoint before anything is created on disk.
+    let (resumed, r, fresh) = match begin {
+        Begin::Resume(dir) => {
+            let (run, state) = RunDir::resume(dir, STATE_FILE, |d| {
+                let state = SavedState::open(&d.join(STATE_FILE), STATE_FORMAT)?;
+                let offset = state.metrics_offset;
+                Ok((state, offset))
+            })?;
+            let r: DpoRun = state.settings_as()?;
+            eprintln!("resuming {} at step {}", dir.display(), state.step);
+            (Some((run, state)), r, None)
+        }
+        Begin::Fresh {
+            settings,
+            out,
+            overwrite,
+        } => (None, settings, Some((out, overwrite))),
+    };
+    r.check()?;
+    let records = read_jsonl::<PreferenceRecord>(&r.data)?;
+    let params = crate::rl_run::load_merged_policy(&r.policy)?;
+    let mut rng = Rng::new(r.seed);
+    let (train_idx, val_idx) = split_held_out(records.len(), r.val_frac, &mut rng)
+        .map_err(|e| Error::data(&r.data, None, e.to_string()))?;
+    let seq_len = r.seq_len as usize;
+    let pick = |idx: &[usize]| idx.iter().map(|&i| &records[i]).collect::<Vec<_>>();
+    let (train_pairs, cut_t) = pairs_of(&pick(&train_idx), seq_len);
+    let (val_pairs, cut_v) = pairs_of(&pick(&val_idx), seq_len);
+    if cut_t + cut_v > 0 {
+        eprintln!(
+            "note: {} record(s) cut to --seq-len {}",
+            cut_t + cut_v,
+            r.seq_len
+        );
+    }
+    // Each step scores the chosen and the rejected response of `--batch` pairs.
+    let rows = r.train.batch.min(train_pairs.len()).saturating_mul(2);
+    // Sequences are as long as the data's (already cut to --seq-len).
+    let longest = train_pairs
+        .iter()
+        .map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len()))
+        .max()
+        .unwrap_or(0);
+    let c = &params.config;
+    let need = match r.lora {
+        Some(rank) => {
+            let trainable = palm_model::budget::lora(c, rank as usize);
+            palm_model::budget::adapter_training(c, trainable, rows, longest)
+        }
+        None => palm_model::budget::training(c, rows, longest),
+    };
+    palm_model::budget::check(
+        &format!("DPO with --batch {} --seq-len {seq_len}", r.train.batch),
+        need,
+        device,
+    )?;
+    let params = params.to_device(device)?;
+    let mut policy = match r.lora {
+        Some(rank) => Policy::with_lora(params, rank as usize, &mut rng)?,
+        None => Policy::full(params),
+    };
+    let what = match r.lora {
+        Some(rank) => format!("frozen, LoRA rank {rank} (scope {LORA_SCOPE}) trained"),
+        None => "all weights trained".to_string(),
+    };
+    let batch = r.train.batch;
+    eprintln!(
+        "DPO (β = {}) of a {:.2}M-parameter policy ({what}) from {}; {} pairs to train, {} held out, from {}; {} epoch(s) of {} steps of {} pairs",
+        r.train.beta,
+        policy.params.config.num_params() as f64 / 1e6,
+        r.policy.display(),
+        train_pairs.len(),
+        val_pairs.len(),
+        r.data.display(),
+        r.train.epochs,
+        train_pairs.len().div_ceil(batch),
+        batch
+    );
+    let steps = (train_pairs.len().div_ceil(batch) as u64).saturating_mul(r.train.epochs);
+    let (mut run, state) = match resumed {
+        Some((run, state)) => (run, Some(state)),
+        None => {
+            let (out, overwrite) = fresh.ok_or_else(|| {
+                Error::Invalid("internal: a DPO run with neither state nor folder".into())
+            })?;
+            (RunDir::create(out, &RUN_FILES, overwrite)?, None)
+        }
+    };
+    let timer = std::time::Instant::now();
+    // The policy has not trained yet (a resumed one gets its trained tensors after this), so it
+    // is the reference.
+    let train_set = score_reference(&policy, train_pairs, batch)?;
+    let val_set = score_reference(&policy, val_pairs, batch)?;
+    let start = match &state {
+        Some(state) => {
+            let start = Start::resumed(state, &mut policy, r.train.optim.adam())?;
+            let p = &policy;
+            run.repair_model(MODEL_FILE, state.step, |path, marks| p.save(path, marks))?;
+            start
+        }
+        None => Start::fresh(rng),
+    };
+    let session = Session {
+        start,
+        settings: serde_json::to_value(&r)
+            .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?,
+        stop_at,
+    };
+    let results = train(
+        &mut policy,
+        &train_set,
+        &val_set,
+        &r.train,
+        session,
+        &mut run,
+    )?;
+    if stop_at.is_some_and(|s| s < steps) {
+        return Ok(());
+    }
+    let last = results
+        .last()
+        .ok_or_else(|| Error::Invalid("DPO ran no validation".into()))?;
+    let sample_hint = if r.lora.is_some() {
+        format!(" (sample with --lora {LORA_SCOPE})")
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "done: {}, {:.1}s; model in {}{sample_hint}",
+        held_line(last),
+        timer.elapsed().as_secs_f64(),
+        run.join(MODEL_FILE).display()
+    );
+    Ok(())
 }

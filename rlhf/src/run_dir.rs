@@ -27,6 +27,17 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// How a training run begins: a new run with `settings` in the folder `out` (replacing one there
+/// only with `overwrite`), or the run saved in a folder, continued with its own settings.
+pub enum Begin<'a, S> {
+    Fresh {
+        settings: S,
+        out: &'a Path,
+        overwrite: bool,
+    },
+    Resume(&'a Path),
+}
 pub const LOCK_FILE: &str = ".palm.lock";
 /// Metadata key of the step a state or model file was saved at.
 pub const STEP_KEY: &str = "checkpoint_step";
