@@ -12,7 +12,7 @@ use crate::epochs::{Batches, Checkpoints, Session, Start, say_stopped};
 use crate::flags::{Cosine, CosineDefaults, at_least};
 use crate::reward_train::{Ranked, split_held_out};
 use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_logprobs};
-use crate::run_dir::{Begin, RunDir, SavedState};
+use crate::run_dir::{Begin, RunDir};
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, Device, Rng, Tensor, clip_grad_norm, no_grad};
@@ -455,13 +455,8 @@ pub fn run(begin: Begin<DpoRun>, device: Device, stop_at: Option<u64>) -> Result
     // checkpoint before anything is created on disk.
     let (resumed, r, fresh) = match begin {
         Begin::Resume(dir) => {
-            let (run, state) = RunDir::resume(dir, STATE_FILE, |d| {
-                let state = SavedState::open(&d.join(STATE_FILE), STATE_FORMAT)?;
-                let offset = state.metrics_offset;
-                Ok((state, offset))
-            })?;
+            let (run, state) = RunDir::resume_saved(dir, STATE_FILE, STATE_FORMAT)?;
             let r: DpoRun = state.settings_as()?;
-            eprintln!("resuming {} at step {}", dir.display(), state.step);
             (Some((run, state)), r, None)
         }
         Begin::Fresh {

@@ -4,17 +4,19 @@
 //! optimises `PalmParams` alone: a reward model also trains its segment embeddings and head,
 //! and with `--lora` only adapters in front of a frozen trunk.
 
-use crate::data::PreferenceRecord;
-use crate::epochs::{Batches, Checkpoints, Session, say_stopped};
+use crate::data::{PreferenceRecord, read_jsonl};
+use crate::epochs::{Batches, Checkpoints, Session, Start, say_stopped};
 use crate::flags::{Cosine, CosineDefaults, at_least};
-use crate::reward::{RewardModel, Scored, ranking_loss};
+use crate::reward::{Pooling, RewardModel, Scored, ranking_loss};
 use crate::rl_run::shuffle;
-use crate::run_dir::RunDir;
+use crate::run_dir::{Begin, RunDir};
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
-use palm_engine::{AdamW, Rng, Tensor, clip_grad_norm, no_grad};
+use palm_engine::{AdamW, Device, Rng, Tensor, clip_grad_norm, no_grad};
+use palm_model::checkpoint::load_model;
 use palm_model::{Trainable, tokenizer};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 pub const MODEL_FILE: &str = "reward.safetensors";
 
@@ -339,4 +341,172 @@ fn epoch_json(epoch: u64, step: u64, train_loss: Option<f64>, h: &HeldOut) -> se
         "epoch": epoch, "step": step, "train_loss": train_loss, "val_loss": h.loss,
         "val_accuracy": h.accuracy(), "val_correct": h.correct, "val_pairs": h.pairs,
     })
+}
+
+// ---- a run, fresh or resumed ------------------------------------------------------------------
+
+/// What a reward-model run is: saved with its checkpoints, so `--resume` rebuilds the same run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RewardRun {
+    pub checkpoint: PathBuf,
+    pub data: PathBuf,
+    pub pooling: Pooling,
+    /// The LoRA rank (with --lora).
+    pub lora: Option<u64>,
+    pub seq_len: u64,
+    pub val_frac: f64,
+    pub seed: u64,
+    #[serde(flatten)]
+    pub train: TrainSettings,
+}
+
+impl RewardRun {
+    /// The flags' checks, also applied to settings read back from a state.
+    pub fn check(&self) -> Result<()> {
+        if !(self.val_frac > 0.0 && self.val_frac < 1.0) {
+            return Err(Error::Invalid(
+                "--val-frac must be between 0 and 1 (exclusive)".into(),
+            ));
+        }
+        let t = &self.train;
+        if t.epochs == 0 || t.batch == 0 || self.seq_len < 2 || self.lora == Some(0) {
+            return Err(Error::Invalid(
+                "--epochs, --batch and --lora-rank must be ≥ 1 and --seq-len ≥ 2".into(),
+            ));
+        }
+        t.optim.check()
+    }
+}
+
+/// Train (or continue) the reward-model run `begin` names on `device`, stopping after step
+/// `stop_at` as if interrupted when given.
+pub fn run(begin: Begin<RewardRun>, device: Device, stop_at: Option<u64>) -> Result<()> {
+    // A resumed run is locked before its state is read; a fresh one checks its data and
+    // checkpoint before anything is created on disk.
+    let (resumed, r, fresh) = match begin {
+        Begin::Resume(dir) => {
+            let (run, state) = RunDir::resume_saved(dir, STATE_FILE, STATE_FORMAT)?;
+            let r: RewardRun = state.settings_as()?;
+            (Some((run, state)), r, None)
+        }
+        Begin::Fresh {
+            settings,
+            out,
+            overwrite,
+        } => (None, settings, Some((out, overwrite))),
+    };
+    r.check()?;
+    let records = read_jsonl::<PreferenceRecord>(&r.data)?;
+    let (trunk, file) = load_model(&r.checkpoint)?;
+    if resumed.is_none()
+        && file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT)
+    {
+        eprintln!(
+            "note: {} is a reward model; only its trunk is used (a fresh head and segment embeddings)",
+            r.checkpoint.display()
+        );
+    }
+    let mut rng = Rng::new(r.seed);
+    let (train_set, val_set, cut) =
+        split_records(&records, r.val_frac, r.seq_len as usize, &mut rng)
+            .map_err(|e| Error::data(&r.data, None, e.to_string()))?;
+    if cut > 0 {
+        eprintln!("note: {cut} ranking(s) cut to --seq-len {}", r.seq_len);
+    }
+    // Each step scores every response of `--batch` rankings at once.
+    let widest = train_set
+        .iter()
+        .map(|r| r.responses.len())
+        .max()
+        .unwrap_or(2);
+    let rows = r.train.batch.min(train_set.len()).saturating_mul(widest);
+    // Sequences are as long as the data's, up to --seq-len.
+    let seq = train_set
+        .iter()
+        .map(|r| r.prompt.len() + r.responses.iter().map(Vec::len).max().unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+        .min(r.seq_len as usize);
+    let c = &trunk.config;
+    let need = match r.lora {
+        Some(rank) => {
+            let trainable =
+                palm_model::budget::lora(c, rank as usize).saturating_add(c.dim as u128);
+            palm_model::budget::adapter_training(c, trainable, rows, seq)
+        }
+        None => palm_model::budget::training(c, rows, seq),
+    };
+    palm_model::budget::check(
+        &format!(
+            "reward training with --batch {} --seq-len {seq}",
+            r.train.batch
+        ),
+        need,
+        device,
+    )?;
+    let mut rm = RewardModel::new(trunk, r.pooling, &mut rng)?;
+    if let Some(rank) = r.lora {
+        rm.add_lora(rank as usize, &mut rng)?;
+    }
+    let (mut run, start) = match resumed {
+        Some((mut run, state)) => {
+            let start = Start::resumed(&state, &mut rm, r.train.optim.adam())?;
+            run.repair_model(MODEL_FILE, state.step, |path, marks| {
+                rm.save_with(path, marks)
+            })?;
+            (run, start)
+        }
+        None => {
+            let (out, overwrite) = fresh.ok_or_else(|| {
+                Error::Invalid("internal: a reward run with neither state nor folder".into())
+            })?;
+            (
+                RunDir::create(out, &RUN_FILES, overwrite)?,
+                Start::fresh(rng),
+            )
+        }
+    };
+    rm.move_to(device)?;
+    let pairs = |rs: &[Ranked]| rs.iter().map(Ranked::pairs).sum::<usize>();
+    let c = &rm.trunk.config;
+    let what = match r.lora {
+        Some(rank) => format!("frozen, LoRA rank {rank} trained"),
+        None => "trained".to_string(),
+    };
+    let steps_per_epoch = train_set.len().div_ceil(r.train.batch) as u64;
+    eprintln!(
+        "reward model on a {:.2}M-parameter trunk ({what}), {} pooling; {} rankings ({} pairs) to train, {} held out ({} pairs) from {}; {} epoch(s) of {steps_per_epoch} steps of {}",
+        c.num_params() as f64 / 1e6,
+        r.pooling.name(),
+        train_set.len(),
+        pairs(&train_set),
+        val_set.len(),
+        pairs(&val_set),
+        r.data.display(),
+        r.train.epochs,
+        r.train.batch
+    );
+    let timer = std::time::Instant::now();
+    let saved = serde_json::to_value(&r)
+        .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;
+    let session = Session {
+        start,
+        settings: saved,
+        stop_at,
+    };
+    let results = train(&mut rm, &train_set, &val_set, &r.train, session, &mut run)?;
+    if stop_at.is_some_and(|s| s < steps_per_epoch.saturating_mul(r.train.epochs)) {
+        return Ok(());
+    }
+    let last = results
+        .last()
+        .ok_or_else(|| Error::Invalid("reward training ran no epoch".into()))?;
+    eprintln!(
+        "done: {} epoch(s), {}, {:.1}s; model in {}",
+        r.train.epochs,
+        held_line(last),
+        timer.elapsed().as_secs_f64(),
+        run.join(MODEL_FILE).display()
+    );
+    Ok(())
 }

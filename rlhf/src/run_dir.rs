@@ -108,6 +108,22 @@ impl RunDir {
         })
     }
 
+    /// [`RunDir::resume`] for a run whose state file is a [`SavedState`] of `format`: the
+    /// folder, locked, and its state, with a line saying where the run continues.
+    pub fn resume_saved(
+        path: &Path,
+        state_file: &str,
+        format: &str,
+    ) -> Result<(RunDir, SavedState)> {
+        let (run, state) = RunDir::resume(path, state_file, |d| {
+            let state = SavedState::open(&d.join(state_file), format)?;
+            let offset = state.metrics_offset;
+            Ok((state, offset))
+        })?;
+        eprintln!("resuming {} at step {}", path.display(), state.step);
+        Ok((run, state))
+    }
+
     /// The run in `path`, to continue. `read` loads its checkpoint (under the lock) and returns
     /// it with the metrics offset it recorded; `metrics.jsonl` is cut back to that length, so the
     /// steps logged after the checkpoint are logged again, once.
