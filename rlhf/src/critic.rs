@@ -9,7 +9,7 @@ use palm_engine::{Device, Rng, SafeFile, Tensor};
 use palm_model::checkpoint::{get_checked, load_lora};
 use palm_model::{LoraScope, PalmConfig, PalmParams, Trainable};
 
-/// The critic's adapters (DESIGN §5).
+/// The critic's adapters (docs/rlhf.md).
 pub const CRITIC: &str = "critic";
 
 /// The value model: the frozen base with adapters of scope `critic` and a linear head from the

@@ -1,4 +1,4 @@
-//! RLHF data files (DESIGN §5): JSONL, one record a line, plain or gzip (`.gz`, by extension).
+//! RLHF data files (docs/rlhf.md): JSONL, one record a line, plain or gzip (`.gz`, by extension).
 //! Readers validate every record and name the file and 1-based line of any fault; writers
 //! refuse records that could not be read back.
 
@@ -219,7 +219,7 @@ impl Validate for PreferenceRecord {
 impl RankingRecord {
     /// The C(K,2) (better, worse) pairs, in order i < j: `responses[i]` chosen over
     /// `responses[j]` — (0,1), (0,2), …, (1,2), …. Margins are `None`. The reward-model loss
-    /// scores each response once and averages −log σ(r_i − r_j) over these pairs (DESIGN §5).
+    /// scores each response once and averages −log σ(r_i − r_j) over these pairs (docs/rlhf.md).
     pub fn pairs(&self) -> Vec<PairRecord> {
         let r = &self.responses;
         let mut out = Vec::with_capacity(r.len() * r.len().saturating_sub(1) / 2);

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const MODEL_FILE: &str = "model.safetensors";
-/// The LoRA scope DPO trains (DESIGN §5: the policy is the actor).
+/// The LoRA scope DPO trains (docs/rlhf.md: the policy is the actor).
 pub const LORA_SCOPE: &str = "actor";
 
 /// One preference as token ids: `chosen` preferred to `rejected` as answers to `prompt`.

@@ -1,4 +1,4 @@
-//! GRPO (DESIGN §5, Shao et al. 2024): no critic. Each prompt gets a group of G sampled
+//! GRPO (docs/rlhf.md, Shao et al. 2024): no critic. Each prompt gets a group of G sampled
 //! responses; a response's advantage is its score standardised within its group, and the actor
 //! (LoRA `actor` over the frozen policy) minimises the clipped ratio loss on its token log-probs,
 //! optionally with β·k3 KL to the reference (the frozen policy itself).

@@ -1,4 +1,4 @@
-//! Scripted "humans" that rank responses (DESIGN §5): AFINN-96 sentiment, a length target and a
+//! Scripted "humans" that rank responses (docs/rlhf.md): AFINN-96 sentiment, a length target and a
 //! character count. Each gives a response a score (higher is better); `rank` orders responses
 //! best to worst.
 

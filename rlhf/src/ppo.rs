@@ -1,4 +1,4 @@
-//! PPO (DESIGN §5, the TRL / OpenRLHF / InstructGPT recipe) on a frozen base: the actor is the
+//! PPO (docs/rlhf.md, the TRL / OpenRLHF / InstructGPT recipe) on a frozen base: the actor is the
 //! base plus LoRA `actor`, the reference is the base itself, the critic is the base plus LoRA
 //! `critic` and a per-token value head. One update = sample a batch of episodes, score them,
 //! turn log-probs, KL, values and scores into advantages (GAE, whitened) and returns, then

@@ -1,4 +1,4 @@
-//! The reward model (DESIGN §5): a PaLM trunk (optionally with a LoRA scope), segment
+//! The reward model (docs/rlhf.md): a PaLM trunk (optionally with a LoRA scope), segment
 //! embeddings added to the token embeddings (prompt vs response, as the seed), pooling over the
 //! final-LayerNorm output (`mean` over the sequence as the seed, or the `last` token as TRL),
 //! and a linear head to one scalar. Trained on rankings with the pairwise loss below; saved as
@@ -11,7 +11,7 @@ use palm_model::{Forward, LoraScope, PalmParams, Trainable, tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The LoRA scope a reward model trains (DESIGN §5).
+/// The LoRA scope a reward model trains (docs/rlhf.md).
 pub const LORA_SCOPE: &str = "reward";
 /// The `format` metadata of a saved reward model.
 pub const FORMAT: &str = palm_model::checkpoint::REWARD_FORMAT;

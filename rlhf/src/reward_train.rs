@@ -1,4 +1,4 @@
-//! Reward-model training (DESIGN §5): rankings and pairs as token ids, a seeded held-out split,
+//! Reward-model training (docs/rlhf.md): rankings and pairs as token ids, a seeded held-out split,
 //! AdamW with warmup + cosine over epochs of shuffled batches, and the held-out pairwise
 //! accuracy after every epoch. A loop of its own rather than the shared `Trainer`, which
 //! optimises `PalmParams` alone: a reward model also trains its segment embeddings and head,

@@ -1,4 +1,4 @@
-//! The RLHF losses and estimators of DESIGN §5 (TRL / OpenRLHF / InstructGPT math) on engine
+//! The RLHF losses and estimators of docs/rlhf.md (TRL / OpenRLHF / InstructGPT math) on engine
 //! tensors: per-token log-probs and entropy under a response mask, the k1/k3 KL estimators,
 //! GAE and whitening, PPO's clipped policy and value losses, KL controllers, DPO and GRPO.
 //!
@@ -407,7 +407,7 @@ fn value_terms(
     ])
 }
 
-/// PPO's coefficients (DESIGN §5 defaults).
+/// PPO's coefficients (docs/rlhf.md defaults).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PpoConfig {
     /// Policy clip range ε.

@@ -19,7 +19,7 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const STATE_FILE: &str = "rl_state.safetensors";
 /// The files an RL run writes besides the metrics.
 pub const RUN_FILES: [&str; 2] = [STATE_FILE, MODEL_FILE];
-/// The policy's adapters (DESIGN §5).
+/// The policy's adapters (docs/rlhf.md).
 pub const ACTOR: &str = "actor";
 
 /// What an algorithm trains besides the actor (PPO: its critic; GRPO: nothing, [`NoExtra`]).
@@ -650,7 +650,7 @@ impl<A: Algorithm> RlRun<A> {
     }
 }
 
-/// The instability warnings of DESIGN §5: a KL estimate below −1 (the policy gives its own
+/// The instability warnings of docs/rlhf.md: a KL estimate below −1 (the policy gives its own
 /// samples less mass than the reference does: k1 is unreliable there) and a mean ratio above 10.
 pub fn warn_if_unstable(kl: f64, ratio: f64) {
     if kl < -1.0 {
