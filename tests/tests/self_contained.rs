@@ -35,7 +35,8 @@ fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
         .any(|x| name.ends_with(x))
             || path
                 .parent()
-                .is_some_and(|p| p.ends_with("scripts") || p.ends_with(".ci"))
+                .and_then(Path::file_name)
+                .is_some_and(|p| p == "scripts" || p == ".ci")
             || name == "gen-ptx";
         if text_like {
             out.push(path);
