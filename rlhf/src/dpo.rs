@@ -574,11 +574,11 @@ pub fn run(begin: Begin<DpoRun>, device: Device, stop_at: Option<u64>) -> Result
     } else {
         String::new()
     };
-    eprintln!(
+    crate::output::emit(format!(
         "done: {}, {:.1}s; model in {}{sample_hint}",
         held_line(last),
         timer.elapsed().as_secs_f64(),
         run.join(MODEL_FILE).display()
-    );
+    ));
     Ok(())
 }

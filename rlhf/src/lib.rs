@@ -12,6 +12,7 @@ pub mod error;
 pub mod flags;
 pub mod grpo;
 pub mod labelers;
+pub mod output;
 pub mod plot;
 pub mod ppo;
 pub mod pretrain;

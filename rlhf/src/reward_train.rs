@@ -501,12 +501,12 @@ pub fn run(begin: Begin<RewardRun>, device: Device, stop_at: Option<u64>) -> Res
     let last = results
         .last()
         .ok_or_else(|| Error::Invalid("reward training ran no epoch".into()))?;
-    eprintln!(
+    crate::output::emit(format!(
         "done: {} epoch(s), {}, {:.1}s; model in {}",
         r.train.epochs,
         held_line(last),
         timer.elapsed().as_secs_f64(),
         run.join(MODEL_FILE).display()
-    );
+    ));
     Ok(())
 }

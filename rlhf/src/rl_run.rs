@@ -641,11 +641,11 @@ impl<A: Algorithm> RlRun<A> {
                 return Ok(());
             }
         }
-        eprintln!(
+        crate::output::emit(format!(
             "done: {total} updates, last score mean {last_score:.3}, {:.1}s; model in {} (sample with --lora {ACTOR})",
             secs(timer),
             self.core.run.join(MODEL_FILE).display(),
-        );
+        ));
         Ok(())
     }
 }

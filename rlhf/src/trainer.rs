@@ -347,14 +347,14 @@ impl<D: CosineDefaults> Trainer<D> {
             }
         }
         pb.finish();
-        eprintln!(
+        crate::output::emit(format!(
             "done: {} steps, {}, {:.0} tokens/s, {:.1}s; model in {}",
             self.step,
             summary.unwrap_or_default(),
             speed.per_second(),
             speed.elapsed(),
             self.run.join(MODEL_FILE).display()
-        );
+        ));
         if let Device::Cuda(i) = self.params.device() {
             let dev = palm_engine::cuda::CudaDevice::get(i)?;
             let pool = if dev.pool_enabled() {

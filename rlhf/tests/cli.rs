@@ -43,6 +43,13 @@ fn train_sample_eval_info() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("bits/byte"));
+    // Progress on stderr; the result, the one line a script wants, alone on stdout.
+    let out = stdout(&o);
+    assert!(
+        out.lines().count() == 1 && out.starts_with("done: 30 steps"),
+        "stdout: {out:?}"
+    );
+    assert!(!stderr(&o).contains("done:"));
     let ckpt = run.join("model.safetensors");
     assert!(ckpt.exists() && run.join("train_state.safetensors").exists());
     // The loss falls on this repetitive text.

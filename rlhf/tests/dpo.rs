@@ -306,8 +306,8 @@ fn lora_trains_only_the_adapters_and_samples() {
     let out = dir.join("dpo");
     let o = dpo(&ckpt, &data, &out, &["--epochs", "2", "--lora", "4"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    eprintln!("{}", stderr(&o));
-    assert!(stderr(&o).contains("--lora actor"), "{}", stderr(&o));
+    // The result line (on stdout) says how to sample the adapters.
+    assert!(stdout(&o).contains("--lora actor"), "{}", stdout(&o));
     let model = out.join("model.safetensors");
     let (base, trained) = (
         SafeFile::open(&ckpt).unwrap(),
@@ -438,7 +438,7 @@ fn resume_is_bit_exact() {
         assert!(o.status.success(), "{}", stderr(&o));
         let o = palm(&["dpo", "--resume", p, "--device", "cpu"]);
         assert!(o.status.success(), "{}", stderr(&o));
-        assert!(stderr(&o).contains("done:"), "{}", stderr(&o));
+        assert!(stdout(&o).contains("done:"), "{}", stderr(&o));
         common::assert_resumed_like(
             &full,
             &part,

@@ -62,15 +62,4 @@ impl DeviceArg {
     }
 }
 
-/// Print one line to stdout. A closed pipe (`palm info … | head`) ends the program quietly, as
-/// command-line tools do, instead of panicking.
-pub fn emit(line: impl std::fmt::Display) {
-    use std::io::Write;
-    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("error: cannot write to stdout: {e}");
-        std::process::exit(1);
-    }
-}
+pub use crate::output::emit;
