@@ -513,7 +513,7 @@ pub fn run(begin: Begin<DpoRun>, device: Device, stop_at: Option<u64>) -> Result
         None => "all weights trained".to_string(),
     };
     let batch = r.train.batch;
-    eprintln!(
+    crate::output::say(format!(
         "DPO (β = {}) of a {:.2}M-parameter policy ({what}) from {}; {} pairs to train, {} held out, from {}; {} epoch(s) of {} steps of {} pairs",
         r.train.beta,
         policy.params.config.num_params() as f64 / 1e6,
@@ -524,7 +524,7 @@ pub fn run(begin: Begin<DpoRun>, device: Device, stop_at: Option<u64>) -> Result
         r.train.epochs,
         train_pairs.len().div_ceil(batch),
         batch
-    );
+    ));
     let steps = (train_pairs.len().div_ceil(batch) as u64).saturating_mul(r.train.epochs);
     let (mut run, state) = match resumed {
         Some((run, state)) => (run, Some(state)),

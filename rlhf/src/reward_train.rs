@@ -474,7 +474,7 @@ pub fn run(begin: Begin<RewardRun>, device: Device, stop_at: Option<u64>) -> Res
         None => "trained".to_string(),
     };
     let steps_per_epoch = train_set.len().div_ceil(r.train.batch) as u64;
-    eprintln!(
+    crate::output::say(format!(
         "reward model on a {:.2}M-parameter trunk ({what}), {} pooling; {} rankings ({} pairs) to train, {} held out ({} pairs) from {}; {} epoch(s) of {steps_per_epoch} steps of {}",
         c.num_params() as f64 / 1e6,
         r.pooling.name(),
@@ -485,7 +485,7 @@ pub fn run(begin: Begin<RewardRun>, device: Device, stop_at: Option<u64>) -> Res
         r.data.display(),
         r.train.epochs,
         r.train.batch
-    );
+    ));
     let timer = std::time::Instant::now();
     let saved = serde_json::to_value(&r)
         .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;

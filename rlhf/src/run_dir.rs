@@ -120,7 +120,11 @@ impl RunDir {
             let offset = state.metrics_offset;
             Ok((state, offset))
         })?;
-        eprintln!("resuming {} at step {}", path.display(), state.step);
+        crate::output::say(format!(
+            "resuming {} at step {}",
+            path.display(),
+            state.step
+        ));
         Ok((run, state))
     }
 

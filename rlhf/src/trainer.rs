@@ -371,6 +371,7 @@ impl<D: CosineDefaults> Trainer<D> {
 /// The bar every training loop shows: step count, times, and the loop's message. Hidden when
 /// stderr is not a terminal (the loops then print plain lines through [`say`]).
 pub fn progress_bar(total: u64) -> ProgressBar {
+    crate::output::start();
     let pb = ProgressBar::new(total);
     pb.set_style(
         ProgressStyle::with_template(

@@ -330,3 +330,40 @@ fn every_flag_of_every_command_has_help() {
         assert!(common::documented_flags(cmd) >= 1, "{cmd:?}");
     }
 }
+
+/// Without a usable GPU, `--device auto` explains its fallback to the CPU once the command has
+/// checked its arguments: a bad flag gets its error alone; a good run gets the notice first.
+#[test]
+fn the_cpu_fallback_notice_waits_for_valid_arguments() {
+    let dir = scratch("notice");
+    let data = corpus(&dir);
+    let auto = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_palm"))
+            .args(args)
+            .env_remove("PALM_DEVICE")
+            .env_remove("PALM_CUDA_EMULATE")
+            .output()
+            .expect("run palm")
+    };
+    let bad_out = dir.join("bad");
+    let bad = auto(&common::train_args(&bad_out, &data, &["--lr=-1"]));
+    assert!(!bad.status.success());
+    let err = stderr(&bad);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: --lr"), "{err}");
+    let good_out = dir.join("good");
+    let good = auto(&common::train_args(&good_out, &data, &["--steps", "2"]));
+    assert!(good.status.success(), "{}", stderr(&good));
+    let err = stderr(&good);
+    // (With a usable GPU there is no notice to order.)
+    if err.contains("CUDA is not available") {
+        assert!(
+            err.lines()
+                .next()
+                .is_some_and(|l| l.starts_with("note: CUDA is not available")),
+            "{err}"
+        );
+        assert_eq!(err.matches("CUDA is not available").count(), 1, "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

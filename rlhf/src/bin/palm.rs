@@ -59,8 +59,12 @@ fn main() {
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),
     };
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+    match result {
+        // A notice still waiting belongs to a command that did its work silently.
+        Ok(()) => palm_rlhf::output::start(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
     }
 }

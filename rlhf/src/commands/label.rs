@@ -70,7 +70,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
         let responses = sampler.distinct_responses(&p.prompt, k)?;
         pb.inc(1);
         if pb.is_hidden() && (i + 1) % 10 == 0 {
-            eprintln!("labelled {} of {} prompts", i + 1, prompts.len());
+            crate::output::say(format!("labelled {} of {} prompts", i + 1, prompts.len()));
         }
         let Some((ranked, scores)) = rank_distinct(&args.by, responses) else {
             skipped += 1;
@@ -93,7 +93,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
     }
     write_jsonl(&args.out, &records)?;
     let n = records.len() as f64;
-    eprintln!(
+    crate::output::say(format!(
         "wrote {} rankings by {} to {}; mean score of the best {:.2}, of the worst {:.2}; {} with ties (kept in sampling order); {} prompt(s) skipped (fewer than 2 distinct responses)",
         records.len(),
         args.by,
@@ -102,6 +102,6 @@ pub fn run(args: LabelArgs) -> Result<()> {
         worst as f64 / n,
         tied,
         skipped
-    );
+    ));
     Ok(())
 }

@@ -52,11 +52,12 @@ fn parse_device(s: &str) -> std::result::Result<DeviceRequest, String> {
 }
 
 impl DeviceArg {
-    /// The device, printing the notice when `auto` falls back to the CPU.
+    /// The device. When `auto` falls back to the CPU, the notice saying why is printed once the
+    /// command starts its work (`crate::output`), not before its arguments are checked.
     pub fn resolve(&self) -> Result<Device> {
         let (device, notice) = self.device.resolve()?;
         if let Some(n) = notice {
-            eprintln!("note: {n}");
+            crate::output::notice(n);
         }
         Ok(device)
     }

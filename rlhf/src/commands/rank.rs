@@ -263,26 +263,28 @@ pub fn run(args: RankArgs) -> Result<()> {
     let mut plan = Plan::load(&args)?;
     let out = args.out.display();
     if plan.done > 0 {
-        eprintln!(
+        crate::output::say(format!(
             "resuming: {} prompt(s) already ranked in {out} are skipped",
             plan.done
-        );
+        ));
     }
     if plan.repeated > 0 {
-        eprintln!(
+        crate::output::say(format!(
             "note: {} repeated prompt(s) in the input are ranked once",
             plan.repeated
-        );
+        ));
     }
     if plan.pending.is_empty() {
-        eprintln!("nothing to rank: every prompt is already ranked in {out}");
+        crate::output::say(format!(
+            "nothing to rank: every prompt is already ranked in {out}"
+        ));
         return Ok(());
     }
     let mut term = Console::open()?;
     let result = plan.rank(&mut term, &args.out);
     term.finish();
     let s = result?;
-    eprintln!(
+    crate::output::say(format!(
         "wrote {} ranking(s) to {out}; {} skipped, {} with fewer than 2 distinct responses, {} \
          not reached{}",
         s.written,
@@ -294,6 +296,6 @@ pub fn run(args: RankArgs) -> Result<()> {
         } else {
             ""
         }
-    );
+    ));
     Ok(())
 }

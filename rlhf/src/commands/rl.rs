@@ -87,7 +87,7 @@ pub struct RlArgs<A: RlCommand> {
 pub fn run<A: RlCommand>(args: RlArgs<A>) -> Result<()> {
     let device = args.device.resolve()?;
     let mut run = start(&args, device)?;
-    eprintln!("{}", start_line(&run));
+    crate::output::say(start_line(&run));
     run.drive(args.folder.stop_at)
 }
 

@@ -81,7 +81,7 @@ pub fn run(args: SftArgs) -> Result<()> {
     check_memory(&run, &records, &trainer.params.config, device)?;
     trainer.to_device(device)?;
     let (task, tokens_per_step) = task(&run, &records, trainer.settings.seed)?;
-    eprintln!(
+    crate::output::say(format!(
         "fine-tuning {:.2}M parameters on {} examples ({} held out) from {}, {} steps of {} examples",
         trainer.params.config.num_params() as f64 / 1e6,
         task.train.len(),
@@ -89,7 +89,7 @@ pub fn run(args: SftArgs) -> Result<()> {
         run.data.display(),
         trainer.settings.steps,
         run.batch
-    );
+    ));
     let schedule = Schedule {
         tokens_per_step,
         val_every: run.val_every,

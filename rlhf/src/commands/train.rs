@@ -80,7 +80,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (mut trainer, corpus) = match &args.resume {
         Some(dir) => {
             let t = Trainer::<TrainDefaults>::resume(dir, args.steps)?;
-            eprintln!("resuming {} at step {}", dir.display(), t.step);
+            crate::output::say(format!("resuming {} at step {}", dir.display(), t.step));
             let run: RunSettings = t.run_settings()?;
             let corpus = Corpus::load(run.data.as_deref(), 0.05, run.seq_len as usize)?;
             (t, corpus)
@@ -113,7 +113,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     run.check_memory(&trainer.params.config, device)?;
     trainer.to_device(device)?;
     let c = trainer.params.config.clone();
-    eprintln!(
+    crate::output::say(format!(
         "training {:.2}M parameters (dim {} depth {} heads {} dim_head {}) on {} ({} train / {} val bytes), {} steps of {}×{} tokens, on {}",
         c.num_params() as f64 / 1e6,
         c.dim,
@@ -127,7 +127,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         run.batch,
         run.seq_len,
         describe(device)
-    );
+    ));
     let task = Pretrain::new(&corpus, &run, trainer.settings.seed);
     trainer.run(&task, &run.schedule(args.folder.stop_at))
 }
