@@ -134,6 +134,11 @@ impl std::fmt::Debug for Kernel {
     }
 }
 
+thread_local! {
+    /// Device-to-host copies made by this thread (see `CudaDevice::d2h_copies_on_this_thread`).
+    static D2H_ON_THIS_THREAD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Device memory from the pool, returned to it on drop. Holds its device alive.
 pub struct CudaBuffer {
     ptr: u64,
@@ -547,6 +552,7 @@ impl CudaDevice {
             return Ok(());
         }
         self.d2h_copies.fetch_add(1, Ordering::Relaxed);
+        D2H_ON_THIS_THREAD.with(|c| c.set(c.get() + 1));
         if let Some(vm) = self.vm() {
             // Reading back bytes no kernel or copy wrote is a bug the VM reports (initcheck).
             return Ok(vm.mem.read(buf.ptr + at as u64, bytes, true)?);
@@ -569,10 +575,15 @@ impl CudaDevice {
         Ok(out)
     }
 
-    /// Device-to-host copies made so far (each a wait for the stream): how tests check that a
-    /// step stays on the device.
+    /// Device-to-host copies made so far (each a wait for the stream), by every thread.
     pub fn d2h_copies(&self) -> u64 {
         self.d2h_copies.load(Ordering::Relaxed)
+    }
+
+    /// Device-to-host copies the calling thread has made (on any device): how a test checks
+    /// that a step stays on the device while other tests copy concurrently.
+    pub fn d2h_copies_on_this_thread() -> u64 {
+        D2H_ON_THIS_THREAD.with(std::cell::Cell::get)
     }
 
     /// Fill new allocations with 0xFF bytes from now on (tests: an unwritten output is NaN).
