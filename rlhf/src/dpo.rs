@@ -453,18 +453,8 @@ impl DpoRun {
 pub fn run(begin: Begin<DpoRun>, device: Device, stop_at: Option<u64>) -> Result<()> {
     // A resumed run is locked before its state is read; a fresh one checks its data and
     // checkpoint before anything is created on disk.
-    let (resumed, r, fresh) = match begin {
-        Begin::Resume(dir) => {
-            let (run, state) = RunDir::resume_saved(dir, STATE_FILE, STATE_FORMAT)?;
-            let r: DpoRun = state.settings_as()?;
-            (Some((run, state)), r, None)
-        }
-        Begin::Fresh {
-            settings,
-            out,
-            overwrite,
-        } => (None, settings, Some((out, overwrite))),
-    };
+    let mut opened = begin.open(STATE_FILE, STATE_FORMAT)?;
+    let r = &opened.settings;
     r.check()?;
     let records = read_jsonl::<PreferenceRecord>(&r.data)?;
     let params = crate::rl_run::load_merged_policy(&r.policy)?;
@@ -526,14 +516,9 @@ pub fn run(begin: Begin<DpoRun>, device: Device, stop_at: Option<u64>) -> Result
         batch
     ));
     let steps = (train_pairs.len().div_ceil(batch) as u64).saturating_mul(r.train.epochs);
-    let (mut run, state) = match resumed {
+    let (mut run, state) = match opened.resumed.take() {
         Some((run, state)) => (run, Some(state)),
-        None => {
-            let (out, overwrite) = fresh.ok_or_else(|| {
-                Error::Invalid("internal: a DPO run with neither state nor folder".into())
-            })?;
-            (RunDir::create(out, &RUN_FILES, overwrite)?, None)
-        }
+        None => (opened.folder(&RUN_FILES)?, None),
     };
     let timer = std::time::Instant::now();
     // The policy has not trained yet (a resumed one gets its trained tensors after this), so it
@@ -551,7 +536,7 @@ pub fn run(begin: Begin<DpoRun>, device: Device, stop_at: Option<u64>) -> Result
     };
     let session = Session {
         start,
-        settings: serde_json::to_value(&r)
+        settings: serde_json::to_value(r)
             .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?,
         stop_at,
     };

@@ -383,22 +383,12 @@ impl RewardRun {
 pub fn run(begin: Begin<RewardRun>, device: Device, stop_at: Option<u64>) -> Result<()> {
     // A resumed run is locked before its state is read; a fresh one checks its data and
     // checkpoint before anything is created on disk.
-    let (resumed, r, fresh) = match begin {
-        Begin::Resume(dir) => {
-            let (run, state) = RunDir::resume_saved(dir, STATE_FILE, STATE_FORMAT)?;
-            let r: RewardRun = state.settings_as()?;
-            (Some((run, state)), r, None)
-        }
-        Begin::Fresh {
-            settings,
-            out,
-            overwrite,
-        } => (None, settings, Some((out, overwrite))),
-    };
+    let mut opened = begin.open(STATE_FILE, STATE_FORMAT)?;
+    let r = &opened.settings;
     r.check()?;
     let records = read_jsonl::<PreferenceRecord>(&r.data)?;
     let (trunk, file) = load_model(&r.checkpoint)?;
-    if resumed.is_none()
+    if opened.resumed.is_none()
         && file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT)
     {
         eprintln!(
@@ -448,7 +438,7 @@ pub fn run(begin: Begin<RewardRun>, device: Device, stop_at: Option<u64>) -> Res
     if let Some(rank) = r.lora {
         rm.add_lora(rank as usize, &mut rng)?;
     }
-    let (mut run, start) = match resumed {
+    let (mut run, start) = match opened.resumed.take() {
         Some((mut run, state)) => {
             let start = Start::resumed(&state, &mut rm, r.train.optim.adam())?;
             run.repair_model(MODEL_FILE, state.step, |path, marks| {
@@ -456,15 +446,7 @@ pub fn run(begin: Begin<RewardRun>, device: Device, stop_at: Option<u64>) -> Res
             })?;
             (run, start)
         }
-        None => {
-            let (out, overwrite) = fresh.ok_or_else(|| {
-                Error::Invalid("internal: a reward run with neither state nor folder".into())
-            })?;
-            (
-                RunDir::create(out, &RUN_FILES, overwrite)?,
-                Start::fresh(rng),
-            )
-        }
+        None => (opened.folder(&RUN_FILES)?, Start::fresh(rng)),
     };
     rm.move_to(device)?;
     let pairs = |rs: &[Ranked]| rs.iter().map(Ranked::pairs).sum::<usize>();
@@ -487,7 +469,7 @@ pub fn run(begin: Begin<RewardRun>, device: Device, stop_at: Option<u64>) -> Res
         r.train.batch
     ));
     let timer = std::time::Instant::now();
-    let saved = serde_json::to_value(&r)
+    let saved = serde_json::to_value(r)
         .map_err(|e| Error::Invalid(format!("cannot serialise the settings: {e}")))?;
     let session = Session {
         start,

@@ -38,6 +38,50 @@ pub enum Begin<'a, S> {
     },
     Resume(&'a Path),
 }
+
+/// A [`Begin`] opened: a resumed run's folder (locked) and state, the run's settings (its own
+/// when resumed), and where a fresh run's folder goes — created only once the run's inputs have
+/// been read and checked ([`Opened::folder`]).
+pub struct Opened<'a, S> {
+    pub resumed: Option<(RunDir, SavedState)>,
+    pub settings: S,
+    fresh: Option<(&'a Path, bool)>,
+}
+
+impl<'a, S: serde::de::DeserializeOwned> Begin<'a, S> {
+    /// Lock and read a resumed run's state (a [`SavedState`] of `format` in `state_file`).
+    pub fn open(self, state_file: &str, format: &str) -> Result<Opened<'a, S>> {
+        Ok(match self {
+            Begin::Resume(dir) => {
+                let (run, state) = RunDir::resume_saved(dir, state_file, format)?;
+                Opened {
+                    settings: state.settings_as()?,
+                    resumed: Some((run, state)),
+                    fresh: None,
+                }
+            }
+            Begin::Fresh {
+                settings,
+                out,
+                overwrite,
+            } => Opened {
+                resumed: None,
+                settings,
+                fresh: Some((out, overwrite)),
+            },
+        })
+    }
+}
+
+impl<S> Opened<'_, S> {
+    /// A fresh run's folder, created now for `files` (the state and model files it writes).
+    pub fn folder(&self, files: &[&str]) -> Result<RunDir> {
+        let (out, overwrite) = self
+            .fresh
+            .ok_or_else(|| Error::Invalid("internal: a resumed run has its folder".into()))?;
+        RunDir::create(out, files, overwrite)
+    }
+}
 pub const LOCK_FILE: &str = ".palm.lock";
 /// Metadata key of the step a state or model file was saved at.
 pub const STEP_KEY: &str = "checkpoint_step";
