@@ -2,7 +2,6 @@
 //! rankings, against a frozen reference that is the same checkpoint.
 
 use crate::dpo::{self, DpoRun, TrainSettings};
-use crate::run_dir::Begin;
 use crate::{Error, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -71,13 +70,8 @@ impl DpoArgs {
 
 pub fn run(args: DpoArgs) -> Result<()> {
     let device = args.device.resolve()?;
-    let begin = match &args.resume {
-        Some(dir) => Begin::Resume(dir),
-        None => Begin::Fresh {
-            settings: args.settings()?,
-            out: &args.out,
-            overwrite: args.folder.replace.overwrite,
-        },
-    };
+    let begin = args
+        .folder
+        .begin(args.resume.as_deref(), &args.out, || args.settings())?;
     dpo::run(begin, device, args.folder.stop_at)
 }

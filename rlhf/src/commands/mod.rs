@@ -15,7 +15,9 @@ pub mod sft;
 pub mod train;
 
 use crate::Result;
+use crate::run_dir::Begin;
 use palm_engine::{Device, DeviceRequest};
+use std::path::Path;
 
 /// `--overwrite`, shared by the commands that write a run folder.
 #[derive(clap::Args, Debug, Clone, Copy, Default)]
@@ -36,6 +38,26 @@ pub struct RunFolder {
     /// continue with --resume.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub stop_at: Option<u64>,
+}
+
+impl RunFolder {
+    /// How the run begins: the one saved in `resume`, or a new one in `out` with the settings
+    /// `fresh` makes from the flags.
+    pub fn begin<'a, S>(
+        &self,
+        resume: Option<&'a Path>,
+        out: &'a Path,
+        fresh: impl FnOnce() -> Result<S>,
+    ) -> Result<Begin<'a, S>> {
+        Ok(match resume {
+            Some(dir) => Begin::Resume(dir),
+            None => Begin::Fresh {
+                settings: fresh()?,
+                out,
+                overwrite: self.replace.overwrite,
+            },
+        })
+    }
 }
 
 /// `--device`, shared by every command that computes.

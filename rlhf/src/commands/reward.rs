@@ -3,7 +3,6 @@
 
 use crate::reward::{Pooling, RewardModel};
 use crate::reward_train::{self, MODEL_FILE, RewardRun, TrainSettings};
-use crate::run_dir::Begin;
 use crate::{Error, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -114,14 +113,9 @@ impl TrainArgs {
 
 fn train(args: TrainArgs) -> Result<()> {
     let device = args.device.resolve()?;
-    let begin = match &args.resume {
-        Some(dir) => Begin::Resume(dir),
-        None => Begin::Fresh {
-            settings: args.settings()?,
-            out: &args.out,
-            overwrite: args.folder.replace.overwrite,
-        },
-    };
+    let begin = args
+        .folder
+        .begin(args.resume.as_deref(), &args.out, || args.settings())?;
     reward_train::run(begin, device, args.folder.stop_at)
 }
 
