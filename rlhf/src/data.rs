@@ -317,10 +317,10 @@ pub fn read_jsonl<T: DeserializeOwned + Validate>(path: &Path) -> Result<Vec<T>>
             // No newline at the end and not JSON: a write that did not finish (a kill or a
             // full disk mid-append). It never was a record; say so and read without it.
             Err(e) if !buf.ends_with(b"\n") && e.is_eof() => {
-                eprintln!(
+                crate::output::warn(format!(
                     "warning: {}:{line_no}: the last line is cut off (a write that did not finish); reading the file without it",
                     path.display()
-                );
+                ));
                 break;
             }
             Err(e) => return Err(bad(json_error(&e))),
@@ -378,11 +378,11 @@ pub fn append_jsonl<T: Serialize + Validate>(path: &Path, record: &T) -> Result<
         if serde_json::from_slice::<serde_json::Value>(&tail).is_ok() {
             line.insert(0, '\n');
         } else {
-            eprintln!(
+            crate::output::say(format!(
                 "note: {}: cut off a torn last line ({} bytes) that a write which did not finish left",
                 path.display(),
                 tail.len()
-            );
+            ));
             f.set_len(start).map_err(io)?;
             len = start;
         }

@@ -361,23 +361,23 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
     let mut base = rl_run::load_policy(&policy_path)?.to_device(s.device)?;
     rl_run::freeze(&mut base);
 
-    eprintln!(
+    crate::output::say(format!(
         "[2/5] labelling: {} samples for each of {} prompts, ranked by {}",
         s.samples,
         train_prompts.len(),
         s.labeler
-    );
+    ));
     let t = Instant::now();
     let (rankings, skipped) = label(&base, &train_prompts, s, &mut rng)?;
     write_jsonl(&s.out.join("rankings.jsonl"), &rankings)?;
     timings.label_s = secs(t);
-    eprintln!(
+    crate::output::say(format!(
         "{} rankings written ({skipped} prompts skipped: their responses all scored alike), {:.1}s",
         rankings.len(),
         timings.label_s
-    );
+    ));
 
-    eprintln!("[3/5] reward model");
+    crate::output::say("[3/5] reward model");
     let t = Instant::now();
     let (rm, rm_report) = reward_model(&policy_path, rankings, skipped, s, &mut rng)?;
     timings.reward_s = secs(t);
@@ -393,10 +393,10 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
 
     let settings = s.ppo(policy_path.clone(), reward_path, prompts_path)?;
     Ppo::check_settings(&settings)?;
-    eprintln!(
+    crate::output::say(format!(
         "[4/5] PPO: {} updates of {} episodes × {} epochs × {} minibatches, lr {}, β {}, LoRA rank {}",
         s.updates, s.batch, s.ppo_epochs, s.minibatches, s.lr, s.beta, s.lora_rank
-    );
+    ));
     let t = Instant::now();
     rl_run::check_memory(&base.config, &Ppo::update_shape(&settings), s.device)?;
     let dir = RunDir::create(&s.out, &rl_run::RUN_FILES, s.overwrite)?;
@@ -406,7 +406,7 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
     run.drive(None)?;
     timings.ppo_s = secs(t);
 
-    eprintln!("[5/5] held-out comparison");
+    crate::output::say("[5/5] held-out comparison");
     let t = Instant::now();
     let (after, after_eps) = evaluate(
         &run.core.base,
@@ -488,14 +488,14 @@ fn pretrain(corpus: &Corpus, s: &DemoSettings) -> Result<PathBuf> {
     let extra = serde_json::to_value(&run).map_err(|e| Error::Invalid(e.to_string()))?;
     let mut trainer = Trainer::new(&s.model, settings, extra, &dir, s.overwrite)?;
     trainer.to_device(s.device)?;
-    eprintln!(
+    crate::output::say(format!(
         "[1/5] pretraining {:.2}M parameters on {}: {} steps of {}×{} bytes",
         s.model.num_params() as f64 / 1e6,
         corpus.name,
         s.pretrain_steps,
         s.pretrain_batch,
         s.pretrain_seq
-    );
+    ));
     let task = Pretrain::new(corpus, &run, s.seed);
     trainer.run(&task, &run.schedule(None))?;
     Ok(dir.join(crate::trainer::MODEL_FILE))

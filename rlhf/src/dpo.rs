@@ -466,11 +466,11 @@ pub fn run(begin: Begin<DpoRun>, device: Device, stop_at: Option<u64>) -> Result
     let (train_pairs, cut_t) = pairs_of(&pick(&train_idx), seq_len);
     let (val_pairs, cut_v) = pairs_of(&pick(&val_idx), seq_len);
     if cut_t + cut_v > 0 {
-        eprintln!(
+        crate::output::say(format!(
             "note: {} record(s) cut to --seq-len {}",
             cut_t + cut_v,
             r.seq_len
-        );
+        ));
     }
     // Each step scores the chosen and the rejected response of `--batch` pairs.
     let rows = r.train.batch.min(train_pairs.len()).saturating_mul(2);

@@ -40,10 +40,10 @@ pub struct Checkpoints {
 /// Say where a run stopped as if interrupted, and how to continue it.
 pub fn say_stopped(pb: &indicatif::ProgressBar, step: u64, run: &crate::run_dir::RunDir) {
     pb.abandon();
-    eprintln!(
+    crate::output::say(format!(
         "stopped at step {step}; continue with --resume {}",
         run.path().display()
-    );
+    ));
 }
 
 /// The metadata key of [`Start::epoch_loss`] in a state file.

@@ -271,7 +271,7 @@ pub fn train(
         pb.set_position(step);
         pb.set_message(format!("epoch {epoch} loss {loss:.3}"));
         if pb.is_hidden() && step.is_multiple_of(20) {
-            eprintln!("step {step} loss {loss:.4} lr {lr:.2e}");
+            crate::output::say(format!("step {step} loss {loss:.4} lr {lr:.2e}"));
         }
         let stop = stop_at == Some(step) && step < total;
         if batches.at_epoch_end() {
@@ -391,17 +391,20 @@ pub fn run(begin: Begin<RewardRun>, device: Device, stop_at: Option<u64>) -> Res
     if opened.resumed.is_none()
         && file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT)
     {
-        eprintln!(
+        crate::output::say(format!(
             "note: {} is a reward model; only its trunk is used (a fresh head and segment embeddings)",
             r.checkpoint.display()
-        );
+        ));
     }
     let mut rng = Rng::new(r.seed);
     let (train_set, val_set, cut) =
         split_records(&records, r.val_frac, r.seq_len as usize, &mut rng)
             .map_err(|e| Error::data(&r.data, None, e.to_string()))?;
     if cut > 0 {
-        eprintln!("note: {cut} ranking(s) cut to --seq-len {}", r.seq_len);
+        crate::output::say(format!(
+            "note: {cut} ranking(s) cut to --seq-len {}",
+            r.seq_len
+        ));
     }
     // Each step scores every response of `--batch` rankings at once.
     let widest = train_set

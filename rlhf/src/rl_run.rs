@@ -344,16 +344,16 @@ pub fn load_policy(path: &Path) -> Result<PalmParams> {
 pub fn load_merged_policy(path: &Path) -> Result<PalmParams> {
     let (mut params, file) = load_model(path)?;
     if file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT) {
-        eprintln!(
+        crate::output::say(format!(
             "note: {} is a reward model; its trunk is used as the policy",
             path.display()
-        );
+        ));
     }
     if let Some(actor) = load_lora(&file, &params.config, ACTOR)? {
-        eprintln!(
+        crate::output::say(format!(
             "note: {} holds '{ACTOR}' adapters; they are merged into the policy and the reference",
             path.display()
-        );
+        ));
         actor.merge_into(&mut params)?;
     }
     Ok(params)
@@ -607,10 +607,10 @@ impl<A: Algorithm> RlRun<A> {
             ..
         } = self.settings.schedule;
         if self.core.progress.update >= total {
-            eprintln!(
+            crate::output::say(format!(
                 "already at update {} of {total}: nothing to do (pass a larger --updates)",
                 self.core.progress.update
-            );
+            ));
             return Ok(());
         }
         let due = |every: u64, u: u64| every > 0 && u.is_multiple_of(every);
@@ -621,23 +621,23 @@ impl<A: Algorithm> RlRun<A> {
             self.core.run.log(&r.metrics)?;
             let u = self.core.progress.update;
             last_score = r.get("score_mean");
-            eprintln!("update {u}/{total}: {}", r.line);
+            crate::output::say(format!("update {u}/{total}: {}", r.line));
             warn_if_unstable(r.get("kl"), r.get("ratio_mean"));
             let stop = stop_at == Some(u);
             let last = u == total || stop;
             if last || due(sample_every, u) {
                 for (p, resp, score) in &r.samples {
-                    eprintln!("  sample (score {score:.3}): {p:?} → {resp:?}");
+                    crate::output::say(format!("  sample (score {score:.3}): {p:?} → {resp:?}"));
                 }
             }
             if last || due(ckpt_every, u) {
                 self.save()?;
             }
             if stop && u < total {
-                eprintln!(
+                crate::output::say(format!(
                     "stopped at update {u}; continue with --resume {}",
                     self.core.run.path().display()
-                );
+                ));
                 return Ok(());
             }
         }
@@ -654,14 +654,14 @@ impl<A: Algorithm> RlRun<A> {
 /// samples less mass than the reference does: k1 is unreliable there) and a mean ratio above 10.
 pub fn warn_if_unstable(kl: f64, ratio: f64) {
     if kl < -1.0 {
-        eprintln!(
+        crate::output::warn(format!(
             "warning: KL {kl:.3} < −1: the policy puts less mass on its own samples than the reference (try --kl k3, a larger --beta or a lower --lr)"
-        );
+        ));
     }
     if ratio > 10.0 {
-        eprintln!(
+        crate::output::warn(format!(
             "warning: mean ratio π/π_old {ratio:.2} > 10: updates are too large (lower --lr or the epochs)"
-        );
+        ));
     }
 }
 

@@ -506,10 +506,10 @@ impl RunDir {
         if model_step(&path) == Some(step) {
             return Ok(());
         }
-        eprintln!(
+        crate::output::say(format!(
             "note: {} is behind the run's state (a run stopped mid-checkpoint); rewriting it",
             path.display()
-        );
+        ));
         let marks = self.marks(step)?;
         write(&path, &marks.model())
     }

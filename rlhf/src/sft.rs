@@ -208,9 +208,9 @@ pub fn task(run: &RunSettings, records: &[SftRecord], seed: u64) -> Result<(Sft,
     let (train, val) = (make(train_r), make(val_r));
     let skipped = records.len() - train.len() - val.len();
     if skipped > 0 {
-        eprintln!(
+        crate::output::say(format!(
             "note: {skipped} example(s) skipped: the prompt fills --seq-len, no completion token left"
-        );
+        ));
     }
     if train.is_empty() || val.is_empty() {
         return Err(Error::data(

@@ -287,10 +287,10 @@ impl<D: CosineDefaults> Trainer<D> {
     /// and checkpoints on schedule and at the end.
     pub fn run(&mut self, task: &dyn Task, s: &Schedule) -> Result<()> {
         if self.done() {
-            eprintln!(
+            crate::output::say(format!(
                 "already at step {} of {}: nothing to do (pass a larger --steps)",
                 self.step, self.settings.steps
-            );
+            ));
             return Ok(());
         }
         let pb = progress_bar(self.settings.steps).with_position(self.step);
@@ -313,12 +313,12 @@ impl<D: CosineDefaults> Trainer<D> {
                 speed.per_second()
             ));
             if pb.is_hidden() && step.is_multiple_of(20) {
-                eprintln!(
+                crate::output::say(format!(
                     "step {step} loss {:.4} lr {:.2e} {:.0} tok/s",
                     stats.loss,
                     stats.lr,
                     speed.per_second()
-                );
+                ));
             }
             let last = self.done() || s.stop_at == Some(step);
             if last || due(s.val_every, step) {
@@ -339,10 +339,10 @@ impl<D: CosineDefaults> Trainer<D> {
             }
             if s.stop_at == Some(step) && !self.done() {
                 pb.abandon();
-                eprintln!(
+                crate::output::say(format!(
                     "stopped at step {step}; continue with --resume {}",
                     self.run.path().display()
-                );
+                ));
                 return Ok(());
             }
         }
@@ -362,7 +362,7 @@ impl<D: CosineDefaults> Trainer<D> {
             } else {
                 " (PALM_POOL=off)"
             };
-            eprintln!("GPU memory pool{pool}: {}", dev.pool_stats());
+            crate::output::say(format!("GPU memory pool{pool}: {}", dev.pool_stats()));
         }
         Ok(())
     }
@@ -372,6 +372,9 @@ impl<D: CosineDefaults> Trainer<D> {
 /// stderr is not a terminal (the loops then print plain lines through [`say`]).
 pub fn progress_bar(total: u64) -> ProgressBar {
     crate::output::start();
+    if crate::output::quiet() {
+        return ProgressBar::hidden();
+    }
     let pb = ProgressBar::new(total);
     pb.set_style(
         ProgressStyle::with_template(
@@ -384,6 +387,9 @@ pub fn progress_bar(total: u64) -> ProgressBar {
 
 /// Print a line above the bar, or as a plain line when the bar is hidden.
 pub fn say(pb: &ProgressBar, line: String) {
+    if crate::output::quiet() {
+        return;
+    }
     if pb.is_hidden() {
         eprintln!("{line}")
     } else {

@@ -72,16 +72,62 @@ fn train_sample_eval_info() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).matches("We hold").count(), 2);
-
+    // --json: one line per sample, what a script needs to know of it.
     let o = palm(&[
-        "eval",
+        "sample",
         "--checkpoint",
         ckpt.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--seq-len",
-        "32",
+        "--prompt",
+        "We hold",
+        "--max-tokens",
+        "20",
+        "--num",
+        "3",
+        "--seed",
+        "7",
+        "--json",
     ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, v) in lines.iter().enumerate() {
+        assert_eq!(v["prompt"], "We hold");
+        assert_eq!(v["tokens"], 20);
+        assert_eq!(v["finish_reason"], "length");
+        assert_eq!(v["seed"], 7);
+        assert_eq!(v["sample"], i + 1);
+        assert!(v["completion"].is_string());
+    }
+
+    let eval = |json: bool| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--seq-len",
+            "32",
+        ];
+        if json {
+            args.push("--json");
+        }
+        palm(&args)
+    };
+    let o = eval(false);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).trim().ends_with(&format!(
+            "bits/byte over 14592 tokens of {}",
+            data.display()
+        )),
+        "{}",
+        stdout(&o)
+    );
+    let o = eval(true);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     let (loss, bpb) = (
@@ -95,6 +141,17 @@ fn train_sample_eval_info() {
     let o = palm(&["info", "--checkpoint", ckpt.to_str().unwrap()]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("layers.0.fn.fused_attn_ff_proj.weight"));
+    let o = palm(&["info", "--checkpoint", ckpt.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["config"]["dim"], 32);
+    assert!(v["parameters"].as_u64().unwrap() > 0);
+    let tensors = v["tensors"].as_array().unwrap();
+    assert!(
+        tensors
+            .iter()
+            .any(|t| t["name"] == "token_emb.weight" && t["shape"] == serde_json::json!([256, 32]))
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -142,6 +199,7 @@ fn eval_on_the_seed_checkpoint_gives_the_seed_loss() {
             data.to_str().unwrap(),
             "--seq-len",
             "33",
+            "--json",
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
@@ -365,5 +423,22 @@ fn the_cpu_fallback_notice_waits_for_valid_arguments() {
         );
         assert_eq!(err.matches("CUDA is not available").count(), 1, "{err}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--quiet` (before or after the command) leaves standard error to warnings and errors: a
+/// training run prints its result line on stdout and nothing else; a mistake still says why.
+#[test]
+fn quiet_runs_print_only_their_result() {
+    let dir = scratch("quiet");
+    let data = corpus(&dir);
+    let run = dir.join("run");
+    let o = train(&run, &data, &["--steps", "3", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    assert!(stdout(&o).starts_with("done: 3 steps"), "{}", stdout(&o));
+    let o = palm(&["-q", "train", "--lr=-1", "--out", run.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -143,6 +143,7 @@ fn learns_a_preference_and_its_reverse() {
         good,
         "--response",
         bad,
+        "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let printed: Vec<(String, f32)> = stdout(&o)

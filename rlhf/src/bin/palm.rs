@@ -12,6 +12,9 @@ use palm_rlhf::commands::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Only results (stdout), warnings and errors: no progress bars, notices or progress lines.
+    #[arg(long, short, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -45,6 +48,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    palm_rlhf::output::set_quiet(cli.quiet);
     let result = match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sft(a) => sft::run(a),

@@ -22,6 +22,9 @@ pub struct EvalArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
+    /// One JSON line: loss, bits_per_byte, tokens.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: super::DeviceArg,
 }
@@ -48,9 +51,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         return Err(Error::data(&args.data, None, "no target ≠ 0 to score"));
     }
     let loss = total / count as f64;
-    super::emit(format!(
-        "{}",
-        serde_json::json!({"loss": loss, "bits_per_byte": loss / std::f64::consts::LN_2, "tokens": count})
-    ));
+    let bits = loss / std::f64::consts::LN_2;
+    if args.json {
+        super::emit(serde_json::json!({"loss": loss, "bits_per_byte": bits, "tokens": count}));
+    } else {
+        super::emit(format!(
+            "loss {loss:.4}, {bits:.4} bits/byte over {count} tokens of {}",
+            args.data.display()
+        ));
+    }
     Ok(())
 }

@@ -11,12 +11,38 @@ pub struct InfoArgs {
     /// Checkpoint to describe.
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// One JSON object: checkpoint, config, parameters, metadata, tensors (name, dtype, shape).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
     let file = SafeFile::open(&args.checkpoint)?;
     let params = params_of(&file)?;
     let c = &params.config;
+    if args.json {
+        let meta: serde_json::Map<String, serde_json::Value> = file
+            .metadata()
+            .iter()
+            .filter(|(k, _)| k.as_str() != "config")
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        let tensors: Vec<serde_json::Value> = file
+            .names()
+            .filter_map(|name| {
+                let (shape, dtype) = file.info(name)?;
+                Some(serde_json::json!({"name": name, "dtype": dtype, "shape": shape}))
+            })
+            .collect();
+        super::emit(serde_json::json!({
+            "checkpoint": args.checkpoint,
+            "config": c,
+            "parameters": c.num_params(),
+            "metadata": meta,
+            "tensors": tensors,
+        }));
+        return Ok(());
+    }
     super::emit(format!("checkpoint: {}", args.checkpoint.display()));
     super::emit(format!(
         "config: num_tokens {} dim {} depth {} heads {} dim_head {} ff_mult {} xpos {} (scale base {})",

@@ -76,9 +76,12 @@ pub struct ScoreArgs {
     /// The prompt the responses answer.
     #[arg(long)]
     pub prompt: String,
-    /// A response to score; repeat for several. Prints one JSON line per response, in order.
+    /// A response to score; repeat for several. Prints one line per response, in order.
     #[arg(long, required = true)]
     pub response: Vec<String>,
+    /// One JSON line per response: score, response.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: super::DeviceArg,
 }
@@ -138,7 +141,11 @@ fn score(args: ScoreArgs) -> Result<()> {
     let responses: Vec<&str> = args.response.iter().map(String::as_str).collect();
     let scores = rm.score_texts(&args.prompt, &responses)?;
     for (r, s) in responses.iter().zip(scores) {
-        super::emit(serde_json::json!({"score": s, "response": r}));
+        if args.json {
+            super::emit(serde_json::json!({"score": s, "response": r}));
+        } else {
+            super::emit(format!("{s:>10.4}  {r:?}"));
+        }
     }
     Ok(())
 }

@@ -36,6 +36,9 @@ pub struct SampleArgs {
     /// Apply this LoRA scope from the checkpoint (e.g. actor).
     #[arg(long)]
     pub lora: Option<String>,
+    /// One JSON line per sample: prompt, completion, tokens, finish_reason, seed, sample.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub device: super::DeviceArg,
 }
@@ -78,10 +81,23 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let prompts = vec![prompt; rows];
     let out = generate(&params, &prompts, &settings, lora.as_ref(), &mut rng)?;
     for (i, toks) in out.iter().enumerate() {
+        let completion = tokenizer::decode(toks);
+        if args.json {
+            // No end-of-sequence token here: a sample ends at --max-tokens.
+            super::emit(serde_json::json!({
+                "prompt": args.prompt,
+                "completion": completion,
+                "tokens": toks.len(),
+                "finish_reason": "length",
+                "seed": args.seed,
+                "sample": i + 1,
+            }));
+            continue;
+        }
         if args.num > 1 {
             super::emit(format!("--- sample {}", i + 1));
         }
-        super::emit(format!("{}{}", args.prompt, tokenizer::decode(toks)));
+        super::emit(format!("{}{completion}", args.prompt));
     }
     Ok(())
 }
