@@ -127,7 +127,6 @@ fn generate_inner(
     rng: &mut Rng,
 ) -> Result<Vec<Vec<u32>>> {
     s.validate()?;
-    let _g = no_grad();
     let n = prompts.first().map_or(0, |p| p.len());
     if n == 0 || prompts.iter().any(|p| p.len() != n) {
         return Err(Error::Invalid(
@@ -140,77 +139,150 @@ fn generate_inner(
         crate::budget::decoding(&params.config, b, n, s.max_tokens),
         params.device(),
     )?;
-    let v = params.config.num_tokens;
-    let on_gpu = params.device() != Device::Cpu;
-    // On a GPU: bf16 weights once (not a cast per token) and sampling on the device, with a
-    // Philox stream keyed by one draw from `rng` and the token index.
-    let gpu_params;
-    let params = if on_gpu {
-        gpu_params = params.to_dtype(DType::BF16)?;
-        &gpu_params
-    } else {
-        params
-    };
-    let seed = if on_gpu { rng.next_u64() } else { 0 };
-    let mut cache = KvCache::new(params.config.depth);
-    let flat: Vec<u32> = prompts.concat();
-    let mut input = Tensor::from_vec(flat, &[b, n])?;
+    let mut dec = Decoder::new(params, lora, b, rng)?;
+    dec.feed(&prompts.concat())?;
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
-    for step in 0..s.max_tokens {
-        let logits = params.logits(
-            &input,
-            &mut Forward {
-                lora,
-                cache: Some(&mut cache),
-                ..Default::default()
-            },
-        )?;
-        let last = logits.narrow(1, logits.dims()[1] - 1, 1)?;
-        let (last, drawn) = if on_gpu {
-            let rule = Sampling {
-                temperature: s.temperature,
-                top_k: s.top_k.unwrap_or(0),
-                top_p: s.top_p.unwrap_or(1.0),
-                seed,
-                step: step as u64,
-            };
-            let ids = sampling::sample(&last.reshape(&[b, v])?, &rule)?;
-            (Vec::new(), ids.to_vec::<u32>()?)
-        } else {
-            let host = last.to_vec::<f32>()?;
-            if let Some(i) = host.iter().position(|x| !x.is_finite()) {
-                return Err(Error::Invalid(format!(
-                    "the model's logits are {} (row {}, token id {}) after {step} generated \
-                     tokens: its weights overflow",
-                    host[i],
-                    i / v,
-                    i % v
-                )));
-            }
-            (host, Vec::new())
-        };
+    for _ in 0..s.max_tokens {
+        let drawn = dec.draw(s, rng)?;
         let mut next = vec![0u32; b];
         for r in 0..b {
             if done[r] {
                 continue;
             }
-            let t = if on_gpu {
-                drawn[r]
-            } else {
-                sample_next(&last[r * v..(r + 1) * v], s, rng)
-            };
-            if Some(t) == s.eos {
+            if Some(drawn[r]) == s.eos {
                 done[r] = true;
             } else {
-                out[r].push(t);
-                next[r] = t;
+                out[r].push(drawn[r]);
+                next[r] = drawn[r];
             }
         }
         if done.iter().all(|&d| d) {
             break;
         }
-        input = Tensor::from_vec(next, &[b, 1])?;
+        dec.feed(&next)?;
     }
     Ok(out)
+}
+
+/// Incremental decoding of `rows` sequences through one KV cache: feed tokens, draw the next
+/// ones, feed those, … (`generate` for a batch, `palm chat` turn after turn). On a GPU the
+/// weights are cast to bf16 once and the draws happen on the device (Philox keyed by one draw
+/// of the caller's `Rng` and a counter); only the drawn ids come back.
+pub struct Decoder<'a> {
+    params: std::borrow::Cow<'a, PalmParams>,
+    lora: Option<&'a LoraScope>,
+    rows: usize,
+    cache: KvCache,
+    /// The last position's logits of every row (rows, V), after the latest `feed`.
+    last: Option<Tensor>,
+    seed: u64,
+    draws: u64,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(
+        params: &'a PalmParams,
+        lora: Option<&'a LoraScope>,
+        rows: usize,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        let on_gpu = params.device() != Device::Cpu;
+        let params = if on_gpu {
+            std::borrow::Cow::Owned(params.to_dtype(DType::BF16)?)
+        } else {
+            std::borrow::Cow::Borrowed(params)
+        };
+        Ok(Decoder {
+            seed: if on_gpu { rng.next_u64() } else { 0 },
+            params,
+            lora,
+            rows,
+            cache: KvCache::new(0),
+            last: None,
+            draws: 0,
+        }
+        .reset())
+    }
+
+    /// Forget every position (an empty cache).
+    pub fn reset(mut self) -> Self {
+        self.clear();
+        self
+    }
+
+    /// Forget every position.
+    pub fn clear(&mut self) {
+        self.cache = KvCache::new(self.params.config.depth);
+        self.last = None;
+    }
+
+    /// Positions cached so far (per row).
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// Run `tokens` (rows × n, row-major, n ≥ 1) through the model after what is cached.
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        let n = tokens.len() / self.rows.max(1);
+        if n == 0 || n * self.rows != tokens.len() {
+            return Err(Error::Invalid(format!(
+                "{} tokens do not make {} equal non-empty rows",
+                tokens.len(),
+                self.rows
+            )));
+        }
+        let _g = no_grad();
+        let input = Tensor::from_vec(tokens.to_vec(), &[self.rows, n])?;
+        let input = input.to_device(self.params.device())?;
+        let logits = self.params.logits(
+            &input,
+            &mut Forward {
+                lora: self.lora,
+                cache: Some(&mut self.cache),
+                ..Default::default()
+            },
+        )?;
+        let v = self.params.config.num_tokens;
+        self.last = Some(logits.narrow(1, n - 1, 1)?.reshape(&[self.rows, v])?);
+        Ok(())
+    }
+
+    /// The next token of every row under `s`, from the logits of the last `feed`.
+    pub fn draw(&mut self, s: &SampleSettings, rng: &mut Rng) -> Result<Vec<u32>> {
+        let last = self
+            .last
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("nothing fed to draw from".into()))?;
+        let v = self.params.config.num_tokens;
+        let step = self.draws;
+        self.draws += 1;
+        if self.params.device() != Device::Cpu {
+            let rule = Sampling {
+                temperature: s.temperature,
+                top_k: s.top_k.unwrap_or(0),
+                top_p: s.top_p.unwrap_or(1.0),
+                seed: self.seed,
+                step,
+            };
+            return Ok(sampling::sample(last, &rule)?.to_vec::<u32>()?);
+        }
+        let host = last.to_vec::<f32>()?;
+        if let Some(i) = host.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "the model's logits are {} (row {}, token id {}) after {step} generated \
+                 tokens: its weights overflow",
+                host[i],
+                i / v,
+                i % v
+            )));
+        }
+        Ok((0..self.rows)
+            .map(|r| sample_next(&host[r * v..(r + 1) * v], s, rng))
+            .collect())
+    }
 }

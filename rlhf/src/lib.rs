@@ -1,6 +1,7 @@
 //! palm-rlhf: training loops (pretraining, SFT, reward model, DPO, PPO, GRPO), labelers and the
 //! `palm rank` interaction, data formats and the `palm` command-line interface.
 
+pub mod chat;
 pub mod commands;
 pub mod corpus;
 pub mod critic;

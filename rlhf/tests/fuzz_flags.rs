@@ -58,10 +58,17 @@ fn run_limited(args: &[String], cwd: &Path) -> Ending {
         .arg(env!("CARGO_BIN_EXE_palm"))
         .args(args)
         .env("PALM_DEVICE", "cpu")
+        // `palm chat` reads its turns from stdin: give it two lines and the end of input.
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start palm");
+    if let Some(mut input) = child.stdin.take() {
+        use std::io::Write;
+        // A closed pipe (a command that reads nothing) is not a failure here.
+        let _ = input.write_all(b"hello\n/temp 0\nagain\n");
+    }
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -206,6 +213,7 @@ fn every_command_survives_hostile_flag_values() {
             ],
             "rank" => vec!["--checkpoint", &ckpt, "--prompts", &prompts],
             "sample" => vec!["--checkpoint", &ckpt, "--max-tokens", "4"],
+            "chat" => vec!["--checkpoint", &ckpt, "--max-tokens", "4"],
             "eval" => vec!["--checkpoint", &ckpt, "--data", &corpus],
             "info" => vec!["--checkpoint", &ckpt],
             other => panic!("no base invocation for `palm {other}`: add one"),
@@ -224,6 +232,7 @@ fn every_command_survives_hostile_flag_values() {
         "label",
         "rank",
         "sample",
+        "chat",
         "eval",
         "info",
     ];

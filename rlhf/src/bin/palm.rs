@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use palm_rlhf::commands::{
-    demo, dpo, eval, grpo, info, label, ppo, rank, reward, sample, sft, train,
+    chat, demo, dpo, eval, grpo, info, label, ppo, rank, reward, sample, sft, train,
 };
 
 #[derive(Parser)]
@@ -40,6 +40,8 @@ enum Command {
     Rank(rank::RankArgs),
     /// Continue a prompt from a checkpoint.
     Sample(sample::SampleArgs),
+    /// Talk with a model: a line is a turn, the reply streams, the conversation stays cached.
+    Chat(chat::ChatArgs),
     /// Loss and bits per byte of a checkpoint on a text file.
     Eval(eval::EvalArgs),
     /// Describe a checkpoint: config, parameter count, tensors.
@@ -60,6 +62,7 @@ fn main() {
         Command::Label(a) => label::run(a),
         Command::Rank(a) => rank::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Chat(a) => chat::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),
     };

@@ -1,5 +1,6 @@
 //! One module per CLI command: its clap arguments and what it does.
 
+pub mod chat;
 pub mod demo;
 pub mod dpo;
 pub mod eval;
