@@ -68,7 +68,8 @@ impl DeviceRequest {
 
 impl Device {
     /// Bytes of memory a job on this device may use, if known: on the CPU the kernel's
-    /// `MemAvailable` (free memory plus what it can reclaim), on a GPU its total memory.
+    /// `MemAvailable` (free memory plus what it can reclaim), on a GPU what the driver reports
+    /// free plus what our pool caches unused (another process's allocations count against it).
     pub fn memory_available(self) -> Option<u64> {
         match self {
             Device::Cpu => {
@@ -79,7 +80,7 @@ impl Device {
             }
             Device::Cuda(i) => crate::cuda::CudaDevice::get(i)
                 .ok()
-                .map(|d| d.info().total_memory as u64),
+                .map(|d| d.memory_available() as u64),
         }
     }
 }

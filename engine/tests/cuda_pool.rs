@@ -527,3 +527,22 @@ proptest! {
         prop_assert_eq!(fake.state().used, 0);
     }
 }
+
+/// What a new allocation can still get: the device's free memory plus the pool's cached,
+/// unused blocks (what the memory checks before a run compare against, not the card's total).
+#[test]
+fn available_counts_free_device_memory_and_the_cache() {
+    let cap = 1 << 30;
+    let (mut p, fake) = pool(cap, true);
+    assert_eq!(p.available(), cap);
+    let a = p.alloc(4 << 20).unwrap();
+    // The segment left the device; all of it but the live block is still ours to hand out.
+    assert_eq!(p.available(), cap - a.size);
+    p.free(a.ptr).unwrap();
+    assert_eq!(p.available(), cap, "a cached block is available again");
+    // Memory taken by someone else (another process) is not.
+    fake.0.borrow_mut().used += 100 << 20;
+    assert_eq!(p.available(), cap - (100 << 20));
+    fake.0.borrow_mut().used -= 100 << 20;
+    ok(&p, &fake);
+}

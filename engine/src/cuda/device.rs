@@ -594,6 +594,11 @@ impl CudaDevice {
     pub fn pool_stats(&self) -> PoolStats {
         lock(&self.pool).stats()
     }
+    /// Bytes new allocations can still get: the device's free memory plus the pool's cached,
+    /// unused blocks.
+    pub fn memory_available(&self) -> usize {
+        lock(&self.pool).available()
+    }
     pub fn pool_enabled(&self) -> bool {
         lock(&self.pool).is_enabled()
     }

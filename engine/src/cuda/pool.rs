@@ -223,6 +223,14 @@ impl<A: DeviceAllocator> MemoryPool<A> {
         self.stats.peak_reserved = self.stats.reserved;
     }
 
+    /// Bytes a new allocation can still get: what the device has free plus what this pool
+    /// holds cached but unused (it hands that out first, or releases it and retries).
+    pub fn available(&self) -> usize {
+        self.alloc
+            .free_memory()
+            .saturating_add(self.stats.reserved.saturating_sub(self.stats.in_use))
+    }
+
     pub fn allocator(&self) -> &A {
         &self.alloc
     }
