@@ -24,7 +24,9 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], s: &Shape) -> (Vec<f32>, Vec<f32
         .enumerate()
         .for_each(|(bh, (out, lse))| {
             let bi = bh / s.h;
-            let mut p = vec![0f32; BLOCK * m];
+            // Scratch from the recycled buffers: fresh ones this size cost page faults and
+            // page clears every step (written by gemm before they are read).
+            let mut p = super::buffers::take(BLOCK * m);
             for i0 in (0..n).step_by(BLOCK) {
                 let i1 = (i0 + BLOCK).min(n);
                 let (rows, keys) = (i1 - i0, visible_keys(s, i1));
@@ -64,6 +66,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], s: &Shape) -> (Vec<f32>, Vec<f32
                     false,
                 );
             }
+            super::buffers::give(p);
         });
     (out, lse)
 }
@@ -87,10 +90,11 @@ pub fn backward(
         .enumerate()
         .map(|(bh, dq)| {
             let bi = bh / s.h;
-            let mut dk = vec![0f32; m * d];
-            let mut dv = vec![0f32; m * d];
-            let mut p = vec![0f32; BLOCK * m];
-            let mut dp = vec![0f32; BLOCK * m];
+            // Recycled scratch (see the forward); p and dp are written by gemm before use.
+            let mut dk = super::buffers::zeros(m * d);
+            let mut dv = super::buffers::zeros(m * d);
+            let mut p = super::buffers::take(BLOCK * m);
+            let mut dp = super::buffers::take(BLOCK * m);
             for i0 in (0..n).step_by(BLOCK) {
                 let i1 = (i0 + BLOCK).min(n);
                 let (rows, keys) = (i1 - i0, visible_keys(s, i1));
@@ -172,19 +176,23 @@ pub fn backward(
                 );
                 gemm_into(keys, d, rows, &mut dv, d, &pm.t(), &gb, 1.0, true, false);
             }
+            super::buffers::give(p);
+            super::buffers::give(dp);
             (dk, dv)
         })
         .collect();
-    let mut dk = vec![0f32; s.b * m * d];
-    let mut dv = vec![0f32; s.b * m * d];
+    let mut dk = super::buffers::zeros(s.b * m * d);
+    let mut dv = super::buffers::zeros(s.b * m * d);
     for (bh, (pk, pv)) in partial.into_iter().enumerate() {
         let bi = bh / s.h;
-        for (a, b) in dk[bi * m * d..(bi + 1) * m * d].iter_mut().zip(pk) {
+        for (a, b) in dk[bi * m * d..(bi + 1) * m * d].iter_mut().zip(&pk) {
             *a += b;
         }
-        for (a, b) in dv[bi * m * d..(bi + 1) * m * d].iter_mut().zip(pv) {
+        for (a, b) in dv[bi * m * d..(bi + 1) * m * d].iter_mut().zip(&pv) {
             *a += b;
         }
+        super::buffers::give(pk);
+        super::buffers::give(pv);
     }
     (dq, dk, dv)
 }
