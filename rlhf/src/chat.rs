@@ -29,7 +29,7 @@ impl ChatSettings {
                 "--template must contain {} (where the user's line goes)".into(),
             ));
         }
-        if self.sample.max_tokens == 0 || self.context <= self.sample.max_tokens + 1 {
+        if self.sample.max_tokens == 0 || self.context <= self.sample.max_tokens.saturating_add(1) {
             return Err(Error::Invalid(format!(
                 "--context {} must exceed --max-tokens {} + 1",
                 self.context, self.sample.max_tokens

@@ -116,6 +116,32 @@ impl Sampler {
     }
 }
 
+/// A language model to sample from, on `device`, with the adapters of LoRA scope `lora` from
+/// the same file when asked (`palm sample --lora actor`, `palm chat --lora actor`).
+pub fn model_with_adapters(
+    checkpoint: &Path,
+    lora: Option<&str>,
+    device: Device,
+) -> Result<(palm_model::PalmParams, Option<palm_model::LoraScope>)> {
+    let (params, file) = load_language_model(checkpoint)?;
+    let params = params.to_device(device)?;
+    let adapters = match lora {
+        Some(name) => {
+            let mut scope = palm_model::checkpoint::load_lora(&file, &params.config, name)?
+                .ok_or_else(|| {
+                    crate::Error::Invalid(format!(
+                        "{} has no LoRA scope '{name}'",
+                        checkpoint.display()
+                    ))
+                })?;
+            scope.move_to(device)?;
+            Some(scope)
+        }
+        None => None,
+    };
+    Ok((params, adapters))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

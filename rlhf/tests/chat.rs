@@ -146,6 +146,8 @@ fn bad_settings_are_refused() {
     s.template = "no slot".into();
     assert!(Chat::new(&params, None, s, 0).is_err());
     assert!(Chat::new(&params, None, settings(10, 10), 0).is_err());
+    // Found by the flag fuzzing: --max-tokens 2^64 − 1 once wrapped past the context check.
+    assert!(Chat::new(&params, None, settings(4096, usize::MAX), 0).is_err());
 }
 
 fn chat_cli(args: &[&str], input: &str) -> std::process::Output {

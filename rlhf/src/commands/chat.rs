@@ -8,8 +8,6 @@ use crate::data::{SftRecord, append_jsonl};
 use crate::sampling::{Stop, parse_stop};
 use crate::{Error, Result};
 use clap::Args;
-use palm_model::SampleSettings;
-use palm_model::checkpoint::{load_language_model, load_lora};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,18 +28,8 @@ pub struct ChatArgs {
     /// A reply ends at this byte: newline, none, or one ASCII character.
     #[arg(long, default_value = "newline", value_parser = parse_stop)]
     pub eos: Stop,
-    /// Longest reply in tokens (bytes).
-    #[arg(long, default_value_t = 200)]
-    pub max_tokens: usize,
-    /// Softmax temperature; 0 is greedy (/temp T changes it).
-    #[arg(long, default_value_t = 0.7)]
-    pub temperature: f32,
-    /// Keep the k most likely tokens.
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Keep the most likely tokens up to this probability mass (/top-p P changes it).
-    #[arg(long)]
-    pub top_p: Option<f32>,
+    #[command(flatten)]
+    pub decoding: super::Decoding,
     /// Tokens the conversation may hold; older turns are dropped from the front to make room.
     #[arg(long, default_value_t = 2048)]
     pub context: usize,
@@ -62,29 +50,11 @@ pub fn run(args: ChatArgs) -> Result<()> {
         template: args.template.clone(),
         eos: args.eos.0,
         context: args.context,
-        sample: SampleSettings {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            max_tokens: args.max_tokens,
-            eos: None,
-        },
+        sample: args.decoding.settings(),
     };
     settings.check()?;
-    let (params, file) = load_language_model(&args.checkpoint)?;
-    let params = params.to_device(device)?;
-    let mut lora = match &args.lora {
-        Some(name) => Some(load_lora(&file, &params.config, name)?.ok_or_else(|| {
-            Error::Invalid(format!(
-                "{} has no LoRA scope '{name}'",
-                args.checkpoint.display()
-            ))
-        })?),
-        None => None,
-    };
-    if let Some(l) = lora.as_mut() {
-        l.move_to(device)?;
-    }
+    let (params, lora) =
+        crate::sampling::model_with_adapters(&args.checkpoint, args.lora.as_deref(), device)?;
     let mut chat = Chat::new(&params, lora.as_ref(), settings, args.seed)?;
     // Ctrl-C stops the reply being drawn, not the program.
     let stop = Arc::new(AtomicBool::new(false));

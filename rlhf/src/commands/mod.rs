@@ -61,6 +61,36 @@ impl RunFolder {
     }
 }
 
+/// How tokens are drawn, shared by `palm sample` and `palm chat`.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Decoding {
+    /// New tokens (bytes) per sample or reply.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Softmax temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the most likely tokens up to this probability mass.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+}
+
+impl Decoding {
+    /// The sampling settings (no end-of-sequence token: the command decides).
+    pub fn settings(&self) -> palm_model::SampleSettings {
+        palm_model::SampleSettings {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            max_tokens: self.max_tokens,
+            eos: None,
+        }
+    }
+}
+
 /// `--device`, shared by every command that computes.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct DeviceArg {
