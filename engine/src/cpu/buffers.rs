@@ -7,7 +7,9 @@
 //! Only as many buffers of a length are kept as `take` has handed out and not yet seen back:
 //! a buffer made elsewhere (a `to_vec`, the optimizer's new weights) is freed on drop, not kept,
 //! so the cache holds at most the step's working set instead of growing by every buffer ever
-//! dropped (which grew a `tiny` run by ~2.4 MB a step).
+//! dropped (which grew a `tiny` run by ~2.4 MB a step). And only lengths asked for more than
+//! once are kept: decoding through a KV cache asks for a new, longer buffer every token, and
+//! keeping those (never asked for again) filled the cache toward its cap in a long generation.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,7 +23,12 @@ struct Cache {
     bytes: usize,
     /// Buffers of each length handed out by `take` and not yet given back.
     outstanding: HashMap<usize, usize>,
+    /// How often `take` was asked for each length (only repeated lengths are kept).
+    requests: HashMap<usize, u32>,
 }
+
+/// Distinct lengths remembered before the ones asked for only once are forgotten.
+const MAX_LENGTHS: usize = 4096;
 
 static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
 
@@ -33,6 +40,18 @@ pub fn take(len: usize) -> Vec<f32> {
     {
         let cache = guard.get_or_insert_with(Cache::default);
         *cache.outstanding.entry(len).or_default() += 1;
+        if cache.requests.len() >= MAX_LENGTHS {
+            // Lengths asked for once (a growing cache) with none of their buffers out.
+            let Cache {
+                requests,
+                outstanding,
+                ..
+            } = &mut *cache;
+            requests.retain(|l, n| *n > 1 || outstanding.get(l).is_some_and(|&o| o > 0));
+            outstanding.retain(|_, o| *o > 0);
+        }
+        let n = cache.requests.entry(len).or_default();
+        *n = n.saturating_add(1);
         if let Some(v) = cache.by_len.get_mut(&len).and_then(|list| list.pop()) {
             cache.bytes -= len * 4;
             return v;
@@ -61,7 +80,8 @@ pub fn give(mut v: Vec<f32>) {
             return;
         };
         *out -= 1;
-        if cache.bytes + len * 4 <= MAX_BYTES {
+        let repeated = cache.requests.get(&len).is_some_and(|&n| n > 1);
+        if repeated && cache.bytes + len * 4 <= MAX_BYTES {
             cache.bytes += len * 4;
             cache
                 .by_len
@@ -70,4 +90,12 @@ pub fn give(mut v: Vec<f32>) {
                 .push(std::mem::take(&mut v));
         }
     }
+}
+
+/// Bytes held for reuse now (for tests and diagnostics).
+pub fn cached_bytes() -> usize {
+    CACHE
+        .lock()
+        .map(|g| g.as_ref().map_or(0, |c| c.bytes))
+        .unwrap_or(0)
 }
