@@ -76,11 +76,37 @@ impl Device {
                 let text = std::fs::read_to_string("/proc/meminfo").ok()?;
                 let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
                 let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-                kib.checked_mul(1024)
+                let free = kib.checked_mul(1024)?;
+                // Under an address-space limit (`ulimit -v`), what is left of it is the bound:
+                // past it every allocation fails, however much memory the machine has free.
+                Some(match address_space_left() {
+                    Some(left) => free.min(left),
+                    None => free,
+                })
             }
             Device::Cuda(i) => crate::cuda::CudaDevice::get(i)
                 .ok()
                 .map(|d| d.memory_available() as u64),
         }
     }
+}
+
+/// Bytes this process may still map under its address-space limit (`ulimit -v`), if it has one:
+/// the limit less what is mapped now.
+fn address_space_left() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    // "Max address space   <soft>   <hard>   bytes"
+    let soft: u64 = line
+        .trim_start_matches("Max address space")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let size = status.lines().find(|l| l.starts_with("VmSize:"))?;
+    let kib: u64 = size.split_whitespace().nth(1)?.parse().ok()?;
+    Some(soft.saturating_sub(kib.saturating_mul(1024)))
 }

@@ -291,3 +291,25 @@ fn a_config_larger_than_its_file_is_refused_before_allocating() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Under an address-space limit (`ulimit -v`), the memory checks count what is left of it, not
+/// the machine's free memory: labelling 65,537 samples a prompt (about 5.6 GB) under 4 GB is
+/// refused with one error instead of aborting on a failed allocation (found by the flag fuzzing).
+#[test]
+fn an_address_space_limit_bounds_the_memory_checks() {
+    let dir = scratch("rlimit");
+    let out = dir.join("demo");
+    let o = palm_limited(&[
+        "rlhf-demo",
+        "--preset=quick",
+        "--pretrain-steps=2",
+        "--updates=1",
+        "--prompts=4",
+        "--held-out=2",
+        "--samples=65537",
+        "--out",
+        s(&out),
+    ]);
+    assert_one_error(&o, "is available on cpu");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
