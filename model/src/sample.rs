@@ -188,6 +188,7 @@ impl<'a> Decoder<'a> {
         rng: &mut Rng,
     ) -> Result<Self> {
         let on_gpu = params.device() != Device::Cpu;
+        let depth = params.config.depth;
         let params = if on_gpu {
             std::borrow::Cow::Owned(params.to_dtype(DType::BF16)?)
         } else {
@@ -198,17 +199,10 @@ impl<'a> Decoder<'a> {
             params,
             lora,
             rows,
-            cache: KvCache::new(0),
+            cache: KvCache::new(depth),
             last: None,
             draws: 0,
-        }
-        .reset())
-    }
-
-    /// Forget every position (an empty cache).
-    pub fn reset(mut self) -> Self {
-        self.clear();
-        self
+        })
     }
 
     /// Forget every position.

@@ -122,7 +122,6 @@ pub(crate) fn max_last(x: Cu) -> Result<CudaStorage> {
 pub(crate) fn sum_to(x: Cu, keep: &[usize]) -> Result<CudaStorage> {
     let dev = x.0.device();
     let mut dims = x.1.dims().to_vec();
-    let first = input_as(x, DType::F32)?;
     let mut cur: Option<CudaStorage> = None;
     for axis in 0..keep.len() {
         if dims[axis] == keep[axis] {
@@ -131,7 +130,17 @@ pub(crate) fn sum_to(x: Cu, keep: &[usize]) -> Result<CudaStorage> {
         let a: usize = dims[..axis].iter().product();
         let d = dims[axis];
         let b: usize = dims[axis + 1..].iter().product();
-        let p = cur.as_ref().map_or(first.ptr, out_ptr);
+        // The first reduction reads x as contiguous f32 (in place when it is); later ones the
+        // previous partial sums.
+        let held;
+        let p = match &cur {
+            Some(c) => out_ptr(c),
+            None if a == 1 || b == 1 => {
+                held = input_as(x, DType::F32)?;
+                held.ptr
+            }
+            None => 0,
+        };
         cur = Some(if b == 1 {
             rows_of(dev, DType::F32, p, a, d, "sum")?
         } else if a == 1 {
