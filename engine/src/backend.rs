@@ -238,6 +238,9 @@ pub(crate) trait Backend: Sized {
     fn cast(x: Arg<Self>, to: DType) -> Result<Self>;
     /// Concatenate along `dim` into `dims`.
     fn cat(parts: &[Arg<Self>], dim: usize, dims: &[usize]) -> Result<Self>;
+    /// Write `src` (same dims and dtype as `slot`) into the elements of `dst` that `slot`
+    /// addresses, in place: the one op that mutates storage (a KV cache growing in place).
+    fn write_into(dst: &mut Self, slot: &Layout, src: Arg<Self>) -> Result<()>;
     /// (batch ×) m×k · k×n, in the operands' dtype.
     fn matmul(a: Arg<Self>, b: Arg<Self>, d: MatmulDims) -> Result<Self>;
     /// Sum down to `keep` (same rank, 1 where summed), in the input's dtype.

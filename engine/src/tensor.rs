@@ -198,6 +198,17 @@ impl Tensor {
     pub fn storage(&self) -> &Storage {
         &self.0.storage
     }
+    /// This tensor's data for writing, when nothing else can see it: no other handle to the
+    /// tensor or view of its storage, and no gradient to keep consistent. The bf16 shadow, if
+    /// any, is dropped since it would go stale.
+    pub(crate) fn storage_mut(&mut self) -> Option<&mut Storage> {
+        let inner = Arc::get_mut(&mut self.0)?;
+        if inner.is_var || inner.op.is_some() {
+            return None;
+        }
+        inner.shadow = OnceLock::new();
+        Arc::get_mut(&mut inner.storage)
+    }
     pub fn is_var(&self) -> bool {
         self.0.is_var
     }

@@ -43,7 +43,7 @@ impl PalmParams {
         }
         // Positions: the seed centres xPos on n/2 for a full pass; with a cache the positions are
         // absolute (centre 0) so every step agrees. Attention depends only on differences.
-        let start = opts.cache.as_ref().map_or(0, |k| k.len);
+        let start = opts.cache.as_ref().map_or(0, |k| k.len());
         let center = if opts.cache.is_some() {
             0.0
         } else {
@@ -87,11 +87,7 @@ impl PalmParams {
             let mut k = rope(&k.contiguous()?, &tables, true)?;
             let mut v = v.contiguous()?;
             if let Some(cache) = opts.cache.as_deref_mut() {
-                if let Some((pk, pv)) = &cache.layers[i] {
-                    k = Tensor::cat(&[pk, &k], 1)?;
-                    v = Tensor::cat(&[pv, &v], 1)?;
-                }
-                cache.layers[i] = Some((k.clone(), v.clone()));
+                (k, v) = cache.extend(i, k, v)?;
             }
             let o = attention(&q, &k, &v, scale)?;
             let o = o.transpose(1, 2)?.reshape(&[b, n, c.attn_inner()])?;
@@ -103,7 +99,7 @@ impl PalmParams {
             x = x.add(&attn_out)?.add(&ff)?;
         }
         if let Some(cache) = opts.cache.as_deref_mut() {
-            cache.len += n;
+            cache.advance(n);
         }
         Ok(layer_norm(&x, &w(&self.norm_gamma)?)?)
     }

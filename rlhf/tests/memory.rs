@@ -77,13 +77,11 @@ fn training_memory_stays_flat() {
 }
 
 /// Found by the flag fuzzing (`palm sample --max-tokens 65537` under a 4 GB address-space
-/// limit): a long generation's memory grows by about 1 GB a second once the cache passes a few
-/// thousand tokens — each token rebuilds every layer's keys and values by concatenation, and
-/// the freed buffers of ever-growing sizes are not reused. Not fixed yet (a KV cache written in
-/// place is the fix); kept here, ignored, so it is run when that lands:
-/// `cargo test -p palm-rlhf --release --test memory -- --ignored`.
+/// limit): a long generation ran out of address space. Each token rebuilt every layer's keys
+/// and values by concatenation, and attention's scratch, one length longer every token, was
+/// kept by the recycled buffers at every length. The KV cache is now written in place (its
+/// buffers double when full) and the buffers are recycled by capacity class.
 #[test]
-#[ignore = "decoding memory grows with the generation's length (see the comment)"]
 fn a_long_generation_stays_within_4_gb() {
     let dir = std::env::temp_dir().join(format!("palm-long-gen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -83,12 +83,14 @@ fn kv_cache_decode_matches_the_full_forward_on_the_gpu() {
         .to_device(GPU)
         .unwrap();
     let _g = no_grad();
-    let ids: Vec<u32> = (0..2 * 40).map(|i| 1 + (i * 37 % 250) as u32).collect();
-    let tokens = Tensor::from_vec(ids, &[2, 40]).unwrap();
+    let ids: Vec<u32> = (0..2 * 80).map(|i| 1 + (i * 37 % 250) as u32).collect();
+    let tokens = Tensor::from_vec(ids, &[2, 80]).unwrap();
     let full = params.logits(&tokens, &mut Forward::default()).unwrap();
     let mut cache = KvCache::new(config.depth);
     let mut steps = Vec::new();
-    for (at, len) in [(0, 25), (25, 1), (26, 14)] {
+    // The last chunk grows the cache's buffers (64 positions to 128): the cached keys move to
+    // the new buffers and attention reads them as strided views.
+    for (at, len) in [(0, 25), (25, 1), (26, 30), (56, 24)] {
         let chunk = tokens.narrow(1, at, len).unwrap().contiguous().unwrap();
         let out = params
             .logits(
@@ -101,6 +103,7 @@ fn kv_cache_decode_matches_the_full_forward_on_the_gpu() {
             .unwrap();
         steps.push(out);
     }
+    assert_eq!(cache.capacity(), 128);
     let refs: Vec<&Tensor> = steps.iter().collect();
     let cached = Tensor::cat(&refs, 1).unwrap();
     assert_close(

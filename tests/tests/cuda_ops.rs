@@ -599,3 +599,77 @@ fn operands_on_two_devices_are_an_error_naming_the_op() {
         );
     }
 }
+
+/// `write_slice` (how the KV cache grows in place): the CPU result equals the concatenation it
+/// replaces, a tensor sharing the data never sees the write, and bad writes are refused; the
+/// device writes the same elements, from a strided source too, in both dtypes.
+#[test]
+fn write_slice_writes_in_place_and_guards_shared_data() {
+    let base = randn(&[2, 8, 4], 1);
+    let src = randn(&[2, 3, 4], 2);
+    let expected = |base: &Tensor, src: &Tensor| {
+        let parts = [
+            base.narrow(1, 0, 2).unwrap(),
+            src.clone(),
+            base.narrow(1, 5, 3).unwrap(),
+        ];
+        host(&Tensor::cat(&[&parts[0], &parts[1], &parts[2]], 1).unwrap())
+    };
+    let before = host(&base);
+    let mut shared = base.clone();
+    shared.write_slice(1, 2, &src).unwrap();
+    assert_eq!(host(&shared), expected(&base, &src));
+    assert_eq!(
+        host(&base),
+        before,
+        "a tensor sharing the data saw the write"
+    );
+    let mut wrong = randn(&[2, 8, 4], 3);
+    let refused = [
+        ("past the end", wrong.write_slice(1, 6, &src)),
+        ("rank", wrong.write_slice(1, 0, &randn(&[3, 4], 4))),
+        ("other dims", wrong.write_slice(1, 0, &randn(&[2, 3, 5], 4))),
+        ("dim", wrong.write_slice(3, 0, &src)),
+        (
+            "dtype",
+            wrong.write_slice(1, 0, &src.to_dtype(DType::BF16).unwrap()),
+        ),
+        ("tracked source", wrong.write_slice(1, 0, &src.as_var())),
+        ("start overflow", wrong.write_slice(1, usize::MAX, &src)),
+    ];
+    for (case, got) in refused {
+        assert!(got.is_err(), "{case}: accepted");
+    }
+    let mut var = randn(&[2, 8, 4], 3).as_var();
+    assert!(
+        var.write_slice(1, 0, &src).is_err(),
+        "a parameter was written in place"
+    );
+
+    if !gpu("write_slice_writes_in_place_and_guards_shared_data") {
+        return;
+    }
+    let strided = randn(&[4, 3, 2], 5).transpose(0, 2).unwrap();
+    for dt in [DType::F32, DType::BF16] {
+        for s in [src.clone(), strided.clone()] {
+            let mut on_gpu = base.to_device(GPU).unwrap().to_dtype(dt).unwrap();
+            on_gpu
+                .write_slice(1, 2, &s.to_device(GPU).unwrap().to_dtype(dt).unwrap())
+                .unwrap();
+            assert_eq!(
+                host(&on_gpu),
+                expected(&rounded(&base, dt), &rounded(&s, dt)),
+                "{dt:?}"
+            );
+        }
+    }
+    let mut on_gpu = base.to_device(GPU).unwrap();
+    let err = on_gpu
+        .write_slice(1, 0, &src)
+        .expect_err("cpu into cuda")
+        .to_string();
+    assert!(
+        err.contains("write_slice") && err.contains("cpu") && err.contains("cuda"),
+        "{err}"
+    );
+}

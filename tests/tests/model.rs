@@ -18,43 +18,59 @@ fn tokens(ids: &[u32]) -> Tensor {
     Tensor::from_vec(ids.to_vec(), &[1, ids.len()]).unwrap()
 }
 
+/// Two rows decoded through the cache (a prefill of 5, then one token at a time, past two
+/// growths of its buffers) give the logits of one full forward pass.
 #[test]
 fn kv_cache_decode_equals_full_forward() {
     let (params, _) = small();
     let _g = no_grad();
-    let ids: Vec<u32> = "Four score and seven".bytes().map(u32::from).collect();
+    let text = "Four score and seven years ago our fathers brought forth on this continent, a new \
+                nation, conceived in Liberty, and dedicated to the proposition that all men are \
+                created equal.";
+    let first: Vec<u32> = text.bytes().map(u32::from).collect();
+    let second: Vec<u32> = first.iter().rev().copied().collect();
+    let n = first.len();
+    let rows = |range: std::ops::Range<usize>| {
+        let ids: Vec<u32> = [&first[range.clone()], &second[range.clone()]].concat();
+        Tensor::from_vec(ids, &[2, range.len()]).unwrap()
+    };
     let full = params
-        .logits(&tokens(&ids), &mut Forward::default())
+        .logits(&rows(0..n), &mut Forward::default())
         .unwrap()
         .to_vec::<f32>()
         .unwrap();
     let mut cache = KvCache::new(params.config.depth);
-    let mut steps = Vec::new();
-    // A prefill of 5 tokens, then one token at a time.
-    let pre = params
-        .logits(
-            &tokens(&ids[..5]),
-            &mut Forward {
-                cache: Some(&mut cache),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    steps.extend(pre.to_vec::<f32>().unwrap());
-    for &t in &ids[5..] {
+    let v = params.config.num_tokens;
+    let mut steps = [Vec::new(), Vec::new()];
+    let mut feed = |range: std::ops::Range<usize>, cache: &mut KvCache| {
+        let len = range.len();
         let l = params
             .logits(
-                &tokens(&[t]),
+                &rows(range),
                 &mut Forward {
-                    cache: Some(&mut cache),
+                    cache: Some(cache),
                     ..Default::default()
                 },
             )
+            .unwrap()
+            .to_vec::<f32>()
             .unwrap();
-        steps.extend(l.to_vec::<f32>().unwrap());
+        for (r, out) in steps.iter_mut().enumerate() {
+            out.extend_from_slice(&l[r * len * v..(r + 1) * len * v]);
+        }
+    };
+    feed(0..5, &mut cache);
+    assert_eq!(cache.capacity(), 64);
+    for i in 5..n {
+        feed(i..i + 1, &mut cache);
     }
-    assert_eq!(cache.len(), ids.len());
-    assert_close("cached logits", &steps, &full, 1e-4);
+    assert_eq!(cache.len(), n);
+    assert!(
+        n > 128,
+        "the text is long enough for the buffers to grow twice"
+    );
+    assert_eq!(cache.capacity(), n.next_power_of_two());
+    assert_close("cached logits", &steps.concat(), &full, 1e-4);
 }
 
 #[test]

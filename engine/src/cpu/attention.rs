@@ -14,8 +14,16 @@ fn visible_keys(s: &Shape, i1: usize) -> usize {
     (i1 + s.offset).min(s.m)
 }
 
-/// q (b,h,n,d), k/v (b,m,d), all contiguous. Returns (out (b,h,n,d), lse (b,h,n)).
-pub fn forward(q: &[f32], k: &[f32], v: &[f32], s: &Shape) -> (Vec<f32>, Vec<f32>) {
+/// Rows of d contiguous floats, batch `bi`'s m rows starting at `bi * batch_stride`: keys and
+/// values read in place from a longer buffer (a KV cache with room to grow).
+#[derive(Clone, Copy)]
+pub struct Batched<'a> {
+    pub data: &'a [f32],
+    pub batch_stride: usize,
+}
+
+/// q (b,h,n,d) contiguous, k/v (b,m,d) with contiguous rows. Returns (out (b,h,n,d), lse (b,h,n)).
+pub fn forward(q: &[f32], k: Batched, v: Batched, s: &Shape) -> (Vec<f32>, Vec<f32>) {
     let (n, m, d) = (s.n, s.m, s.d);
     let mut out = super::buffers::take(s.b * s.h * n * d);
     let mut lse = vec![0f32; s.b * s.h * n];
@@ -31,7 +39,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], s: &Shape) -> (Vec<f32>, Vec<f32
                 let i1 = (i0 + BLOCK).min(n);
                 let (rows, keys) = (i1 - i0, visible_keys(s, i1));
                 let qb = MatRef::rows(q, (bh * n + i0) * d, d);
-                let kt = MatRef::rows(k, bi * m * d, d).t();
+                let kt = MatRef::rows(k.data, bi * k.batch_stride, d).t();
                 gemm_into(rows, keys, d, &mut p, keys, &qb, &kt, s.scale, false, false);
                 for r in 0..rows {
                     let row = &mut p[r * keys..(r + 1) * keys];
@@ -52,7 +60,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], s: &Shape) -> (Vec<f32>, Vec<f32
                     lse[i0 + r] = mx + sum.ln();
                 }
                 let pm = MatRef::rows(&p, 0, keys);
-                let vb = MatRef::rows(v, bi * m * d, d);
+                let vb = MatRef::rows(v.data, bi * v.batch_stride, d);
                 gemm_into(
                     rows,
                     d,

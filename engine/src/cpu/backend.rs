@@ -6,7 +6,7 @@ use super::{gather, gather_f32, owned};
 use crate::backend::{
     Arg, AttentionShape, Backend, BinaryOp, MatmulDims, RopeTables, Two, UnaryOp,
 };
-use crate::storage::{CpuElement, CpuStorage};
+use crate::storage::{Buf, CpuElement, CpuStorage};
 use crate::{DType, Error, IGNORE_ID, Result};
 use half::bf16;
 use rayon::prelude::*;
@@ -45,6 +45,19 @@ fn whole_f32<'a>(s: &'a CpuStorage, op: &'static str) -> Result<&'a [f32]> {
         got: s.dtype(),
         want: "f32",
     })
+}
+
+/// A (b, m, d) operand whose rows are contiguous, read in place from its first element with
+/// its batch stride (a KV cache narrowed to the positions so far); gathered otherwise.
+fn batched_rows((s, l): Arg<CpuStorage>) -> Result<(Cow<[f32]>, usize)> {
+    let (dims, st) = (l.dims(), l.strides());
+    let rows_contiguous = dims.len() == 3 && (dims[2] == 1 || st[2] == 1) && st[1] == dims[2];
+    if rows_contiguous && dims[0] > 1 {
+        let whole = whole_f32(s, "attention")?;
+        let end = l.offset() + (dims[0] - 1) * st[0] + dims[1] * dims[2];
+        return Ok((Cow::Borrowed(&whole[l.offset()..end]), st[0]));
+    }
+    Ok((f32s((s, l), "attention")?, dims[1..].iter().product()))
 }
 
 fn last_dim(x: Arg<CpuStorage>) -> usize {
@@ -96,6 +109,28 @@ fn cat_f32(parts: &[Arg<CpuStorage>], dim: usize) -> Result<CpuStorage> {
         }
     }
     Ok(owned(out))
+}
+
+/// `src`'s elements, in row-major order, over the elements of `dst` that `slot` addresses. A
+/// mapped (file-backed) buffer is copied into memory first: the file is never written.
+fn write_of<T: CpuElement>(
+    dst: &mut Buf<T>,
+    slot: &crate::layout::Layout,
+    src: Arg<CpuStorage>,
+) -> Result<()> {
+    let from = view::<T>(src, "write_slice")?;
+    if dst.is_mapped() {
+        *dst = Buf::Owned(dst.as_slice().to_vec());
+    }
+    let Buf::Owned(to) = dst else {
+        unreachable!("an owned buffer was just made")
+    };
+    let mut at = 0;
+    slot.for_each_run(|start, len| {
+        to[start..start + len].copy_from_slice(&from[at..at + len]);
+        at += len;
+    });
+    Ok(())
 }
 
 fn convert<A: CpuElement, B: CpuElement>(
@@ -152,6 +187,16 @@ impl Backend for CpuStorage {
             DType::U32 => cat_of::<u32>(parts, dim),
             DType::I64 => cat_of::<i64>(parts, dim),
             DType::U8 => cat_of::<u8>(parts, dim),
+        }
+    }
+
+    fn write_into(dst: &mut Self, slot: &crate::layout::Layout, src: Arg<Self>) -> Result<()> {
+        match dst {
+            CpuStorage::F32(b) => write_of(b, slot, src),
+            CpuStorage::BF16(b) => write_of(b, slot, src),
+            CpuStorage::U32(b) => write_of(b, slot, src),
+            CpuStorage::I64(b) => write_of(b, slot, src),
+            CpuStorage::U8(b) => write_of(b, slot, src),
         }
     }
 
@@ -283,10 +328,13 @@ impl Backend for CpuStorage {
         v: Arg<Self>,
         s: &AttentionShape,
     ) -> Result<(Self, Self)> {
+        let (k, k_stride) = batched_rows(k)?;
+        let (v, v_stride) = batched_rows(v)?;
+        let rows = |data, batch_stride| super::attention::Batched { data, batch_stride };
         let (out, lse) = super::attention::forward(
             &f32s(q, "attention")?,
-            &f32s(k, "attention")?,
-            &f32s(v, "attention")?,
+            rows(&k, k_stride),
+            rows(&v, v_stride),
             s,
         );
         Ok((owned(out), owned(lse)))

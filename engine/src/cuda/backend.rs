@@ -37,6 +37,9 @@ impl Backend for CudaStorage {
     fn cat(parts: &[Arg<Self>], dim: usize, dims: &[usize]) -> Result<Self> {
         elementwise::cat(parts, dim, dims)
     }
+    fn write_into(dst: &mut Self, slot: &crate::layout::Layout, src: Arg<Self>) -> Result<()> {
+        elementwise::write_into(dst, slot, src)
+    }
     fn matmul(a: Arg<Self>, b: Arg<Self>, d: MatmulDims) -> Result<Self> {
         matmul::matmul(a, b, d)
     }

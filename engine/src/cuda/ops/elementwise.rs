@@ -350,29 +350,35 @@ pub(crate) fn copy(x: Cu) -> Result<CudaStorage> {
 /// into its slice.
 pub(crate) fn cat(parts: &[Cu], dim: usize, dims: &[usize]) -> Result<CudaStorage> {
     let dev = parts[0].0.device();
-    let dtype = parts[0].0.dtype();
-    copy_suffix(dtype)?;
-    let out = alloc(dev, dtype, crate::layout::elem_count(dims))?;
+    let mut out = alloc(dev, parts[0].0.dtype(), crate::layout::elem_count(dims))?;
     let full = Layout::contiguous(dims);
     let mut start = 0;
-    for &(s, l) in parts {
-        let len = l.dims()[dim];
-        if l.elem_count() > 0 {
-            let slot = full.narrow(dim, start, len)?;
-            let (d, [st, tt]) = collapse(l.dims(), [l.strides(), slot.strides()])?;
-            dev.run(&plan_copy_into(
-                dtype,
-                s.buffer().ptr(),
-                out_ptr(&out),
-                d,
-                st,
-                l.offset(),
-                tt,
-                slot.offset(),
-                dev.num_sms(),
-            )?)?;
-        }
+    for &part in parts {
+        let len = part.1.dims()[dim];
+        write_into(&mut out, &full.narrow(dim, start, len)?, part)?;
         start += len;
     }
     Ok(out)
+}
+
+/// Copy `src` over the elements of `dst` that `slot` addresses (same dims and dtype, checked
+/// by the caller), in place.
+pub(crate) fn write_into(dst: &mut CudaStorage, slot: &Layout, (s, l): Cu) -> Result<()> {
+    let dev = s.device();
+    copy_suffix(s.dtype())?;
+    if l.elem_count() == 0 {
+        return Ok(());
+    }
+    let (d, [st, tt]) = collapse(l.dims(), [l.strides(), slot.strides()])?;
+    dev.run(&plan_copy_into(
+        s.dtype(),
+        s.buffer().ptr(),
+        out_ptr(dst),
+        d,
+        st,
+        l.offset(),
+        tt,
+        slot.offset(),
+        dev.num_sms(),
+    )?)
 }
