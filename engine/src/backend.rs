@@ -145,6 +145,14 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
+    /// How far from the centre a position may sit under xPos. Its scale is ζ^((pos − centre) /
+    /// scale_base) with ζ ≥ 2/7, and keys take the inverse, so (7/2)^(distance / scale_base) must
+    /// stay well inside f32's (and bf16's) range: here ≤ 1e30, about 28,000 positions for the
+    /// seed's scale base of 512. Past it, scales overflow and the logits turn to NaN.
+    pub fn xpos_reach(scale_base: f64) -> usize {
+        (scale_base * 1e30f64.ln() / 3.5f64.ln()).floor() as usize
+    }
+
     /// Tables for absolute positions `start .. start + n`. With `xpos == false` the scale is 1.
     pub fn new(
         dh: usize,
@@ -158,6 +166,21 @@ impl RopeTables {
             return Err(crate::Error::shape(
                 "rope",
                 format!("head dim {dh} must be even"),
+            ));
+        }
+        let reach = Self::xpos_reach(scale_base) as f64;
+        let far = [start as f64, (start + n) as f64 - 1.0]
+            .iter()
+            .map(|p| (p - center).abs())
+            .fold(0.0, f64::max);
+        if xpos && n > 0 && far > reach {
+            return Err(crate::Error::shape(
+                "rope",
+                format!(
+                    "positions {start}..{} are up to {far} from the centre {center}: xPos's \
+                     scales overflow past {reach} (scale base {scale_base})",
+                    start + n
+                ),
             ));
         }
         let h = dh / 2;

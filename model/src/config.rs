@@ -63,6 +63,16 @@ impl PalmConfig {
     pub fn ff_inner(&self) -> usize {
         self.dim * self.ff_mult
     }
+    /// The longest sequence a cached decode may reach (positions count from 0 with the centre
+    /// at 0): xPos's scales overflow beyond it. Unbounded without xPos.
+    pub fn max_decode_len(&self) -> usize {
+        if self.use_xpos {
+            palm_engine::RopeTables::xpos_reach(self.xpos_scale_base as f64) + 1
+        } else {
+            usize::MAX
+        }
+    }
+
     pub fn attn_inner(&self) -> usize {
         self.heads * self.dim_head
     }

@@ -20,5 +20,5 @@ pub use error::{Error, Result};
 pub use forward::Forward;
 pub use lora::{Lora, LoraScope};
 pub use params::{LayerParams, PalmParams};
-pub use sample::{Decoder, SampleSettings, generate, sample_next};
+pub use sample::{Decoder, SampleSettings, check_decode_len, generate, sample_next};
 pub use trainable::Trainable;

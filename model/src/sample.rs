@@ -134,6 +134,8 @@ fn generate_inner(
         ));
     }
     let b = prompts.len();
+    let what = format!("a prompt of {n} tokens and {} new ones", s.max_tokens);
+    check_decode_len(&params.config, n.saturating_add(s.max_tokens), &what)?;
     crate::budget::check(
         &format!("sampling {b} row(s) of {n} + {} tokens", s.max_tokens),
         crate::budget::decoding(&params.config, b, n, s.max_tokens),
@@ -163,6 +165,20 @@ fn generate_inner(
         dec.feed(&next)?;
     }
     Ok(out)
+}
+
+/// An error unless a decode may reach `len` positions (xPos's reach, see `max_decode_len`);
+/// `what` says where the length comes from.
+pub fn check_decode_len(c: &crate::PalmConfig, len: usize, what: &str) -> Result<()> {
+    let max = c.max_decode_len();
+    if len > max {
+        return Err(Error::Invalid(format!(
+            "{what} makes {len} positions, more than the {max} this model can decode: xPos's \
+             position scales (scale base {}) overflow beyond that",
+            c.xpos_scale_base
+        )));
+    }
+    Ok(())
 }
 
 /// Incremental decoding of `rows` sequences through one KV cache: feed tokens, draw the next
@@ -230,6 +246,8 @@ impl<'a> Decoder<'a> {
                 self.rows
             )));
         }
+        let len = self.cache.len() + n;
+        check_decode_len(&self.params.config, len, "the decoder's cache")?;
         let _g = no_grad();
         let input = Tensor::from_vec(tokens.to_vec(), &[self.rows, n])?;
         let input = input.to_device(self.params.device())?;

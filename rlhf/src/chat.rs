@@ -96,6 +96,8 @@ impl<'a> Chat<'a> {
         seed: u64,
     ) -> Result<Self> {
         settings.check()?;
+        let what = format!("--context {}", settings.context);
+        palm_model::check_decode_len(&params.config, settings.context, &what)?;
         palm_model::budget::check(
             &format!("a conversation of --context {}", settings.context),
             palm_model::budget::decoding(&params.config, 1, settings.context, 0),

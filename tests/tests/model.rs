@@ -312,3 +312,32 @@ fn training_is_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+/// xPos's scales overflow f32 some 28,000 positions from the centre (then the logits were NaN
+/// after a long generation): a decode that would pass the limit is refused before it starts,
+/// and the rotary tables refuse such positions themselves.
+#[test]
+fn decoding_past_xpos_reach_is_refused_up_front() {
+    let (params, mut rng) = small();
+    let max = params.config.max_decode_len();
+    assert!((20_000..40_000).contains(&max), "{max}");
+    let s = SampleSettings {
+        max_tokens: max,
+        ..Default::default()
+    };
+    let err = generate(&params, &[vec![1, 2]], &s, None, &mut rng)
+        .expect_err("past the reach")
+        .to_string();
+    assert!(
+        err.contains("xPos") && err.contains(&max.to_string()),
+        "{err}"
+    );
+    let reach = palm_engine::RopeTables::xpos_reach(512.0);
+    assert!(palm_engine::RopeTables::new(16, reach, 1, 0.0, true, 512.0).is_ok());
+    assert!(palm_engine::RopeTables::new(16, reach + 1, 1, 0.0, true, 512.0).is_err());
+    assert!(palm_engine::RopeTables::new(16, 0, 2 * reach + 3, reach as f64, true, 512.0).is_err());
+    assert!(palm_engine::RopeTables::new(16, reach + 1, 1, 0.0, false, 512.0).is_ok());
+    let mut plain = params.config.clone();
+    plain.use_xpos = false;
+    assert_eq!(plain.max_decode_len(), usize::MAX);
+}
