@@ -2,7 +2,7 @@
 //! the metadata. We also write the seed's buffers and `to_logits.weight` so the seed can load
 //! our files; on load those are checked against what they must be, not trusted.
 
-use crate::{Error, LoraScope, PalmConfig, PalmParams, Result};
+use crate::{Error, LoraScope, PalmConfig, PalmParams, Result, Tokenizer};
 use palm_engine::{DType, Device, SafeFile, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -53,14 +53,21 @@ pub fn model_tensors(params: &PalmParams, loras: &[&LoraScope]) -> Result<Vec<(S
     Ok(out)
 }
 
+/// The metadata key holding a BPE tokenizer's JSON (absent for bytes).
+pub const TOKENIZER_KEY: &str = "tokenizer";
+
 pub fn model_metadata(
     config: &PalmConfig,
+    tokenizer: &Tokenizer,
     loras: &[&LoraScope],
 ) -> Result<HashMap<String, String>> {
     let mut meta = HashMap::new();
     let json = serde_json::to_string(config)
         .map_err(|e| Error::Invalid(format!("config to JSON: {e}")))?;
     meta.insert("config".into(), json);
+    if let Some(t) = tokenizer.json() {
+        meta.insert(TOKENIZER_KEY.into(), t.to_string());
+    }
     meta.insert("format".into(), "palm".into());
     for l in loras {
         meta.insert(
@@ -84,7 +91,7 @@ pub fn save_model_with(
     extra: &[(String, String)],
 ) -> Result<()> {
     let tensors = model_tensors(params, loras)?;
-    let mut meta = model_metadata(&params.config, loras)?;
+    let mut meta = model_metadata(&params.config, &params.tokenizer, loras)?;
     meta.extend(extra.iter().cloned());
     Ok(palm_engine::save_safetensors(path, &tensors, meta)?)
 }
@@ -103,6 +110,20 @@ pub fn config_of(file: &SafeFile) -> Result<PalmConfig> {
         .validate()
         .map_err(|e| Error::Checkpoint(format!("{p}: {e}")))?;
     Ok(config)
+}
+
+/// The tokenizer a checkpoint was trained with: its metadata's BPE, else bytes. Its ids must
+/// fit the checkpoint's vocabulary.
+pub fn tokenizer_of(file: &SafeFile, config: &PalmConfig) -> Result<Tokenizer> {
+    let p = file.path().display();
+    let tokenizer = match file.metadata().get(TOKENIZER_KEY) {
+        Some(json) => Tokenizer::from_json(json, &format!("{p}: its tokenizer"))?,
+        None => Tokenizer::bytes(),
+    };
+    tokenizer
+        .check_fits(config.num_tokens, &format!("{p}"))
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    Ok(tokenizer)
 }
 
 /// A tensor of a file with its expected shape, or an error naming both.
@@ -222,6 +243,7 @@ pub fn params_of(file: &SafeFile) -> Result<PalmParams> {
         )));
     }
     let config = config_of(file)?;
+    let tokenizer = tokenizer_of(file, &config)?;
     check_holds(file, &config)?;
     // Layers past the config's depth would be dropped silently.
     if let Some(extra) = file.names().find(|n| {
@@ -236,7 +258,8 @@ pub fn params_of(file: &SafeFile) -> Result<PalmParams> {
             config.depth
         )));
     }
-    let params = PalmParams::from_named(&config, |n, s| get_checked(file, n, s))?;
+    let params = PalmParams::from_named(&config, |n, s| get_checked(file, n, s))?
+        .with_tokenizer(tokenizer)?;
     let mut expected = buffers(&config)?;
     expected.push(("to_logits.weight".into(), params.token_emb.clone()));
     for (name, want) in expected {

@@ -1,6 +1,6 @@
 //! palm-model: the PaLM of PaLM-rlhf-pytorch 0.7.5 (the seed) on the palm engine — config,
-//! parameters under the seed's names, forward, LoRA, KV cache, sampling, byte tokenizer and
-//! checkpoints.
+//! parameters under the seed's names, forward, LoRA, KV cache, sampling, tokenizers (bytes or
+//! BPE) and checkpoints.
 
 pub mod budget;
 pub mod cache;
@@ -21,4 +21,5 @@ pub use forward::Forward;
 pub use lora::{Lora, LoraScope};
 pub use params::{LayerParams, PalmParams};
 pub use sample::{Decoder, SampleSettings, check_decode_len, generate, sample_next};
+pub use tokenizer::Tokenizer;
 pub use trainable::Trainable;

@@ -1,5 +1,6 @@
 //! PaLM's parameters under the seed's state-dict names, initialised as the seed does.
 
+use crate::tokenizer::Tokenizer;
 use crate::{Error, PalmConfig, Result};
 use palm_engine::{DType, Device, Rng, Tensor};
 
@@ -23,6 +24,9 @@ pub struct PalmParams {
     pub layers: Vec<LayerParams>,
     /// `norm.gamma` (D).
     pub norm_gamma: Tensor,
+    /// How text becomes this model's ids (bytes unless the model was trained with a BPE); it
+    /// travels in the checkpoint.
+    pub tokenizer: Tokenizer,
 }
 
 impl PalmParams {
@@ -57,7 +61,16 @@ impl PalmParams {
             token_emb,
             layers,
             norm_gamma: zeros(d)?,
+            tokenizer: Tokenizer::bytes(),
         })
+    }
+
+    /// The same model reading and writing text through `tokenizer`, whose ids must all fit in
+    /// the vocabulary.
+    pub fn with_tokenizer(mut self, tokenizer: Tokenizer) -> Result<Self> {
+        tokenizer.check_fits(self.config.num_tokens, "the model")?;
+        self.tokenizer = tokenizer;
+        Ok(self)
     }
 
     /// Every parameter with its seed state-dict name, in a fixed order.
@@ -180,6 +193,7 @@ impl PalmParams {
             token_emb,
             layers,
             norm_gamma,
+            tokenizer: Tokenizer::bytes(),
         })
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::{Error, Result};
 use palm_engine::Rng;
-use palm_model::{Decoder, LoraScope, PalmParams, SampleSettings, tokenizer};
+use palm_model::{Decoder, LoraScope, PalmParams, SampleSettings, Tokenizer};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How a conversation is held.
@@ -66,19 +66,17 @@ pub struct Reply {
     /// The prompt the user's line became.
     pub prompt: String,
     pub tokens: Vec<u32>,
+    /// The tokens as text.
+    pub text: String,
     pub finish: Finish,
     /// Turns dropped from the front to make room for this one.
     pub dropped_turns: usize,
 }
 
-impl Reply {
-    pub fn text(&self) -> String {
-        tokenizer::decode(&self.tokens)
-    }
-}
-
 pub struct Chat<'a> {
     decoder: Decoder<'a>,
+    /// The model's, for the prompts and the replies.
+    pub tokenizer: Tokenizer,
     pub settings: ChatSettings,
     /// The tokens of each turn held in the cache: the previous turn's closing EOS, the prompt,
     /// the reply. Their concatenation is exactly what the cache holds.
@@ -106,6 +104,7 @@ impl<'a> Chat<'a> {
         let mut rng = Rng::new(seed);
         Ok(Chat {
             decoder: Decoder::new(params, lora, 1, &mut rng)?,
+            tokenizer: params.tokenizer.clone(),
             settings,
             turns: Vec::new(),
             pending: Vec::new(),
@@ -139,7 +138,7 @@ impl<'a> Chat<'a> {
     ) -> Result<Reply> {
         let prompt = self.settings.template.replacen("{}", line, 1);
         let mut feed = std::mem::take(&mut self.pending);
-        feed.extend(tokenizer::encode(&prompt));
+        feed.extend(self.tokenizer.encode(&prompt)?);
         let max = self.settings.sample.max_tokens;
         // Room for the prompt and the reply: drop whole turns from the front.
         let mut dropped = 0;
@@ -188,6 +187,7 @@ impl<'a> Chat<'a> {
         self.pending.extend(self.settings.eos);
         Ok(Reply {
             prompt,
+            text: self.tokenizer.decode(&tokens),
             tokens,
             finish,
             dropped_turns: dropped,

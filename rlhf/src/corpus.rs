@@ -1,8 +1,10 @@
-//! Text corpora for byte-level language modelling: the shipped State of the Union corpus (embedded
-//! in the binary, so `palm train` works anywhere) or a user file, plain or gzip.
+//! Text corpora for language modelling: the shipped State of the Union corpus (embedded in the
+//! binary, so `palm train` works anywhere) or a user file, plain or gzip, as the ids of a
+//! tokenizer (bytes by default).
 
 use crate::{Error, Result};
 use palm_engine::Rng;
+use palm_model::Tokenizer;
 use std::io::Read;
 use std::path::Path;
 
@@ -12,8 +14,67 @@ const SOTU_GZ: &[u8] = include_bytes!("../../data/sotu.txt.gz");
 pub struct Corpus {
     /// Where it came from, for messages.
     pub name: String,
-    pub train: Vec<u8>,
-    pub val: Vec<u8>,
+    pub train: Ids,
+    pub val: Ids,
+    /// The held-out text itself.
+    pub val_text: Vec<u8>,
+    /// Bytes of text behind `train`.
+    pub train_bytes: usize,
+}
+
+/// Token ids of a text: its bytes themselves under the byte tokenizer (no copy, a byte each),
+/// else the tokenizer's ids.
+pub enum Ids {
+    Bytes(Vec<u8>),
+    Tokens(Vec<u32>),
+}
+
+impl Ids {
+    /// `text` (named `name` in errors) as `tokenizer`'s ids. A BPE reads UTF-8 text only.
+    pub fn of(text: Vec<u8>, tokenizer: &Tokenizer, name: &str) -> Result<Self> {
+        if tokenizer.is_bytes() {
+            return Ok(Ids::Bytes(text));
+        }
+        let text = String::from_utf8(text).map_err(|e| {
+            Error::data(
+                name,
+                None,
+                format!(
+                    "not UTF-8 text at byte {} (a BPE tokenizer reads text; bytes read anything)",
+                    e.utf8_error().valid_up_to()
+                ),
+            )
+        })?;
+        Ok(Ids::Tokens(tokenizer.encode_corpus(&text)?))
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Ids::Bytes(b) => b.len(),
+            Ids::Tokens(t) => t.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ids `start .. start + len` (in range: checked by the callers).
+    pub fn window(&self, start: usize, len: usize) -> impl Iterator<Item = u32> + '_ {
+        let (bytes, tokens): (&[u8], &[u32]) = match self {
+            Ids::Bytes(b) => (&b[start..start + len], &[]),
+            Ids::Tokens(t) => (&[], &t[start..start + len]),
+        };
+        bytes
+            .iter()
+            .map(|&b| u32::from(b))
+            .chain(tokens.iter().copied())
+    }
+
+    fn all_padding(&self) -> bool {
+        self.window(0, self.len())
+            .all(|i| i == palm_model::tokenizer::PAD)
+    }
 }
 
 /// Every member of a gzip file (`cat a.gz b.gz`, pigz and bgzip write several); bytes after the
@@ -50,14 +111,32 @@ pub fn read_bytes(path: Option<&Path>) -> Result<(String, Vec<u8>)> {
 }
 
 impl Corpus {
-    /// Load and hold out the last `val_fraction` for validation. Both parts must fit at least
-    /// one window of `seq_len + 1` bytes.
-    pub fn load(path: Option<&Path>, val_fraction: f64, seq_len: usize) -> Result<Self> {
-        let (name, bytes) = read_bytes(path)?;
-        let split = ((bytes.len() as f64) * (1.0 - val_fraction)) as usize;
-        let (train, val) = (bytes[..split].to_vec(), bytes[split..].to_vec());
+    /// Load, hold out the last `val_fraction` of the bytes for validation (split at a character
+    /// boundary), and tokenize both parts. Both must fit at least one window of `seq_len + 1`
+    /// tokens.
+    pub fn load(
+        path: Option<&Path>,
+        val_fraction: f64,
+        seq_len: usize,
+        tokenizer: &Tokenizer,
+    ) -> Result<Self> {
+        let (name, mut bytes) = read_bytes(path)?;
+        let mut split = ((bytes.len() as f64) * (1.0 - val_fraction)) as usize;
+        // Not inside a UTF-8 sequence (continuation bytes are 0b10xxxxxx).
+        while split < bytes.len() && (bytes[split] & 0xC0) == 0x80 {
+            split += 1;
+        }
+        let val_text = bytes.split_off(split);
+        let train_bytes = bytes.len();
+        let train = Ids::of(bytes, tokenizer, &name)?;
+        let val = Ids::of(val_text.clone(), tokenizer, &name)?;
+        let unit = if tokenizer.is_bytes() {
+            "bytes"
+        } else {
+            "tokens"
+        };
         for (part, data) in [("training", &train), ("validation", &val)] {
-            if data.iter().all(|&b| b == 0) && !data.is_empty() {
+            if data.all_padding() && !data.is_empty() {
                 return Err(Error::data(
                     &name,
                     None,
@@ -72,29 +151,41 @@ impl Corpus {
                     &name,
                     None,
                     format!(
-                        "the {part} part has {} bytes, fewer than one window of {} (seq-len + 1); use a larger file or a smaller --seq-len",
+                        "the {part} part has {} {unit}, fewer than one window of {} (seq-len + 1); use a larger file or a smaller --seq-len",
                         data.len(),
                         seq_len.saturating_add(1)
                     ),
                 ));
             }
         }
-        Ok(Corpus { name, train, val })
+        Ok(Corpus {
+            name,
+            train,
+            val,
+            val_text,
+            train_bytes,
+        })
+    }
+
+    /// Validation tokens per byte of held-out text: nats per token × this / ln 2 is bits per
+    /// byte, comparable across tokenizers.
+    pub fn val_tokens_per_byte(&self) -> f64 {
+        self.val.len() as f64 / self.val_text.len().max(1) as f64
     }
 }
 
-/// `batch` random windows of `len` bytes from `data`, as token ids (b × len, row-major).
-pub fn random_windows(data: &[u8], batch: usize, len: usize, rng: &mut Rng) -> Vec<u32> {
+/// `batch` random windows of `len` ids from `data` (b × len, row-major).
+pub fn random_windows(data: &Ids, batch: usize, len: usize, rng: &mut Rng) -> Vec<u32> {
     let mut out = Vec::with_capacity(batch * len);
     for _ in 0..batch {
         let start = rng.below(data.len() - len + 1);
-        out.extend(data[start..start + len].iter().map(|&b| u32::from(b)));
+        out.extend(data.window(start, len));
     }
     out
 }
 
-/// Up to `count` windows of `len` bytes, evenly spaced over `data` (a fixed validation set).
-pub fn spaced_windows(data: &[u8], count: usize, len: usize) -> Vec<Vec<u32>> {
+/// Up to `count` windows of `len` ids, evenly spaced over `data` (a fixed validation set).
+pub fn spaced_windows(data: &Ids, count: usize, len: usize) -> Vec<Vec<u32>> {
     let room = data.len().saturating_sub(len);
     let count = count.min(room / len.max(1) + 1).max(1);
     (0..count)
@@ -104,10 +195,7 @@ pub fn spaced_windows(data: &[u8], count: usize, len: usize) -> Vec<Vec<u32>> {
             } else {
                 i * room / (count - 1)
             };
-            data[start..start + len]
-                .iter()
-                .map(|&b| u32::from(b))
-                .collect()
+            data.window(start, len).collect()
         })
         .collect()
 }
@@ -142,20 +230,15 @@ pub fn sentence_starts(text: &[u8], len: usize) -> Vec<String> {
     out
 }
 
-/// Consecutive windows of `n + 1` bytes at stride `n` from the start, the last partial window
+/// Consecutive windows of `n + 1` ids at stride `n` from the start, the last partial window
 /// dropped: the `palm eval` protocol.
-pub fn strided_windows(data: &[u8], n: usize) -> Vec<Vec<u32>> {
+pub fn strided_windows(data: &Ids, n: usize) -> Vec<Vec<u32>> {
     // `len ≤ n`, not `len < n + 1`: n may be as large as a user typed.
     if n == 0 || data.len() <= n {
         return Vec::new();
     }
     (0..(data.len() - 1) / n)
-        .map(|i| {
-            data[i * n..i * n + n + 1]
-                .iter()
-                .map(|&b| u32::from(b))
-                .collect()
-        })
+        .map(|i| data.window(i * n, n + 1).collect())
         .collect()
 }
 
@@ -172,9 +255,10 @@ mod tests {
 
     #[test]
     fn windows_of_any_length_never_overflow() {
-        assert!(strided_windows(b"abc", usize::MAX).is_empty());
-        assert!(strided_windows(b"abc", 3).is_empty());
-        assert_eq!(strided_windows(b"abcd", 3).len(), 1);
+        let ids = |t: &[u8]| Ids::Bytes(t.to_vec());
+        assert!(strided_windows(&ids(b"abc"), usize::MAX).is_empty());
+        assert!(strided_windows(&ids(b"abc"), 3).is_empty());
+        assert_eq!(strided_windows(&ids(b"abcd"), 3).len(), 1);
     }
 
     #[test]
@@ -183,7 +267,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("nul.txt");
         std::fs::write(&p, vec![0u8; 4096]).unwrap();
-        let e = Corpus::load(Some(&p), 0.05, 16).err().unwrap().to_string();
+        let e = Corpus::load(Some(&p), 0.05, 16, &Tokenizer::bytes())
+            .err()
+            .unwrap()
+            .to_string();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(e.contains("nul.txt") && e.contains("NUL"), "{e}");
     }

@@ -21,7 +21,7 @@ use crate::trainer::{OptimSettings, Trainer};
 use crate::{Error, Result};
 use palm_engine::{Device, Rng};
 use palm_model::checkpoint::load_model;
-use palm_model::{LoraScope, PalmConfig, PalmParams, tokenizer};
+use palm_model::{LoraScope, PalmConfig, PalmParams, Tokenizer};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -178,6 +178,7 @@ impl DemoSettings {
                 reward: Some(reward),
                 rule: None,
                 prompts,
+                tokenizer: Default::default(),
             },
             updates: self.updates,
             actor: Actor {
@@ -340,7 +341,7 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
     s.check()?;
     let total = Instant::now();
     let mut timings = Timings::default();
-    let corpus = Corpus::load(None, 0.05, s.pretrain_seq as usize)?;
+    let corpus = Corpus::load(None, 0.05, s.pretrain_seq as usize, &Tokenizer::bytes())?;
     // Prompts first: too few is an error before anything is trained.
     let mut rng = Rng::new(s.seed);
     let (train_prompts, held_out) = prompts(&corpus, s, &mut rng)?;
@@ -383,9 +384,7 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
     timings.reward_s = secs(t);
     let reward_path = s.out.join("reward").join(reward_train::MODEL_FILE);
 
-    let tokens =
-        |ps: &[String]| -> Vec<Vec<u32>> { ps.iter().map(|p| tokenizer::encode(p)).collect() };
-    let held_tokens = tokens(&held_out);
+    let held_tokens = base.tokenizer.encode_all(&held_out)?;
     let reward = RewardSource::Model(Box::new(rm));
     let t = Instant::now();
     let (before, before_eps) = evaluate(&base, None, &held_tokens, &reward, s)?;
@@ -400,7 +399,8 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
     let t = Instant::now();
     rl_run::check_memory(&base.config, &Ppo::update_shape(&settings), s.device)?;
     let dir = RunDir::create(&s.out, &rl_run::RUN_FILES, s.overwrite)?;
-    let mut run = PpoRun::new(settings, base, reward, tokens(&train_prompts), dir)?;
+    let train_tokens = base.tokenizer.encode_all(&train_prompts)?;
+    let mut run = PpoRun::new(settings, base, reward, train_tokens, dir)?;
     run.move_to(s.device)?;
     run.algo.gold = Some(s.labeler.clone());
     run.drive(None)?;
@@ -417,7 +417,7 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
     )?;
     timings.eval_s += secs(t);
     let held_out = compare(before, after);
-    let samples = sample_pairs(&before_eps, &after_eps, s, 4);
+    let samples = sample_pairs(&before_eps, &after_eps, s, &run.core.base.tokenizer, 4);
     write_curves(&s.out)?;
     timings.total_s = secs(total);
     let summary = Summary {
@@ -440,7 +440,7 @@ pub fn run(s: &DemoSettings) -> Result<Summary> {
 /// Sentence openings of the corpus's held-out part, shuffled with the demo's RNG, split into
 /// (training, held-out) prompts.
 fn prompts(corpus: &Corpus, s: &DemoSettings, rng: &mut Rng) -> Result<(Vec<String>, Vec<String>)> {
-    let mut starts = sentence_starts(&corpus.val, s.prompt_bytes);
+    let mut starts = sentence_starts(&corpus.val_text, s.prompt_bytes);
     // Saturating: --prompts and --held-out near 2^64 are refused below, not wrapped.
     let need = s.train_prompts.saturating_add(s.held_out_prompts);
     if starts.len() < need {
@@ -486,7 +486,14 @@ fn pretrain(corpus: &Corpus, s: &DemoSettings) -> Result<PathBuf> {
         ckpt_every: 0,
     };
     let extra = serde_json::to_value(&run).map_err(|e| Error::Invalid(e.to_string()))?;
-    let mut trainer = Trainer::new(&s.model, settings, extra, &dir, s.overwrite)?;
+    let mut trainer = Trainer::new(
+        &s.model,
+        Tokenizer::bytes(),
+        settings,
+        extra,
+        &dir,
+        s.overwrite,
+    )?;
     trainer.to_device(s.device)?;
     crate::output::say(format!(
         "[1/5] pretraining {:.2}M parameters on {}: {} steps of {}×{} bytes",
@@ -515,13 +522,16 @@ fn label(
     let mut skipped = 0;
     // A few prompts per `generate` call: one batch through the KV cache, progress between.
     for chunk in prompts.chunks(16) {
-        let rows: Vec<Vec<u32>> = chunk
-            .iter()
-            .flat_map(|p| std::iter::repeat_n(tokenizer::encode(p), s.samples))
-            .collect();
+        let mut rows: Vec<Vec<u32>> = Vec::new();
+        for p in chunk {
+            rows.extend(std::iter::repeat_n(base.tokenizer.encode(p)?, s.samples));
+        }
         let episodes = rollout::sample_episodes(base, None, &rows, &s.sampling(), rng)?;
         for (prompt, eps) in chunk.iter().zip(episodes.chunks(s.samples)) {
-            let texts = eps.iter().map(|e| tokenizer::decode(e.text())).collect();
+            let texts = eps
+                .iter()
+                .map(|e| base.tokenizer.decode(e.text()))
+                .collect();
             let Some((ranked, scores)) = rank_distinct(&s.labeler, texts) else {
                 skipped += 1;
                 continue;
@@ -567,8 +577,9 @@ fn reward_model(
         .map(PreferenceRecord::Ranking)
         .collect();
     let seq_len = s.prompt_bytes + s.max_new + 1;
-    let (train, val, _) = reward_train::split_records(&records, s.rm_val_frac, seq_len, rng)?;
     let (trunk, _) = load_model(policy)?;
+    let (train, val, _) =
+        reward_train::split_records(&records, s.rm_val_frac, seq_len, &trunk.tokenizer, rng)?;
     let mut rm = RewardModel::new(trunk, Pooling::Mean, rng)?;
     rm.move_to(s.device)?;
     let settings = TrainSettings {
@@ -618,7 +629,7 @@ fn evaluate(
     let episodes = rollout::sample_episodes(base, actor, &rows, &s.sampling(), &mut rng)?;
     let gold: Vec<f32> = episodes
         .iter()
-        .map(|e| s.labeler.score(&tokenizer::decode(e.text())) as f32)
+        .map(|e| s.labeler.score(&base.tokenizer.decode(e.text())) as f32)
         .collect();
     let rm = reward.score(&episodes, 64)?;
     let kl = palm_engine::cpu::on_workers(|| sequence_kl(base, actor, &episodes, s))?;
@@ -699,16 +710,17 @@ fn sample_pairs(
     before: &[Episode],
     after: &[Episode],
     s: &DemoSettings,
+    tokenizer: &Tokenizer,
     count: usize,
 ) -> Vec<SamplePair> {
-    let text = |e: &Episode| tokenizer::decode(e.text());
+    let text = |e: &Episode| tokenizer.decode(e.text());
     before
         .iter()
         .zip(after)
         .step_by(s.eval_samples)
         .take(count)
         .map(|(b, a)| SamplePair {
-            prompt: tokenizer::decode(&b.prompt),
+            prompt: tokenizer.decode(&b.prompt),
             before: text(b),
             before_gold: s.labeler.score(&text(b)),
             after: text(a),

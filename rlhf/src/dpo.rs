@@ -17,7 +17,7 @@ use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, Device, Rng, Tensor, clip_grad_norm, no_grad};
 use palm_model::checkpoint::save_model_with;
-use palm_model::{Forward, LoraScope, PalmParams, Trainable};
+use palm_model::{Forward, LoraScope, PalmParams, Tokenizer, Trainable};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -36,10 +36,14 @@ pub struct Pair {
 /// The pairs of `records` fitted into `max_len` tokens a sequence (cut as the reward model's
 /// data, see `Ranked::new`); a ranking of K gives its C(K,2) pairs, best over worse. Returns the
 /// pairs and how many records were cut.
-pub fn pairs_of(records: &[&PreferenceRecord], max_len: usize) -> (Vec<Pair>, usize) {
+pub fn pairs_of(
+    records: &[&PreferenceRecord],
+    max_len: usize,
+    tokenizer: &Tokenizer,
+) -> Result<(Vec<Pair>, usize)> {
     let (mut pairs, mut cut) = (Vec::new(), 0);
     for r in records {
-        let (ranked, was_cut) = Ranked::new(r, max_len);
+        let (ranked, was_cut) = Ranked::new(r, max_len, tokenizer)?;
         cut += usize::from(was_cut);
         let rs = &ranked.responses;
         for i in 0..rs.len() {
@@ -52,7 +56,7 @@ pub fn pairs_of(records: &[&PreferenceRecord], max_len: usize) -> (Vec<Pair>, us
             }
         }
     }
-    (pairs, cut)
+    Ok((pairs, cut))
 }
 
 /// The policy being trained: the model and, with LoRA, adapters in front of a frozen copy.
@@ -428,6 +432,8 @@ pub struct DpoRun {
     pub val_frac: f64,
     pub seed: u64,
     #[serde(flatten)]
+    pub tokenizer: crate::commands::TokenizerArg,
+    #[serde(flatten)]
     pub train: TrainSettings,
 }
 
@@ -458,13 +464,14 @@ pub fn run(begin: Begin<DpoRun>, device: Device, stop_at: Option<u64>) -> Result
     r.check()?;
     let records = read_jsonl::<PreferenceRecord>(&r.data)?;
     let params = crate::rl_run::load_merged_policy(&r.policy)?;
+    let params = r.tokenizer.apply(params, &r.policy)?;
     let mut rng = Rng::new(r.seed);
     let (train_idx, val_idx) = split_held_out(records.len(), r.val_frac, &mut rng)
         .map_err(|e| Error::data(&r.data, None, e.to_string()))?;
     let seq_len = r.seq_len as usize;
     let pick = |idx: &[usize]| idx.iter().map(|&i| &records[i]).collect::<Vec<_>>();
-    let (train_pairs, cut_t) = pairs_of(&pick(&train_idx), seq_len);
-    let (val_pairs, cut_v) = pairs_of(&pick(&val_idx), seq_len);
+    let (train_pairs, cut_t) = pairs_of(&pick(&train_idx), seq_len, &params.tokenizer)?;
+    let (val_pairs, cut_v) = pairs_of(&pick(&val_idx), seq_len, &params.tokenizer)?;
     if cut_t + cut_v > 0 {
         crate::output::say(format!(
             "note: {} record(s) cut to --seq-len {}",

@@ -41,6 +41,9 @@ pub struct Sources {
     /// JSONL of {"prompt"} (.gz is decompressed), taken in order, cyclically.
     #[arg(long, required = false, required_unless_present = "resume")]
     pub prompts: PathBuf,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tokenizer: crate::commands::TokenizerArg,
 }
 
 /// The trained policy of an RL run: the rank of its adapters and how it samples responses.
@@ -50,7 +53,7 @@ pub struct Actor {
     /// Rank of the LoRA adapters (the actor's, and PPO's critic's; alpha = rank).
     #[arg(long, default_value_t = 8, value_parser = at_least(1))]
     pub lora_rank: usize,
-    /// Longest response in tokens (bytes).
+    /// Longest response in tokens.
     #[arg(long, default_value_t = 64, value_parser = at_least(1))]
     pub max_new: usize,
     /// Keep the last N tokens of longer prompts.
@@ -70,12 +73,13 @@ impl Actor {
         positive("--temperature", self.temperature)
     }
 
-    pub fn sampling(&self) -> crate::rollout::Sampling {
-        crate::rollout::Sampling {
+    /// How a policy reading text through `tokenizer` samples its responses.
+    pub fn sampling(&self, tokenizer: &palm_model::Tokenizer) -> Result<crate::rollout::Sampling> {
+        Ok(crate::rollout::Sampling {
             temperature: self.temperature,
             max_new: self.max_new,
-            eos: self.eos.0,
-        }
+            eos: self.eos.id(tokenizer)?,
+        })
     }
 }
 

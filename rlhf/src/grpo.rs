@@ -190,7 +190,7 @@ impl Algorithm for Grpo {
             &core.base,
             Some(&core.learner.actor),
             &prompts,
-            &s.actor.sampling(),
+            &s.actor.sampling(&core.base.tokenizer)?,
             &mut core.progress.rng,
         )?;
         let scores = core.reward.score(&episodes, p.batch * p.group)?;
@@ -245,7 +245,7 @@ impl Algorithm for Grpo {
         Ok(Report {
             metrics,
             line,
-            samples: rl_run::samples_of(&episodes, &g.scores, 2),
+            samples: rl_run::samples_of(&episodes, &g.scores, 2, &core.base.tokenizer),
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::rl_run::{self, Algorithm, Core, Learner, Report, RlRun, RlSettings};
 use crate::rollout::{self, Episode, Padded, gather, mean_std};
 use crate::{Error, Result};
 use palm_engine::{AdamW, Rng, no_grad};
-use palm_model::{PalmParams, tokenizer};
+use palm_model::PalmParams;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -409,7 +409,7 @@ impl Algorithm for Ppo {
             &core.base,
             Some(&core.learner.actor),
             &prompts,
-            &s.actor.sampling(),
+            &s.actor.sampling(&core.base.tokenizer)?,
             &mut core.progress.rng,
         )?;
         let raw = core.reward.score(&episodes, p.batch)?;
@@ -457,7 +457,7 @@ impl Algorithm for Ppo {
         if let Some(rule) = &self.gold {
             let gold: Vec<f32> = episodes
                 .iter()
-                .map(|e| rule.score(&tokenizer::decode(e.text())) as f32)
+                .map(|e| rule.score(&core.base.tokenizer.decode(e.text())) as f32)
                 .collect();
             let (gold_mean, _) = mean_std(&gold);
             metrics["gold_score_mean"] = gold_mean.into();
@@ -470,7 +470,7 @@ impl Algorithm for Ppo {
         Ok(Report {
             metrics,
             line,
-            samples: rl_run::samples_of(&episodes, &exp.scores, 2),
+            samples: rl_run::samples_of(&episodes, &exp.scores, 2, &core.base.tokenizer),
         })
     }
 }

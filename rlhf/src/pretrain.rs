@@ -1,13 +1,13 @@
-//! Byte-level pretraining on a text corpus: the run's settings, the task the shared `Trainer`
-//! drives (next-byte prediction on random windows, validation in bits per byte, samples), and
-//! the window scoring `palm eval` shares.
+//! Pretraining on a text corpus: the run's settings, the task the shared `Trainer` drives
+//! (next-token prediction on random windows, validation in bits per byte, samples), and the
+//! window scoring `palm eval` shares.
 
-use crate::corpus::{Corpus, random_windows, spaced_windows};
+use crate::corpus::{Corpus, Ids, random_windows, spaced_windows};
 use crate::flags::CosineDefaults;
 use crate::trainer::{Schedule, Task, Validation};
 use crate::{Error, Result};
 use palm_engine::{Rng, Tensor, no_grad};
-use palm_model::{Forward, PalmConfig, PalmParams, SampleSettings, generate, tokenizer};
+use palm_model::{Forward, PalmConfig, PalmParams, SampleSettings, generate};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -33,7 +33,7 @@ pub struct RunSettings {
     /// Sequences per step.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
-    /// Tokens (bytes) per sequence.
+    /// Tokens per sequence (bytes, unless --tokenizer).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..))]
     pub seq_len: u64,
     /// Validate every N steps (and at the end).
@@ -45,7 +45,7 @@ pub struct RunSettings {
     /// Print a sample every N steps (and at the end); 0 = only at the end.
     #[arg(long, default_value_t = 500)]
     pub sample_every: u64,
-    /// Bytes per sample.
+    /// Tokens per sample.
     #[arg(long, default_value_t = 200)]
     pub sample_tokens: usize,
     /// Checkpoint every N steps (and at the end); 0 = only at the end.
@@ -90,10 +90,12 @@ impl RunSettings {
     }
 }
 
-/// Next-byte prediction on random windows of the corpus; validation in bits per byte.
+/// Next-token prediction on random windows of the corpus; validation in bits per byte.
 pub struct Pretrain<'a> {
-    train: &'a [u8],
+    train: &'a Ids,
     val: Vec<Vec<u32>>,
+    /// Validation tokens per byte of text (1 for bytes).
+    tokens_per_byte: f64,
     batch: usize,
     len: usize,
     sample_tokens: usize,
@@ -106,6 +108,7 @@ impl<'a> Pretrain<'a> {
     pub fn new(corpus: &'a Corpus, run: &RunSettings, seed: u64) -> Self {
         Pretrain {
             train: &corpus.train,
+            tokens_per_byte: corpus.val_tokens_per_byte(),
             val: spaced_windows(
                 &corpus.val,
                 run.val_windows as usize,
@@ -129,7 +132,7 @@ impl Task for Pretrain<'_> {
     fn validate(&self, params: &PalmParams) -> Result<Validation> {
         let (total, count) = score_windows(params, &self.val, self.batch)?;
         let loss = total / count.max(1) as f64;
-        let bpb = loss / std::f64::consts::LN_2;
+        let bpb = loss * self.tokens_per_byte / std::f64::consts::LN_2;
         Ok(Validation {
             metrics: serde_json::json!({"val_loss": loss, "val_bpb": bpb}),
             line: format!("validation loss {loss:.4}, {bpb:.4} bits/byte"),
@@ -140,7 +143,7 @@ impl Task for Pretrain<'_> {
     /// A sample from the current model with its own RNG (so sampling never shifts the training
     /// stream and a resumed run stays bit-exact).
     fn sample(&self, params: &PalmParams, step: u64) -> Result<Option<String>> {
-        let prompt = tokenizer::encode("The ");
+        let prompt = params.tokenizer.encode("The ")?;
         let settings = SampleSettings {
             temperature: 0.8,
             max_tokens: self.sample_tokens,
@@ -149,7 +152,7 @@ impl Task for Pretrain<'_> {
         let mut rng = Rng::new(self.seed ^ step.wrapping_mul(0x9E37_79B9));
         let out = generate(params, &[prompt], &settings, None, &mut rng)?;
         Ok(Some(
-            format!("The {}", tokenizer::decode(&out[0])).replace('\n', " ⏎ "),
+            format!("The {}", params.tokenizer.decode(&out[0])).replace('\n', " ⏎ "),
         ))
     }
 }

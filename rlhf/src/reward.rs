@@ -7,7 +7,7 @@
 use crate::{Error, Result};
 use palm_engine::{DType, Device, Rng, SafeFile, Tensor, no_grad};
 use palm_model::checkpoint::{get_checked, load_lora, model_metadata, model_tensors, params_of};
-use palm_model::{Forward, LoraScope, PalmParams, Trainable, tokenizer};
+use palm_model::{Forward, LoraScope, PalmParams, Trainable};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -158,10 +158,11 @@ impl RewardModel {
         Ok(())
     }
 
-    /// Scores of `responses` to `prompt` (byte tokens), one batch, no gradients.
+    /// Scores of `responses` to `prompt` (through the trunk's tokenizer), one batch, no
+    /// gradients.
     pub fn score_texts(&self, prompt: &str, responses: &[&str]) -> Result<Vec<f32>> {
-        let p = tokenizer::encode(prompt);
-        let rs: Vec<Vec<u32>> = responses.iter().map(|r| tokenizer::encode(r)).collect();
+        let p = self.trunk.tokenizer.encode(prompt)?;
+        let rs = self.trunk.tokenizer.encode_all(responses)?;
         let batch: Vec<Scored> = rs
             .iter()
             .map(|r| Scored {
@@ -210,7 +211,7 @@ impl RewardModel {
         tensors.push(("prompt_embed".into(), self.prompt_embed.clone()));
         tensors.push(("response_embed".into(), self.response_embed.clone()));
         tensors.push(("to_pred.weight".into(), self.head.clone()));
-        let mut meta = model_metadata(&self.trunk.config, &loras)?;
+        let mut meta = model_metadata(&self.trunk.config, &self.trunk.tokenizer, &loras)?;
         meta.insert("format".into(), FORMAT.into());
         let settings = RewardSettings {
             pooling: self.pooling,

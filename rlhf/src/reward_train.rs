@@ -14,7 +14,7 @@ use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, Device, Rng, Tensor, clip_grad_norm, no_grad};
 use palm_model::checkpoint::load_model;
-use palm_model::{Trainable, tokenizer};
+use palm_model::{Tokenizer, Trainable};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -33,11 +33,15 @@ impl Ranked {
     /// `max_len − 1` is cut at its end, and the prompt loses tokens from its front until the
     /// longest response fits, keeping at least its last one (one prompt for all responses, so
     /// they are compared in the same context). The flag says whether anything was cut.
-    pub fn new(r: &PreferenceRecord, max_len: usize) -> (Ranked, bool) {
+    pub fn new(
+        r: &PreferenceRecord,
+        max_len: usize,
+        tokenizer: &Tokenizer,
+    ) -> Result<(Ranked, bool)> {
         let (prompt, responses, margin) = r.ranking();
         let keep = max_len.max(2) - 1;
-        let mut responses: Vec<Vec<u32>> = responses.iter().map(|s| tokenizer::encode(s)).collect();
-        let mut prompt = tokenizer::encode(prompt);
+        let mut responses = tokenizer.encode_all(&responses)?;
+        let mut prompt = tokenizer.encode(prompt)?;
         let longest = responses.iter().map(Vec::len).max().unwrap_or(0);
         let room = max_len.max(2) - longest.min(keep);
         let cut = prompt.len() > room || longest > keep;
@@ -50,7 +54,7 @@ impl Ranked {
             responses,
             margin,
         };
-        (ranked, cut)
+        Ok((ranked, cut))
     }
 
     /// The C(K,2) (better, worse) pairs it holds.
@@ -75,26 +79,27 @@ pub fn split_held_out(n: usize, val_frac: f64, rng: &mut Rng) -> Result<(Vec<usi
     Ok((idx, val))
 }
 
-/// `records` as token ids fitted into `seq_len`, split into (train, held-out) by
+/// `records` as `tokenizer`'s ids fitted into `seq_len`, split into (train, held-out) by
 /// `split_held_out`, with the number of records that had to be cut.
 pub fn split_records(
     records: &[PreferenceRecord],
     val_frac: f64,
     seq_len: usize,
+    tokenizer: &Tokenizer,
     rng: &mut Rng,
 ) -> Result<(Vec<Ranked>, Vec<Ranked>, usize)> {
     let (train_idx, val_idx) = split_held_out(records.len(), val_frac, rng)?;
     let mut cut = 0;
-    let mut ranked = |idx: &[usize]| -> Vec<Ranked> {
+    let mut ranked = |idx: &[usize]| -> Result<Vec<Ranked>> {
         idx.iter()
             .map(|&i| {
-                let (r, was_cut) = Ranked::new(&records[i], seq_len);
+                let (r, was_cut) = Ranked::new(&records[i], seq_len, tokenizer)?;
                 cut += usize::from(was_cut);
-                r
+                Ok(r)
             })
             .collect()
     };
-    let (train, val) = (ranked(&train_idx), ranked(&val_idx));
+    let (train, val) = (ranked(&train_idx)?, ranked(&val_idx)?);
     Ok((train, val, cut))
 }
 
@@ -357,6 +362,8 @@ pub struct RewardRun {
     pub val_frac: f64,
     pub seed: u64,
     #[serde(flatten)]
+    pub tokenizer: crate::commands::TokenizerArg,
+    #[serde(flatten)]
     pub train: TrainSettings,
 }
 
@@ -388,6 +395,7 @@ pub fn run(begin: Begin<RewardRun>, device: Device, stop_at: Option<u64>) -> Res
     r.check()?;
     let records = read_jsonl::<PreferenceRecord>(&r.data)?;
     let (trunk, file) = load_model(&r.checkpoint)?;
+    let trunk = r.tokenizer.apply(trunk, &r.checkpoint)?;
     if opened.resumed.is_none()
         && file.metadata().get("format").map(String::as_str) == Some(crate::reward::FORMAT)
     {
@@ -397,9 +405,14 @@ pub fn run(begin: Begin<RewardRun>, device: Device, stop_at: Option<u64>) -> Res
         ));
     }
     let mut rng = Rng::new(r.seed);
-    let (train_set, val_set, cut) =
-        split_records(&records, r.val_frac, r.seq_len as usize, &mut rng)
-            .map_err(|e| Error::data(&r.data, None, e.to_string()))?;
+    let (train_set, val_set, cut) = split_records(
+        &records,
+        r.val_frac,
+        r.seq_len as usize,
+        &trunk.tokenizer,
+        &mut rng,
+    )
+    .map_err(|e| Error::data(&r.data, None, e.to_string()))?;
     if cut > 0 {
         crate::output::say(format!(
             "note: {cut} ranking(s) cut to --seq-len {}",

@@ -173,7 +173,7 @@ pub fn save_checkpoint<X: Extra>(
     format: &'static str,
     settings: &serde_json::Value,
 ) -> Result<()> {
-    let mut extra = model_metadata(&base.config, &learner.scopes())?;
+    let mut extra = model_metadata(&base.config, &base.tokenizer, &learner.scopes())?;
     extra.insert("cursor".into(), progress.cursor.to_string());
     // β as its bits: a decimal round trip is exact too, but bits make it obvious.
     extra.insert("beta_bits".into(), progress.beta.to_bits().to_string());
@@ -359,16 +359,20 @@ pub fn load_merged_policy(path: &Path) -> Result<PalmParams> {
     Ok(params)
 }
 
-/// Prompts of a `{"prompt"}` JSONL file as tokens, each cut to its last `max` tokens.
-pub fn read_prompts(path: &Path, max: usize) -> Result<Vec<Vec<u32>>> {
+/// Prompts of a `{"prompt"}` JSONL file as `tokenizer`'s ids, each cut to its last `max`.
+pub fn read_prompts(
+    path: &Path,
+    max: usize,
+    tokenizer: &palm_model::Tokenizer,
+) -> Result<Vec<Vec<u32>>> {
     let records = crate::data::read_jsonl::<crate::data::PromptRecord>(path)?;
-    Ok(records
+    records
         .iter()
         .map(|r| {
-            let t = palm_model::tokenizer::encode(&r.prompt);
-            t[t.len().saturating_sub(max)..].to_vec()
+            let t = tokenizer.encode(&r.prompt)?;
+            Ok(t[t.len().saturating_sub(max)..].to_vec())
         })
-        .collect())
+        .collect()
 }
 
 /// What one update reports: its metrics line, the progress line, and a few samples.
@@ -404,11 +408,15 @@ pub struct RlSettings<F> {
 }
 
 impl<F> RlSettings<F> {
-    /// The reward and the prompts (each cut to `--max-prompt`) the settings name.
-    pub fn inputs(&self) -> Result<(RewardSource, Vec<Vec<u32>>)> {
+    /// The reward and the prompts (each cut to `--max-prompt`) the settings name, for a
+    /// policy reading text through `tokenizer`.
+    pub fn inputs(
+        &self,
+        tokenizer: &palm_model::Tokenizer,
+    ) -> Result<(RewardSource, Vec<Vec<u32>>)> {
         let src = &self.sources;
-        let reward = RewardSource::load(src.reward.as_deref(), src.rule.as_deref())?;
-        let prompts = read_prompts(&src.prompts, self.actor.max_prompt)?;
+        let reward = RewardSource::load(src.reward.as_deref(), src.rule.as_deref(), tokenizer)?;
+        let prompts = read_prompts(&src.prompts, self.actor.max_prompt, tokenizer)?;
         Ok((reward, prompts))
     }
 }
@@ -490,8 +498,12 @@ impl<A: Algorithm> RlRun<A> {
         device: Device,
     ) -> Result<Self> {
         A::check_settings(&settings)?;
-        let (reward, prompts) = settings.inputs()?;
-        let base = load_policy(&settings.sources.policy)?;
+        let policy = &settings.sources.policy;
+        let base = settings
+            .sources
+            .tokenizer
+            .apply(load_policy(policy)?, policy)?;
+        let (reward, prompts) = settings.inputs(&base.tokenizer)?;
         check_memory(&base.config, &A::update_shape(&settings), device)?;
         let run = RunDir::create(out, &RUN_FILES, overwrite)?;
         Self::new(settings, base, reward, prompts, run)
@@ -548,7 +560,7 @@ impl<A: Algorithm> RlRun<A> {
         // A state edited by hand gets the checks the flags get.
         A::check_settings(&settings)?;
         check_memory(&ck.base.config, &A::update_shape(&settings), device)?;
-        let (reward, prompts) = settings.inputs()?;
+        let (reward, prompts) = settings.inputs(&ck.base.tokenizer)?;
         Ok(RlRun {
             algo: A::new(&settings, ck.progress.beta)?,
             core: Core {
@@ -670,12 +682,12 @@ pub fn samples_of(
     episodes: &[crate::rollout::Episode],
     scores: &[f32],
     k: usize,
+    tokenizer: &palm_model::Tokenizer,
 ) -> Vec<(String, String, f32)> {
-    use palm_model::tokenizer::decode;
     episodes
         .iter()
         .zip(scores)
         .take(k)
-        .map(|(e, &s)| (decode(&e.prompt), decode(e.text()), s))
+        .map(|(e, &s)| (tokenizer.decode(&e.prompt), tokenizer.decode(e.text()), s))
         .collect()
 }

@@ -7,7 +7,7 @@ use crate::reward::{self, RewardModel};
 use crate::rl_math::response_mask;
 use crate::{Error, Result};
 use palm_engine::{Rng, Tensor, no_grad};
-use palm_model::{Forward, LoraScope, PalmParams, SampleSettings, generate, tokenizer};
+use palm_model::{Forward, LoraScope, PalmParams, SampleSettings, Tokenizer, generate};
 use std::path::Path;
 
 /// One sampled episode: a prompt and the actor's response to it.
@@ -213,18 +213,31 @@ pub fn logprobs_host(
 pub enum RewardSource {
     /// A reward model from `palm reward train`.
     Model(Box<RewardModel>),
-    /// A scripted labeler's score.
-    Rule(Labeler),
+    /// A scripted labeler's score of the text, decoded with the policy's tokenizer.
+    Rule(Labeler, Tokenizer),
 }
 
 impl RewardSource {
-    /// Exactly one of a reward-model file and a rule.
-    pub fn load(model: Option<&Path>, rule: Option<&str>) -> Result<Self> {
+    /// Exactly one of a reward-model file and a rule, for a policy reading text through
+    /// `tokenizer` (a reward model must read it the same way).
+    pub fn load(model: Option<&Path>, rule: Option<&str>, tokenizer: &Tokenizer) -> Result<Self> {
         match (model, rule) {
-            (Some(path), None) => Ok(RewardSource::Model(Box::new(RewardModel::load(path)?))),
+            (Some(path), None) => {
+                let rm = RewardModel::load(path)?;
+                if rm.trunk.tokenizer != *tokenizer {
+                    return Err(Error::Invalid(format!(
+                        "--reward {}: it reads text as {}, the policy as {}; a reward model \
+                         must share the policy's tokenizer",
+                        path.display(),
+                        rm.trunk.tokenizer.describe(),
+                        tokenizer.describe()
+                    )));
+                }
+                Ok(RewardSource::Model(Box::new(rm)))
+            }
             (None, Some(rule)) => rule
                 .parse()
-                .map(RewardSource::Rule)
+                .map(|l| RewardSource::Rule(l, tokenizer.clone()))
                 .map_err(|e| Error::Invalid(format!("--rule: {e}"))),
             _ => Err(Error::Invalid(
                 "give exactly one of --reward RM and --rule afinn|length:N|count:CHAR".into(),
@@ -236,7 +249,7 @@ impl RewardSource {
     pub fn move_to(&mut self, device: palm_engine::Device) -> Result<()> {
         match self {
             RewardSource::Model(m) => m.move_to(device),
-            RewardSource::Rule(_) => Ok(()),
+            RewardSource::Rule(..) => Ok(()),
         }
     }
 
@@ -251,7 +264,7 @@ impl RewardSource {
                     String::new()
                 }
             ),
-            RewardSource::Rule(l) => format!("the rule {l}"),
+            RewardSource::Rule(l, _) => format!("the rule {l}"),
         }
     }
 
@@ -259,9 +272,9 @@ impl RewardSource {
     /// episodes per forward, without gradients.
     pub fn score(&self, episodes: &[Episode], batch: usize) -> Result<Vec<f32>> {
         match self {
-            RewardSource::Rule(l) => Ok(episodes
+            RewardSource::Rule(l, tokenizer) => Ok(episodes
                 .iter()
-                .map(|e| l.score(&tokenizer::decode(e.text())) as f32)
+                .map(|e| l.score(&tokenizer.decode(e.text())) as f32)
                 .collect()),
             RewardSource::Model(m) => palm_engine::cpu::on_workers(|| {
                 let _g = no_grad();

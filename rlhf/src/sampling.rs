@@ -5,13 +5,13 @@ use crate::Result;
 use clap::Args;
 use palm_engine::{Device, Rng};
 use palm_model::checkpoint::load_language_model;
-use palm_model::{PalmParams, SampleSettings, generate, tokenizer};
+use palm_model::{PalmParams, SampleSettings, Tokenizer, generate};
 use std::path::Path;
 
 /// How responses are sampled (flattened into the commands' own arguments).
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
-    /// Longest response in tokens (bytes).
+    /// Longest response in tokens.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_tokens: u64,
     /// End a response at this byte (not included): `newline`, `none`, or one ASCII character.
@@ -30,12 +30,37 @@ pub struct SamplingArgs {
     /// responses (and `palm rank` the same shown order of --responses).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub tokenizer: crate::commands::TokenizerArg,
 }
 
 /// The byte that ends a response, if any (saved as the byte's number, or null).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Stop(pub Option<u32>);
+
+impl Stop {
+    /// The id that ends a response under `tokenizer`: the byte itself, or the BPE's token for
+    /// that one character (a byte-level BPE has one for every byte; a model ends a line there
+    /// only when it draws the character as a token of its own).
+    pub fn id(self, tokenizer: &Tokenizer) -> Result<Option<u32>> {
+        let Some(b) = self.0 else {
+            return Ok(None);
+        };
+        if tokenizer.is_bytes() {
+            return Ok(Some(b));
+        }
+        let text = char::from_u32(b).map(String::from).unwrap_or_default();
+        match tokenizer.encode(&text)?.as_slice() {
+            [id] => Ok(Some(*id)),
+            ids => Err(crate::Error::Invalid(format!(
+                "the stop character {text:?} is {} tokens of the {}, not one",
+                ids.len(),
+                tokenizer.describe()
+            ))),
+        }
+    }
+}
 
 pub fn parse_stop(s: &str) -> std::result::Result<Stop, String> {
     match s {
@@ -73,13 +98,16 @@ impl Sampler {
     /// The policy in `checkpoint`, on `device`, with the sampling settings of `args`.
     pub fn load(checkpoint: &Path, args: &SamplingArgs, device: Device) -> Result<Sampler> {
         let (params, _) = load_language_model(checkpoint)?;
-        let params = params.to_device(device)?;
+        let params = args
+            .tokenizer
+            .apply(params, checkpoint)?
+            .to_device(device)?;
         let settings = SampleSettings {
             temperature: args.temperature,
             top_k: args.top_k,
             top_p: args.top_p,
             max_tokens: args.max_tokens as usize,
-            eos: args.stop.0,
+            eos: args.stop.id(&params.tokenizer)?,
         };
         settings.validate()?;
         Ok(Sampler {
@@ -103,7 +131,7 @@ impl Sampler {
     /// Sample `k` responses to `prompt` in one batch and keep the distinct ones, in sampling
     /// order (duplicates would be ties no ranking can order).
     pub fn distinct_responses(&mut self, prompt: &str, k: usize) -> Result<Vec<String>> {
-        let ids = tokenizer::encode(prompt);
+        let ids = self.params.tokenizer.encode(prompt)?;
         self.check_memory(k, ids.len())?;
         let out = generate(
             &self.params,
@@ -112,7 +140,8 @@ impl Sampler {
             None,
             &mut self.rng,
         )?;
-        Ok(distinct(out.iter().map(|t| tokenizer::decode(t)).collect()))
+        let tokenizer = &self.params.tokenizer;
+        Ok(distinct(out.iter().map(|t| tokenizer.decode(t)).collect()))
     }
 }
 
@@ -121,10 +150,11 @@ impl Sampler {
 pub fn model_with_adapters(
     checkpoint: &Path,
     lora: Option<&str>,
+    tokenizer: &crate::commands::TokenizerArg,
     device: Device,
 ) -> Result<(palm_model::PalmParams, Option<palm_model::LoraScope>)> {
     let (params, file) = load_language_model(checkpoint)?;
-    let params = params.to_device(device)?;
+    let params = tokenizer.apply(params, checkpoint)?.to_device(device)?;
     let adapters = match lora {
         Some(name) => {
             let mut scope = palm_model::checkpoint::load_lora(&file, &params.config, name)?

@@ -7,7 +7,7 @@ use crate::flags::CosineDefaults;
 use crate::trainer::{Task, Validation};
 use crate::{Error, Result};
 use palm_engine::{Rng, Tensor, no_grad};
-use palm_model::{Forward, PalmConfig, PalmParams, SampleSettings, generate, tokenizer};
+use palm_model::{Forward, PalmConfig, PalmParams, SampleSettings, Tokenizer, generate};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -57,12 +57,14 @@ pub struct Example {
 
 impl Example {
     /// `None` when the cut leaves no completion token to learn.
-    pub fn new(r: &SftRecord, max_len: usize) -> Option<Self> {
-        let prompt = tokenizer::encode(&r.prompt);
+    pub fn new(r: &SftRecord, max_len: usize, tokenizer: &Tokenizer) -> Result<Option<Self>> {
+        let prompt = tokenizer.encode(&r.prompt)?;
         let mut tokens = prompt.clone();
-        tokens.extend(tokenizer::encode(&r.completion));
+        tokens.extend(tokenizer.encode(&r.completion)?);
         tokens.truncate(max_len.saturating_add(1));
-        let n = tokens.len().checked_sub(1)?;
+        let Some(n) = tokens.len().checked_sub(1) else {
+            return Ok(None);
+        };
         let inputs = tokens[..n].to_vec();
         let targets: Vec<u32> = (0..n)
             .map(|t| {
@@ -73,10 +75,10 @@ impl Example {
                 }
             })
             .collect();
-        targets
+        Ok(targets
             .iter()
             .any(|&t| t != 0)
-            .then_some(Example { inputs, targets })
+            .then_some(Example { inputs, targets }))
     }
 }
 
@@ -144,7 +146,7 @@ impl Task for Sft {
     }
 
     fn sample(&self, params: &PalmParams, step: u64) -> Result<Option<String>> {
-        let prompt = tokenizer::encode(&self.val_prompt);
+        let prompt = params.tokenizer.encode(&self.val_prompt)?;
         if prompt.is_empty() {
             return Ok(None);
         }
@@ -158,7 +160,7 @@ impl Task for Sft {
         Ok(Some(format!(
             "{:?} → {:?}",
             self.val_prompt,
-            tokenizer::decode(&out[0])
+            params.tokenizer.decode(&out[0])
         )))
     }
 }
@@ -190,7 +192,12 @@ pub fn check_memory(
 
 /// The task and one step's tokens (on average) for the records of `run.data`: the last 5% (at
 /// least one) held out; examples whose prompt fills --seq-len are skipped with a note.
-pub fn task(run: &RunSettings, records: &[SftRecord], seed: u64) -> Result<(Sft, u64)> {
+pub fn task(
+    run: &RunSettings,
+    records: &[SftRecord],
+    tokenizer: &Tokenizer,
+    seed: u64,
+) -> Result<(Sft, u64)> {
     if records.len() < 2 {
         return Err(Error::data(
             &run.data,
@@ -200,12 +207,14 @@ pub fn task(run: &RunSettings, records: &[SftRecord], seed: u64) -> Result<(Sft,
     }
     let held = (records.len() / 20).max(1);
     let (train_r, val_r) = records.split_at(records.len() - held);
-    let make = |rs: &[SftRecord]| {
-        rs.iter()
-            .filter_map(|r| Example::new(r, run.seq_len as usize))
-            .collect::<Vec<_>>()
+    let make = |rs: &[SftRecord]| -> Result<Vec<Example>> {
+        let mut out = Vec::new();
+        for r in rs {
+            out.extend(Example::new(r, run.seq_len as usize, tokenizer)?);
+        }
+        Ok(out)
     };
-    let (train, val) = (make(train_r), make(val_r));
+    let (train, val) = (make(train_r)?, make(val_r)?);
     let skipped = records.len() - train.len() - val.len();
     if skipped > 0 {
         crate::output::say(format!(

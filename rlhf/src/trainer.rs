@@ -8,9 +8,9 @@ use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use palm_engine::{AdamW, Device, Rng, Tensor, clip_grad_norm};
 use palm_model::checkpoint::{
-    check_holds, config_of, get_checked, model_metadata, save_model_with,
+    check_holds, config_of, get_checked, model_metadata, save_model_with, tokenizer_of,
 };
-use palm_model::{PalmConfig, PalmParams};
+use palm_model::{PalmConfig, PalmParams, Tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -54,16 +54,18 @@ impl<D: CosineDefaults> Trainer<D> {
     /// The files a run of this loop writes besides the metrics.
     pub const RUN_FILES: [&str; 2] = [STATE_FILE, MODEL_FILE];
 
-    /// A fresh run in `out` (see [`RunDir::create`] for `overwrite`).
+    /// A fresh run of a new model reading text through `tokenizer`, in `out` (see
+    /// [`RunDir::create`] for `overwrite`).
     pub fn new(
         config: &PalmConfig,
+        tokenizer: Tokenizer,
         settings: OptimSettings<D>,
         extra: serde_json::Value,
         out: &Path,
         overwrite: bool,
     ) -> Result<Self> {
         let mut rng = Rng::new(settings.seed);
-        let params = PalmParams::init(config, &mut rng)?;
+        let params = PalmParams::init(config, &mut rng)?.with_tokenizer(tokenizer)?;
         Self::from_params(params, settings, extra, out, overwrite, rng)
     }
 
@@ -136,7 +138,8 @@ fn read_state<D: CosineDefaults>(dir: &Path, steps: Option<u64>) -> Result<(Load
         .map_err(|e| Error::data(&path, None, format!("bad 'settings' in the metadata: {e}")))?;
     let config = config_of(&state.file)?;
     check_holds(&state.file, &config)?;
-    let params = PalmParams::from_named(&config, |n, s| get_checked(&state.file, n, s))?;
+    let params = PalmParams::from_named(&config, |n, s| get_checked(&state.file, n, s))?
+        .with_tokenizer(tokenizer_of(&state.file, &config)?)?;
     let opt = state.optimizer(settings.optim.adam(), &params)?;
     let loaded = Loaded {
         params,
@@ -237,7 +240,7 @@ impl<D: CosineDefaults> Trainer<D> {
             step: self.step,
             rng: self.rng.clone(),
             settings,
-            extra: model_metadata(&self.params.config, &[])?,
+            extra: model_metadata(&self.params.config, &self.params.tokenizer, &[])?,
         };
         let params = &self.params;
         self.run.checkpoint(

@@ -6,7 +6,7 @@ mod common;
 
 use common::{scratch, stderr, stdout, tiny_checkpoint};
 use palm_engine::Rng;
-use palm_model::{PalmConfig, PalmParams, SampleSettings, generate, tokenizer};
+use palm_model::{PalmConfig, PalmParams, SampleSettings, generate};
 use palm_rlhf::chat::{Chat, ChatSettings, Finish};
 use palm_rlhf::data::{SftRecord, read_jsonl};
 use std::io::Write;
@@ -57,7 +57,11 @@ fn cached_turns_reply_as_a_fresh_decode_of_the_transcript() {
         let mut streamed = Vec::new();
         let r = chat.turn(line, &stop, |t| streamed.push(t)).unwrap();
         assert_eq!(streamed, r.tokens, "streamed tokens are the reply");
-        transcript.extend(tokenizer::encode(&format!("Q: {line}\nA:")));
+        transcript.extend(
+            palm_model::Tokenizer::bytes()
+                .encode(&format!("Q: {line}\nA:"))
+                .unwrap(),
+        );
         assert_eq!(r.tokens, fresh(&params, &transcript, 12), "turn {line:?}");
         assert!(r.finish == Finish::Eos || r.tokens.len() == 12);
         transcript.extend(&r.tokens);
@@ -76,7 +80,13 @@ fn cached_turns_reply_as_a_fresh_decode_of_the_transcript() {
     let r = chat.turn("hello", &stop, |_| {}).unwrap();
     assert_eq!(
         r.tokens,
-        fresh(&params, &tokenizer::encode("Q: hello\nA:"), 12)
+        fresh(
+            &params,
+            &palm_model::Tokenizer::bytes()
+                .encode("Q: hello\nA:")
+                .unwrap(),
+            12
+        )
     );
 }
 
@@ -100,7 +110,11 @@ fn old_turns_leave_when_the_context_is_full() {
         } else {
             vec![]
         };
-        this.extend(tokenizer::encode(&format!("Q: {line}\nA:")));
+        this.extend(
+            palm_model::Tokenizer::bytes()
+                .encode(&format!("Q: {line}\nA:"))
+                .unwrap(),
+        );
         seen.extend(&this);
         assert!(
             seen.len() + 10 <= 64,
@@ -223,6 +237,24 @@ fn chat_through_a_pipe() {
     );
     assert!(a.status.success(), "{}", stderr(&a));
     assert_eq!(stdout(&a), stdout(&b));
-    assert_eq!(a.stdout.len(), 9, "8 bytes and a newline: {:?}", stdout(&a));
+    // The stream shows the reply's text (bytes that are not UTF-8 as U+FFFD), then a newline.
+    let j = chat_cli(
+        &[
+            "--checkpoint",
+            c,
+            "--max-tokens",
+            "8",
+            "--eos",
+            "none",
+            "--json",
+        ],
+        input,
+    );
+    let line: serde_json::Value = serde_json::from_str(stdout(&j).trim()).unwrap();
+    assert_eq!(line["tokens"], 8);
+    assert_eq!(
+        stdout(&a),
+        format!("{}\n", line["completion"].as_str().unwrap())
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,8 +8,8 @@ mod common;
 
 use common::{assert_one_error, palm, scratch, stderr, stdout, tiny_checkpoint};
 use palm_engine::{Rng, SafeFile, Tensor, no_grad};
+use palm_model::Forward;
 use palm_model::checkpoint::{load_lora, load_model};
-use palm_model::{Forward, tokenizer};
 use palm_rlhf::data::{PairRecord, PreferenceRecord, RankingRecord};
 use palm_rlhf::dpo::{Pair, Policy, pairs_of};
 use palm_rlhf::labelers::Labeler;
@@ -88,8 +88,8 @@ fn rankings_expand_to_all_their_pairs() {
         rejected: "v".into(),
         margin: Some(1.0),
     });
-    let (pairs, cut) = pairs_of(&[&ranking, &pair], 100);
-    let t = |s: &str| tokenizer::encode(s);
+    let (pairs, cut) = pairs_of(&[&ranking, &pair], 100, &palm_model::Tokenizer::bytes()).unwrap();
+    let t = |s: &str| palm_model::Tokenizer::bytes().encode(s).unwrap();
     let want = |p: &str, c: &str, r: &str| Pair {
         prompt: t(p),
         chosen: t(c),
@@ -113,10 +113,13 @@ fn response_logprobs_count_response_tokens_only() {
     let config = palm_model::PalmConfig::new(256, 32, 1, 2, 16);
     let params = palm_model::PalmParams::init(&config, &mut rng).unwrap();
     let policy = Policy::full(params.clone());
-    let (p1, r1) = (tokenizer::encode("Hi: "), tokenizer::encode("yes"));
+    let (p1, r1) = (
+        palm_model::Tokenizer::bytes().encode("Hi: ").unwrap(),
+        palm_model::Tokenizer::bytes().encode("yes").unwrap(),
+    );
     let (p2, r2) = (
-        tokenizer::encode("Tell me: "),
-        tokenizer::encode("no, thanks"),
+        palm_model::Tokenizer::bytes().encode("Tell me: ").unwrap(),
+        palm_model::Tokenizer::bytes().encode("no, thanks").unwrap(),
     );
     let _g = no_grad();
     let alone = policy
@@ -219,7 +222,7 @@ fn fresh_pairs_check(reference: &Path, trained: &Path, lora: bool, reverse: bool
         .map(PreferenceRecord::Ranking)
         .collect();
     let refs: Vec<&PreferenceRecord> = records.iter().collect();
-    let (pairs, _) = pairs_of(&refs, 256);
+    let (pairs, _) = pairs_of(&refs, 256, &palm_model::Tokenizer::bytes()).unwrap();
     let (base, _) = load_model(reference).unwrap();
     let (params, file) = load_model(trained).unwrap();
     let mut policy = Policy::full(params.clone());

@@ -111,6 +111,26 @@ fn every_command_survives_hostile_flag_values() {
         "rankings.jsonl",
         "{\"prompt\":\"p\",\"responses\":[\"good\",\"bad\"]}\n".repeat(4),
     );
+    let tok = d(&dir.join("tokenizer.json"));
+    let made = Command::new(env!("CARGO_BIN_EXE_palm"))
+        .args([
+            "-q",
+            "tokenizer",
+            "train",
+            "--vocab",
+            "300",
+            "--data",
+            &corpus,
+            "--out",
+            &tok,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let tiny = [
         "--dim",
         "16",
@@ -216,6 +236,8 @@ fn every_command_survives_hostile_flag_values() {
             "chat" => vec!["--checkpoint", &ckpt, "--max-tokens", "4"],
             "eval" => vec!["--checkpoint", &ckpt, "--data", &corpus],
             "info" => vec!["--checkpoint", &ckpt],
+            "tokenizer train" => vec!["--data", &corpus, "--vocab", "280", "--out", "tok.json"],
+            "tokenizer encode" => vec!["--tokenizer", &tok, "some text"],
             other => panic!("no base invocation for `palm {other}`: add one"),
         };
         v
@@ -235,6 +257,8 @@ fn every_command_survives_hostile_flag_values() {
         "chat",
         "eval",
         "info",
+        "tokenizer train",
+        "tokenizer encode",
     ];
     // Every command `palm --help` lists must be fuzzed.
     let listed = Command::new(env!("CARGO_BIN_EXE_palm"))
@@ -299,7 +323,13 @@ fn every_command_survives_hostile_flag_values() {
         .chain(&numbers)
         .chain(&others)
         .map(|s| s.to_string())
-        .chain([d(&dir), ckpt.clone(), corpus.clone(), prompts.clone()])
+        .chain([
+            d(&dir),
+            ckpt.clone(),
+            corpus.clone(),
+            prompts.clone(),
+            tok.clone(),
+        ])
         .collect();
 
     let cases = std::env::var("PALM_FUZZ_CASES")

@@ -8,7 +8,7 @@ mod rl_common;
 
 use common::{assert_one_error, palm, scratch, stderr, stdout, tiny_checkpoint};
 use palm_engine::{Rng, Tensor, no_grad};
-use palm_model::{Forward, LoraScope, PalmConfig, PalmParams, tokenizer};
+use palm_model::{Forward, LoraScope, PalmConfig, PalmParams};
 use palm_rlhf::critic::Critic;
 use palm_rlhf::labelers::Labeler;
 use palm_rlhf::ppo::{self, KlEstimator, PpoFlags, PpoSettings};
@@ -50,7 +50,7 @@ fn rollout_logprobs_are_a_fresh_forwards_and_kl_starts_at_zero() {
     let actor = perturbed_lora(&params, "actor", 4);
     let prompts: Vec<Vec<u32>> = ["Hi: ", "Tell me: ", "Hi: ", "Q: "]
         .iter()
-        .map(|p| tokenizer::encode(p))
+        .map(|p| palm_model::Tokenizer::bytes().encode(p).unwrap())
         .collect();
     let s = Sampling {
         temperature: 1.0,
@@ -138,7 +138,7 @@ fn settings(eos: Option<u32>) -> PpoSettings {
 
 #[test]
 fn prompt_padding_and_post_eos_tokens_take_no_part() {
-    let t = |s: &str| tokenizer::encode(s);
+    let t = |s: &str| palm_model::Tokenizer::bytes().encode(s).unwrap();
     let nl = u32::from(b'\n');
     let episodes = vec![
         Episode {
@@ -497,7 +497,7 @@ fn a_reward_model_scores_responses_without_their_eos() {
     let rm = RewardModel::new(tiny_params(9), Pooling::Last, &mut rng).unwrap();
     let rm_path = dir.join("rm.safetensors");
     rm.save(&rm_path).unwrap();
-    let t = |s: &str| tokenizer::encode(s);
+    let t = |s: &str| palm_model::Tokenizer::bytes().encode(s).unwrap();
     let episodes = vec![
         Episode {
             prompt: t("Hi: "),
@@ -515,7 +515,7 @@ fn a_reward_model_scores_responses_without_their_eos() {
             ended: true,
         },
     ];
-    let source = RewardSource::load(Some(&rm_path), None).unwrap();
+    let source = RewardSource::load(Some(&rm_path), None, &rm.trunk.tokenizer).unwrap();
     // Two per forward, so the first forward pads its shorter row.
     let got = source.score(&episodes, 2).unwrap();
     let want = [

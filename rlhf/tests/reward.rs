@@ -123,21 +123,21 @@ fn ids(s: &str) -> Vec<u32> {
 #[test]
 fn rankings_are_cut_to_the_sequence_length() {
     let r = record("abcdef", &["xy", "wxyz"]);
-    let (whole, cut) = Ranked::new(&r, 10);
+    let (whole, cut) = Ranked::new(&r, 10, &palm_model::Tokenizer::bytes()).unwrap();
     assert!(!cut);
     assert_eq!(
         (whole.prompt, whole.responses),
         (ids("abcdef"), vec![ids("xy"), ids("wxyz")])
     );
     // The prompt loses its front until the longest response fits, for every response alike.
-    let (r6, cut) = Ranked::new(&r, 6);
+    let (r6, cut) = Ranked::new(&r, 6, &palm_model::Tokenizer::bytes()).unwrap();
     assert!(cut);
     assert_eq!(
         (r6.prompt, r6.responses),
         (ids("ef"), vec![ids("xy"), ids("wxyz")])
     );
     // Responses keep at most max_len − 1 tokens; the prompt keeps its last one.
-    let (r3, _) = Ranked::new(&r, 3);
+    let (r3, _) = Ranked::new(&r, 3, &palm_model::Tokenizer::bytes()).unwrap();
     assert_eq!(
         (r3.prompt, r3.responses),
         (ids("f"), vec![ids("xy"), ids("wx")])
@@ -149,15 +149,20 @@ fn rankings_are_cut_to_the_sequence_length() {
         rejected: "bad".into(),
         margin: Some(0.5),
     });
-    let (p, _) = Ranked::new(&pair, 10);
+    let (p, _) = Ranked::new(&pair, 10, &palm_model::Tokenizer::bytes()).unwrap();
     assert_eq!(
         (p.pairs(), p.responses, p.margin),
         (1, vec![ids("good"), ids("bad")], 0.5)
     );
     assert_eq!(
-        Ranked::new(&record("p", &["a", "b", "c", "d"]), 9)
-            .0
-            .pairs(),
+        Ranked::new(
+            &record("p", &["a", "b", "c", "d"]),
+            9,
+            &palm_model::Tokenizer::bytes()
+        )
+        .unwrap()
+        .0
+        .pairs(),
         6
     );
 }
@@ -222,7 +227,13 @@ fn save_then_load_scores_identically() {
 fn lora_freezes_the_trunk() {
     let mut rng = Rng::new(5);
     let rm = busy_model(Pooling::Mean, true, &mut rng);
-    let r = Ranked::new(&record("Q:", &[" aaa", " bb", " c"]), 16).0;
+    let r = Ranked::new(
+        &record("Q:", &[" aaa", " bb", " c"]),
+        16,
+        &palm_model::Tokenizer::bytes(),
+    )
+    .unwrap()
+    .0;
     let grads = batch_loss(&rm, &[&r]).unwrap().backward().unwrap();
     for (name, t) in rm.trunk.named() {
         assert!(grads.get(t).is_none(), "{name} got a gradient");

@@ -8,6 +8,11 @@ mod common;
 use common::{TINY_MODEL, palm, scratch, stderr};
 use std::path::Path;
 
+/// An example under the byte tokenizer.
+fn example(r: &SftRecord, max_len: usize) -> Option<Example> {
+    Example::new(r, max_len, &palm_model::Tokenizer::bytes()).unwrap()
+}
+
 fn rec(prompt: &str, completion: &str) -> SftRecord {
     SftRecord {
         prompt: prompt.into(),
@@ -17,24 +22,24 @@ fn rec(prompt: &str, completion: &str) -> SftRecord {
 
 #[test]
 fn only_completion_tokens_are_targets() {
-    let e = Example::new(&rec("ab", "cd"), 100).unwrap();
+    let e = example(&rec("ab", "cd"), 100).unwrap();
     // tokens a b c d: inputs a b c, targets (b→masked) c d
     assert_eq!(e.inputs, vec![97, 98, 99]);
     assert_eq!(e.targets, vec![0, 99, 100]);
     // An empty prompt trains on every token after the first.
-    let e = Example::new(&rec("", "xyz"), 100).unwrap();
+    let e = example(&rec("", "xyz"), 100).unwrap();
     assert_eq!(e.targets, vec![121, 122]);
     // Cut to max_len + 1 tokens; a prompt that fills the window leaves nothing to learn.
-    let e = Example::new(&rec("ab", "cdef"), 3).unwrap();
+    let e = example(&rec("ab", "cdef"), 3).unwrap();
     assert_eq!((e.inputs.len(), e.targets), (3, vec![0, 99, 100]));
-    assert!(Example::new(&rec("abcdef", "gh"), 4).is_none());
+    assert!(example(&rec("abcdef", "gh"), 4).is_none());
 }
 
 #[test]
 fn batches_pad_with_ignored_zeros() {
     let (a, b) = (
-        Example::new(&rec("a", "bc"), 10).unwrap(),
-        Example::new(&rec("a", "bcde"), 10).unwrap(),
+        example(&rec("a", "bc"), 10).unwrap(),
+        example(&rec("a", "bcde"), 10).unwrap(),
     );
     let (inputs, targets) = batch_tensors(&[&a, &b]).unwrap();
     assert_eq!(inputs.dims(), &[2, 4]);

@@ -77,5 +77,11 @@ pub fn jsonl_input(bytes: &[u8]) {
     let _ = read_jsonl::<PreferenceRecord>(&path);
     let _ = palm_rlhf::commands::rank::ranked_prompts(&path);
     let text = dir.write(if gz { "corpus.txt.gz" } else { "corpus.txt" }, bytes);
-    let _ = palm_rlhf::corpus::Corpus::load(Some(&text), 0.05, 16);
+    let bytes_tokenizer = palm_model::Tokenizer::bytes();
+    let _ = palm_rlhf::corpus::Corpus::load(Some(&text), 0.05, 16, &bytes_tokenizer);
+    // The same bytes as a tokenizer.json: refused with an error or usable, never a panic.
+    if let Ok(t) = palm_model::Tokenizer::from_json(&String::from_utf8_lossy(bytes), "fuzz") {
+        let ids = t.encode("The state of the Union").unwrap_or_default();
+        let _ = t.decode(&ids);
+    }
 }

@@ -432,7 +432,7 @@ fn model_tensors_and_metadata_round_trip_through_engine_writer() {
     save_safetensors(
         &path,
         &model_tensors(&params, &[]).unwrap(),
-        model_metadata(&params.config, &[]).unwrap(),
+        model_metadata(&params.config, &params.tokenizer, &[]).unwrap(),
     )
     .unwrap();
     let (loaded, _) = load_model(&path).unwrap();

@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use palm_rlhf::commands::{
-    chat, demo, dpo, eval, grpo, info, label, ppo, rank, reward, sample, sft, train,
+    chat, demo, dpo, eval, grpo, info, label, ppo, rank, reward, sample, sft, tokenizer, train,
 };
 
 #[derive(Parser)]
@@ -19,8 +19,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Pretrain a byte-level PaLM on a text corpus (default: the shipped State of the Union addresses).
+    /// Pretrain a PaLM on a text corpus (default: the shipped State of the Union addresses), on
+    /// bytes or a BPE tokenizer's ids.
     Train(train::TrainArgs),
+    /// Train a byte-level BPE tokenizer on a corpus (`train`), or show how it splits a text.
+    Tokenizer(tokenizer::TokenizerArgs),
     /// Supervised fine-tuning on prompt/completion pairs (loss on the completion only).
     Sft(sft::SftArgs),
     /// Reward model: `train` it on rankings or pairs, `score` responses with it.
@@ -53,6 +56,7 @@ fn main() {
     palm_rlhf::output::set_quiet(cli.quiet);
     let result = match cli.command {
         Command::Train(a) => train::run(a),
+        Command::Tokenizer(a) => tokenizer::run(a),
         Command::Sft(a) => sft::run(a),
         Command::Reward(a) => reward::run(a),
         Command::Dpo(a) => dpo::run(a),

@@ -8,6 +8,7 @@ use crate::data::{SftRecord, append_jsonl};
 use crate::sampling::{Stop, parse_stop};
 use crate::{Error, Result};
 use clap::Args;
+use palm_model::tokenizer::TextStream;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,11 +22,14 @@ pub struct ChatArgs {
     /// Apply this LoRA scope from the checkpoint (e.g. actor, for a PPO/GRPO/DPO run's model).
     #[arg(long)]
     pub lora: Option<String>,
+    #[command(flatten)]
+    pub tokenizer: super::TokenizerArg,
     /// How a line becomes a prompt: `{}` is replaced by the line. Match the prompts of the
     /// `palm sft` data the model learned from.
     #[arg(long, default_value = "User: {}\nAssistant:")]
     pub template: String,
-    /// A reply ends at this byte: newline, none, or one ASCII character.
+    /// A reply ends at this character (a token of its own): newline, none, or one ASCII
+    /// character.
     #[arg(long, default_value = "newline", value_parser = parse_stop)]
     pub eos: Stop,
     #[command(flatten)]
@@ -46,15 +50,20 @@ pub struct ChatArgs {
 
 pub fn run(args: ChatArgs) -> Result<()> {
     let device = args.device.resolve()?;
-    let settings = ChatSettings {
+    let mut settings = ChatSettings {
         template: args.template.clone(),
-        eos: args.eos.0,
+        eos: None,
         context: args.context,
         sample: args.decoding.settings(),
     };
     settings.check()?;
-    let (params, lora) =
-        crate::sampling::model_with_adapters(&args.checkpoint, args.lora.as_deref(), device)?;
+    let (params, lora) = crate::sampling::model_with_adapters(
+        &args.checkpoint,
+        args.lora.as_deref(),
+        &args.tokenizer,
+        device,
+    )?;
+    settings.eos = args.eos.id(&params.tokenizer)?;
     let mut chat = Chat::new(&params, lora.as_ref(), settings, args.seed)?;
     // Ctrl-C stops the reply being drawn, not the program.
     let stop = Arc::new(AtomicBool::new(false));
@@ -84,12 +93,14 @@ pub fn run(args: ChatArgs) -> Result<()> {
             chat.turn(&line, &stop, |_| {})?
         } else {
             let mut out = std::io::stdout().lock();
-            let reply = chat.turn(&line, &stop, |t| {
-                // Bytes as they come: a terminal puts a multi-byte character together.
-                if let Ok(b) = u8::try_from(t) {
-                    let _ = out.write_all(&[b]).and_then(|()| out.flush());
-                }
-            })?;
+            let tokenizer = chat.tokenizer.clone();
+            let mut text = TextStream::new(&tokenizer);
+            let mut show = |s: String| {
+                let _ = out.write_all(s.as_bytes()).and_then(|()| out.flush());
+            };
+            // Text as it is drawn (a character split across tokens waits for its end).
+            let reply = chat.turn(&line, &stop, |t| show(text.push(t)))?;
+            show(text.finish());
             let _ = writeln!(out);
             reply
         };
@@ -106,7 +117,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
         }
         transcript.push(SftRecord {
             prompt: reply.prompt.clone(),
-            completion: reply.text(),
+            completion: reply.text.clone(),
         });
     }
     Ok(())
@@ -117,7 +128,7 @@ fn json_line(turn: usize, user: &str, r: &Reply, seed: u64) -> serde_json::Value
         "turn": turn,
         "user": user,
         "prompt": r.prompt,
-        "completion": r.text(),
+        "completion": r.text,
         "tokens": r.tokens.len(),
         "finish_reason": r.finish.name(),
         "seed": seed,

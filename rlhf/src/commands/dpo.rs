@@ -17,6 +17,8 @@ pub struct DpoArgs {
     /// .gz is decompressed.
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokenizer: super::TokenizerArg,
     /// Run folder: model.safetensors (loadable by `palm sample`), dpo_state.safetensors and
     /// metrics.jsonl.
     #[arg(long, default_value = "runs/dpo")]
@@ -25,7 +27,7 @@ pub struct DpoArgs {
     pub folder: super::RunFolder,
     /// Continue the run in this folder (its saved settings apply) bit-exactly.
     /// Flags the run fixed (all but --device and --stop-at) are refused.
-    #[arg(long, conflicts_with_all = ["policy", "data", "out", "overwrite", "beta", "lora", "epochs", "batch", "seq_len", "val_frac", "val_every", "log_every", "seed"])]
+    #[arg(long, conflicts_with_all = ["policy", "data", "tokenizer", "out", "overwrite", "beta", "lora", "epochs", "batch", "seq_len", "val_frac", "val_every", "log_every", "seed"])]
     pub resume: Option<PathBuf>,
     /// Train LoRA adapters of this rank (scope `actor`, alpha = rank) in front of the frozen
     /// weights instead of all weights; sample the result with `palm sample --lora actor`.
@@ -63,6 +65,7 @@ impl DpoArgs {
             seq_len: self.seq_len,
             val_frac: self.val_frac,
             seed: self.seed,
+            tokenizer: self.tokenizer.clone(),
             train: self.train.clone(),
         })
     }

@@ -11,7 +11,8 @@ pub struct InfoArgs {
     /// Checkpoint to describe.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// One JSON object: checkpoint, config, parameters, metadata, tensors (name, dtype, shape).
+    /// One JSON object: checkpoint, config, parameters, tokenizer, metadata (the tokenizer's
+    /// JSON left out), tensors (name, dtype, shape).
     #[arg(long)]
     pub json: bool,
 }
@@ -20,11 +21,13 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let file = SafeFile::open(&args.checkpoint)?;
     let params = params_of(&file)?;
     let c = &params.config;
+    // The config and the tokenizer are shown on their own lines.
+    let shown = |k: &str| k != "config" && k != palm_model::checkpoint::TOKENIZER_KEY;
     if args.json {
         let meta: serde_json::Map<String, serde_json::Value> = file
             .metadata()
             .iter()
-            .filter(|(k, _)| k.as_str() != "config")
+            .filter(|(k, _)| shown(k))
             .map(|(k, v)| (k.clone(), v.clone().into()))
             .collect();
         let tensors: Vec<serde_json::Value> = file
@@ -38,6 +41,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "checkpoint": args.checkpoint,
             "config": c,
             "parameters": c.num_params(),
+            "tokenizer": params.tokenizer.describe(),
             "metadata": meta,
             "tensors": tensors,
         }));
@@ -53,11 +57,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
         c.num_params(),
         c.num_params() as f64 / 1e6
     ));
-    let mut meta: Vec<_> = file
-        .metadata()
-        .iter()
-        .filter(|(k, _)| k.as_str() != "config")
-        .collect();
+    super::emit(format!("tokenizer: {}", params.tokenizer.describe()));
+    let mut meta: Vec<_> = file.metadata().iter().filter(|(k, _)| shown(k)).collect();
     meta.sort();
     for (k, v) in meta {
         let v = if v.len() > 120 {

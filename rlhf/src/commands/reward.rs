@@ -30,6 +30,8 @@ pub struct TrainArgs {
     /// {"prompt","chosen","rejected"[,"margin"]} (.gz is decompressed).
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokenizer: super::TokenizerArg,
     /// Run folder: reward.safetensors and reward_state.safetensors (saved after every epoch)
     /// and metrics.jsonl.
     #[arg(long, default_value = "runs/reward")]
@@ -38,7 +40,7 @@ pub struct TrainArgs {
     pub folder: super::RunFolder,
     /// Continue the run in this folder (its saved settings apply) bit-exactly.
     /// Flags the run fixed (all but --device and --stop-at) are refused.
-    #[arg(long, conflicts_with_all = ["checkpoint", "data", "out", "overwrite", "pooling", "lora", "lora_rank", "epochs", "batch", "seq_len", "val_frac", "seed"])]
+    #[arg(long, conflicts_with_all = ["checkpoint", "data", "tokenizer", "out", "overwrite", "pooling", "lora", "lora_rank", "epochs", "batch", "seq_len", "val_frac", "seed"])]
     pub resume: Option<PathBuf>,
     /// Pool the final-LayerNorm output by its mean over the sequence (the seed) or take the
     /// last token (TRL).
@@ -83,6 +85,8 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub tokenizer: super::TokenizerArg,
+    #[command(flatten)]
     pub device: super::DeviceArg,
 }
 
@@ -109,6 +113,7 @@ impl TrainArgs {
             seq_len: self.seq_len,
             val_frac: self.val_frac,
             seed: self.seed,
+            tokenizer: self.tokenizer.clone(),
             train: self.train.clone(),
         })
     }
@@ -136,7 +141,9 @@ fn score(args: ScoreArgs) -> Result<()> {
     if args.prompt.is_empty() {
         return Err(Error::Invalid("--prompt must not be empty".into()));
     }
-    let mut rm = RewardModel::load(&model_path(&args.checkpoint))?;
+    let path = model_path(&args.checkpoint);
+    let mut rm = RewardModel::load(&path)?;
+    rm.trunk = args.tokenizer.apply(rm.trunk, &path)?;
     rm.move_to(device)?;
     let responses: Vec<&str> = args.response.iter().map(String::as_str).collect();
     let scores = rm.score_texts(&args.prompt, &responses)?;

@@ -65,7 +65,7 @@ pub struct RlArgs<A: RlCommand> {
     pub out: PathBuf,
     /// Continue the run in this folder (its settings are reused; --updates may change).
     /// Flags the run fixed (all but --device, --updates and --stop-at) are refused.
-    #[arg(long, conflicts_with_all = ["out", "overwrite"])]
+    #[arg(long, conflicts_with_all = ["out", "overwrite", "tokenizer"])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub folder: RunFolder,

@@ -3,7 +3,7 @@
 use crate::Result;
 use clap::Args;
 use palm_engine::Rng;
-use palm_model::{generate, tokenizer};
+use palm_model::generate;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -25,6 +25,8 @@ pub struct SampleArgs {
     /// Apply this LoRA scope from the checkpoint (e.g. actor).
     #[arg(long)]
     pub lora: Option<String>,
+    #[command(flatten)]
+    pub tokenizer: super::TokenizerArg,
     /// One JSON line per sample: prompt, completion, tokens, finish_reason, seed, sample.
     #[arg(long)]
     pub json: bool,
@@ -34,9 +36,13 @@ pub struct SampleArgs {
 
 pub fn run(args: SampleArgs) -> Result<()> {
     let device = args.device.resolve()?;
-    let (params, lora) =
-        crate::sampling::model_with_adapters(&args.checkpoint, args.lora.as_deref(), device)?;
-    let prompt = tokenizer::encode(&args.prompt);
+    let (params, lora) = crate::sampling::model_with_adapters(
+        &args.checkpoint,
+        args.lora.as_deref(),
+        &args.tokenizer,
+        device,
+    )?;
+    let prompt = params.tokenizer.encode(&args.prompt)?;
     if prompt.is_empty() {
         return Err(crate::Error::Invalid("--prompt must not be empty".into()));
     }
@@ -55,7 +61,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let prompts = vec![prompt; rows];
     let out = generate(&params, &prompts, &settings, lora.as_ref(), &mut rng)?;
     for (i, toks) in out.iter().enumerate() {
-        let completion = tokenizer::decode(toks);
+        let completion = params.tokenizer.decode(toks);
         if args.json {
             // No end-of-sequence token here: a sample ends at --max-tokens.
             super::emit(serde_json::json!({

@@ -20,6 +20,8 @@ pub struct SftArgs {
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
     #[command(flatten)]
+    pub tokenizer: super::TokenizerArg,
+    #[command(flatten)]
     pub device: super::DeviceArg,
     /// Optimisation steps [default: 300; on --resume: the run's own total unless given].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -36,7 +38,7 @@ pub struct SftArgs {
     pub out: PathBuf,
     /// Continue the run in this folder.
     /// Flags the run fixed (all but --device, --steps and --stop-at) are refused.
-    #[arg(long, conflicts_with_all = ["checkpoint", "data", "seed", "out", "overwrite"])]
+    #[arg(long, conflicts_with_all = ["checkpoint", "data", "tokenizer", "seed", "out", "overwrite"])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub folder: super::RunFolder,
@@ -55,6 +57,7 @@ pub fn run(args: SftArgs) -> Result<()> {
             // Read the data before creating anything on disk.
             let records = read_jsonl::<SftRecord>(data)?;
             let (params, _) = load_language_model(ckpt)?;
+            let params = args.tokenizer.apply(params, ckpt)?;
             let settings = OptimSettings {
                 steps: args.steps.unwrap_or(300),
                 optim: args.optim,
@@ -80,7 +83,12 @@ pub fn run(args: SftArgs) -> Result<()> {
     let records = read_jsonl::<SftRecord>(&run.data)?;
     check_memory(&run, &records, &trainer.params.config, device)?;
     trainer.to_device(device)?;
-    let (task, tokens_per_step) = task(&run, &records, trainer.settings.seed)?;
+    let (task, tokens_per_step) = task(
+        &run,
+        &records,
+        &trainer.params.tokenizer,
+        trainer.settings.seed,
+    )?;
     crate::output::say(format!(
         "fine-tuning {:.2}M parameters on {} examples ({} held out) from {}, {} steps of {} examples",
         trainer.params.config.num_params() as f64 / 1e6,

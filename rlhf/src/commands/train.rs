@@ -1,5 +1,6 @@
-//! `palm train`: byte-level pretraining on a text corpus (the shipped State of the Union
-//! addresses by default), with validation bits per byte, samples and checkpoints.
+//! `palm train`: pretraining on a text corpus (the shipped State of the Union addresses by
+//! default), on bytes or a BPE tokenizer's ids, with validation bits per byte, samples and
+//! checkpoints.
 
 use crate::corpus::Corpus;
 use crate::flags::Cosine;
@@ -7,7 +8,7 @@ use crate::pretrain::{Pretrain, RunSettings, TrainDefaults};
 use crate::trainer::{OptimSettings, Trainer};
 use crate::{Error, Result};
 use clap::Args;
-use palm_model::{PRESETS, PalmConfig};
+use palm_model::{PRESETS, PalmConfig, Tokenizer};
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
@@ -32,6 +33,9 @@ pub struct TrainArgs {
     /// Feed-forward width as a multiple of --dim.
     #[arg(long)]
     pub ff_mult: Option<usize>,
+    /// With --tokenizer, the model's vocabulary is exactly the tokenizer's ids.
+    #[command(flatten)]
+    pub tokenizer: super::TokenizerArg,
     #[command(flatten)]
     pub device: super::DeviceArg,
     /// Optimisation steps [default: 2000; on --resume: the run's own total unless given].
@@ -49,7 +53,7 @@ pub struct TrainArgs {
     pub out: PathBuf,
     /// Continue the run in this folder (its saved settings apply; --steps may extend it).
     /// Flags the run fixed (all but --device, --steps and --stop-at) are refused.
-    #[arg(long, conflicts_with_all = ["preset", "dim", "depth", "heads", "dim_head", "ff_mult", "seed", "out", "overwrite"])]
+    #[arg(long, conflicts_with_all = ["preset", "dim", "depth", "heads", "dim_head", "ff_mult", "tokenizer", "seed", "out", "overwrite"])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub folder: super::RunFolder,
@@ -57,7 +61,9 @@ pub struct TrainArgs {
 
 const DEFAULT_STEPS: u64 = 2000;
 
-fn model_config(a: &TrainArgs) -> Result<PalmConfig> {
+/// The model's config: the preset, single sizes overridden, and a vocabulary of exactly the
+/// tokenizer's ids when it is not bytes.
+fn model_config(a: &TrainArgs, tokenizer: &Tokenizer) -> Result<PalmConfig> {
     let mut c = PalmConfig::preset(&a.preset).ok_or_else(|| {
         Error::Invalid(format!(
             "unknown preset '{}' (expected one of {})",
@@ -70,6 +76,9 @@ fn model_config(a: &TrainArgs) -> Result<PalmConfig> {
     c.heads = a.heads.unwrap_or(c.heads);
     c.dim_head = a.dim_head.unwrap_or(c.dim_head);
     c.ff_mult = a.ff_mult.unwrap_or(c.ff_mult);
+    if !tokenizer.is_bytes() {
+        c.num_tokens = tokenizer.ids();
+    }
     c.validate().map_err(Error::Invalid)?;
     Ok(c)
 }
@@ -82,14 +91,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let t = Trainer::<TrainDefaults>::resume(dir, args.steps)?;
             crate::output::say(format!("resuming {} at step {}", dir.display(), t.step));
             let run: RunSettings = t.run_settings()?;
-            let corpus = Corpus::load(run.data.as_deref(), 0.05, run.seq_len as usize)?;
+            let corpus = Corpus::load(
+                run.data.as_deref(),
+                0.05,
+                run.seq_len as usize,
+                &t.params.tokenizer,
+            )?;
             (t, corpus)
         }
         None => {
             args.optim.check()?;
-            let config = model_config(&args)?;
+            let tokenizer = args.tokenizer.for_new_model()?;
+            let config = model_config(&args, &tokenizer)?;
             let run = &args.run;
-            let corpus = Corpus::load(run.data.as_deref(), 0.05, run.seq_len as usize)?;
+            let corpus = Corpus::load(run.data.as_deref(), 0.05, run.seq_len as usize, &tokenizer)?;
             let settings = OptimSettings {
                 steps: args.steps.unwrap_or(DEFAULT_STEPS),
                 optim: args.optim,
@@ -100,6 +115,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (
                 Trainer::new(
                     &config,
+                    tokenizer,
                     settings,
                     extra,
                     &args.out,
@@ -114,7 +130,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     trainer.to_device(device)?;
     let c = trainer.params.config.clone();
     crate::output::say(format!(
-        "training {:.2}M parameters (dim {} depth {} heads {} dim_head {}) on {} ({} train / {} val bytes), {} steps of {}×{} tokens, on {}",
+        "training {:.2}M parameters (dim {} depth {} heads {} dim_head {}) on {} ({} train / {} val tokens; {}), {} steps of {}×{} tokens, on {}",
         c.num_params() as f64 / 1e6,
         c.dim,
         c.depth,
@@ -123,6 +139,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         corpus.name,
         corpus.train.len(),
         corpus.val.len(),
+        trainer.params.tokenizer.describe(),
         trainer.settings.steps,
         run.batch,
         run.seq_len,

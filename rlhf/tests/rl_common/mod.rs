@@ -5,7 +5,6 @@
 use crate::common::{TINY_MODEL, palm, stderr};
 use palm_engine::{Rng, SafeFile};
 use palm_model::checkpoint::{load_lora, load_model};
-use palm_model::tokenizer;
 use palm_rlhf::data::{PromptRecord, write_jsonl};
 use palm_rlhf::flags::{Actor, Optim, RlSchedule, Sources};
 use palm_rlhf::labelers::Labeler;
@@ -80,7 +79,10 @@ pub fn held_out_score(ckpt: &Path, lora: bool, prompts: &[&str], rule: &Labeler)
     let actor = lora.then(|| load_lora(&file, &params.config, "actor").unwrap().unwrap());
     let tokens: Vec<Vec<u32>> = prompts
         .iter()
-        .flat_map(|p| std::iter::repeat_n(tokenizer::encode(&format!("{p} say: ")), 16))
+        .flat_map(|p| {
+            let t = params.tokenizer.encode(&format!("{p} say: ")).unwrap();
+            std::iter::repeat_n(t, 16)
+        })
         .collect();
     let s = Sampling {
         temperature: 1.0,
@@ -92,7 +94,7 @@ pub fn held_out_score(ckpt: &Path, lora: bool, prompts: &[&str], rule: &Labeler)
             .unwrap();
     let scores: Vec<f64> = episodes
         .iter()
-        .map(|e| rule.score(&tokenizer::decode(e.text())) as f64)
+        .map(|e| rule.score(&params.tokenizer.decode(e.text())) as f64)
         .collect();
     let n = scores.len() as f64;
     let mean = scores.iter().sum::<f64>() / n;
@@ -142,6 +144,7 @@ pub fn rl_settings<F>(algo: F, eos: Option<u32>) -> RlSettings<F> {
             reward: None,
             rule: Some("count:a".into()),
             prompts: PathBuf::new(),
+            tokenizer: Default::default(),
         },
         updates: 1,
         actor: Actor {
