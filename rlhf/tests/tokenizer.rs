@@ -202,7 +202,7 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
     let model_path = run.join("model.safetensors");
     let model = s(&model_path);
 
-    let info = json_of(&palm(&["info", "--checkpoint", &model, "--json"]));
+    let info = json_of(&palm(&["info", "--checkpoint", model, "--json"]));
     assert_eq!(info["config"]["num_tokens"], 300);
     assert_eq!(info["tokenizer"], "byte-level BPE of 300 ids");
     assert!(info["metadata"].get("tokenizer").is_none());
@@ -210,7 +210,7 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
     let o = palm(&[
         "sample",
         "--checkpoint",
-        &model,
+        model,
         "--max-tokens",
         "12",
         "--json",
@@ -228,7 +228,7 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
     let e = json_of(&palm(&[
         "eval",
         "--checkpoint",
-        &model,
+        model,
         "--data",
         s(&data),
         "--seq-len",
@@ -246,7 +246,7 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
         &[
             "chat",
             "--checkpoint",
-            &model,
+            model,
             "--max-tokens",
             "6",
             "--json",
@@ -267,7 +267,7 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
     let mut args = vec![
         "sft",
         "--checkpoint",
-        &model,
+        model,
         "--data",
         s(&sft),
         "--out",
@@ -299,7 +299,7 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
     let o = palm(&[
         "sample",
         "--checkpoint",
-        &model,
+        model,
         "--tokenizer",
         s(&tok),
         "--max-tokens",
@@ -318,7 +318,7 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
         s(&other),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = palm(&["sample", "--checkpoint", &model, "--tokenizer", s(&other)]);
+    let o = palm(&["sample", "--checkpoint", model, "--tokenizer", s(&other)]);
     assert_one_error(&o, "trained with a different tokenizer");
     // A byte-level checkpoint has 256 ids: a BPE of 300 does not fit it.
     let bytes_model = common::tiny_checkpoint(&dir, 1);
