@@ -258,3 +258,77 @@ fn chat_through_a_pipe() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Ctrl-C (SIGINT, sent here with `kill`) while a long reply streams stops that reply, not the
+/// program: it says "(stopped)", and the next line is read. (A terminal sends the same signal.)
+#[test]
+fn sigint_stops_the_streaming_reply_and_the_chat_goes_on() {
+    let dir = scratch("chat-sigint");
+    let ckpt = tiny_checkpoint(&dir, 3);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palm"))
+        .args([
+            "chat",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--eos",
+            "none",
+        ])
+        .args([
+            "--max-tokens",
+            "20000",
+            "--context",
+            "20100",
+            "--temperature",
+            "1",
+        ])
+        .env("PALM_DEVICE", "cpu")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start palm chat");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"tell me everything\n").unwrap();
+    stdin.flush().unwrap();
+    // Wait for the reply to start streaming (the Ctrl-C handler is in place by then).
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            use std::io::Read;
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    all.extend_from_slice(&buf[..n]);
+                    let _ = tx.send(());
+                }
+            }
+        }
+        all
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the reply starts");
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    stdin.write_all(b"/quit\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let streamed = reader.join().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("(stopped)"), "{err}");
+    assert!(!streamed.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

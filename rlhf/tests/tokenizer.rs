@@ -243,14 +243,7 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
 
     // Chat from a pipe: the reply is the model's decoded text.
     let o = palm_stdin(
-        &[
-            "chat",
-            "--checkpoint",
-            model,
-            "--max-tokens",
-            "6",
-            "--json",
-        ],
+        &["chat", "--checkpoint", model, "--max-tokens", "6", "--json"],
         "hello\n",
     );
     let turn = json_of(&o);

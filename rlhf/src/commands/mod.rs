@@ -65,7 +65,7 @@ impl RunFolder {
 /// How tokens are drawn, shared by `palm sample` and `palm chat`.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct Decoding {
-    /// New tokens (bytes) per sample or reply.
+    /// New tokens per sample or reply.
     #[arg(long, default_value_t = 200)]
     pub max_tokens: usize,
     /// Softmax temperature; 0 is greedy.
