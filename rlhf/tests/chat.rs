@@ -332,3 +332,82 @@ fn sigint_stops_the_streaming_reply_and_the_chat_goes_on() {
     assert!(!streamed.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// In a terminal: `palm chat` under a pseudo-terminal (util-linux `script`), where typing Ctrl-C
+/// (the byte 0x03, turned into SIGINT by the terminal) stops the reply being streamed and the
+/// next line is answered. Skipped, visibly, where `script` is missing.
+#[test]
+fn in_a_terminal_ctrl_c_stops_the_reply() {
+    let has_script = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_script {
+        eprintln!("skipped: in_a_terminal_ctrl_c_stops_the_reply: no `script` (util-linux) here");
+        return;
+    }
+    let dir = scratch("chat-tty");
+    let ckpt = tiny_checkpoint(&dir, 4);
+    let cmd = format!(
+        "{} chat --checkpoint {} --eos none --max-tokens 20000 --context 20100 --device cpu",
+        env!("CARGO_BIN_EXE_palm"),
+        ckpt.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start script");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"tell me everything\n").unwrap();
+    stdin.flush().unwrap();
+    // The terminal echoes the line, then the banner and the reply stream in.
+    let mut out = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            use std::io::Read;
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    let wait_for = |needle: &str, after: usize| {
+        let start = std::time::Instant::now();
+        loop {
+            let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+            if let Some(i) = text.get(after..).and_then(|t| t.find(needle)) {
+                return after + i + needle.len();
+            }
+            assert!(
+                start.elapsed().as_secs() < 60,
+                "no {needle:?} in the terminal: {text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // The banner ends with "stops a reply"; wait for reply bytes after it.
+    let banner = wait_for("stops a reply", 0);
+    let start = std::time::Instant::now();
+    while seen.lock().unwrap().len() < banner + 40 {
+        assert!(start.elapsed().as_secs() < 60, "the reply does not stream");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    stdin.write_all(&[0x03]).unwrap();
+    stdin.flush().unwrap();
+    let stopped = wait_for("(stopped)", banner);
+    stdin.write_all(b"/quit\n").unwrap();
+    stdin.flush().unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(status.success(), "{status}: {text}");
+    assert!(text[stopped..].contains("/quit"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
