@@ -178,7 +178,7 @@ impl DemoSettings {
                 reward: Some(reward),
                 rule: None,
                 prompts,
-                tokenizer: Default::default(),
+                tokenizer: None,
             },
             updates: self.updates,
             actor: Actor {

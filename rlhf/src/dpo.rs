@@ -432,7 +432,7 @@ pub struct DpoRun {
     pub val_frac: f64,
     pub seed: u64,
     #[serde(flatten)]
-    pub tokenizer: crate::commands::TokenizerArg,
+    pub tokenizer: crate::flags::TokenizerArg,
     #[serde(flatten)]
     pub train: TrainSettings,
 }

@@ -13,7 +13,7 @@ use clap::builder::RangedU64ValueParser;
 use palm_engine::{AdamWConfig, lr_at};
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A count flag of at least `min` (a `usize`, as the library uses it; the range is clap's
 /// usual one, so the messages are those of a `u64` flag).
@@ -41,9 +41,12 @@ pub struct Sources {
     /// JSONL of {"prompt"} (.gz is decompressed), taken in order, cyclically.
     #[arg(long, required = false, required_unless_present = "resume")]
     pub prompts: PathBuf,
-    #[command(flatten)]
-    #[serde(flatten)]
-    pub tokenizer: crate::commands::TokenizerArg,
+    /// A tokenizer.json for a policy checkpoint that carries none (see `palm sample --help`);
+    /// a policy made with one carries it. (Not the shared `TokenizerArg` group: a group inside
+    /// this optional one hides whether --policy was given.)
+    #[arg(long, value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// The trained policy of an RL run: the rank of its adapters and how it samples responses.
@@ -245,4 +248,66 @@ pub fn defaults<T: clap::Args>() -> Result<T> {
     cmd.try_get_matches_from(["defaults"])
         .and_then(|mut m| T::from_arg_matches_mut(&mut m))
         .map_err(|e| Error::Invalid(format!("no defaults for a flag group: {e}")))
+}
+
+/// `--tokenizer`, shared by every command that reads or writes text (and saved with the runs
+/// that can resume, absent when not given).
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerArg {
+    /// A tokenizer.json (byte-level BPE, from `palm tokenizer train` or GPT-2-style). A model
+    /// trained with one carries it in its checkpoint, so this is only needed to train a new
+    /// model with it, or to give one to a checkpoint that has none (the seed's); one that
+    /// differs from the checkpoint's is refused. Default: bytes.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl TokenizerArg {
+    /// The tokenizer for a new model: the file's, else bytes.
+    pub fn for_new_model(&self) -> Result<palm_model::Tokenizer> {
+        Ok(match &self.tokenizer {
+            Some(p) => palm_model::Tokenizer::load(p)?,
+            None => palm_model::Tokenizer::bytes(),
+        })
+    }
+
+    /// `params` (loaded from `checkpoint`) with the tokenizer this flag asks for, see
+    /// [`with_tokenizer`].
+    pub fn apply(
+        &self,
+        params: palm_model::PalmParams,
+        checkpoint: &Path,
+    ) -> Result<palm_model::PalmParams> {
+        with_tokenizer(self.tokenizer.as_deref(), params, checkpoint)
+    }
+}
+
+/// `params` (loaded from `checkpoint`) reading text through `tokenizer` when one is given: the
+/// checkpoint's own tokenizer when it is absent; the file's when the checkpoint has none (and
+/// every id fits its vocabulary); an error when both are given and differ.
+pub fn with_tokenizer(
+    tokenizer: Option<&Path>,
+    params: palm_model::PalmParams,
+    checkpoint: &Path,
+) -> Result<palm_model::PalmParams> {
+    let Some(path) = tokenizer else {
+        return Ok(params);
+    };
+    let given = palm_model::Tokenizer::load(path)?;
+    if params.tokenizer.is_bytes() {
+        let model = format!("{}'s model", checkpoint.display());
+        given.check_fits(params.config.num_tokens, &model)?;
+        return Ok(params.with_tokenizer(given)?);
+    }
+    if given != params.tokenizer {
+        return Err(Error::Invalid(format!(
+            "--tokenizer {}: {} was trained with a different tokenizer ({}), which it carries; \
+             leave out --tokenizer",
+            path.display(),
+            checkpoint.display(),
+            params.tokenizer.describe()
+        )));
+    }
+    Ok(params)
 }

@@ -499,10 +499,8 @@ impl<A: Algorithm> RlRun<A> {
     ) -> Result<Self> {
         A::check_settings(&settings)?;
         let policy = &settings.sources.policy;
-        let base = settings
-            .sources
-            .tokenizer
-            .apply(load_policy(policy)?, policy)?;
+        let tokenizer = settings.sources.tokenizer.as_deref();
+        let base = crate::flags::with_tokenizer(tokenizer, load_policy(policy)?, policy)?;
         let (reward, prompts) = settings.inputs(&base.tokenizer)?;
         check_memory(&base.config, &A::update_shape(&settings), device)?;
         let run = RunDir::create(out, &RUN_FILES, overwrite)?;

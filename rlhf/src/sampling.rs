@@ -31,7 +31,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
-    pub tokenizer: crate::commands::TokenizerArg,
+    pub tokenizer: crate::flags::TokenizerArg,
 }
 
 /// The byte that ends a response, if any (saved as the byte's number, or null).
@@ -150,7 +150,7 @@ impl Sampler {
 pub fn model_with_adapters(
     checkpoint: &Path,
     lora: Option<&str>,
-    tokenizer: &crate::commands::TokenizerArg,
+    tokenizer: &crate::flags::TokenizerArg,
     device: Device,
 ) -> Result<(palm_model::PalmParams, Option<palm_model::LoraScope>)> {
     let (params, file) = load_language_model(checkpoint)?;

@@ -462,3 +462,35 @@ fn palm_stdin(args: &[&str], input: &str) -> std::process::Output {
         .unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// A reward model reads text with its trunk's tokenizer: one that differs from the policy's is
+/// refused before an RL run starts (scores of misread text would be noise), and one that
+/// matches carries the tokenizer through its file.
+#[test]
+fn a_reward_model_must_share_the_policys_tokenizer() {
+    use palm_rlhf::reward::{Pooling, RewardModel};
+    use palm_rlhf::rollout::RewardSource;
+    let dir = scratch("bpe-reward");
+    let bpe = Tokenizer::from_json(&gpt2_style_json(), "gpt2-style").unwrap();
+    let mut rng = palm_engine::Rng::new(5);
+    let trunk = PalmParams::init(&PalmConfig::new(261, 32, 1, 2, 16), &mut rng).unwrap();
+    let bytes_rm = RewardModel::new(trunk.clone(), Pooling::Mean, &mut rng).unwrap();
+    let path = dir.join("bytes-rm.safetensors");
+    bytes_rm.save(&path).unwrap();
+    let err = RewardSource::load(Some(&path), None, &bpe).err().unwrap();
+    assert!(
+        err.to_string().contains("share the policy's tokenizer"),
+        "{err}"
+    );
+    let bpe_rm = RewardModel::new(
+        trunk.with_tokenizer(bpe.clone()).unwrap(),
+        Pooling::Mean,
+        &mut rng,
+    )
+    .unwrap();
+    let path = dir.join("bpe-rm.safetensors");
+    bpe_rm.save(&path).unwrap();
+    assert!(RewardSource::load(Some(&path), None, &bpe).is_ok());
+    assert_eq!(RewardModel::load(&path).unwrap().trunk.tokenizer, bpe);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

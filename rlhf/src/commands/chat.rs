@@ -23,7 +23,7 @@ pub struct ChatArgs {
     #[arg(long)]
     pub lora: Option<String>,
     #[command(flatten)]
-    pub tokenizer: super::TokenizerArg,
+    pub tokenizer: crate::flags::TokenizerArg,
     /// How a line becomes a prompt: `{}` is replaced by the line. Match the prompts of the
     /// `palm sft` data the model learned from.
     #[arg(long, default_value = "User: {}\nAssistant:")]

@@ -18,7 +18,7 @@ pub struct DpoArgs {
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
     #[command(flatten)]
-    pub tokenizer: super::TokenizerArg,
+    pub tokenizer: crate::flags::TokenizerArg,
     /// Run folder: model.safetensors (loadable by `palm sample`), dpo_state.safetensors and
     /// metrics.jsonl.
     #[arg(long, default_value = "runs/dpo")]

@@ -19,7 +19,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub data: PathBuf,
     #[command(flatten)]
-    pub tokenizer: super::TokenizerArg,
+    pub tokenizer: crate::flags::TokenizerArg,
     /// Window length N (each window scores N targets).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub seq_len: u64,

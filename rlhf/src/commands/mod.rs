@@ -92,58 +92,6 @@ impl Decoding {
     }
 }
 
-/// `--tokenizer`, shared by every command that reads or writes text (and saved with the runs
-/// that can resume, absent when not given).
-#[derive(clap::Args, Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TokenizerArg {
-    /// A tokenizer.json (byte-level BPE, from `palm tokenizer train` or GPT-2-style). A model
-    /// trained with one carries it in its checkpoint, so this is only needed to train a new
-    /// model with it, or to give one to a checkpoint that has none (the seed's); one that
-    /// differs from the checkpoint's is refused. Default: bytes.
-    #[arg(long, value_name = "FILE")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokenizer: Option<std::path::PathBuf>,
-}
-
-impl TokenizerArg {
-    /// The tokenizer for a new model: the file's, else bytes.
-    pub fn for_new_model(&self) -> Result<palm_model::Tokenizer> {
-        Ok(match &self.tokenizer {
-            Some(p) => palm_model::Tokenizer::load(p)?,
-            None => palm_model::Tokenizer::bytes(),
-        })
-    }
-
-    /// `params` (loaded from `checkpoint`) with the tokenizer this flag asks for: the
-    /// checkpoint's own when the flag is absent; the file's when the checkpoint has none (and
-    /// every id fits its vocabulary); an error when both are given and differ.
-    pub fn apply(
-        &self,
-        params: palm_model::PalmParams,
-        checkpoint: &Path,
-    ) -> Result<palm_model::PalmParams> {
-        let Some(path) = &self.tokenizer else {
-            return Ok(params);
-        };
-        let given = palm_model::Tokenizer::load(path)?;
-        if params.tokenizer.is_bytes() {
-            let model = format!("{}'s model", checkpoint.display());
-            given.check_fits(params.config.num_tokens, &model)?;
-            return Ok(params.with_tokenizer(given)?);
-        }
-        if given != params.tokenizer {
-            return Err(crate::Error::Invalid(format!(
-                "--tokenizer {}: {} was trained with a different tokenizer ({}), which it \
-                 carries; leave out --tokenizer",
-                path.display(),
-                checkpoint.display(),
-                params.tokenizer.describe()
-            )));
-        }
-        Ok(params)
-    }
-}
-
 /// `--device`, shared by every command that computes.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct DeviceArg {

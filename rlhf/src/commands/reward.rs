@@ -31,7 +31,7 @@ pub struct TrainArgs {
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
     #[command(flatten)]
-    pub tokenizer: super::TokenizerArg,
+    pub tokenizer: crate::flags::TokenizerArg,
     /// Run folder: reward.safetensors and reward_state.safetensors (saved after every epoch)
     /// and metrics.jsonl.
     #[arg(long, default_value = "runs/reward")]
@@ -85,7 +85,7 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub tokenizer: super::TokenizerArg,
+    pub tokenizer: crate::flags::TokenizerArg,
     #[command(flatten)]
     pub device: super::DeviceArg,
 }

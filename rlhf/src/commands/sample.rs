@@ -26,7 +26,7 @@ pub struct SampleArgs {
     #[arg(long)]
     pub lora: Option<String>,
     #[command(flatten)]
-    pub tokenizer: super::TokenizerArg,
+    pub tokenizer: crate::flags::TokenizerArg,
     /// One JSON line per sample: prompt, completion, tokens, finish_reason, seed, sample.
     #[arg(long)]
     pub json: bool,

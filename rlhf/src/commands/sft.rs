@@ -20,7 +20,7 @@ pub struct SftArgs {
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
     #[command(flatten)]
-    pub tokenizer: super::TokenizerArg,
+    pub tokenizer: crate::flags::TokenizerArg,
     #[command(flatten)]
     pub device: super::DeviceArg,
     /// Optimisation steps [default: 300; on --resume: the run's own total unless given].

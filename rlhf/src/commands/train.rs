@@ -35,7 +35,7 @@ pub struct TrainArgs {
     pub ff_mult: Option<usize>,
     /// With --tokenizer, the model's vocabulary is exactly the tokenizer's ids.
     #[command(flatten)]
-    pub tokenizer: super::TokenizerArg,
+    pub tokenizer: crate::flags::TokenizerArg,
     #[command(flatten)]
     pub device: super::DeviceArg,
     /// Optimisation steps [default: 2000; on --resume: the run's own total unless given].

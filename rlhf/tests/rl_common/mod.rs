@@ -144,7 +144,7 @@ pub fn rl_settings<F>(algo: F, eos: Option<u32>) -> RlSettings<F> {
             reward: None,
             rule: Some("count:a".into()),
             prompts: PathBuf::new(),
-            tokenizer: Default::default(),
+            tokenizer: None,
         },
         updates: 1,
         actor: Actor {
