@@ -165,22 +165,7 @@ fn bad_settings_are_refused() {
 }
 
 fn chat_cli(args: &[&str], input: &str) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palm"))
-        .arg("chat")
-        .args(args)
-        .env("PALM_DEVICE", "cpu")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start palm chat");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::palm_with_input(&[&["chat"], args].concat(), input)
 }
 
 #[test]
@@ -259,83 +244,114 @@ fn chat_through_a_pipe() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// What a child process writes to a pipe, collected by a thread as it comes.
+struct Collected {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Collected {
+    fn start(mut out: impl std::io::Read + Send + 'static) -> Self {
+        let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = bytes.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Collected { bytes, thread }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+
+    /// Wait (a minute at most) until `done` holds of the text so far, and return what it says.
+    fn wait<T>(&self, what: &str, done: impl Fn(&str) -> Option<T>) -> T {
+        let start = std::time::Instant::now();
+        loop {
+            let text = self.text();
+            if let Some(v) = done(&text) {
+                return v;
+            }
+            assert!(start.elapsed().as_secs() < 60, "no {what}: {text}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for `needle` after byte `after`; the byte just past it.
+    fn wait_for(&self, needle: &str, after: usize) -> usize {
+        self.wait(needle, |t| {
+            Some(after + t.get(after..)?.find(needle)? + needle.len())
+        })
+    }
+
+    fn finish(self) -> String {
+        let text = || String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned();
+        self.thread.join().unwrap();
+        text()
+    }
+}
+
+/// `palm chat --checkpoint C` with a reply of up to 20,000 tokens and no end of sequence (so it
+/// is still streaming when interrupted), under `wrapper` (none, or a pseudo-terminal).
+fn long_chat(ckpt: &std::path::Path, wrapper: Option<&str>) -> std::process::Child {
+    let palm = format!(
+        "{} chat --checkpoint {} --eos none --max-tokens 20000 --context 20100 --device cpu",
+        env!("CARGO_BIN_EXE_palm"),
+        ckpt.display()
+    );
+    let mut cmd = match wrapper {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(["-qec", &palm, "/dev/null"]);
+            c
+        }
+        None => {
+            let mut words = palm.split(' ');
+            let mut c = Command::new(words.next().unwrap());
+            c.args(words);
+            c
+        }
+    };
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start palm chat")
+}
+
 /// Ctrl-C (SIGINT, sent here with `kill`) while a long reply streams stops that reply, not the
 /// program: it says "(stopped)", and the next line is read. (A terminal sends the same signal.)
 #[test]
 fn sigint_stops_the_streaming_reply_and_the_chat_goes_on() {
     let dir = scratch("chat-sigint");
-    let ckpt = tiny_checkpoint(&dir, 3);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palm"))
-        .args([
-            "chat",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--eos",
-            "none",
-        ])
-        .args([
-            "--max-tokens",
-            "20000",
-            "--context",
-            "20100",
-            "--temperature",
-            "1",
-        ])
-        .env("PALM_DEVICE", "cpu")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start palm chat");
+    let mut child = long_chat(&tiny_checkpoint(&dir, 3), None);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"tell me everything\n").unwrap();
     stdin.flush().unwrap();
-    // Wait for the reply to start streaming (the Ctrl-C handler is in place by then).
-    let mut out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            use std::io::Read;
-            match out.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    all.extend_from_slice(&buf[..n]);
-                    let _ = tx.send(());
-                }
-            }
-        }
-        all
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the reply starts");
+    let out = Collected::start(child.stdout.take().unwrap());
+    let err = Collected::start(child.stderr.take().unwrap());
+    // Reply bytes: the Ctrl-C handler is in place by then.
+    out.wait("reply", |t| (!t.is_empty()).then_some(()));
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
+    err.wait_for("(stopped)", 0);
     stdin.write_all(b"/quit\n").unwrap();
     drop(stdin);
     let status = child.wait().unwrap();
-    let streamed = reader.join().unwrap();
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (_, err) = (out.finish(), err.finish());
     assert!(status.success(), "{status}: {err}");
-    assert!(err.contains("(stopped)"), "{err}");
-    assert!(!streamed.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// In a terminal: `palm chat` under a pseudo-terminal (util-linux `script`), where typing Ctrl-C
 /// (the byte 0x03, turned into SIGINT by the terminal) stops the reply being streamed and the
-/// next line is answered. Skipped, visibly, where `script` is missing.
+/// next line is read. Skipped, visibly, where `script` is missing.
 #[test]
 fn in_a_terminal_ctrl_c_stops_the_reply() {
     let has_script = Command::new("script")
@@ -347,66 +363,21 @@ fn in_a_terminal_ctrl_c_stops_the_reply() {
         return;
     }
     let dir = scratch("chat-tty");
-    let ckpt = tiny_checkpoint(&dir, 4);
-    let cmd = format!(
-        "{} chat --checkpoint {} --eos none --max-tokens 20000 --context 20100 --device cpu",
-        env!("CARGO_BIN_EXE_palm"),
-        ckpt.display()
-    );
-    let mut child = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start script");
+    let mut child = long_chat(&tiny_checkpoint(&dir, 4), Some("script"));
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"tell me everything\n").unwrap();
     stdin.flush().unwrap();
-    // The terminal echoes the line, then the banner and the reply stream in.
-    let mut out = child.stdout.take().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let sink = seen.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        loop {
-            use std::io::Read;
-            match out.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
-            }
-        }
-    });
-    let wait_for = |needle: &str, after: usize| {
-        let start = std::time::Instant::now();
-        loop {
-            let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-            if let Some(i) = text.get(after..).and_then(|t| t.find(needle)) {
-                return after + i + needle.len();
-            }
-            assert!(
-                start.elapsed().as_secs() < 60,
-                "no {needle:?} in the terminal: {text}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
-    // The banner ends with "stops a reply"; wait for reply bytes after it.
-    let banner = wait_for("stops a reply", 0);
-    let start = std::time::Instant::now();
-    while seen.lock().unwrap().len() < banner + 40 {
-        assert!(start.elapsed().as_secs() < 60, "the reply does not stream");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // The terminal echoes the line; the banner ends "stops a reply", then the reply streams.
+    let out = Collected::start(child.stdout.take().unwrap());
+    let banner = out.wait_for("stops a reply", 0);
+    out.wait("reply", |t| (t.len() > banner + 40).then_some(()));
     stdin.write_all(&[0x03]).unwrap();
     stdin.flush().unwrap();
-    let stopped = wait_for("(stopped)", banner);
+    let stopped = out.wait_for("(stopped)", banner);
     stdin.write_all(b"/quit\n").unwrap();
-    stdin.flush().unwrap();
     drop(stdin);
     let status = child.wait().unwrap();
-    reader.join().unwrap();
-    let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    let text = out.finish();
     assert!(status.success(), "{status}: {text}");
     assert!(text[stopped..].contains("/quit"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();

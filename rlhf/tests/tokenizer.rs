@@ -242,7 +242,7 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
     assert!(bpb > 0.0 && bpb < loss / std::f64::consts::LN_2, "{e}");
 
     // Chat from a pipe: the reply is the model's decoded text.
-    let o = palm_stdin(
+    let o = common::palm_with_input(
         &["chat", "--checkpoint", model, "--max-tokens", "6", "--json"],
         "hello\n",
     );
@@ -441,26 +441,6 @@ fn a_bpe_run_resumes_bit_exactly() {
         "{bpb:?}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// `palm` with `input` on standard input.
-fn palm_stdin(args: &[&str], input: &str) -> std::process::Output {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palm"))
-        .args(args)
-        .env("PALM_DEVICE", "cpu")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 /// A reward model reads text with its trunk's tokenizer: one that differs from the policy's is

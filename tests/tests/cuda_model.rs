@@ -389,3 +389,48 @@ fn ppo_loss_stays_on_the_device() {
     assert_close("PPO d/d log-probs", &glp, &cpu_glp, 1e-5);
     assert_close("PPO d/d values", &gv, &cpu_gv, 1e-5);
 }
+
+/// `palm chat` on the GPU: three greedy turns through one device KV cache (past a growth of its
+/// buffers, and through a context that drops old turns) reply as the same chat on the CPU, on a
+/// model with sharp logits (so bf16 rounding cannot change a greedy choice).
+#[test]
+fn a_chat_on_the_gpu_replies_as_on_the_cpu() {
+    use palm_rlhf::chat::{Chat, ChatSettings};
+    use std::sync::atomic::AtomicBool;
+    if !gpu("a_chat_on_the_gpu_replies_as_on_the_cpu") {
+        return;
+    }
+    // dim_head 64: the fused attention kernels.
+    let mut params =
+        PalmParams::init(&PalmConfig::new(256, 128, 2, 2, 64), &mut Rng::new(6)).unwrap();
+    params.token_emb = params.token_emb.scale(40.0).unwrap().as_var();
+    let settings = ChatSettings {
+        template: "Q: {}\nA:".into(),
+        eos: Some(u32::from(b'\n')),
+        context: 90,
+        sample: SampleSettings {
+            temperature: 0.0,
+            max_tokens: 24,
+            ..Default::default()
+        },
+    };
+    let replies = |params: &PalmParams| -> Vec<(Vec<u32>, usize)> {
+        let mut chat = Chat::new(params, None, settings.clone(), 0).unwrap();
+        let stop = AtomicBool::new(false);
+        ["hello there", "and what then?", "why is that so?"]
+            .iter()
+            .map(|line| {
+                let r = chat.turn(line, &stop, |_| {}).unwrap();
+                (r.tokens, r.dropped_turns)
+            })
+            .collect()
+    };
+    let on_cpu = replies(&params);
+    let on_gpu = replies(&params.to_device(GPU).unwrap());
+    assert!(
+        on_cpu.iter().any(|(_, dropped)| *dropped > 0),
+        "the context dropped a turn"
+    );
+    assert!(on_cpu.iter().all(|(t, _)| !t.is_empty()));
+    assert_eq!(on_gpu, on_cpu);
+}

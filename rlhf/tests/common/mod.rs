@@ -28,6 +28,27 @@ pub fn palm(args: &[&str]) -> Output {
         .expect("run palm")
 }
 
+/// `palm` with `args` and `input` on its standard input.
+#[allow(dead_code)] // not every test file pipes input
+pub fn palm_with_input(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palm"))
+        .args(args)
+        .env("PALM_DEVICE", "cpu")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run palm");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(input.as_bytes())
+        .expect("write palm's input");
+    drop(stdin);
+    child.wait_with_output().expect("wait for palm")
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
