@@ -56,6 +56,9 @@ pub fn gemm_into(
     );
     check_bounds(m, k, a);
     check_bounds(k, n, b);
+    if few_rows(m, n, k, dst, dst_rs, a, b, scale, accumulate, parallel) {
+        return;
+    }
     let threads = rayon::current_num_threads();
     let par = if parallel && m * n * k >= 1 << 22 && threads > 1 {
         gemm::Parallelism::Rayon(threads)
@@ -124,6 +127,155 @@ pub fn matmul(batch: usize, m: usize, n: usize, k: usize, a: &MatRef, b: &MatRef
     out
 }
 
+/// Rows of `a` up to which `few_rows` computes the product itself.
+const FEW_ROWS: usize = 16;
+
+/// Columns of the result per block (and per parallel task) in `few_rows`.
+const BLOCK_COLS: usize = 64;
+
+/// The product for a few rows of `a` (decoding: one row per sequence), when the weight is read
+/// along contiguous runs: b's columns contiguous (a row-major weight seen transposed: each
+/// result is a dot product of two runs) or b's rows contiguous (each result row is a sum of
+/// scaled rows of b). gemm packs both operands into blocks first, which at one to sixteen rows
+/// costs more than the product; here b is streamed once. False when the shapes do not fit.
+#[allow(clippy::too_many_arguments)]
+fn few_rows(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: &MatRef,
+    b: &MatRef,
+    scale: f32,
+    accumulate: bool,
+    parallel: bool,
+) -> bool {
+    // A dot product pays for adding up its 16 running sums: worth it from 64 terms on.
+    let dots = b.row_stride == 1 && a.col_stride == 1 && k >= 64;
+    let rows = b.col_stride == 1;
+    if m > FEW_ROWS || k == 0 || !(dots || rows) {
+        return false;
+    }
+    // Blocks of columns, each an m × width row-major tile, then scattered into dst.
+    let mut tiles = super::buffers::take(m * n);
+    let block = |c: usize, tile: &mut [f32]| {
+        kernel(dots, m, k, c * BLOCK_COLS, a, b, tile);
+    };
+    if parallel && m * n * k >= 1 << 20 && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        tiles
+            .par_chunks_mut(m * BLOCK_COLS)
+            .enumerate()
+            .for_each(|(c, tile)| block(c, tile));
+    } else {
+        tiles
+            .chunks_mut(m * BLOCK_COLS)
+            .enumerate()
+            .for_each(|(c, tile)| block(c, tile));
+    }
+    for (c, tile) in tiles.chunks(m * BLOCK_COLS).enumerate() {
+        let width = tile.len() / m;
+        for i in 0..m {
+            let out = &mut dst[i * dst_rs + c * BLOCK_COLS..][..width];
+            let got = &tile[i * width..(i + 1) * width];
+            if accumulate {
+                out.iter_mut().zip(got).for_each(|(o, g)| *o += scale * g);
+            } else {
+                out.iter_mut().zip(got).for_each(|(o, g)| *o = scale * g);
+            }
+        }
+    }
+    super::buffers::give(tiles);
+    true
+}
+
+/// The shape of one `few_rows` tile: columns j0 .. j0 + width of a (m × k) · b into an
+/// (m × width) tile, by dot products (`dots`) or by rows of b.
+#[derive(Clone, Copy)]
+struct Tile {
+    dots: bool,
+    m: usize,
+    k: usize,
+    j0: usize,
+}
+
+/// One tile of `few_rows` with the widest vector instructions this CPU has.
+#[allow(clippy::too_many_arguments)]
+fn kernel(dots: bool, m: usize, k: usize, j0: usize, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
+    let t = Tile { dots, m, k, j0 };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above), all this function requires.
+            return unsafe { tile_avx512(t, a, b, tile) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above), all this function requires.
+            return unsafe { tile_avx2(t, a, b, tile) };
+        }
+    }
+    tile_portable(t, a, b, tile)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn tile_avx512(t: Tile, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
+    tile_portable(t, a, b, tile)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn tile_avx2(t: Tile, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
+    tile_portable(t, a, b, tile)
+}
+
+/// The tile's loops, written so the compiler vectorises them (inlined into each variant above,
+/// which compiles them for its instruction set).
+#[inline(always)]
+fn tile_portable(t: Tile, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
+    let Tile { dots, m, k, j0 } = t;
+    let width = tile.len() / m;
+    if dots {
+        for jj in 0..width {
+            let bj = &b.data[b.offset + (j0 + jj) * b.col_stride..][..k];
+            for i in 0..m {
+                let ai = &a.data[a.offset + i * a.row_stride..][..k];
+                tile[i * width + jj] = dot(ai, bj);
+            }
+        }
+    } else {
+        tile.fill(0.0);
+        for i in 0..m {
+            let out = &mut tile[i * width..(i + 1) * width];
+            for p in 0..k {
+                let x = a.data[a.offset + i * a.row_stride + p * a.col_stride];
+                let bp = &b.data[b.offset + p * b.row_stride + j0..][..width];
+                out.iter_mut().zip(bp).for_each(|(o, y)| *o += x * y);
+            }
+        }
+    }
+}
+
+/// Σ x·y in 16 running sums (one vector register's worth), then added up.
+#[inline(always)]
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (xs, ys) = (x.chunks_exact(16), y.chunks_exact(16));
+    let tail: f32 = xs
+        .remainder()
+        .iter()
+        .zip(ys.remainder())
+        .map(|(p, q)| p * q)
+        .sum();
+    for (xc, yc) in xs.zip(ys) {
+        for l in 0..16 {
+            acc[l] += xc[l] * yc[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Every element a (rows × cols) view touches must lie in its buffer.
 fn check_bounds(rows: usize, cols: usize, x: &MatRef) {
     if rows == 0 || cols == 0 {
@@ -131,4 +283,69 @@ fn check_bounds(rows: usize, cols: usize, x: &MatRef) {
     }
     let last = x.offset + (rows - 1) * x.row_stride + (cols - 1) * x.col_stride;
     assert!(last < x.data.len(), "matmul operand view out of bounds");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// a (m×k) · b (k×n) by the definition, in f64.
+    fn naive(m: usize, n: usize, k: usize, a: &MatRef, b: &MatRef) -> Vec<f64> {
+        let at = |x: &MatRef, r: usize, c: usize| {
+            f64::from(x.data[x.offset + r * x.row_stride + c * x.col_stride])
+        };
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| at(a, i, p) * at(b, p, j)).sum();
+            }
+        }
+        out
+    }
+
+    /// The few-rows kernels (weights seen transposed, or row-major) and gemm (more rows, or
+    /// strides neither kernel takes) agree with the definition, with scaling and accumulation,
+    /// at sizes around the tile width and the vector width.
+    #[test]
+    fn few_rows_and_gemm_match_the_definition() {
+        let mut rng = crate::Rng::new(3);
+        for (m, n, k) in [
+            (1, 1, 1),
+            (1, 256, 128),
+            (3, 65, 17),
+            (8, 1216, 128),
+            (16, 64, 300),
+            (17, 70, 33),
+            (5, 129, 1),
+        ] {
+            let data: Vec<f32> = (0..(m + n) * k + 7)
+                .map(|_| rng.uniform() * 2.0 - 1.0)
+                .collect();
+            let a = MatRef::rows(&data, 3, k);
+            // b as a row-major (n × k) weight seen transposed, and as a row-major (k × n).
+            let bt = MatRef::rows(&data, 3 + m * k, k).t();
+            let br = MatRef::rows(&data, 3 + m * k, n);
+            // a transposed view of a (column-major rows), which only the row form takes.
+            let a_cols = MatRef {
+                row_stride: 1,
+                col_stride: m,
+                ..a
+            };
+            for (a, b) in [(a, bt), (a, br), (a_cols, br), (a_cols, bt)] {
+                let want = naive(m, n, k, &a, &b);
+                for accumulate in [false, true] {
+                    let mut dst = vec![0.5f32; m * n];
+                    gemm_into(m, n, k, &mut dst, n, &a, &b, 0.25, accumulate, true);
+                    for (idx, (got, w)) in dst.iter().zip(&want).enumerate() {
+                        let w = 0.25 * w + if accumulate { 0.5 } else { 0.0 };
+                        let tol = 1e-5 * (1.0 + (k as f64).sqrt());
+                        assert!(
+                            (f64::from(*got) - w).abs() <= tol,
+                            "{m}×{n}×{k} [{idx}]: {got} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
