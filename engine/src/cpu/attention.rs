@@ -2,6 +2,7 @@
 //! query rows so each block only touches the keys it can see (half the work of a full n×m
 //! product), with the softmax statistics (log-sum-exp) saved for a recomputing backward.
 
+use super::exp::exp;
 use super::matmul::{MatRef, gemm_into};
 use rayon::prelude::*;
 
@@ -48,11 +49,11 @@ pub fn forward(q: &[f32], k: Batched, v: Batched, s: &Shape) -> (Vec<f32>, Vec<f
                         .iter()
                         .copied()
                         .fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
+                    // Exponentials in one loop (it vectorises), their sum in order after.
                     for x in row[..visible].iter_mut() {
-                        *x = (*x - mx).exp();
-                        sum += *x;
+                        *x = exp(*x - mx);
                     }
+                    let sum: f32 = row[..visible].iter().sum();
                     row[visible..].fill(0.0);
                     for x in row[..visible].iter_mut() {
                         *x /= sum;
@@ -145,15 +146,14 @@ pub fn backward(
                         &mut p[r * keys..(r + 1) * keys],
                         &mut dp[r * keys..(r + 1) * keys],
                     );
-                    for j in 0..keys {
-                        if j < visible {
-                            pr[j] = (pr[j] - l).exp();
-                            dpr[j] = pr[j] * (dpr[j] - delta);
-                        } else {
-                            pr[j] = 0.0;
-                            dpr[j] = 0.0;
-                        }
+                    let (seen, hidden) = pr.split_at_mut(visible);
+                    let (dseen, dhidden) = dpr.split_at_mut(visible);
+                    for (p, dp) in seen.iter_mut().zip(dseen.iter_mut()) {
+                        *p = exp(*p - l);
+                        *dp = *p * (*dp - delta);
                     }
+                    hidden.fill(0.0);
+                    dhidden.fill(0.0);
                 }
                 let pm = MatRef::rows(&p, 0, keys);
                 let dsm = MatRef::rows(&dp, 0, keys);

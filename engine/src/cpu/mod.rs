@@ -8,6 +8,7 @@ pub mod buffers;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod exp;
 pub mod layernorm;
 pub mod logprob;
 pub mod matmul;
