@@ -132,6 +132,22 @@ fn a_gpt2_style_file_is_shifted_past_padding() {
     assert!(bad.to_string().contains("bad.json"), "{bad}");
 }
 
+/// `palm tokenizer train --vocab N --data DATA --out OUT`, which must succeed; its stdout.
+fn train_tokenizer(data: &Path, vocab: usize, out: &Path) -> String {
+    let o = palm(&[
+        "tokenizer",
+        "train",
+        "--vocab",
+        &vocab.to_string(),
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -154,18 +170,8 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
     let dir = scratch("bpe-cli");
     let data = corpus(&dir);
     let tok = dir.join("tokenizer.json");
-    let o = palm(&[
-        "tokenizer",
-        "train",
-        "--vocab",
-        "300",
-        "--data",
-        s(&data),
-        "--out",
-        s(&tok),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).starts_with("done: 300 ids"), "{}", stdout(&o));
+    let done = train_tokenizer(&data, 300, &tok);
+    assert!(done.starts_with("done: 300 ids"), "{done}");
     let o = palm(&[
         "tokenizer",
         "encode",
@@ -300,17 +306,7 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let other = dir.join("other.json");
-    let o = palm(&[
-        "tokenizer",
-        "train",
-        "--vocab",
-        "290",
-        "--data",
-        s(&data),
-        "--out",
-        s(&other),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    train_tokenizer(&data, 290, &other);
     let o = palm(&["sample", "--checkpoint", model, "--tokenizer", s(&other)]);
     assert_one_error(&o, "trained with a different tokenizer");
     // A byte-level checkpoint has 256 ids: a BPE of 300 does not fit it.
@@ -403,17 +399,7 @@ fn a_bpe_run_resumes_bit_exactly() {
     let dir = scratch("bpe-resume");
     let data = corpus(&dir);
     let tok = dir.join("tokenizer.json");
-    let o = palm(&[
-        "tokenizer",
-        "train",
-        "--vocab",
-        "280",
-        "--data",
-        s(&data),
-        "--out",
-        s(&tok),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    train_tokenizer(&data, 280, &tok);
     let (full, part) = (dir.join("full"), dir.join("part"));
     let extra = [
         "--tokenizer",
