@@ -277,11 +277,15 @@ impl Tokenizer {
 }
 
 /// Text of a growing id sequence as it is drawn: each push returns what is new and complete
-/// (held back while the ids so far end inside a multi-byte character).
+/// (held back while the ids so far end inside a multi-byte character). Only the ids since the
+/// last complete piece are decoded again, so a long reply costs linear time.
 pub struct TextStream<'a> {
     tokenizer: &'a Tokenizer,
     ids: Vec<u32>,
-    shown: usize,
+    /// Ids before this were shown and never decoded again.
+    prefix: usize,
+    /// Ids before this are shown (`prefix..read` decoded is already out).
+    read: usize,
 }
 
 impl<'a> TextStream<'a> {
@@ -289,26 +293,28 @@ impl<'a> TextStream<'a> {
         TextStream {
             tokenizer,
             ids: Vec::new(),
-            shown: 0,
+            prefix: 0,
+            read: 0,
         }
     }
 
     pub fn push(&mut self, id: u32) -> String {
         self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids);
-        if text.ends_with('\u{FFFD}') || text.len() < self.shown {
+        let shown = self.tokenizer.decode(&self.ids[self.prefix..self.read]);
+        let now = self.tokenizer.decode(&self.ids[self.prefix..]);
+        if now.ends_with('\u{FFFD}') || now.len() <= shown.len() {
             return String::new();
         }
-        let new = text.get(self.shown..).unwrap_or_default().to_string();
-        self.shown = text.len();
+        let new = now.get(shown.len()..).unwrap_or_default().to_string();
+        (self.prefix, self.read) = (self.read, self.ids.len());
         new
     }
 
     /// Whatever is still held back (an incomplete character, shown as U+FFFD).
     pub fn finish(&mut self) -> String {
-        let text = self.tokenizer.decode(&self.ids);
-        let rest = text.get(self.shown..).unwrap_or_default().to_string();
-        self.shown = text.len();
-        rest
+        let shown = self.tokenizer.decode(&self.ids[self.prefix..self.read]);
+        let now = self.tokenizer.decode(&self.ids[self.prefix..]);
+        (self.prefix, self.read) = (self.ids.len(), self.ids.len());
+        now.get(shown.len()..).unwrap_or_default().to_string()
     }
 }

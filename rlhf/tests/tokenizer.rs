@@ -460,3 +460,34 @@ fn a_reward_model_must_share_the_policys_tokenizer() {
     assert_eq!(RewardModel::load(&path).unwrap().trunk.tokenizer, bpe);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Streaming a reply token by token shows exactly the text of the whole reply, for bytes (a
+/// character split across byte tokens waits for its end) and for a BPE.
+#[test]
+fn streamed_text_is_the_decoded_text() {
+    use palm_model::tokenizer::TextStream;
+    let (_, bytes) = palm_rlhf::corpus::read_bytes(None).unwrap();
+    let text = String::from_utf8(bytes[..1 << 18].to_vec()).unwrap();
+    let bpe = Tokenizer::train_bpe(&text, 600).unwrap();
+    let gpt2 = Tokenizer::from_json(&gpt2_style_json(), "gpt2-style").unwrap();
+    for t in [Tokenizer::bytes(), bpe, gpt2] {
+        for sample in SAMPLES.iter().chain([&"naïve café — 🦀 über…\nnext line"]) {
+            let ids = t.encode(sample).unwrap();
+            let mut stream = TextStream::new(&t);
+            let mut out = String::new();
+            for &id in &ids {
+                let piece = stream.push(id);
+                assert!(!piece.contains('\u{FFFD}'), "{piece:?} of {sample:?}");
+                out.push_str(&piece);
+            }
+            out.push_str(&stream.finish());
+            assert_eq!(out, t.decode(&ids), "{}", t.describe());
+        }
+    }
+    // A reply cut inside a character ends with U+FFFD, shown once at the finish.
+    let t = Tokenizer::bytes();
+    let mut stream = TextStream::new(&t);
+    let cut: Vec<u32> = "é".bytes().take(1).map(u32::from).collect();
+    assert_eq!(stream.push(cut[0]), "");
+    assert_eq!(stream.finish(), "\u{FFFD}");
+}
