@@ -148,6 +148,42 @@ fn train_tokenizer(data: &Path, vocab: usize, out: &Path) -> String {
     stdout(&o)
 }
 
+/// `palm sft` from `checkpoint` (with `extra` flags) on four copies of the JSONL `record`, in
+/// `dir/sft`; the tokenizer `palm info` reports for the fine-tuned model.
+fn fine_tuned_tokenizer(dir: &Path, checkpoint: &str, record: &str, extra: &[&str]) -> String {
+    let data = write(dir, "sft.jsonl", &format!("{record}\n").repeat(4));
+    let out = dir.join("sft");
+    let mut args = vec![
+        "sft",
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+    ];
+    args.extend_from_slice(&[
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--device",
+        "cpu",
+    ]);
+    args.extend_from_slice(extra);
+    let o = palm(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info = json_of(&palm(&[
+        "info",
+        "--checkpoint",
+        s(&out.join("model.safetensors")),
+        "--json",
+    ]));
+    info["tokenizer"].as_str().unwrap().to_string()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -196,9 +232,7 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
     args.extend_from_slice(TINY_MODEL);
     args.extend_from_slice(TINY_RUN);
     args.extend_from_slice(&["--steps", "4", "--val-every", "2", "--sample-every", "0"]);
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = palm(&refs);
+    let o = palm(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("byte-level BPE of 300 ids"),
@@ -257,42 +291,11 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
     assert!(turn["tokens"].as_u64().unwrap() <= 6);
 
     // Fine-tuning keeps the tokenizer in the new checkpoint.
-    let sft = write(
-        &dir,
-        "sft.jsonl",
-        &"{\"prompt\":\"Q: all men\",\"completion\":\" are equal\"}\n".repeat(4),
+    let record = "{\"prompt\":\"Q: all men\",\"completion\":\" are equal\"}";
+    assert_eq!(
+        fine_tuned_tokenizer(&dir, model, record, &[]),
+        "byte-level BPE of 300 ids"
     );
-    let out = dir.join("sft");
-    let mut args = vec![
-        "sft",
-        "--checkpoint",
-        model,
-        "--data",
-        s(&sft),
-        "--out",
-        s(&out),
-    ];
-    args.extend_from_slice(&[
-        "--steps",
-        "2",
-        "--batch",
-        "2",
-        "--seq-len",
-        "16",
-        "--device",
-        "cpu",
-    ]);
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = palm(&refs);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let tuned = json_of(&palm(&[
-        "info",
-        "--checkpoint",
-        s(&out.join("model.safetensors")),
-        "--json",
-    ]));
-    assert_eq!(tuned["tokenizer"], "byte-level BPE of 300 ids");
 
     // The same tokenizer again is accepted; another one is refused with one error.
     let o = palm(&[
@@ -352,41 +355,9 @@ fn a_checkpoint_without_a_tokenizer_takes_one_that_fits() {
         "the",
     ]);
     assert_eq!(json_of(&o)["tokens"], 5);
-    let sft = write(
-        &dir,
-        "sft.jsonl",
-        &"{\"prompt\":\"Q: the\",\"completion\":\" the!\"}\n".repeat(4),
-    );
-    let out = dir.join("sft");
-    let args = [
-        "sft",
-        "--checkpoint",
-        s(&ckpt),
-        "--tokenizer",
-        s(&tok),
-        "--data",
-        s(&sft),
-        "--out",
-        s(&out),
-        "--steps",
-        "2",
-        "--batch",
-        "2",
-        "--seq-len",
-        "16",
-        "--device",
-        "cpu",
-    ];
-    let o = palm(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let tuned = json_of(&palm(&[
-        "info",
-        "--checkpoint",
-        s(&out.join("model.safetensors")),
-        "--json",
-    ]));
+    let record = "{\"prompt\":\"Q: the\",\"completion\":\" the!\"}";
     assert_eq!(
-        tuned["tokenizer"],
+        fine_tuned_tokenizer(&dir, s(&ckpt), record, &["--tokenizer", s(&tok)]),
         "byte-level BPE of 261 ids, shifted by one for padding"
     );
     std::fs::remove_dir_all(&dir).unwrap();

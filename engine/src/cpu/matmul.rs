@@ -160,7 +160,8 @@ fn few_rows(
     // Blocks of columns, each an m × width row-major tile, then scattered into dst.
     let mut tiles = super::buffers::take(m * n);
     let block = |c: usize, tile: &mut [f32]| {
-        kernel(dots, m, k, c * BLOCK_COLS, a, b, tile);
+        let j0 = c * BLOCK_COLS;
+        kernel(Tile { dots, m, k, j0 }, a, b, tile);
     };
     if parallel && m * n * k >= 1 << 20 && rayon::current_num_threads() > 1 {
         use rayon::prelude::*;
@@ -201,9 +202,7 @@ struct Tile {
 }
 
 /// One tile of `few_rows` with the widest vector instructions this CPU has.
-#[allow(clippy::too_many_arguments)]
-fn kernel(dots: bool, m: usize, k: usize, j0: usize, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
-    let t = Tile { dots, m, k, j0 };
+fn kernel(t: Tile, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
