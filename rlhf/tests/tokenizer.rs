@@ -328,6 +328,28 @@ fn a_model_trained_with_a_bpe_carries_it_everywhere() {
     let junk = write(&dir, "junk.json", "{\"version\": \"1.0\"}");
     let o = palm(&["train", "--tokenizer", s(&junk), "--steps", "1"]);
     assert_one_error(&o, "junk.json");
+    // Hostile files: empty, cut in half, and (sparse, nothing written) larger than any
+    // tokenizer.json, refused by its size before it is read.
+    let good = std::fs::read_to_string(&tok).unwrap();
+    let empty = write(&dir, "empty.json", "");
+    let half = write(
+        &dir,
+        "half.json",
+        &good[..good.floor_char_boundary(good.len() / 2)],
+    );
+    let huge = dir.join("huge.json");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    for (bad, why) in [
+        (&empty, "empty.json"),
+        (&half, "half.json"),
+        (&huge, "larger than"),
+    ] {
+        let o = palm(&["sample", "--checkpoint", model, "--tokenizer", s(bad)]);
+        assert_one_error(&o, why);
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
