@@ -304,8 +304,11 @@ fn long_chat(ckpt: &std::path::Path, wrapper: Option<&str>) -> std::process::Chi
     );
     let mut cmd = match wrapper {
         Some(w) => {
+            // `script` runs the line through $SHELL. `exec` leaves no shell between the terminal
+            // and palm: dash, waiting on palm, would take the Ctrl-C too and die of it (exit 130)
+            // after palm had handled it and ended well.
             let mut c = Command::new(w);
-            c.args(["-qec", &palm, "/dev/null"]);
+            c.args(["-qec", &format!("exec {palm}"), "/dev/null"]);
             c
         }
         None => {
