@@ -1,5 +1,9 @@
-//! Matrix multiply on the `gemm` crate, which takes arbitrary row/column strides, so transposed
-//! and narrowed views multiply without a copy.
+//! Matrix multiply. Every operand has arbitrary row/column strides, so transposed and narrowed
+//! views multiply without a copy. Three paths: `few_rows` (decoding's one to sixteen rows),
+//! `packed` (our AVX-512 kernel, on CPUs that have it), and the `gemm` crate everywhere else.
+
+#[cfg(target_arch = "x86_64")]
+mod packed;
 
 /// One operand: its buffer and the strides of its (batch, row, column) dims, in elements.
 #[derive(Clone, Copy)]
@@ -60,8 +64,32 @@ pub fn gemm_into(
         return;
     }
     let threads = rayon::current_num_threads();
-    let par = if parallel && m * n * k >= 1 << 22 && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
+    let parallel = parallel && m * n * k >= 1 << 22 && threads > 1;
+    #[cfg(target_arch = "x86_64")]
+    if k > 0 && packed::available() {
+        let threads = if parallel { threads } else { 1 };
+        packed::gemm(m, n, k, dst, dst_rs, a, b, scale, accumulate, threads);
+        return;
+    }
+    gemm_crate(m, n, k, dst, dst_rs, a, b, scale, accumulate, parallel);
+}
+
+/// `gemm_into` by the `gemm` crate (CPUs without AVX-512); the bounds are checked by the caller.
+#[allow(clippy::too_many_arguments)]
+fn gemm_crate(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: &MatRef,
+    b: &MatRef,
+    scale: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let par = if parallel {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None
     };
@@ -302,9 +330,10 @@ mod tests {
         out
     }
 
-    /// The few-rows kernels (weights seen transposed, or row-major) and gemm (more rows, or
-    /// strides neither kernel takes) agree with the definition, with scaling and accumulation,
-    /// at sizes around the tile width and the vector width.
+    /// The few-rows kernels (weights seen transposed, or row-major), the packed kernel (more
+    /// rows, or strides neither few-rows kernel takes) and the gemm crate agree with the
+    /// definition, with scaling and accumulation, at sizes around the tile, block and vector
+    /// widths, and leave what lies outside the result alone.
     #[test]
     fn few_rows_and_gemm_match_the_definition() {
         let mut rng = crate::Rng::new(3);
@@ -316,6 +345,10 @@ mod tests {
             (16, 64, 300),
             (17, 70, 33),
             (5, 129, 1),
+            // Past one packed block in every direction: depth (256), columns (512), rows per
+            // thread (144); partial 12-row and 32-column tiles; large enough for two threads.
+            (29, 531, 300),
+            (150, 40, 513),
         ] {
             let data: Vec<f32> = (0..(m + n) * k + 7)
                 .map(|_| rng.uniform() * 2.0 - 1.0)
@@ -332,15 +365,28 @@ mod tests {
             };
             for (a, b) in [(a, bt), (a, br), (a_cols, br), (a_cols, bt)] {
                 let want = naive(m, n, k, &a, &b);
-                for accumulate in [false, true] {
-                    let mut dst = vec![0.5f32; m * n];
-                    gemm_into(m, n, k, &mut dst, n, &a, &b, 0.25, accumulate, true);
-                    for (idx, (got, w)) in dst.iter().zip(&want).enumerate() {
-                        let w = 0.25 * w + if accumulate { 0.5 } else { 0.0 };
+                // The result at a wider row stride, in a buffer running on past its rows:
+                // what lies outside the m×n result must stay untouched.
+                let rs = n + 3;
+                for (accumulate, crate_only) in [(false, false), (true, false), (true, true)] {
+                    let mut dst = vec![0.5f32; (m + 2) * rs];
+                    if crate_only {
+                        // The path of CPUs without AVX-512, tested on every machine.
+                        gemm_crate(m, n, k, &mut dst, rs, &a, &b, 0.25, accumulate, true);
+                    } else {
+                        gemm_into(m, n, k, &mut dst, rs, &a, &b, 0.25, accumulate, true);
+                    }
+                    for (idx, got) in dst.iter().enumerate() {
+                        let (i, j) = (idx / rs, idx % rs);
+                        let w = if i < m && j < n {
+                            0.25 * want[i * n + j] + if accumulate { 0.5 } else { 0.0 }
+                        } else {
+                            0.5
+                        };
                         let tol = 1e-5 * (1.0 + (k as f64).sqrt());
                         assert!(
                             (f64::from(*got) - w).abs() <= tol,
-                            "{m}×{n}×{k} [{idx}]: {got} vs {w}"
+                            "{m}×{n}×{k} [{i}, {j}]: {got} vs {w}"
                         );
                     }
                 }

@@ -1,0 +1,410 @@
+//! fp32 GEMM for CPUs with AVX-512: both operands copied into cache-sized packed blocks, then a
+//! 12 × 32 tile of the result kept in 24 vector registers while the depth streams through.
+//!
+//! Why our own and not the `gemm` crate here: on the model's shapes the crate ran at 0.65–0.80×
+//! PyTorch's MKL (BENCHMARKS.md); its blocking is not tuned for these sizes. The loops are the
+//! classic ones (Goto/BLIS): for each block of b's columns (NC) and of the depth (KC), b is packed
+//! once into 32-column panels that stay in L2, shared by the threads; each thread packs its own
+//! rows of a into 12-row panels, and every 12-row panel (12 KiB, in L1) meets every b panel.
+//! The depth is summed in the same order whatever the thread count, so results are reproducible.
+
+use super::MatRef;
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// Rows of one register tile.
+const MR: usize = 12;
+/// Columns of one register tile: two 16-lane vectors.
+const NR: usize = 32;
+/// Depth of one packed block: a 12-row panel of a is 12 KiB, within L1 beside the stream of b.
+const KC: usize = 256;
+/// Columns of b per packed block: 256 × 512 floats is 512 KiB, half an L2.
+const NC: usize = 512;
+/// Rows of a packed at a time by one thread (12 panels).
+const MC: usize = 144;
+/// Floats per 64-byte cache line: packed panels start on a line, so no vector load splits one.
+const LINE: usize = 16;
+
+/// Whether this CPU runs the packed kernel (AVX-512F, checked once by the standard library).
+pub fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+thread_local! {
+    /// Each thread's packed rows of a, reused from call to call (at most MC × KC floats).
+    static PACKED_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `dst (m×n, row stride dst_rs) = [dst +] scale · a (m×k) · b (k×n)`. The caller has checked
+/// the bounds of every operand (see `gemm_into`) and that `available()`; k > 0.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: &MatRef,
+    b: &MatRef,
+    scale: f32,
+    accumulate: bool,
+    threads: usize,
+) {
+    if threads <= 1 {
+        return serial(m, n, k, dst, dst_rs, a, b, scale, accumulate);
+    }
+    // One task per thread, each its rows (in whole tiles) of the result, packing b for itself:
+    // one fork for the whole product. b is the smaller operand at the model's shapes (a weight
+    // against many tokens), so packing it twice costs about 1%; sharing it would cost a
+    // fork and join per block.
+    let per_task = m.div_ceil(threads).next_multiple_of(MR);
+    dst.par_chunks_mut(per_task * dst_rs)
+        .enumerate()
+        .for_each(|(t, rows)| {
+            let i0 = t * per_task;
+            if i0 >= m {
+                return; // dst runs on past the result's rows
+            }
+            let a = MatRef {
+                offset: a.offset + i0 * a.row_stride,
+                ..*a
+            };
+            serial(
+                per_task.min(m - i0),
+                n,
+                k,
+                rows,
+                dst_rs,
+                &a,
+                b,
+                scale,
+                accumulate,
+            );
+        });
+}
+
+/// `gemm` on the calling thread.
+#[allow(clippy::too_many_arguments)]
+fn serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: &MatRef,
+    b: &MatRef,
+    scale: f32,
+    accumulate: bool,
+) {
+    let mut packed_b = super::super::buffers::take(KC * NC.min(n).next_multiple_of(NR) + LINE);
+    let start = line_start(&packed_b);
+    for j0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - j0);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let panels = &mut packed_b[start..start + kc * nc.next_multiple_of(NR)];
+            for (i, panel) in panels.chunks_mut(kc * NR).enumerate() {
+                let j = j0 + i * NR;
+                pack_b(b, p0, kc, j, NR.min(j0 + nc - j), panel);
+            }
+            let block = Block {
+                j0,
+                nc,
+                p0,
+                kc,
+                scale,
+                add: accumulate || p0 > 0,
+            };
+            block.rows(a, m, panels, dst, dst_rs);
+        }
+    }
+    super::super::buffers::give(packed_b);
+}
+
+/// The index in `v` of its first element on a 64-byte boundary (v has LINE spare floats).
+fn line_start(v: &[f32]) -> usize {
+    (v.as_ptr() as usize / 4).wrapping_neg() % LINE
+}
+
+/// One packed block of b: columns j0 .. j0 + nc, depth p0 .. p0 + kc.
+#[derive(Clone, Copy)]
+struct Block {
+    j0: usize,
+    nc: usize,
+    p0: usize,
+    kc: usize,
+    scale: f32,
+    /// Add to the destination (a later depth block, or `accumulate`) instead of overwriting it.
+    add: bool,
+}
+
+impl Block {
+    /// The m rows of the result, for this block.
+    fn rows(&self, a: &MatRef, m: usize, panels: &[f32], dst: &mut [f32], rs: usize) {
+        PACKED_A.with_borrow_mut(|packed| {
+            packed.resize(MC * KC + LINE, 0.0);
+            let start = line_start(packed);
+            for ic in (0..m).step_by(MC) {
+                let mc = MC.min(m - ic);
+                let packed_a = &mut packed[start..start + mc.div_ceil(MR) * MR * self.kc];
+                for (t, panel) in packed_a.chunks_mut(MR * self.kc).enumerate() {
+                    let r0 = ic + t * MR;
+                    pack_a(a, r0, MR.min(mc - t * MR), self.p0, self.kc, panel);
+                }
+                for (t, a_panel) in packed_a.chunks(MR * self.kc).enumerate() {
+                    let r0 = ic + t * MR;
+                    let rows = MR.min(mc - t * MR);
+                    for (u, b_panel) in panels.chunks(NR * self.kc).enumerate() {
+                        let c0 = self.j0 + u * NR;
+                        let cols = NR.min(self.j0 + self.nc - c0);
+                        // The tile's last element: row r0 + rows - 1, column c0 + cols - 1.
+                        let last = (r0 + rows - 1) * rs + c0 + cols;
+                        assert!(last <= dst.len(), "packed gemm: tile outside the result");
+                        // SAFETY: the CPU has AVX-512F (`available`, checked by the caller);
+                        // the panels hold kc steps of MR and NR floats; every element the tile
+                        // writes, rows r0.. r0+rows at stride rs and columns c0 .. c0+cols, lies
+                        // in `dst` (asserted just above).
+                        unsafe {
+                            tile(
+                                rows,
+                                self.kc,
+                                a_panel.as_ptr(),
+                                b_panel.as_ptr(),
+                                dst.as_mut_ptr().add(r0 * rs + c0),
+                                rs,
+                                cols,
+                                self.scale,
+                                self.add,
+                            )
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Rows r0 .. r0 + rows (≤ MR) of a, depth p0 .. p0 + kc, as `panel[p * MR + r]`.
+fn pack_a(a: &MatRef, r0: usize, rows: usize, p0: usize, kc: usize, panel: &mut [f32]) {
+    let at = |r: usize, p: usize| a.offset + (r0 + r) * a.row_stride + (p0 + p) * a.col_stride;
+    assert!(panel.len() >= kc * MR && rows <= MR);
+    // The view's corners lie in a.data: `gemm_into` checked the whole m × k view.
+    let base = a.data[at(0, 0)..].as_ptr();
+    if a.col_stride == 1 {
+        // Row-major rows: 16 × 16 blocks transposed in registers.
+        // SAFETY: AVX-512F is present (the caller's contract); the rows × kc block read lies in
+        // the view; the panel holds kc × MR floats (asserted).
+        unsafe { transpose_into::<MR>(base, a.row_stride, rows, kc, panel.as_mut_ptr()) }
+    } else if a.row_stride == 1 {
+        // A transposed view: each depth step is `rows` contiguous floats.
+        let mask = lanes(rows);
+        for p in 0..kc {
+            // SAFETY: as above; the masked load reads only the `rows` floats of step p.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(mask, base.add(p * a.col_stride));
+                _mm512_mask_storeu_ps(panel.as_mut_ptr().add(p * MR), mask, v);
+            }
+        }
+    } else {
+        for p in 0..kc {
+            for r in 0..rows {
+                panel[p * MR + r] = a.data[at(r, p)];
+            }
+        }
+    }
+}
+
+/// Columns j .. j + cols (≤ NR) of b, depth p0 .. p0 + kc, as `panel[p * NR + c]`, zero past
+/// `cols` (the tile computes all NR columns and stores only the real ones).
+fn pack_b(b: &MatRef, p0: usize, kc: usize, j: usize, cols: usize, panel: &mut [f32]) {
+    let at = |p: usize, c: usize| b.offset + (p0 + p) * b.row_stride + (j + c) * b.col_stride;
+    assert!(panel.len() >= kc * NR && cols <= NR);
+    let base = b.data[at(0, 0)..].as_ptr();
+    if b.col_stride == 1 {
+        let masks = [lanes(cols.min(16)), lanes(cols.saturating_sub(16))];
+        for p in 0..kc {
+            for (h, mask) in masks.into_iter().enumerate() {
+                // SAFETY: AVX-512F is present (the caller's contract); the masked load reads
+                // only the `cols` floats of step p, inside the view; the panel holds kc × NR.
+                unsafe {
+                    let src = base.wrapping_add(p * b.row_stride + 16 * h);
+                    let v = _mm512_maskz_loadu_ps(mask, src);
+                    _mm512_storeu_ps(panel.as_mut_ptr().add(p * NR + 16 * h), v);
+                }
+            }
+        }
+    } else if b.row_stride == 1 {
+        // b seen transposed (a row-major weight): its columns are contiguous along the depth.
+        // SAFETY: as above, for the cols × kc block of the weight.
+        unsafe { transpose_into::<NR>(base, b.col_stride, cols, kc, panel.as_mut_ptr()) }
+    } else {
+        panel[..kc * NR].fill(0.0);
+        for p in 0..kc {
+            for c in 0..cols {
+                panel[p * NR + c] = b.data[at(p, c)];
+            }
+        }
+    }
+}
+
+/// `out[p * W + r] = src[r * stride + p]` for r < rows ≤ W, p < kc, zero for rows ≤ r < W:
+/// `rows` contiguous runs of kc floats, transposed in 16 × 16 blocks.
+///
+/// # Safety
+/// AVX-512F is present; src holds `rows` runs of kc floats at `stride`; out holds kc × W.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_into<const W: usize>(
+    src: *const f32,
+    stride: usize,
+    rows: usize,
+    kc: usize,
+    out: *mut f32,
+) {
+    for g in (0..W).step_by(16) {
+        let width = 16.min(W - g); // lanes of each output step in this group
+        for p in (0..kc).step_by(16) {
+            let steps = 16.min(kc - p);
+            let mask = lanes(steps);
+            let mut block = [_mm512_setzero_ps(); 16];
+            for (r, v) in block.iter_mut().enumerate().take(rows.saturating_sub(g)) {
+                // SAFETY: row g + r < rows and p + steps ≤ kc: inside the run (the contract).
+                *v = unsafe { _mm512_maskz_loadu_ps(mask, src.add((g + r) * stride + p)) };
+            }
+            let cols = transpose16(block);
+            for (q, v) in cols.iter().enumerate().take(steps) {
+                // SAFETY: step p + q < kc, lanes g .. g + width ≤ W: inside out (the contract).
+                unsafe { _mm512_mask_storeu_ps(out.add((p + q) * W + g), lanes(width), *v) }
+            }
+        }
+    }
+}
+
+/// The transpose of a 16 × 16 block held as 16 rows: element c of row r goes to element r of
+/// row c. Pairs of rows interleave (4 × 2 blocks per 128-bit lane), pairs of pairs interleave
+/// (4 × 4 blocks: lane l of vector e of row group i is column 4l + e of rows 4i .. 4i + 3), then
+/// the 128-bit lanes of the four row groups are transposed as a 4 × 4 matrix.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
+    let mut quads = [[_mm512_setzero_ps(); 4]; 4]; // [row group i][e]
+    for (i, quad) in quads.iter_mut().enumerate() {
+        let r = &rows[4 * i..4 * i + 4];
+        let (lo01, hi01) = (
+            _mm512_unpacklo_ps(r[0], r[1]),
+            _mm512_unpackhi_ps(r[0], r[1]),
+        );
+        let (lo23, hi23) = (
+            _mm512_unpacklo_ps(r[2], r[3]),
+            _mm512_unpackhi_ps(r[2], r[3]),
+        );
+        let pd = _mm512_castps_pd;
+        let ps = _mm512_castpd_ps;
+        quad[0] = ps(_mm512_unpacklo_pd(pd(lo01), pd(lo23)));
+        quad[1] = ps(_mm512_unpackhi_pd(pd(lo01), pd(lo23)));
+        quad[2] = ps(_mm512_unpacklo_pd(pd(hi01), pd(hi23)));
+        quad[3] = ps(_mm512_unpackhi_pd(pd(hi01), pd(hi23)));
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for e in 0..4 {
+        let s = [quads[0][e], quads[1][e], quads[2][e], quads[3][e]];
+        // Lanes (0, 2) and (1, 3) of each pair of groups, then of those: lane l of every group.
+        let u0 = _mm512_shuffle_f32x4::<0x88>(s[0], s[1]);
+        let u1 = _mm512_shuffle_f32x4::<0xdd>(s[0], s[1]);
+        let u2 = _mm512_shuffle_f32x4::<0x88>(s[2], s[3]);
+        let u3 = _mm512_shuffle_f32x4::<0xdd>(s[2], s[3]);
+        out[e] = _mm512_shuffle_f32x4::<0x88>(u0, u2);
+        out[4 + e] = _mm512_shuffle_f32x4::<0x88>(u1, u3);
+        out[8 + e] = _mm512_shuffle_f32x4::<0xdd>(u0, u2);
+        out[12 + e] = _mm512_shuffle_f32x4::<0xdd>(u1, u3);
+    }
+    out
+}
+
+/// A `rows`-row tile, by the register kernel compiled for that row count.
+///
+/// # Safety
+/// As `tile_of`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile(
+    rows: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rs: usize,
+    cols: usize,
+    scale: f32,
+    add: bool,
+) {
+    let kernel = match rows {
+        1 => tile_of::<1>,
+        2 => tile_of::<2>,
+        3 => tile_of::<3>,
+        4 => tile_of::<4>,
+        5 => tile_of::<5>,
+        6 => tile_of::<6>,
+        7 => tile_of::<7>,
+        8 => tile_of::<8>,
+        9 => tile_of::<9>,
+        10 => tile_of::<10>,
+        11 => tile_of::<11>,
+        _ => tile_of::<12>,
+    };
+    // SAFETY: passed on from the caller.
+    unsafe { kernel(kc, a, b, c, rs, cols, scale, add) }
+}
+
+/// `c (R × cols, row stride rs) = [c +] scale · Σ_p a[p·MR + r] · b[p·NR + j]`: the register
+/// tile, R rows of two 16-lane accumulators.
+///
+/// # Safety
+/// The CPU has AVX-512F; a and b hold kc steps of MR and NR floats; c addresses R rows of
+/// `cols` ≤ NR writable floats at stride rs.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_of<const R: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rs: usize,
+    cols: usize,
+    scale: f32,
+    add: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for p in 0..kc {
+        // SAFETY: p < kc, so both reads are inside the panels (the function's contract).
+        let (ap, bp) = unsafe { (a.add(p * MR), b.add(p * NR)) };
+        // SAFETY: as above: NR = 32 floats from bp, R ≤ MR floats from ap.
+        let (b0, b1) = unsafe { (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16))) };
+        for (r, row) in acc.iter_mut().enumerate() {
+            // SAFETY: as above.
+            let x = _mm512_set1_ps(unsafe { *ap.add(r) });
+            row[0] = _mm512_fmadd_ps(x, b0, row[0]);
+            row[1] = _mm512_fmadd_ps(x, b1, row[1]);
+        }
+    }
+    let masks = [lanes(cols.min(16)), lanes(cols.saturating_sub(16))];
+    let s = _mm512_set1_ps(scale);
+    for (r, row) in acc.iter().enumerate() {
+        for (h, mask) in masks.into_iter().enumerate() {
+            // Lanes past `cols` are masked off: never read nor written, wherever they point.
+            let out = c.wrapping_add(r * rs + 16 * h);
+            let mut v = _mm512_mul_ps(row[h], s);
+            if add {
+                // SAFETY: the enabled lanes are inside row r's `cols` columns (the contract).
+                v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, out) });
+            }
+            // SAFETY: as above.
+            unsafe { _mm512_mask_storeu_ps(out, mask, v) }
+        }
+    }
+}
+
+/// A mask of the first `n` ≤ 16 lanes.
+fn lanes(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
+}
