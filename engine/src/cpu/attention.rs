@@ -4,6 +4,7 @@
 
 use super::exp::exp;
 use super::matmul::{MatRef, gemm_into};
+use super::simd;
 use rayon::prelude::*;
 
 const BLOCK: usize = 64;
@@ -45,20 +46,7 @@ pub fn forward(q: &[f32], k: Batched, v: Batched, s: &Shape) -> (Vec<f32>, Vec<f
                 for r in 0..rows {
                     let row = &mut p[r * keys..(r + 1) * keys];
                     let visible = (i0 + r + s.offset + 1).min(keys);
-                    let mx = row[..visible]
-                        .iter()
-                        .copied()
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    // Exponentials in one loop (it vectorises), their sum in order after.
-                    for x in row[..visible].iter_mut() {
-                        *x = exp(*x - mx);
-                    }
-                    let sum: f32 = row[..visible].iter().sum();
-                    row[visible..].fill(0.0);
-                    for x in row[..visible].iter_mut() {
-                        *x /= sum;
-                    }
-                    lse[i0 + r] = mx + sum.ln();
+                    lse[i0 + r] = softmax_row(row, visible);
                 }
                 let pm = MatRef::rows(&p, 0, keys);
                 let vb = MatRef::rows(v.data, bi * v.batch_stride, d);
@@ -140,20 +128,11 @@ pub fn backward(
                     let visible = (i + s.offset + 1).min(keys);
                     let o = &out[(bh * n + i) * d..(bh * n + i + 1) * d];
                     let gr = &g[(bh * n + i) * d..(bh * n + i + 1) * d];
-                    let delta: f32 = o.iter().zip(gr).map(|(a, b)| a * b).sum();
-                    let l = lse[bh * n + i];
                     let (pr, dpr) = (
                         &mut p[r * keys..(r + 1) * keys],
                         &mut dp[r * keys..(r + 1) * keys],
                     );
-                    let (seen, hidden) = pr.split_at_mut(visible);
-                    let (dseen, dhidden) = dpr.split_at_mut(visible);
-                    for (p, dp) in seen.iter_mut().zip(dseen.iter_mut()) {
-                        *p = exp(*p - l);
-                        *dp = *p * (*dp - delta);
-                    }
-                    hidden.fill(0.0);
-                    dhidden.fill(0.0);
+                    softmax_grad_row(pr, dpr, visible, lse[bh * n + i], o, gr);
                 }
                 let pm = MatRef::rows(&p, 0, keys);
                 let dsm = MatRef::rows(&dp, 0, keys);
@@ -203,4 +182,52 @@ pub fn backward(
         super::buffers::give(pv);
     }
     (dq, dk, dv)
+}
+
+simd::widest! {
+    /// A row of scores → its softmax over the first `visible` (the rest set to 0); returns the
+    /// row's log-sum-exp, which the backward recomputes the probabilities from.
+    fn softmax_row(row: &mut [f32], visible: usize) -> f32 = softmax_row_body;
+}
+
+#[inline(always)]
+fn softmax_row_body(row: &mut [f32], visible: usize) -> f32 {
+    let (seen, hidden) = row.split_at_mut(visible);
+    let mx = simd::max(seen);
+    for x in seen.iter_mut() {
+        *x = exp(*x - mx);
+    }
+    let sum = simd::sum(seen);
+    let inv = 1.0 / sum;
+    for x in seen.iter_mut() {
+        *x *= inv;
+    }
+    hidden.fill(0.0);
+    mx + sum.ln()
+}
+
+simd::widest! {
+    /// One query row of the backward: scores `p` → probabilities e^(s − lse), and `dp` (dO·vᵀ)
+    /// → the scores' gradient p · (dp − Σ o·dO), over the first `visible` keys (0 past them).
+    fn softmax_grad_row(p: &mut [f32], dp: &mut [f32], visible: usize, lse: f32, o: &[f32], g: &[f32]) = softmax_grad_row_body;
+}
+
+#[inline(always)]
+fn softmax_grad_row_body(
+    p: &mut [f32],
+    dp: &mut [f32],
+    visible: usize,
+    lse: f32,
+    o: &[f32],
+    g: &[f32],
+) {
+    let delta = simd::dot(o, g);
+    let (seen, hidden) = p.split_at_mut(visible);
+    let (dseen, dhidden) = dp.split_at_mut(visible);
+    for (p, dp) in seen.iter_mut().zip(dseen.iter_mut()) {
+        *p = exp(*p - lse);
+        *dp = *p * (*dp - delta);
+    }
+    hidden.fill(0.0);
+    dhidden.fill(0.0);
 }

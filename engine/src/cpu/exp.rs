@@ -13,14 +13,19 @@ pub fn exp(x: f32) -> f32 {
     // needed, so the loop vectorises on any x86-64).
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    // t holds n in its low mantissa bits (n ∈ [−126, 127] after the clamp).
+    let t = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // 2^n: n + 127 into the exponent bits. From t's bits, not `n as i32`: a float-to-int cast
+    // saturates and maps NaN to 0, which compilers do lane by lane (it kept the loop scalar).
+    // t's bits are 0x4B40_0000 + n, whose part above n shifts out.
+    let scale = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
     let y = p * scale;
     if x < -87.0 {
         0.0

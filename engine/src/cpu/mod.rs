@@ -14,6 +14,7 @@ pub mod logprob;
 pub mod matmul;
 pub mod reduce;
 pub mod rope;
+pub mod simd;
 pub mod swiglu;
 
 use crate::layout::Layout;

@@ -229,36 +229,13 @@ struct Tile {
     j0: usize,
 }
 
-/// One tile of `few_rows` with the widest vector instructions this CPU has.
-fn kernel(t: Tile, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above), all this function requires.
-            return unsafe { tile_avx512(t, a, b, tile) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above), all this function requires.
-            return unsafe { tile_avx2(t, a, b, tile) };
-        }
-    }
-    tile_portable(t, a, b, tile)
+super::simd::widest! {
+    /// One tile of `few_rows`, with the widest vector instructions this CPU has.
+    fn kernel(t: Tile, a: &MatRef, b: &MatRef, tile: &mut [f32]) = tile_portable;
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn tile_avx512(t: Tile, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
-    tile_portable(t, a, b, tile)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn tile_avx2(t: Tile, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
-    tile_portable(t, a, b, tile)
-}
-
-/// The tile's loops, written so the compiler vectorises them (inlined into each variant above,
-/// which compiles them for its instruction set).
+/// The tile's loops, written so the compiler vectorises them (compiled into each variant of
+/// `kernel` for its instruction set).
 #[inline(always)]
 fn tile_portable(t: Tile, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
     let Tile { dots, m, k, j0 } = t;
@@ -268,7 +245,7 @@ fn tile_portable(t: Tile, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
             let bj = &b.data[b.offset + (j0 + jj) * b.col_stride..][..k];
             for i in 0..m {
                 let ai = &a.data[a.offset + i * a.row_stride..][..k];
-                tile[i * width + jj] = dot(ai, bj);
+                tile[i * width + jj] = super::simd::dot(ai, bj);
             }
         }
     } else {
@@ -282,25 +259,6 @@ fn tile_portable(t: Tile, a: &MatRef, b: &MatRef, tile: &mut [f32]) {
             }
         }
     }
-}
-
-/// Σ x·y in 16 running sums (one vector register's worth), then added up.
-#[inline(always)]
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (xs, ys) = (x.chunks_exact(16), y.chunks_exact(16));
-    let tail: f32 = xs
-        .remainder()
-        .iter()
-        .zip(ys.remainder())
-        .map(|(p, q)| p * q)
-        .sum();
-    for (xc, yc) in xs.zip(ys) {
-        for l in 0..16 {
-            acc[l] += xc[l] * yc[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Every element a (rows × cols) view touches must lie in its buffer.

@@ -52,7 +52,8 @@ pub(super) fn gemm(
     threads: usize,
 ) {
     if threads <= 1 {
-        return serial(m, n, k, dst, dst_rs, a, b, scale, accumulate);
+        // SAFETY: the caller checked `available()` and the operands' bounds (this fn's contract).
+        return unsafe { serial(m, n, k, dst, dst_rs, a, b, scale, accumulate) };
     }
     // One task per thread, each its rows (in whole tiles) of the result, packing b for itself:
     // one fork for the whole product. b is the smaller operand at the model's shapes (a weight
@@ -70,23 +71,19 @@ pub(super) fn gemm(
                 offset: a.offset + i0 * a.row_stride,
                 ..*a
             };
-            serial(
-                per_task.min(m - i0),
-                n,
-                k,
-                rows,
-                dst_rs,
-                &a,
-                b,
-                scale,
-                accumulate,
-            );
+            let m_task = per_task.min(m - i0);
+            // SAFETY: as above, for rows i0 .. i0 + m_task of the result, which `rows` starts at.
+            unsafe { serial(m_task, n, k, rows, dst_rs, &a, b, scale, accumulate) };
         });
 }
 
 /// `gemm` on the calling thread.
+///
+/// # Safety
+/// As `gemm`: the CPU has AVX-512F, and a, b and dst hold the views their strides describe.
 #[allow(clippy::too_many_arguments)]
-fn serial(
+#[target_feature(enable = "avx512f")]
+unsafe fn serial(
     m: usize,
     n: usize,
     k: usize,
@@ -106,7 +103,8 @@ fn serial(
             let panels = &mut packed_b[start..start + kc * nc.next_multiple_of(NR)];
             for (i, panel) in panels.chunks_mut(kc * NR).enumerate() {
                 let j = j0 + i * NR;
-                pack_b(b, p0, kc, j, NR.min(j0 + nc - j), panel);
+                // SAFETY: AVX-512F (the contract); the panel's columns and depth are in the view.
+                unsafe { pack_b(b, p0, kc, j, NR.min(j0 + nc - j), panel) };
             }
             let block = Block {
                 j0,
@@ -116,7 +114,8 @@ fn serial(
                 scale,
                 add: accumulate || p0 > 0,
             };
-            block.rows(a, m, panels, dst, dst_rs);
+            // SAFETY: AVX-512F (the contract); the block's rows and depth are in a's view.
+            unsafe { block.rows(a, m, panels, dst, dst_rs) };
         }
     }
     super::super::buffers::give(packed_b);
@@ -141,7 +140,11 @@ struct Block {
 
 impl Block {
     /// The m rows of the result, for this block.
-    fn rows(&self, a: &MatRef, m: usize, panels: &[f32], dst: &mut [f32], rs: usize) {
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; a's view holds m rows and the block's depth.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows(&self, a: &MatRef, m: usize, panels: &[f32], dst: &mut [f32], rs: usize) {
         PACKED_A.with_borrow_mut(|packed| {
             packed.resize(MC * KC + LINE, 0.0);
             let start = line_start(packed);
@@ -150,7 +153,8 @@ impl Block {
                 let packed_a = &mut packed[start..start + mc.div_ceil(MR) * MR * self.kc];
                 for (t, panel) in packed_a.chunks_mut(MR * self.kc).enumerate() {
                     let r0 = ic + t * MR;
-                    pack_a(a, r0, MR.min(mc - t * MR), self.p0, self.kc, panel);
+                    // SAFETY: AVX-512F (the contract); rows r0 .. and the depth are in the view.
+                    unsafe { pack_a(a, r0, MR.min(mc - t * MR), self.p0, self.kc, panel) };
                 }
                 for (t, a_panel) in packed_a.chunks(MR * self.kc).enumerate() {
                     let r0 = ic + t * MR;
@@ -186,7 +190,11 @@ impl Block {
 }
 
 /// Rows r0 .. r0 + rows (≤ MR) of a, depth p0 .. p0 + kc, as `panel[p * MR + r]`.
-fn pack_a(a: &MatRef, r0: usize, rows: usize, p0: usize, kc: usize, panel: &mut [f32]) {
+///
+/// # Safety
+/// The CPU has AVX-512F; the view's rows r0 .. r0 + rows and depth p0 .. p0 + kc lie in a.data.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_a(a: &MatRef, r0: usize, rows: usize, p0: usize, kc: usize, panel: &mut [f32]) {
     let at = |r: usize, p: usize| a.offset + (r0 + r) * a.row_stride + (p0 + p) * a.col_stride;
     assert!(panel.len() >= kc * MR && rows <= MR);
     // The view's corners lie in a.data: `gemm_into` checked the whole m × k view.
@@ -217,7 +225,11 @@ fn pack_a(a: &MatRef, r0: usize, rows: usize, p0: usize, kc: usize, panel: &mut 
 
 /// Columns j .. j + cols (≤ NR) of b, depth p0 .. p0 + kc, as `panel[p * NR + c]`, zero past
 /// `cols` (the tile computes all NR columns and stores only the real ones).
-fn pack_b(b: &MatRef, p0: usize, kc: usize, j: usize, cols: usize, panel: &mut [f32]) {
+///
+/// # Safety
+/// The CPU has AVX-512F; the view's depth p0 .. p0 + kc and columns j .. j + cols lie in b.data.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_b(b: &MatRef, p0: usize, kc: usize, j: usize, cols: usize, panel: &mut [f32]) {
     let at = |p: usize, c: usize| b.offset + (p0 + p) * b.row_stride + (j + c) * b.col_stride;
     assert!(panel.len() >= kc * NR && cols <= NR);
     let base = b.data[at(0, 0)..].as_ptr();
