@@ -307,6 +307,8 @@ mod tests {
             // thread (144); partial 12-row and 32-column tiles; large enough for two threads.
             (29, 531, 300),
             (150, 40, 513),
+            // More rows than the packed kernel reads a row-major b in place for.
+            (300, 40, 70),
         ] {
             let data: Vec<f32> = (0..(m + n) * k + 7)
                 .map(|_| rng.uniform() * 2.0 - 1.0)

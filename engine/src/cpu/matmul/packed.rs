@@ -23,6 +23,10 @@ const KC: usize = 256;
 const NC: usize = 512;
 /// Rows of a packed at a time by one thread (12 panels).
 const MC: usize = 144;
+/// Columns of b up to which row-major rows of a are read in place, not packed.
+const DIRECT_A_COLS: usize = 128;
+/// Rows of a (per thread) up to which a row-major b is read in place, not packed.
+const DIRECT_B_ROWS: usize = 256;
 /// Floats per 64-byte cache line: packed panels start on a line, so no vector load splits one.
 const LINE: usize = 16;
 
@@ -94,18 +98,32 @@ unsafe fn serial(
     scale: f32,
     accumulate: bool,
 ) {
-    let mut packed_b = super::super::buffers::take(KC * NC.min(n).next_multiple_of(NR) + LINE);
+    // A row-major b is read in place when few rows of a meet each of its elements: packing
+    // would cost about as much as it saves.
+    let direct_b = b.col_stride == 1 && m <= DIRECT_B_ROWS;
+    let len = if direct_b {
+        0
+    } else {
+        KC * NC.min(n).next_multiple_of(NR) + LINE
+    };
+    let mut packed_b = super::super::buffers::take(len);
     let start = line_start(&packed_b);
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
-            let panels = &mut packed_b[start..start + kc * nc.next_multiple_of(NR)];
-            for (i, panel) in panels.chunks_mut(kc * NR).enumerate() {
-                let j = j0 + i * NR;
-                // SAFETY: AVX-512F (the contract); the panel's columns and depth are in the view.
-                unsafe { pack_b(b, p0, kc, j, NR.min(j0 + nc - j), panel) };
-            }
+            let source = if direct_b {
+                BSource::Direct(b)
+            } else {
+                let panels = &mut packed_b[start..start + kc * nc.next_multiple_of(NR)];
+                for (i, panel) in panels.chunks_mut(kc * NR).enumerate() {
+                    let j = j0 + i * NR;
+                    // SAFETY: AVX-512F (the contract); the panel's columns and depth are in
+                    // the view.
+                    unsafe { pack_b(b, p0, kc, j, NR.min(j0 + nc - j), panel) };
+                }
+                BSource::Packed(panels)
+            };
             let block = Block {
                 j0,
                 nc,
@@ -115,7 +133,7 @@ unsafe fn serial(
                 add: accumulate || p0 > 0,
             };
             // SAFETY: AVX-512F (the contract); the block's rows and depth are in a's view.
-            unsafe { block.rows(a, m, panels, dst, dst_rs) };
+            unsafe { block.rows(a, m, source, dst, dst_rs) };
         }
     }
     super::super::buffers::give(packed_b);
@@ -124,6 +142,14 @@ unsafe fn serial(
 /// The index in `v` of its first element on a 64-byte boundary (v has LINE spare floats).
 fn line_start(v: &[f32]) -> usize {
     (v.as_ptr() as usize / 4).wrapping_neg() % LINE
+}
+
+/// Where the tiles read b from: its packed panels (NR floats a depth step), or b itself (its
+/// row stride a step).
+#[derive(Clone, Copy)]
+enum BSource<'a> {
+    Packed(&'a [f32]),
+    Direct(&'a MatRef<'a>),
 }
 
 /// One packed block of b: columns j0 .. j0 + nc, depth p0 .. p0 + kc.
@@ -144,43 +170,71 @@ impl Block {
     /// # Safety
     /// The CPU has AVX-512F; a's view holds m rows and the block's depth.
     #[target_feature(enable = "avx512f")]
-    unsafe fn rows(&self, a: &MatRef, m: usize, panels: &[f32], dst: &mut [f32], rs: usize) {
+    unsafe fn rows(&self, a: &MatRef, m: usize, b: BSource, dst: &mut [f32], rs: usize) {
+        // a is read in place when it is a transposed view (each depth step's rows adjacent), or
+        // row-major rows that meet only a few column panels of b (packing them would cost
+        // about what it saves).
+        let direct_a = a.row_stride == 1 || (a.col_stride == 1 && self.nc <= DIRECT_A_COLS);
         PACKED_A.with_borrow_mut(|packed| {
-            packed.resize(MC * KC + LINE, 0.0);
+            if !direct_a {
+                packed.resize(MC * KC + LINE, 0.0);
+            }
             let start = line_start(packed);
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                let packed_a = &mut packed[start..start + mc.div_ceil(MR) * MR * self.kc];
-                for (t, panel) in packed_a.chunks_mut(MR * self.kc).enumerate() {
-                    let r0 = ic + t * MR;
-                    // SAFETY: AVX-512F (the contract); rows r0 .. and the depth are in the view.
-                    unsafe { pack_a(a, r0, MR.min(mc - t * MR), self.p0, self.kc, panel) };
+                let panels = mc.div_ceil(MR);
+                if !direct_a {
+                    let packed_a = &mut packed[start..start + panels * MR * self.kc];
+                    for (t, panel) in packed_a.chunks_mut(MR * self.kc).enumerate() {
+                        let r0 = ic + t * MR;
+                        // SAFETY: AVX-512F (the contract); rows r0 .. and the depth are in the
+                        // view.
+                        unsafe { pack_a(a, r0, MR.min(mc - t * MR), self.p0, self.kc, panel) };
+                    }
                 }
-                for (t, a_panel) in packed_a.chunks(MR * self.kc).enumerate() {
+                for t in 0..panels {
                     let r0 = ic + t * MR;
                     let rows = MR.min(mc - t * MR);
-                    for (u, b_panel) in panels.chunks(NR * self.kc).enumerate() {
+                    let (a_tile, a_rs, a_cs) = if direct_a {
+                        let at = a.offset + r0 * a.row_stride + self.p0 * a.col_stride;
+                        (&a.data[at..], a.row_stride, a.col_stride)
+                    } else {
+                        (&packed[start + t * MR * self.kc..], 1, MR)
+                    };
+                    for u in 0..self.nc.div_ceil(NR) {
                         let c0 = self.j0 + u * NR;
                         let cols = NR.min(self.j0 + self.nc - c0);
+                        let (b_tile, b_rs) = match b {
+                            BSource::Packed(panels) => (&panels[u * NR * self.kc..], NR),
+                            BSource::Direct(b) => (
+                                &b.data[b.offset + self.p0 * b.row_stride + c0..],
+                                b.row_stride,
+                            ),
+                        };
                         // The tile's last element: row r0 + rows - 1, column c0 + cols - 1.
                         let last = (r0 + rows - 1) * rs + c0 + cols;
                         assert!(last <= dst.len(), "packed gemm: tile outside the result");
                         // SAFETY: the CPU has AVX-512F (`available`, checked by the caller);
-                        // the panels hold kc steps of MR and NR floats; every element the tile
-                        // writes, rows r0.. r0+rows at stride rs and columns c0 .. c0+cols, lies
-                        // in `dst` (asserted just above).
+                        // a's panel holds kc steps of MR floats, or a itself `rows` rows of kc
+                        // steps inside its view; b's panel kc steps of NR floats, or b itself
+                        // kc rows of `cols` columns inside its view (`gemm_into` checked both
+                        // views); every element the tile writes, rows r0 .. r0+rows at stride
+                        // rs and columns c0 .. c0+cols, lies in `dst` (asserted just above).
                         unsafe {
-                            tile(
+                            tile(&Tile {
                                 rows,
-                                self.kc,
-                                a_panel.as_ptr(),
-                                b_panel.as_ptr(),
-                                dst.as_mut_ptr().add(r0 * rs + c0),
+                                kc: self.kc,
+                                a: a_tile.as_ptr(),
+                                a_rs,
+                                a_cs,
+                                b: b_tile.as_ptr(),
+                                b_rs,
+                                c: dst.as_mut_ptr().add(r0 * rs + c0),
                                 rs,
                                 cols,
-                                self.scale,
-                                self.add,
-                            )
+                                scale: self.scale,
+                                add: self.add,
+                            })
                         }
                     }
                 }
@@ -333,80 +387,92 @@ fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
     out
 }
 
-/// A `rows`-row tile, by the register kernel compiled for that row count.
-///
-/// # Safety
-/// As `tile_of`.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-unsafe fn tile(
+/// One register tile's operands: `c (rows × cols, row stride rs) = [c +] scale · Σ_p
+/// a[r·a_rs + p·a_cs] · b[p·b_rs + j]`, p < kc.
+#[derive(Clone, Copy)]
+struct Tile {
     rows: usize,
     kc: usize,
     a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
     b: *const f32,
+    b_rs: usize,
     c: *mut f32,
     rs: usize,
     cols: usize,
     scale: f32,
     add: bool,
-) {
-    let kernel = match rows {
-        1 => tile_of::<1>,
-        2 => tile_of::<2>,
-        3 => tile_of::<3>,
-        4 => tile_of::<4>,
-        5 => tile_of::<5>,
-        6 => tile_of::<6>,
-        7 => tile_of::<7>,
-        8 => tile_of::<8>,
-        9 => tile_of::<9>,
-        10 => tile_of::<10>,
-        11 => tile_of::<11>,
-        _ => tile_of::<12>,
-    };
-    // SAFETY: passed on from the caller.
-    unsafe { kernel(kc, a, b, c, rs, cols, scale, add) }
 }
 
-/// `c (R × cols, row stride rs) = [c +] scale · Σ_p a[p·MR + r] · b[p·NR + j]`: the register
-/// tile, R rows of two 16-lane accumulators.
+/// A tile by the register kernel compiled for its row count, and for a packed a (rows adjacent,
+/// MR floats a step: strides known when compiled) or a read in place.
 ///
 /// # Safety
-/// The CPU has AVX-512F; a and b hold kc steps of MR and NR floats; c addresses R rows of
-/// `cols` ≤ NR writable floats at stride rs.
-#[allow(clippy::too_many_arguments)]
+/// As `tile_of`.
+#[inline]
+unsafe fn tile(t: &Tile) {
+    macro_rules! by_rows {
+        ($packed:literal) => {
+            match t.rows {
+                1 => tile_of::<1, $packed>,
+                2 => tile_of::<2, $packed>,
+                3 => tile_of::<3, $packed>,
+                4 => tile_of::<4, $packed>,
+                5 => tile_of::<5, $packed>,
+                6 => tile_of::<6, $packed>,
+                7 => tile_of::<7, $packed>,
+                8 => tile_of::<8, $packed>,
+                9 => tile_of::<9, $packed>,
+                10 => tile_of::<10, $packed>,
+                11 => tile_of::<11, $packed>,
+                _ => tile_of::<12, $packed>,
+            }
+        };
+    }
+    let kernel = if t.a_rs == 1 && t.a_cs == MR {
+        by_rows!(true)
+    } else {
+        by_rows!(false)
+    };
+    // SAFETY: passed on from the caller.
+    unsafe { kernel(t) }
+}
+
+/// The register tile: R rows of two 16-lane accumulators.
+///
+/// # Safety
+/// The CPU has AVX-512F; a holds R rows of kc steps at its strides (PACKED: 1 and MR); b holds
+/// kc steps of `cols` ≤ NR floats at stride b_rs; c addresses R rows of `cols` writable floats
+/// at stride rs.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_of<const R: usize>(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    rs: usize,
-    cols: usize,
-    scale: f32,
-    add: bool,
-) {
+unsafe fn tile_of<const R: usize, const PACKED: bool>(t: &Tile) {
+    let (a_rs, a_cs) = if PACKED { (1, MR) } else { (t.a_rs, t.a_cs) };
+    let masks = [lanes(t.cols.min(16)), lanes(t.cols.saturating_sub(16))];
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for p in 0..kc {
-        // SAFETY: p < kc, so both reads are inside the panels (the function's contract).
-        let (ap, bp) = unsafe { (a.add(p * MR), b.add(p * NR)) };
-        // SAFETY: as above: NR = 32 floats from bp, R ≤ MR floats from ap.
-        let (b0, b1) = unsafe { (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16))) };
+    for p in 0..t.kc {
+        // Lanes past `cols` are masked off: never read nor written, wherever they point.
+        let (ap, bp) = (t.a.wrapping_add(p * a_cs), t.b.wrapping_add(p * t.b_rs));
+        // SAFETY: p < kc: the enabled lanes are inside b's step p (the function's contract).
+        let (b0, b1) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(masks[0], bp),
+                _mm512_maskz_loadu_ps(masks[1], bp.wrapping_add(16)),
+            )
+        };
         for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: as above.
-            let x = _mm512_set1_ps(unsafe { *ap.add(r) });
+            // SAFETY: p < kc and r < R: inside a (the contract).
+            let x = _mm512_set1_ps(unsafe { *ap.add(r * a_rs) });
             row[0] = _mm512_fmadd_ps(x, b0, row[0]);
             row[1] = _mm512_fmadd_ps(x, b1, row[1]);
         }
     }
-    let masks = [lanes(cols.min(16)), lanes(cols.saturating_sub(16))];
-    let s = _mm512_set1_ps(scale);
+    let s = _mm512_set1_ps(t.scale);
     for (r, row) in acc.iter().enumerate() {
         for (h, mask) in masks.into_iter().enumerate() {
-            // Lanes past `cols` are masked off: never read nor written, wherever they point.
-            let out = c.wrapping_add(r * rs + 16 * h);
+            let out = t.c.wrapping_add(r * t.rs + 16 * h);
             let mut v = _mm512_mul_ps(row[h], s);
-            if add {
+            if t.add {
                 // SAFETY: the enabled lanes are inside row r's `cols` columns (the contract).
                 v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, out) });
             }
