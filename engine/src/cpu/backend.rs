@@ -1,6 +1,7 @@
 //! The CPU backend behind the boundary: each op reads its operands through their layouts (in
 //! place when contiguous) and calls the f32 reference of its family in this folder.
 
+use super::buffers::F32s;
 use super::matmul::MatRef;
 use super::{gather, gather_f32, owned};
 use crate::backend::{
@@ -30,11 +31,11 @@ pub(crate) fn view<'a, T: CpuElement>(
 
 /// f32 elements, borrowed when contiguous (gathered into a recycled buffer otherwise): the
 /// CPU backend computes in f32 only.
-pub(crate) fn f32s<'a>((s, l): Arg<'a, CpuStorage>, op: &'static str) -> Result<Cow<'a, [f32]>> {
+pub(crate) fn f32s<'a>((s, l): Arg<'a, CpuStorage>, op: &'static str) -> Result<F32s<'a>> {
     let slice = whole_f32(s, op)?;
     Ok(match l.contiguous_range() {
-        Some(r) => Cow::Borrowed(&slice[r]),
-        None => Cow::Owned(gather_f32(slice, l)),
+        Some(r) => F32s::Borrowed(&slice[r]),
+        None => F32s::Taken(gather_f32(slice, l)),
     })
 }
 
@@ -49,13 +50,13 @@ fn whole_f32<'a>(s: &'a CpuStorage, op: &'static str) -> Result<&'a [f32]> {
 
 /// A (b, m, d) operand whose rows are contiguous, read in place from its first element with
 /// its batch stride (a KV cache narrowed to the positions so far); gathered otherwise.
-fn batched_rows((s, l): Arg<CpuStorage>) -> Result<(Cow<[f32]>, usize)> {
+fn batched_rows<'a>((s, l): Arg<'a, CpuStorage>) -> Result<(F32s<'a>, usize)> {
     let (dims, st) = (l.dims(), l.strides());
     let rows_contiguous = dims.len() == 3 && (dims[2] == 1 || st[2] == 1) && st[1] == dims[2];
     if rows_contiguous && dims[0] > 1 {
         let whole = whole_f32(s, "attention")?;
         let end = l.offset() + (dims[0] - 1) * st[0] + dims[1] * dims[2];
-        return Ok((Cow::Borrowed(&whole[l.offset()..end]), st[0]));
+        return Ok((F32s::Borrowed(&whole[l.offset()..end]), st[0]));
     }
     Ok((f32s((s, l), "attention")?, dims[1..].iter().product()))
 }
@@ -95,7 +96,7 @@ fn cat_of<T: CpuElement>(parts: &[Arg<CpuStorage>], dim: usize) -> Result<CpuSto
 /// `cat_of` for f32, into a recycled buffer (concatenated gradients are large).
 fn cat_f32(parts: &[Arg<CpuStorage>], dim: usize) -> Result<CpuStorage> {
     let outer: usize = parts[0].1.dims()[..dim].iter().product();
-    let blocks: Vec<(Cow<[f32]>, usize)> = parts
+    let blocks: Vec<(F32s, usize)> = parts
         .iter()
         .map(|&p| Ok((f32s(p, "cat")?, p.1.dims()[dim..].iter().product())))
         .collect::<Result<_>>()?;

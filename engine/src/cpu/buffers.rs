@@ -120,3 +120,28 @@ pub fn cached_bytes() -> usize {
         .map(|g| g.as_ref().map_or(0, |c| c.bytes))
         .unwrap_or(0)
 }
+/// f32 elements read in place, or gathered into a buffer from `take` that goes back to the
+/// cache when this is dropped (a gathered operand dropped as a plain `Vec` was freed, and the
+/// next step paid page faults for fresh memory in its place).
+pub enum F32s<'a> {
+    Borrowed(&'a [f32]),
+    Taken(Vec<f32>),
+}
+
+impl std::ops::Deref for F32s<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            F32s::Borrowed(s) => s,
+            F32s::Taken(v) => v,
+        }
+    }
+}
+
+impl Drop for F32s<'_> {
+    fn drop(&mut self) {
+        if let F32s::Taken(v) = self {
+            give(std::mem::take(v));
+        }
+    }
+}

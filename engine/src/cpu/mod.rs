@@ -20,7 +20,6 @@ pub mod swiglu;
 use crate::layout::Layout;
 use crate::storage::{Buf, CpuElement, CpuStorage};
 use crate::{Result, Tensor};
-use std::borrow::Cow;
 
 /// Run `f` on a worker of the thread pool. Call the hot loop (a training step) through this: ops
 /// then start their parallel loops from inside the pool, so small ones run inline on the
@@ -85,6 +84,6 @@ pub(crate) fn copy_strided(s: &CpuStorage, layout: &Layout) -> CpuStorage {
 }
 
 /// f32 elements, borrowed when contiguous: the CPU backend computes in f32 only.
-pub(crate) fn f32s<'a>(t: &'a Tensor, op: &'static str) -> Result<Cow<'a, [f32]>> {
+pub(crate) fn f32s<'a>(t: &'a Tensor, op: &'static str) -> Result<buffers::F32s<'a>> {
     backend::f32s((t.cpu()?, t.layout()), op)
 }
