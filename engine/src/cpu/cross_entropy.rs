@@ -1,5 +1,7 @@
 //! Fused log-softmax + negative log-likelihood with ignored target 0, and its gradient.
 
+use super::exp::exp;
+use super::simd;
 use rayon::prelude::*;
 
 /// Per row: (lse, loss) where loss = lse − logit[target], 0 for ignored rows.
@@ -9,8 +11,7 @@ pub fn forward(logits: &[f32], targets: &[u32], v: usize, ignore: u32) -> (Vec<f
         .zip(targets.par_iter())
         .with_min_len(super::min_rows(v))
         .map(|(row, &t)| {
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = m + row.iter().map(|&x| (x - m).exp()).sum::<f32>().ln();
+            let lse = log_sum_exp(row);
             let loss = if t == ignore {
                 0.0
             } else {
@@ -39,10 +40,40 @@ pub fn backward(
             if t == ignore {
                 return;
             }
-            for (o, &x) in o.iter_mut().zip(row) {
-                *o = (x - lse).exp() * scale;
-            }
+            softmax_times(o, row, lse, scale);
             o[t as usize] -= scale;
         });
     out
+}
+
+simd::widest! {
+    /// log Σ e^x over a row, from its maximum (so no term overflows).
+    fn log_sum_exp(row: &[f32]) -> f32 = log_sum_exp_body;
+}
+
+#[inline(always)]
+fn log_sum_exp_body(row: &[f32]) -> f32 {
+    let m = simd::max(row);
+    let mut e = [0f32; 16];
+    let mut sum = 0.0;
+    // e^(x − m) in 16-element pieces on the stack, each summed in 16 lanes.
+    for piece in row.chunks(16) {
+        for (e, &x) in e.iter_mut().zip(piece) {
+            *e = exp(x - m);
+        }
+        sum += simd::sum(&e[..piece.len()]);
+    }
+    m + sum.ln()
+}
+
+simd::widest! {
+    /// `out = scale · e^(x − lse)`: the softmax of a row whose log-sum-exp is `lse`, scaled.
+    fn softmax_times(out: &mut [f32], row: &[f32], lse: f32, scale: f32) = softmax_times_body;
+}
+
+#[inline(always)]
+fn softmax_times_body(out: &mut [f32], row: &[f32], lse: f32, scale: f32) {
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = exp(x - lse) * scale;
+    }
 }
