@@ -64,6 +64,11 @@ pub(crate) fn gather<T: CpuElement>(data: &[T], layout: &Layout) -> Vec<T> {
 /// `gather` for f32 into a recycled buffer.
 pub(crate) fn gather_f32(data: &[f32], layout: &Layout) -> Vec<f32> {
     let mut out = buffers::take(layout.elem_count());
+    if !out.is_empty() && layout.strides().iter().all(|&s| s == 0) {
+        // One value broadcast everywhere (a scalar's gradient): runs of one element each.
+        out.fill(data[layout.offset()]);
+        return out;
+    }
     let mut at = 0;
     layout.for_each_run(|start, len| {
         out[at..at + len].copy_from_slice(&data[start..start + len]);

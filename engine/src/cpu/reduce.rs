@@ -20,6 +20,19 @@ pub fn sum_to(x: &[f32], dims: &[usize], out_dims: &[usize]) -> Vec<f32> {
             x.chunks(last.max(1)).map(row).collect()
         };
     }
+    if n_out == 1 {
+        // Everything into one value: in f64, in 8 running sums (the offsets walk below costs
+        // more than the adds).
+        let mut acc = [0f64; 8];
+        let chunks = x.chunks_exact(8);
+        let tail: f64 = chunks.remainder().iter().map(|&v| f64::from(v)).sum();
+        for c in chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += f64::from(v);
+            }
+        }
+        return vec![(acc.iter().sum::<f64>() + tail) as f32];
+    }
     let mut acc = vec![0f64; n_out];
     let target = match Layout::contiguous(out_dims).broadcast_as(dims) {
         Ok(l) => l,
