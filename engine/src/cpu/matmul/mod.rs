@@ -60,41 +60,53 @@ pub fn gemm_into(
     );
     check_bounds(m, k, a);
     check_bounds(k, n, b);
-    if few_rows(m, n, k, dst, dst_rs, a, b, scale, accumulate, parallel) {
+    let p = Product {
+        m,
+        n,
+        k,
+        a: *a,
+        b: *b,
+        dst_rs,
+        scale,
+        accumulate,
+    };
+    if few_rows(&p, dst, parallel) {
         return;
     }
     let threads = rayon::current_num_threads();
     let parallel = parallel && m * n * k >= 1 << 22 && threads > 1;
     #[cfg(target_arch = "x86_64")]
     if k > 0 && packed::available() {
-        let threads = if parallel { threads } else { 1 };
-        packed::gemm(m, n, k, dst, dst_rs, a, b, scale, accumulate, threads);
+        packed::gemm(&p, dst, if parallel { threads } else { 1 });
         return;
     }
-    gemm_crate(m, n, k, dst, dst_rs, a, b, scale, accumulate, parallel);
+    gemm_crate(&p, dst, parallel);
 }
 
-/// `gemm_into` by the `gemm` crate (CPUs without AVX-512); the bounds are checked by the caller.
-#[allow(clippy::too_many_arguments)]
-fn gemm_crate(
+/// One product, past `gemm_into`'s checks: `dst (m×n, row stride dst_rs) = [dst +] scale ·
+/// a (m×k) · b (k×n)`, every element of a's and b's views inside their buffers.
+#[derive(Clone, Copy)]
+struct Product<'a> {
     m: usize,
     n: usize,
     k: usize,
-    dst: &mut [f32],
+    a: MatRef<'a>,
+    b: MatRef<'a>,
     dst_rs: usize,
-    a: &MatRef,
-    b: &MatRef,
     scale: f32,
     accumulate: bool,
-    parallel: bool,
-) {
+}
+
+/// `gemm_into` by the `gemm` crate (CPUs without AVX-512).
+fn gemm_crate(p: &Product, dst: &mut [f32], parallel: bool) {
     let par = if parallel {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `dst` holds the m×n result at row stride dst_rs, column stride 1 (asserted above);
-    // `check_bounds` proved every element a and b address lies inside their slices; `dst` is a
+    let Product { m, n, k, a, b, .. } = *p;
+    // SAFETY: `dst` holds the m×n result at row stride dst_rs, column stride 1, and every
+    // element a and b address lies inside their slices (`gemm_into` checked both); `dst` is a
     // unique borrow, so it cannot alias the shared borrows of a and b.
     unsafe {
         gemm::gemm(
@@ -103,8 +115,8 @@ fn gemm_crate(
             k,
             dst.as_mut_ptr(),
             1,
-            dst_rs as isize,
-            accumulate,
+            p.dst_rs as isize,
+            p.accumulate,
             a.data.as_ptr().add(a.offset),
             a.col_stride as isize,
             a.row_stride as isize,
@@ -112,7 +124,7 @@ fn gemm_crate(
             b.col_stride as isize,
             b.row_stride as isize,
             1.0,
-            scale,
+            p.scale,
             false,
             false,
             false,
@@ -166,19 +178,17 @@ const BLOCK_COLS: usize = 64;
 /// result is a dot product of two runs) or b's rows contiguous (each result row is a sum of
 /// scaled rows of b). gemm packs both operands into blocks first, which at one to sixteen rows
 /// costs more than the product; here b is streamed once. False when the shapes do not fit.
-#[allow(clippy::too_many_arguments)]
-fn few_rows(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    a: &MatRef,
-    b: &MatRef,
-    scale: f32,
-    accumulate: bool,
-    parallel: bool,
-) -> bool {
+fn few_rows(p: &Product, dst: &mut [f32], parallel: bool) -> bool {
+    let Product {
+        m,
+        n,
+        k,
+        ref a,
+        ref b,
+        dst_rs,
+        scale,
+        accumulate,
+    } = *p;
     // A dot product pays for adding up its 16 running sums: worth it from 64 terms on.
     let dots = b.row_stride == 1 && a.col_stride == 1 && k >= 64;
     let rows = b.col_stride == 1;
@@ -332,7 +342,17 @@ mod tests {
                     let mut dst = vec![0.5f32; (m + 2) * rs];
                     if crate_only {
                         // The path of CPUs without AVX-512, tested on every machine.
-                        gemm_crate(m, n, k, &mut dst, rs, &a, &b, 0.25, accumulate, true);
+                        let p = Product {
+                            m,
+                            n,
+                            k,
+                            a,
+                            b,
+                            dst_rs: rs,
+                            scale: 0.25,
+                            accumulate,
+                        };
+                        gemm_crate(&p, &mut dst, true);
                     } else {
                         gemm_into(m, n, k, &mut dst, rs, &a, &b, 0.25, accumulate, true);
                     }

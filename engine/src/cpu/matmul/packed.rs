@@ -1,14 +1,17 @@
-//! fp32 GEMM for CPUs with AVX-512: both operands copied into cache-sized packed blocks, then a
-//! 12 × 32 tile of the result kept in 24 vector registers while the depth streams through.
+//! fp32 GEMM for CPUs with AVX-512: operands in cache-sized blocks, and a 12 × 32 tile of the
+//! result kept in 24 vector registers while the depth streams through.
 //!
 //! Why our own and not the `gemm` crate here: on the model's shapes the crate ran at 0.65–0.80×
-//! PyTorch's MKL (BENCHMARKS.md); its blocking is not tuned for these sizes. The loops are the
-//! classic ones (Goto/BLIS): for each block of b's columns (NC) and of the depth (KC), b is packed
-//! once into 32-column panels that stay in L2, shared by the threads; each thread packs its own
-//! rows of a into 12-row panels, and every 12-row panel (12 KiB, in L1) meets every b panel.
-//! The depth is summed in the same order whatever the thread count, so results are reproducible.
+//! PyTorch's CPU matmul (BENCHMARKS.md); this runs at about its speed or above. The loops are the
+//! classic ones (Goto/BLIS). Each thread takes whole tiles of rows of the result. For each block
+//! of b's columns (NC) and of the depth (KC), the thread copies b into 32-column panels (its own
+//! copy: b is the small operand at these shapes, and one fork per product beats a shared copy
+//! and a join per block), then copies its rows of a into 12-row panels, and every 12-row panel
+//! (12 KiB, in L1) meets every b panel (in L2). Where a copy costs about what it saves, the
+//! kernel reads the operand in place instead (`DIRECT_A_COLS`, `DIRECT_B_ROWS`). The depth is
+//! summed in the same order whatever the thread count, so results are reproducible.
 
-use super::MatRef;
+use super::{MatRef, Product};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -40,64 +43,54 @@ thread_local! {
     static PACKED_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `dst (m×n, row stride dst_rs) = [dst +] scale · a (m×k) · b (k×n)`. The caller has checked
-/// the bounds of every operand (see `gemm_into`) and that `available()`; k > 0.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    a: &MatRef,
-    b: &MatRef,
-    scale: f32,
-    accumulate: bool,
-    threads: usize,
-) {
+/// The product `p` into dst on `threads` threads. The caller checked that `available()`; k > 0.
+pub(super) fn gemm(p: &Product, dst: &mut [f32], threads: usize) {
     if threads <= 1 {
-        // SAFETY: the caller checked `available()` and the operands' bounds (this fn's contract).
-        return unsafe { serial(m, n, k, dst, dst_rs, a, b, scale, accumulate) };
+        // SAFETY: the caller checked `available()`, and `Product` holds checked views.
+        return unsafe { serial(p, dst) };
     }
     // One task per thread, each its rows (in whole tiles) of the result, packing b for itself:
     // one fork for the whole product. b is the smaller operand at the model's shapes (a weight
     // against many tokens), so packing it twice costs about 1%; sharing it would cost a
     // fork and join per block.
-    let per_task = m.div_ceil(threads).next_multiple_of(MR);
-    dst.par_chunks_mut(per_task * dst_rs)
+    let per_task = p.m.div_ceil(threads).next_multiple_of(MR);
+    dst.par_chunks_mut(per_task * p.dst_rs)
         .enumerate()
         .for_each(|(t, rows)| {
             let i0 = t * per_task;
-            if i0 >= m {
+            if i0 >= p.m {
                 return; // dst runs on past the result's rows
             }
-            let a = MatRef {
-                offset: a.offset + i0 * a.row_stride,
-                ..*a
+            // Rows i0 .. of the product, which `rows` starts at.
+            let task = Product {
+                m: per_task.min(p.m - i0),
+                a: MatRef {
+                    offset: p.a.offset + i0 * p.a.row_stride,
+                    ..p.a
+                },
+                ..*p
             };
-            let m_task = per_task.min(m - i0);
-            // SAFETY: as above, for rows i0 .. i0 + m_task of the result, which `rows` starts at.
-            unsafe { serial(m_task, n, k, rows, dst_rs, &a, b, scale, accumulate) };
+            // SAFETY: as above.
+            unsafe { serial(&task, rows) };
         });
 }
 
 /// `gemm` on the calling thread.
 ///
 /// # Safety
-/// As `gemm`: the CPU has AVX-512F, and a, b and dst hold the views their strides describe.
-#[allow(clippy::too_many_arguments)]
+/// The CPU has AVX-512F; p's views are checked (`Product`) and dst holds its result.
 #[target_feature(enable = "avx512f")]
-unsafe fn serial(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    a: &MatRef,
-    b: &MatRef,
-    scale: f32,
-    accumulate: bool,
-) {
+unsafe fn serial(p: &Product, dst: &mut [f32]) {
+    let Product {
+        m,
+        n,
+        k,
+        ref a,
+        ref b,
+        dst_rs,
+        scale,
+        accumulate,
+    } = *p;
     // A row-major b is read in place when few rows of a meet each of its elements: packing
     // would cost about as much as it saves.
     let direct_b = b.col_stride == 1 && m <= DIRECT_B_ROWS;
