@@ -120,6 +120,7 @@ pub fn cached_bytes() -> usize {
         .map(|g| g.as_ref().map_or(0, |c| c.bytes))
         .unwrap_or(0)
 }
+
 /// f32 elements read in place, or gathered into a buffer from `take` that goes back to the
 /// cache when this is dropped (a gathered operand dropped as a plain `Vec` was freed, and the
 /// next step paid page faults for fresh memory in its place).

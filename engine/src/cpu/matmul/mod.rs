@@ -58,6 +58,7 @@ pub fn gemm_into(
         (m - 1) * dst_rs + n <= dst.len(),
         "matmul destination too small"
     );
+    assert!(m == 1 || dst_rs >= n, "matmul destination rows overlap");
     check_bounds(m, k, a);
     check_bounds(k, n, b);
     let p = Product {

@@ -45,7 +45,7 @@ thread_local! {
 
 /// The product `p` into dst on `threads` threads. The caller checked that `available()`; k > 0.
 pub(super) fn gemm(p: &Product, dst: &mut [f32], threads: usize) {
-    if threads <= 1 {
+    if threads <= 1 || p.m <= MR {
         // SAFETY: the caller checked `available()`, and `Product` holds checked views.
         return unsafe { serial(p, dst) };
     }
