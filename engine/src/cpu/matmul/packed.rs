@@ -111,9 +111,11 @@ unsafe fn serial(p: &Product, dst: &mut [f32]) {
                 let panels = &mut packed_b[start..start + kc * nc.next_multiple_of(NR)];
                 for (i, panel) in panels.chunks_mut(kc * NR).enumerate() {
                     let j = j0 + i * NR;
+                    let at = b.offset + p0 * b.row_stride + j * b.col_stride;
+                    let cols = NR.min(j0 + nc - j);
                     // SAFETY: AVX-512F (the contract); the panel's columns and depth are in
-                    // the view.
-                    unsafe { pack_b(b, p0, kc, j, NR.min(j0 + nc - j), panel) };
+                    // the view. A lane of b's panel is a column, a step a row.
+                    unsafe { pack::<NR>(b.data, at, b.col_stride, b.row_stride, cols, kc, panel) };
                 }
                 BSource::Packed(panels)
             };
@@ -180,9 +182,13 @@ impl Block {
                     let packed_a = &mut packed[start..start + panels * MR * self.kc];
                     for (t, panel) in packed_a.chunks_mut(MR * self.kc).enumerate() {
                         let r0 = ic + t * MR;
+                        let at = a.offset + r0 * a.row_stride + self.p0 * a.col_stride;
+                        let (rows, kc) = (MR.min(mc - t * MR), self.kc);
                         // SAFETY: AVX-512F (the contract); rows r0 .. and the depth are in the
-                        // view.
-                        unsafe { pack_a(a, r0, MR.min(mc - t * MR), self.p0, self.kc, panel) };
+                        // view. A lane of a's panel is a row, a step a column.
+                        unsafe {
+                            pack::<MR>(a.data, at, a.row_stride, a.col_stride, rows, kc, panel)
+                        };
                     }
                 }
                 for t in 0..panels {
@@ -236,72 +242,53 @@ impl Block {
     }
 }
 
-/// Rows r0 .. r0 + rows (≤ MR) of a, depth p0 .. p0 + kc, as `panel[p * MR + r]`.
+/// A block of a view as `panel[p * W + l]`: `count` ≤ W lanes (elements `at + l · lane_stride`)
+/// over kc depth steps (`+ p · step_stride`), zero for lanes count .. W. Rows of a are packed
+/// with W = MR (a lane is a row, a step a column); columns of b with W = NR (a lane is a
+/// column, a step a row).
 ///
 /// # Safety
-/// The CPU has AVX-512F; the view's rows r0 .. r0 + rows and depth p0 .. p0 + kc lie in a.data.
+/// The CPU has AVX-512F; every element the block names lies in `data` (`gemm_into` checked the
+/// views the blocks come from).
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_a(a: &MatRef, r0: usize, rows: usize, p0: usize, kc: usize, panel: &mut [f32]) {
-    let at = |r: usize, p: usize| a.offset + (r0 + r) * a.row_stride + (p0 + p) * a.col_stride;
-    assert!(panel.len() >= kc * MR && rows <= MR);
-    // The view's corners lie in a.data: `gemm_into` checked the whole m × k view.
-    let base = a.data[at(0, 0)..].as_ptr();
-    if a.col_stride == 1 {
-        // Row-major rows: 16 × 16 blocks transposed in registers.
-        // SAFETY: AVX-512F is present (the caller's contract); the rows × kc block read lies in
-        // the view; the panel holds kc × MR floats (asserted).
-        unsafe { transpose_into::<MR>(base, a.row_stride, rows, kc, panel.as_mut_ptr()) }
-    } else if a.row_stride == 1 {
-        // A transposed view: each depth step is `rows` contiguous floats.
-        let mask = lanes(rows);
+unsafe fn pack<const W: usize>(
+    data: &[f32],
+    at: usize,
+    lane_stride: usize,
+    step_stride: usize,
+    count: usize,
+    kc: usize,
+    panel: &mut [f32],
+) {
+    assert!(panel.len() >= kc * W && count <= W);
+    let base = data[at..].as_ptr();
+    if step_stride == 1 {
+        // Each lane contiguous along the depth (row-major rows of a, b seen transposed):
+        // 16 × 16 blocks transposed in registers.
+        // SAFETY: AVX-512F is present (the caller's contract); the count × kc block read lies in
+        // the view; the panel holds kc × W floats (asserted).
+        unsafe { transpose_into::<W>(base, lane_stride, count, kc, panel.as_mut_ptr()) }
+    } else if lane_stride == 1 {
+        // Each depth step `count` contiguous floats (row-major b, a seen transposed).
         for p in 0..kc {
-            // SAFETY: as above; the masked load reads only the `rows` floats of step p.
-            unsafe {
-                let v = _mm512_maskz_loadu_ps(mask, base.add(p * a.col_stride));
-                _mm512_mask_storeu_ps(panel.as_mut_ptr().add(p * MR), mask, v);
-            }
-        }
-    } else {
-        for p in 0..kc {
-            for r in 0..rows {
-                panel[p * MR + r] = a.data[at(r, p)];
-            }
-        }
-    }
-}
-
-/// Columns j .. j + cols (≤ NR) of b, depth p0 .. p0 + kc, as `panel[p * NR + c]`, zero past
-/// `cols` (the tile computes all NR columns and stores only the real ones).
-///
-/// # Safety
-/// The CPU has AVX-512F; the view's depth p0 .. p0 + kc and columns j .. j + cols lie in b.data.
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_b(b: &MatRef, p0: usize, kc: usize, j: usize, cols: usize, panel: &mut [f32]) {
-    let at = |p: usize, c: usize| b.offset + (p0 + p) * b.row_stride + (j + c) * b.col_stride;
-    assert!(panel.len() >= kc * NR && cols <= NR);
-    let base = b.data[at(0, 0)..].as_ptr();
-    if b.col_stride == 1 {
-        let masks = [lanes(cols.min(16)), lanes(cols.saturating_sub(16))];
-        for p in 0..kc {
-            for (h, mask) in masks.into_iter().enumerate() {
-                // SAFETY: AVX-512F is present (the caller's contract); the masked load reads
-                // only the `cols` floats of step p, inside the view; the panel holds kc × NR.
+            for h in (0..W).step_by(16) {
+                let (read, write) = (
+                    lanes(count.saturating_sub(h).min(16)),
+                    lanes((W - h).min(16)),
+                );
+                // SAFETY: as above; the masked load reads only the `count` floats of step p,
+                // the masked store writes only within step p's W floats of the panel.
                 unsafe {
-                    let src = base.wrapping_add(p * b.row_stride + 16 * h);
-                    let v = _mm512_maskz_loadu_ps(mask, src);
-                    _mm512_storeu_ps(panel.as_mut_ptr().add(p * NR + 16 * h), v);
+                    let v = _mm512_maskz_loadu_ps(read, base.wrapping_add(p * step_stride + h));
+                    _mm512_mask_storeu_ps(panel.as_mut_ptr().add(p * W + h), write, v);
                 }
             }
         }
-    } else if b.row_stride == 1 {
-        // b seen transposed (a row-major weight): its columns are contiguous along the depth.
-        // SAFETY: as above, for the cols × kc block of the weight.
-        unsafe { transpose_into::<NR>(base, b.col_stride, cols, kc, panel.as_mut_ptr()) }
     } else {
-        panel[..kc * NR].fill(0.0);
+        panel[..kc * W].fill(0.0);
         for p in 0..kc {
-            for c in 0..cols {
-                panel[p * NR + c] = b.data[at(p, c)];
+            for l in 0..count {
+                panel[p * W + l] = data[at + l * lane_stride + p * step_stride];
             }
         }
     }
