@@ -312,15 +312,23 @@ unsafe fn transpose_into<const W: usize>(
         for p in (0..kc).step_by(16) {
             let steps = 16.min(kc - p);
             let mask = lanes(steps);
-            let mut block = [_mm512_setzero_ps(); 16];
-            for (r, v) in block.iter_mut().enumerate().take(rows.saturating_sub(g)) {
-                // SAFETY: row g + r < rows and p + steps ≤ kc: inside the run (the contract).
-                *v = unsafe { _mm512_maskz_loadu_ps(mask, src.add((g + r) * stride + p)) };
-            }
+            let live = rows.saturating_sub(g);
+            // A fixed count of loads and stores, so the block stays in registers (a loop to
+            // `live` kept it on the stack); rows past `live` are zero.
+            let block = std::array::from_fn(|r| {
+                if r < live {
+                    // SAFETY: row g + r < rows and p + steps ≤ kc: inside the run (the contract).
+                    unsafe { _mm512_maskz_loadu_ps(mask, src.add((g + r) * stride + p)) }
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
             let cols = transpose16(block);
-            for (q, v) in cols.iter().enumerate().take(steps) {
-                // SAFETY: step p + q < kc, lanes g .. g + width ≤ W: inside out (the contract).
-                unsafe { _mm512_mask_storeu_ps(out.add((p + q) * W + g), lanes(width), *v) }
+            for (q, v) in cols.into_iter().enumerate() {
+                if q < steps {
+                    // SAFETY: step p + q < kc, lanes g .. g + width ≤ W: inside out (the contract).
+                    unsafe { _mm512_mask_storeu_ps(out.add((p + q) * W + g), lanes(width), v) }
+                }
             }
         }
     }
