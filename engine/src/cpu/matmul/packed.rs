@@ -438,6 +438,14 @@ unsafe fn tile_of<const R: usize, const PACKED: bool>(t: &Tile) {
     let (a_rs, a_cs) = if PACKED { (1, MR) } else { (t.a_rs, t.a_cs) };
     let masks = [lanes(t.cols.min(16)), lanes(t.cols.saturating_sub(16))];
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    // The tile's rows of c, on their way to L1 while the depth streams: at the model's shapes c
+    // is far larger than the caches, and 24 lines missed at the end would stall the stores.
+    for r in 0..R {
+        let row = t.c.wrapping_add(r * t.rs);
+        for at in [0, 16, t.cols - 1] {
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(at) as *const i8);
+        }
+    }
     for p in 0..t.kc {
         // Lanes past `cols` are masked off: never read nor written, wherever they point.
         let (ap, bp) = (t.a.wrapping_add(p * a_cs), t.b.wrapping_add(p * t.b_rs));
