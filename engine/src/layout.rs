@@ -58,6 +58,28 @@ impl Layout {
         }
         true
     }
+    /// The view as `(rows, row length, row stride)` when it is rows of contiguous elements at
+    /// one stride (a contiguous tensor, or a narrowed last dim of one: each row a run, the
+    /// rows evenly spaced); `None` otherwise.
+    pub fn uniform_rows(&self) -> Option<(usize, usize, usize)> {
+        let rank = self.rank();
+        let len = self.dims.last().copied().unwrap_or(1);
+        if len > 1 && self.strides[rank - 1] != 1 {
+            return None;
+        }
+        // The outer dims must merge into one: each stride the next one's times its size.
+        let outer: Vec<(usize, usize)> = self.dims[..rank.saturating_sub(1)]
+            .iter()
+            .zip(&self.strides)
+            .filter(|(d, _)| **d != 1)
+            .map(|(d, s)| (*d, *s))
+            .collect();
+        let merges = outer.windows(2).all(|w| w[0].1 == w[1].1 * w[1].0);
+        let rows = outer.iter().map(|(d, _)| d).product();
+        let stride = outer.last().map_or(len, |(_, s)| *s);
+        merges.then_some((rows, len, stride))
+    }
+
     /// The contiguous range of the buffer, when there is one.
     pub fn contiguous_range(&self) -> Option<std::ops::Range<usize>> {
         self.is_contiguous()
@@ -242,5 +264,32 @@ mod tests {
         assert_eq!(l.offsets().collect::<Vec<_>>(), vec![1, 2, 5, 6, 9, 10]);
         let b = Layout::contiguous(&[3]).broadcast_as(&[2, 3]).unwrap();
         assert_eq!(b.offsets().collect::<Vec<_>>(), vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    /// Evenly spaced rows are found through any outer dims, and only then: every row the
+    /// reported geometry names is the view's row, checked against `offsets`.
+    #[test]
+    fn uniform_rows_of_views() {
+        let rows_match = |l: &Layout| {
+            let (count, len, stride) = l.uniform_rows().expect("uniform rows");
+            let want: Vec<usize> = l.offsets().collect();
+            let got: Vec<usize> = (0..count)
+                .flat_map(|i| (0..len).map(move |j| l.offset() + i * stride + j))
+                .collect();
+            assert_eq!(got, want, "{l:?}");
+        };
+        // SwiGLU's halves of the fused projection: (b, n, 4736) narrowed to 2048 columns.
+        let fused = Layout::contiguous(&[2, 3, 10]);
+        rows_match(&fused);
+        rows_match(&fused.narrow(2, 6, 4).unwrap());
+        rows_match(&fused.narrow(0, 1, 1).unwrap().narrow(2, 2, 3).unwrap());
+        rows_match(&Layout::contiguous(&[4, 1, 5]).narrow(2, 1, 3).unwrap());
+        rows_match(&Layout::contiguous(&[5]));
+        rows_match(&Layout::contiguous(&[]));
+        // Not rows at one stride: a transposed last dim, a narrowed middle dim under an outer
+        // one (rows spaced unevenly), and a transposed pair of outer dims.
+        assert_eq!(fused.transpose(1, 2).unwrap().uniform_rows(), None);
+        assert_eq!(fused.narrow(1, 0, 2).unwrap().uniform_rows(), None);
+        assert_eq!(fused.transpose(0, 1).unwrap().uniform_rows(), None);
     }
 }

@@ -232,6 +232,28 @@ proptest! {
             |t| Ok(vec![swiglu(&t[0], &t[1])?]));
     }
 
+    /// SwiGLU on views: halves of one wider tensor (rows read in place at the wider stride, as
+    /// the model's slices of the fused projection are) and transposed operands (gathered) give
+    /// what contiguous copies give, with gradients through the views.
+    #[test]
+    fn swiglu_on_views(r in 1usize..5, f in 1usize..7, extra in 0usize..3, seed in any::<u64>()) {
+        let width = 2 * f + extra;
+        let fused = randn(&[2, r, width], seed);
+        let ft = Tensor::from_vec(fused.data.clone(), &[2, r, width]).unwrap();
+        let (x, gate) = (ft.narrow(2, extra, f).unwrap(), ft.narrow(2, extra + f, f).unwrap());
+        let copies = swiglu(&x.contiguous().unwrap(), &gate.contiguous().unwrap()).unwrap();
+        let (xt, gt) = (x.transpose(1, 2).unwrap(), gate.transpose(1, 2).unwrap());
+        let transposed = swiglu(&xt, &gt).unwrap().transpose(1, 2).unwrap();
+        let want = copies.to_vec::<f32>().unwrap();
+        for got in [swiglu(&x, &gate).unwrap(), transposed] {
+            prop_assert_eq!(got.contiguous().unwrap().to_vec::<f32>().unwrap(), want.clone());
+        }
+        gradcheck(&format!("swiglu views r{r} f{f} +{extra}"), &[fused], 1e-2, TOL, |t| {
+            let (x, gate) = (t[0].narrow(2, extra, f)?, t[0].narrow(2, extra + f, f)?);
+            Ok(vec![swiglu(&x, &gate)?, swiglu(&x.transpose(1, 2)?, &gate.transpose(1, 2)?)?])
+        });
+    }
+
     #[test]
     fn softmax_and_log_softmax(
         lead in prop::collection::vec(1usize..5, 0..3),

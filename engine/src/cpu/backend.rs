@@ -3,7 +3,7 @@
 
 use super::buffers::F32s;
 use super::matmul::MatRef;
-use super::{gather, gather_f32, owned};
+use super::{Rows, gather, gather_f32, owned};
 use crate::backend::{
     Arg, AttentionShape, Backend, BinaryOp, MatmulDims, RopeTables, Two, UnaryOp,
 };
@@ -37,6 +37,25 @@ pub(crate) fn f32s<'a>((s, l): Arg<'a, CpuStorage>, op: &'static str) -> Result<
         Some(r) => F32s::Borrowed(&slice[r]),
         None => F32s::Taken(gather_f32(slice, l)),
     })
+}
+
+/// f32 elements as rows of the last dim, read in place when the rows are evenly spaced
+/// (`Layout::uniform_rows`), gathered into a recycled buffer otherwise.
+pub(crate) fn f32_rows<'a>((s, l): Arg<'a, CpuStorage>, op: &'static str) -> Result<Rows<'a>> {
+    let slice = whole_f32(s, op)?;
+    if let Some((count, len, stride)) = l.uniform_rows() {
+        return Ok(Rows::strided(
+            F32s::Borrowed(slice),
+            l.offset(),
+            stride,
+            len,
+            count,
+        ));
+    }
+    let len = l.dims().last().copied().unwrap_or(1).max(1);
+    let data = gather_f32(slice, l);
+    let count = data.len() / len; // len ≥ 1
+    Ok(Rows::strided(F32s::Taken(data), 0, len, len, count))
 }
 
 /// The whole f32 buffer (for ops that walk a layout themselves).
@@ -362,16 +381,16 @@ impl Backend for CpuStorage {
 
     fn swiglu(x: Arg<Self>, gate: Arg<Self>) -> Result<Self> {
         Ok(owned(super::swiglu::forward(
-            &f32s(x, "swiglu")?,
-            &f32s(gate, "swiglu")?,
+            &f32_rows(x, "swiglu")?,
+            &f32_rows(gate, "swiglu")?,
         )))
     }
 
     fn swiglu_backward(x: Arg<Self>, gate: Arg<Self>, g: Arg<Self>) -> Result<Two<Self>> {
         let (dx, dg) = super::swiglu::backward(
-            &f32s(x, "swiglu")?,
-            &f32s(gate, "swiglu")?,
-            &f32s(g, "swiglu")?,
+            &f32_rows(x, "swiglu")?,
+            &f32_rows(gate, "swiglu")?,
+            &f32_rows(g, "swiglu")?,
         );
         Ok(Two::Separate(owned(dx), owned(dg)))
     }

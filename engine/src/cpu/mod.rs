@@ -38,6 +38,40 @@ pub(crate) fn min_rows(cols: usize) -> usize {
     (PAR_MIN / cols.max(1)).max(1)
 }
 
+/// An f32 operand as `count` rows of `len` contiguous elements, row i at `offset + i · stride`
+/// of `data`: read in place from a view whose rows are evenly spaced (a narrowed last dim, such
+/// as each half of SwiGLU's slice of the fused projection), gathered otherwise.
+pub struct Rows<'a> {
+    data: buffers::F32s<'a>,
+    offset: usize,
+    stride: usize,
+    pub len: usize,
+    pub count: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub(crate) fn strided(
+        data: buffers::F32s<'a>,
+        offset: usize,
+        stride: usize,
+        len: usize,
+        count: usize,
+    ) -> Self {
+        Rows {
+            data,
+            offset,
+            stride,
+            len,
+            count,
+        }
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        let at = self.offset + i * self.stride;
+        &self.data[at..at + self.len]
+    }
+}
+
 pub(crate) fn owned<T: CpuElement>(v: Vec<T>) -> CpuStorage {
     T::wrap(Buf::Owned(v))
 }

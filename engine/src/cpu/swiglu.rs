@@ -1,5 +1,6 @@
 //! SwiGLU: silu(gate) · x, the PaLM feedforward gate (the seed's `x, gate = chunk(2)`).
 
+use super::Rows;
 use super::exp::exp;
 use super::simd;
 use rayon::prelude::*;
@@ -10,14 +11,23 @@ fn sigmoid(a: f32) -> f32 {
     1.0 / (1.0 + exp(-a))
 }
 
-pub fn forward(x: &[f32], gate: &[f32]) -> Vec<f32> {
-    let mut out = super::buffers::take(x.len());
-    out.par_chunks_mut(super::PAR_MIN)
-        .zip(
-            x.par_chunks(super::PAR_MIN)
-                .zip(gate.par_chunks(super::PAR_MIN)),
-        )
-        .for_each(|(o, (x, g))| forward_run(o, x, g));
+/// `silu(gate) · x`, both read row by row in place (each is half of a slice of the fused
+/// projection's output: gathering them cost two copies of it per layer).
+pub fn forward(x: &Rows, gate: &Rows) -> Vec<f32> {
+    let (len, count) = (x.len, x.count);
+    let mut out = super::buffers::take(len * count);
+    if out.is_empty() {
+        return out;
+    }
+    let rows = super::min_rows(len);
+    out.par_chunks_mut(rows * len)
+        .enumerate()
+        .for_each(|(c, out)| {
+            for (r, o) in out.chunks_mut(len).enumerate() {
+                let i = c * rows + r;
+                forward_run(o, x.row(i), gate.row(i));
+            }
+        });
     out
 }
 
@@ -33,14 +43,26 @@ fn forward_body(out: &mut [f32], x: &[f32], gate: &[f32]) {
     }
 }
 
-/// Returns (dx, dgate).
-pub fn backward(x: &[f32], gate: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let (mut dx, mut dgate) = (super::buffers::take(x.len()), super::buffers::take(x.len()));
-    let n = super::PAR_MIN;
-    dx.par_chunks_mut(n)
-        .zip(dgate.par_chunks_mut(n))
-        .zip(x.par_chunks(n).zip(gate.par_chunks(n)).zip(g.par_chunks(n)))
-        .for_each(|((dx, dgate), ((x, a), g))| backward_run(dx, dgate, x, a, g));
+/// Returns (dx, dgate), contiguous; the operands read row by row as in `forward`.
+pub fn backward(x: &Rows, gate: &Rows, g: &Rows) -> (Vec<f32>, Vec<f32>) {
+    let (len, count) = (x.len, x.count);
+    let (mut dx, mut dgate) = (
+        super::buffers::take(len * count),
+        super::buffers::take(len * count),
+    );
+    if dx.is_empty() {
+        return (dx, dgate);
+    }
+    let rows = super::min_rows(len);
+    dx.par_chunks_mut(rows * len)
+        .zip(dgate.par_chunks_mut(rows * len))
+        .enumerate()
+        .for_each(|(c, (dx, dgate))| {
+            for (r, (dx, dgate)) in dx.chunks_mut(len).zip(dgate.chunks_mut(len)).enumerate() {
+                let i = c * rows + r;
+                backward_run(dx, dgate, x.row(i), gate.row(i), g.row(i));
+            }
+        });
     (dx, dgate)
 }
 
