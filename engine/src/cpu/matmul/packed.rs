@@ -3,13 +3,13 @@
 //!
 //! Why our own and not the `gemm` crate here: on the model's shapes the crate ran at 0.65–0.80×
 //! PyTorch's CPU matmul (BENCHMARKS.md); this runs at about its speed or above. The loops are the
-//! classic ones (Goto/BLIS). Each thread takes whole tiles of rows of the result. For each block
-//! of b's columns (NC) and of the depth (KC), the thread copies b into 32-column panels (its own
-//! copy: b is the small operand at these shapes, and one fork per product beats a shared copy
-//! and a join per block), then copies its rows of a into 12-row panels, and every 12-row panel
-//! (12 KiB, in L1) meets every b panel (in L2). Where a copy costs about what it saves, the
-//! kernel reads the operand in place instead (`DIRECT_A_COLS`, `DIRECT_B_ROWS`). The depth is
-//! summed in the same order whatever the thread count, so results are reproducible.
+//! classic ones (Goto/BLIS). Each thread takes an equal share of the rows of the result. For
+//! each block of b's columns (NC) and of the depth (KC), the thread copies b into 32-column
+//! panels (its own copy: b is the small operand at these shapes, and one fork per product beats
+//! a shared copy and a join per block), then copies its rows of a into 12-row panels, and every
+//! 12-row panel (12 KiB, in L1) meets every b panel (in L2). Where a copy costs about what it
+//! saves, the kernel reads the operand in place instead (`DIRECT_A_COLS`, `DIRECT_B_ROWS`). The
+//! depth is summed in the same order whatever the thread count, so results are reproducible.
 
 use super::{MatRef, Product};
 use rayon::prelude::*;
@@ -49,11 +49,12 @@ pub(super) fn gemm(p: &Product, dst: &mut [f32], threads: usize) {
         // SAFETY: the caller checked `available()`, and `Product` holds checked views.
         return unsafe { serial(p, dst) };
     }
-    // One task per thread, each its rows (in whole tiles) of the result, packing b for itself:
-    // one fork for the whole product. b is the smaller operand at the model's shapes (a weight
-    // against many tokens), so packing it twice costs about 1%; sharing it would cost a
-    // fork and join per block.
-    let per_task = p.m.div_ceil(threads).next_multiple_of(MR);
+    // One task per thread, each an equal share of the result's rows, packing b for itself: one
+    // fork for the whole product. b is the smaller operand at the model's shapes (a weight
+    // against many tokens), so packing it twice costs about 1%; sharing it would cost a fork
+    // and join per block. Shares in whole 12-row tiles left 264 rows against 248 at 512 rows:
+    // the slower thread set the time; a share's last tile may be short instead.
+    let per_task = p.m.div_ceil(threads);
     dst.par_chunks_mut(per_task * p.dst_rs)
         .enumerate()
         .for_each(|(t, rows)| {
