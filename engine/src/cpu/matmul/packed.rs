@@ -327,7 +327,8 @@ unsafe fn transpose_into<const W: usize>(
             let cols = transpose16(block);
             for (q, v) in cols.into_iter().enumerate() {
                 if q < steps {
-                    // SAFETY: step p + q < kc, lanes g .. g + width ≤ W: inside out (the contract).
+                    // SAFETY: step p + q < kc, lanes g .. g + width ≤ W: inside out (the
+                    // contract).
                     unsafe { _mm512_mask_storeu_ps(out.add((p + q) * W + g), lanes(width), v) }
                 }
             }
