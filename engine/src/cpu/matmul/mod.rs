@@ -314,9 +314,10 @@ mod tests {
             (16, 64, 300),
             (17, 70, 33),
             (5, 129, 1),
-            // Past one packed block in every direction: depth (256), columns (512), rows per
+            // Past one packed block in every direction: depth (256), columns (2048), rows per
             // thread (144); partial 12-row and 32-column tiles; large enough for two threads.
             (29, 531, 300),
+            (29, 2100, 40),
             (150, 40, 513),
             // More rows than the packed kernel reads a row-major b in place for.
             (300, 40, 70),
