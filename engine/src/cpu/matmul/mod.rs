@@ -314,7 +314,7 @@ mod tests {
             (16, 64, 300),
             (17, 70, 33),
             (5, 129, 1),
-            // Past one packed block in every direction: depth (256), columns (2048), rows per
+            // Past one packed block in every direction: depth (512), columns (2048), rows per
             // thread (144); partial 12-row and 32-column tiles; large enough for two threads.
             (29, 531, 300),
             (29, 2100, 40),

@@ -7,7 +7,7 @@
 //! each block of b's columns (NC) and of the depth (KC), the thread copies b into 32-column
 //! panels (its own copy: b is the small operand at these shapes, and one fork per product beats
 //! a shared copy and a join per block), then copies its rows of a into 12-row panels, and every
-//! 12-row panel (12 KiB, in L1) meets every b panel (streamed from L2 or L3). Where a copy costs
+//! 12-row panel (24 KiB, in L1) meets every b panel (streamed from L2 or L3). Where a copy costs
 //! about what it saves, the kernel reads the operand in place instead (`DIRECT_A_COLS`,
 //! `DIRECT_B_ROWS`). The depth is summed in the same order whatever the thread count, so results
 //! are reproducible.
@@ -21,12 +21,14 @@ use std::cell::RefCell;
 const MR: usize = 12;
 /// Columns of one register tile: two 16-lane vectors.
 const NR: usize = 32;
-/// Depth of one packed block: a 12-row panel of a is 12 KiB, within L1 beside the stream of b.
-const KC: usize = 256;
-/// Columns of b per packed block: 256 × 2048 floats is 2 MiB, more than an L2 (1 MiB on Zen 4),
+/// Depth of one packed block: a 12-row panel of a is 24 KiB, within L1 beside the stream of b.
+/// One block covers the model's 512-deep products, and deeper ones pass over c half as often as
+/// at 256 (the feed-forward output, 1024 × 512 × 2048 on one thread: 95 → 100 GFLOP/s).
+const KC: usize = 512;
+/// Columns of b per packed block: 512 × 2048 floats is 4 MiB, more than an L2 (1 MiB on Zen 4),
 /// so b's panels stream from L3; fewer blocks mean fewer passes over a's rows (each block packs
 /// them again), which measured more: 512 columns (half an L2) ran the fused projection's
-/// 4096 × 4736 × 512 at 194 GFLOP/s on two threads, 2048 at 206–210.
+/// 4096 × 4736 × 512 at 194 GFLOP/s on two threads, 2048 at 206–210 (with 256-deep blocks).
 const NC: usize = 2048;
 /// Rows of a packed at a time by one thread (12 panels).
 const MC: usize = 144;
