@@ -41,7 +41,8 @@ pub(crate) fn f32s<'a>((s, l): Arg<'a, CpuStorage>, op: &'static str) -> Result<
 
 /// f32 elements as rows of the last dim, read in place when the rows are evenly spaced
 /// (`Layout::uniform_rows`), gathered into a recycled buffer otherwise.
-pub(crate) fn f32_rows<'a>((s, l): Arg<'a, CpuStorage>, op: &'static str) -> Result<Rows<'a>> {
+pub(crate) fn f32_rows<'a>(x: Arg<'a, CpuStorage>, op: &'static str) -> Result<Rows<'a>> {
+    let (s, l) = x;
     let slice = whole_f32(s, op)?;
     if let Some((count, len, stride)) = l.uniform_rows() {
         return Ok(Rows::strided(
@@ -52,9 +53,9 @@ pub(crate) fn f32_rows<'a>((s, l): Arg<'a, CpuStorage>, op: &'static str) -> Res
             count,
         ));
     }
-    let len = l.dims().last().copied().unwrap_or(1).max(1);
+    let len = last_dim(x);
     let data = gather_f32(slice, l);
-    let count = data.len() / len; // len ≥ 1
+    let count = data.len() / len; // last_dim is at least 1
     Ok(Rows::strided(F32s::Taken(data), 0, len, len, count))
 }
 
