@@ -319,7 +319,9 @@ mod tests {
             (29, 531, 300),
             (29, 2100, 40),
             (150, 40, 513),
-            // More rows than the packed kernel reads a row-major b in place for.
+            // More rows than the packed kernel reads a row-major b in place for; above, (150,
+            // 40, 513) reads it in place over two depth blocks, and (29, 531, 300) packs it for
+            // its size alone.
             (300, 40, 70),
         ] {
             let data: Vec<f32> = (0..(m + n) * k + 7)
