@@ -80,7 +80,8 @@ def attention(rows):
     for x in (x for x in t if x.get("bench") == "attention"):
         shape = f"b{x['b']}_h{x['heads']}_n{x['seq']}_d{x['dim_head']}"
         for key, name in (("fwd_ms", "fwd"), ("fwd_bwd_ms", "fwd_bwd")):
-            rows.append((f"attention {name} {shape.replace('_', ' ')}, ms", x[key],
+            label = name.replace("_", "+")
+            rows.append((f"attention {label} {shape.replace('_', ' ')}, ms", x[key],
                          ours[f"attention/{name}_{shape}"] * 1e3, False))
 
 
