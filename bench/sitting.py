@@ -107,7 +107,8 @@ def fmt(v):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--only", nargs="+", choices=list(GROUP_RUNNERS), default=["train", "matmul", "attention"])
+    p.add_argument("--only", nargs="+", choices=list(GROUP_RUNNERS),
+                   default=["train", "matmul", "attention"])
     a = p.parse_args()
     import torch  # only to name it in the header; the anchor runs in its own process
 

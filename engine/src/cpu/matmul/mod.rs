@@ -314,14 +314,14 @@ mod tests {
             (16, 64, 300),
             (17, 70, 33),
             (5, 129, 1),
-            // Past one packed block in every direction: depth (512), columns (2048), rows per
-            // thread (144); partial 12-row and 32-column tiles; large enough for two threads.
+            // Past one packed block: columns (29, 2100, 40; NC is 2048), depth (150, 40, 513; KC
+            // is 512) and rows packed at a time (300, 40, 70; MC is 144); partial 12-row and
+            // 32-column tiles; (29, 531, 300) is large enough to split over two threads. A
+            // row-major b is read in place by (150, 40, 513), over two depth blocks, and packed
+            // by (29, 531, 300) for its size alone and by (300, 40, 70) for its rows.
             (29, 531, 300),
             (29, 2100, 40),
             (150, 40, 513),
-            // More rows than the packed kernel reads a row-major b in place for; above, (150,
-            // 40, 513) reads it in place over two depth blocks, and (29, 531, 300) packs it for
-            // its size alone.
             (300, 40, 70),
         ] {
             let data: Vec<f32> = (0..(m + n) * k + 7)

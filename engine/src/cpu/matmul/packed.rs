@@ -9,8 +9,8 @@
 //! a shared copy and a join per block), then copies its rows of a into 12-row panels, and every
 //! 12-row panel (24 KiB, in L1) meets every b panel (streamed from L2 or L3). Where a copy costs
 //! about what it saves, the kernel reads the operand in place instead (`DIRECT_A_COLS`,
-//! `DIRECT_B_ROWS`). The depth is summed in the same order whatever the thread count, so results
-//! are reproducible.
+//! `DIRECT_B_ROWS` while the block stays in L2, `DIRECT_B_BLOCK`). The depth is summed in the
+//! same order whatever the thread count, so results are reproducible.
 
 use super::{MatRef, Product};
 use rayon::prelude::*;
