@@ -3,7 +3,7 @@
 //! product), with the softmax statistics (log-sum-exp) saved for a recomputing backward.
 
 use super::exp::exp;
-use super::matmul::{MatRef, gemm_into};
+use super::matmul::{MatRef, SharedB, gemm_into};
 use super::simd;
 use rayon::prelude::*;
 
@@ -29,6 +29,7 @@ pub fn forward(q: &[f32], k: Batched, v: Batched, s: &Shape) -> (Vec<f32>, Vec<f
     let (n, m, d) = (s.n, s.m, s.d);
     let mut out = super::buffers::take(s.b * s.h * n * d);
     let mut lse = vec![0f32; s.b * s.h * n];
+    let keys_t = shared(s, |bi| MatRef::rows(k.data, bi * k.batch_stride, d).t());
     out.par_chunks_mut(n * d)
         .zip(lse.par_chunks_mut(n))
         .enumerate()
@@ -41,8 +42,8 @@ pub fn forward(q: &[f32], k: Batched, v: Batched, s: &Shape) -> (Vec<f32>, Vec<f
                 let i1 = (i0 + BLOCK).min(n);
                 let (rows, keys) = (i1 - i0, visible_keys(s, i1));
                 let qb = MatRef::rows(q, (bh * n + i0) * d, d);
-                let kt = MatRef::rows(k.data, bi * k.batch_stride, d).t();
-                gemm_into(rows, keys, d, &mut p, keys, &qb, &kt, s.scale, false, false);
+                let kt = &keys_t[bi];
+                kt.gemm_into(rows, keys, d, &mut p, keys, &qb, s.scale, false);
                 for r in 0..rows {
                     let row = &mut p[r * keys..(r + 1) * keys];
                     let visible = (i0 + r + s.offset + 1).min(keys);
@@ -81,6 +82,8 @@ pub fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (n, m, d) = (s.n, s.m, s.d);
     let mut dq = super::buffers::take(q.len());
+    let keys_t = shared(s, |bi| MatRef::rows(k, bi * m * d, d).t());
+    let values_t = shared(s, |bi| MatRef::rows(v, bi * m * d, d).t());
     // Per (batch, head) partial dk/dv, reduced over heads below (MQA shares k and v).
     let partial: Vec<(Vec<f32>, Vec<f32>)> = dq
         .par_chunks_mut(n * d)
@@ -98,31 +101,8 @@ pub fn backward(
                 let qb = MatRef::rows(q, (bh * n + i0) * d, d);
                 let gb = MatRef::rows(g, (bh * n + i0) * d, d);
                 let kb = MatRef::rows(k, bi * m * d, d);
-                let vb = MatRef::rows(v, bi * m * d, d);
-                gemm_into(
-                    rows,
-                    keys,
-                    d,
-                    &mut p,
-                    keys,
-                    &qb,
-                    &kb.t(),
-                    s.scale,
-                    false,
-                    false,
-                );
-                gemm_into(
-                    rows,
-                    keys,
-                    d,
-                    &mut dp,
-                    keys,
-                    &gb,
-                    &vb.t(),
-                    1.0,
-                    false,
-                    false,
-                );
+                keys_t[bi].gemm_into(rows, keys, d, &mut p, keys, &qb, s.scale, false);
+                values_t[bi].gemm_into(rows, keys, d, &mut dp, keys, &gb, 1.0, false);
                 for r in 0..rows {
                     let i = i0 + r;
                     let visible = (i + s.offset + 1).min(keys);
@@ -182,6 +162,15 @@ pub fn backward(
         super::buffers::give(pv);
     }
     (dq, dk, dv)
+}
+
+/// Each batch element's keys (or values) seen transposed, d × m, `view(batch)`: the right-hand
+/// operand of every score product of that element's heads and query blocks, packed once.
+fn shared<'a>(s: &Shape, view: impl Fn(usize) -> MatRef<'a> + Sync) -> Vec<SharedB<'a>> {
+    (0..s.b)
+        .into_par_iter()
+        .map(|bi| SharedB::new(s.d, s.m, view(bi), s.n.min(BLOCK)))
+        .collect()
 }
 
 simd::widest! {

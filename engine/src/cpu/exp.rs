@@ -17,11 +17,14 @@ pub fn exp(x: f32) -> f32 {
     let t = xc * std::f32::consts::LOG2_E + ROUND;
     let n = t - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+    // e^r's polynomial in Estrin's form: pairs of terms, then pairs of pairs, so the longest
+    // chain of dependent operations is 6, not Horner's 14. Long chains made the softmax loop
+    // wait on latency (a core holds only so many waiting operations); every coefficient is a
+    // constant to multiply by (`r / 5040.0` was a vector division per element).
+    let (r2, c7) = (r * r, 1.0 / 5040.0);
+    let low = (1.0 + r) + r2 * (0.5 + r * (1.0 / 6.0));
+    let high = (1.0 / 24.0 + r * (1.0 / 120.0)) + r2 * (1.0 / 720.0 + r * c7);
+    let p = low + (r2 * r2) * high;
     // 2^n: n + 127 into the exponent bits. From t's bits, not `n as i32`: a float-to-int cast
     // saturates and maps NaN to 0, which compilers do lane by lane (it kept the loop scalar).
     // t's bits are 0x4B40_0000 + n, whose part above n shifts out.

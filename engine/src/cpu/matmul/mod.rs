@@ -51,16 +51,6 @@ pub fn gemm_into(
     accumulate: bool,
     parallel: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(
-        (m - 1) * dst_rs + n <= dst.len(),
-        "matmul destination too small"
-    );
-    assert!(m == 1 || dst_rs >= n, "matmul destination rows overlap");
-    check_bounds(m, k, a);
-    check_bounds(k, n, b);
     let p = Product {
         m,
         n,
@@ -71,17 +61,101 @@ pub fn gemm_into(
         scale,
         accumulate,
     };
-    if few_rows(&p, dst, parallel) {
+    run(&p, None, dst, parallel);
+}
+
+/// A right-hand operand that many products share — attention's keys and values, which every
+/// head and every block of queries of a sequence multiplies — copied once into the register
+/// kernel's layout instead of by each product. Only where that kernel runs and the depth fits
+/// one packed block; elsewhere the products read the view as `gemm_into` does.
+pub struct SharedB<'a> {
+    view: MatRef<'a>,
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<packed::PackedB>,
+}
+
+impl<'a> SharedB<'a> {
+    /// b (k × n) for products of up to `rows` rows each: packed when they are many enough to
+    /// take the packed kernel (`few_rows` reads b in place).
+    pub fn new(k: usize, n: usize, view: MatRef<'a>, rows: usize) -> Self {
+        check_bounds(k, n, &view);
+        SharedB {
+            view,
+            #[cfg(target_arch = "x86_64")]
+            packed: if rows > FEW_ROWS {
+                packed::PackedB::new(k, n, &view)
+            } else {
+                None
+            },
+        }
+    }
+
+    /// `gemm_into` with this b, or its first n columns (k its depth).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_into(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [f32],
+        dst_rs: usize,
+        a: &MatRef,
+        scale: f32,
+        accumulate: bool,
+    ) {
+        let p = Product {
+            m,
+            n,
+            k,
+            a: *a,
+            b: self.view,
+            dst_rs,
+            scale,
+            accumulate,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(pre) = &self.packed {
+            let (pk, pn) = pre.shape();
+            assert!(k == pk && n <= pn, "shared operand of another shape");
+            return run(&p, Some(pre), dst, false);
+        }
+        run(&p, None, dst, false)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+type Prepacked<'p> = Option<&'p packed::PackedB>;
+#[cfg(not(target_arch = "x86_64"))]
+type Prepacked<'p> = Option<&'p ()>;
+
+/// The product on the path its shape takes (b's panels from `pre` on the packed one), after
+/// checking that every element it reads and writes lies in its buffer.
+fn run(p: &Product, pre: Prepacked, dst: &mut [f32], parallel: bool) {
+    let Product {
+        m, n, k, dst_rs, ..
+    } = *p;
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (m - 1) * dst_rs + n <= dst.len(),
+        "matmul destination too small"
+    );
+    assert!(m == 1 || dst_rs >= n, "matmul destination rows overlap");
+    check_bounds(m, k, &p.a);
+    check_bounds(k, n, &p.b);
+    if few_rows(p, dst, parallel) {
         return;
     }
     let threads = rayon::current_num_threads();
     let parallel = parallel && m * n * k >= 1 << 22 && threads > 1;
     #[cfg(target_arch = "x86_64")]
     if k > 0 && packed::available() {
-        packed::gemm(&p, dst, if parallel { threads } else { 1 });
+        packed::gemm(p, pre, dst, if parallel { threads } else { 1 });
         return;
     }
-    gemm_crate(&p, dst, parallel);
+    let _ = pre; // packed only where the packed kernel runs
+    gemm_crate(p, dst, parallel);
 }
 
 /// One product, past `gemm_into`'s checks: `dst (m×n, row stride dst_rs) = [dst +] scale ·
@@ -297,6 +371,36 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Products with a shared, packed-once b give exactly what `gemm_into` gives with the view,
+    /// over b's first columns or all of them (past one packed column block too), for few rows
+    /// (b read in place) and many, with scaling and accumulation.
+    #[test]
+    fn shared_b_gives_what_the_view_gives() {
+        let mut rng = crate::Rng::new(4);
+        for (m, n_all, k) in [(64, 1024, 64), (13, 100, 33), (70, 2100, 17), (5, 64, 64)] {
+            let data: Vec<f32> = (0..(m + n_all) * k)
+                .map(|_| rng.uniform() * 2.0 - 1.0)
+                .collect();
+            let a = MatRef::rows(&data, 0, k);
+            // b seen transposed (attention's keys), and row-major.
+            for b in [
+                MatRef::rows(&data, m * k, k).t(),
+                MatRef::rows(&data, m * k, n_all),
+            ] {
+                let shared = SharedB::new(k, n_all, b, m);
+                for n in [n_all, n_all / 2 + 3, 1] {
+                    for accumulate in [false, true] {
+                        let mut want = vec![0.5f32; m * n];
+                        gemm_into(m, n, k, &mut want, n, &a, &b, 0.3, accumulate, false);
+                        let mut got = vec![0.5f32; m * n];
+                        shared.gemm_into(m, n, k, &mut got, n, &a, 0.3, accumulate);
+                        assert!(got == want, "{m}×{n}×{k} accumulate {accumulate}");
+                    }
+                }
+            }
+        }
     }
 
     /// The few-rows kernels (weights seen transposed, or row-major), the packed kernel (more

@@ -51,11 +51,74 @@ thread_local! {
     static PACKED_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The product `p` into dst on `threads` threads. The caller checked that `available()`; k > 0.
-pub(super) fn gemm(p: &Product, dst: &mut [f32], threads: usize) {
+/// b's panels for all its columns and its whole depth, as `serial` packs each block of them:
+/// for a b that many products share (attention's keys), packed once instead of by each.
+pub(super) struct PackedB {
+    buf: Vec<f32>,
+    start: usize,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    /// b (k × n) packed, or None where one packed block does not hold its depth (k > KC) or
+    /// the packed kernel does not run here.
+    pub(super) fn new(k: usize, n: usize, b: &MatRef) -> Option<Self> {
+        if !available() || k == 0 || k > KC {
+            return None;
+        }
+        let mut buf = super::super::buffers::take(k * n.next_multiple_of(NR) + LINE);
+        let start = line_start(&buf);
+        for (i, panel) in buf[start..].chunks_mut(k * NR).enumerate() {
+            let j = i * NR;
+            if j >= n {
+                break;
+            }
+            let at = b.offset + j * b.col_stride;
+            // SAFETY: AVX-512F (`available`, checked above); the panel's columns j .. and the
+            // depth are in b's view (the caller checked it).
+            unsafe {
+                pack::<NR>(
+                    b.data,
+                    at,
+                    b.col_stride,
+                    b.row_stride,
+                    NR.min(n - j),
+                    k,
+                    panel,
+                )
+            };
+        }
+        Some(PackedB { buf, start, k, n })
+    }
+
+    /// The depth and columns packed.
+    pub(super) fn shape(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// The panels of columns j0 .. (j0 a multiple of NR): where `serial`'s own packing of the
+    /// block starting at column j0 would put them.
+    fn panels_at(&self, j0: usize) -> &[f32] {
+        &self.buf[self.start + j0 * self.k..]
+    }
+}
+
+impl Drop for PackedB {
+    fn drop(&mut self) {
+        super::super::buffers::give(std::mem::take(&mut self.buf));
+    }
+}
+
+/// The product `p` into dst on `threads` threads, b's panels from `pre` when given (its depth
+/// p.k, its columns at least p.n). The caller checked that `available()`; k > 0.
+pub(super) fn gemm(p: &Product, pre: Option<&PackedB>, dst: &mut [f32], threads: usize) {
+    if let Some(pre) = pre {
+        assert!(pre.k == p.k && pre.n >= p.n, "packed b of another shape");
+    }
     if threads <= 1 || p.m <= MR {
         // SAFETY: the caller checked `available()`, and `Product` holds checked views.
-        return unsafe { serial(p, dst) };
+        return unsafe { serial(p, pre, dst) };
     }
     // One task per thread, each an equal share of the result's rows, packing b for itself: one
     // fork for the whole product. b is the smaller operand at the model's shapes (a weight
@@ -80,16 +143,17 @@ pub(super) fn gemm(p: &Product, dst: &mut [f32], threads: usize) {
                 ..*p
             };
             // SAFETY: as above.
-            unsafe { serial(&task, rows) };
+            unsafe { serial(&task, pre, rows) };
         });
 }
 
 /// `gemm` on the calling thread.
 ///
 /// # Safety
-/// The CPU has AVX-512F; p's views are checked (`Product`) and dst holds its result.
+/// The CPU has AVX-512F; p's views are checked (`Product`) and dst holds its result; `pre`,
+/// when given, is b packed (depth p.k, at least p.n columns).
 #[target_feature(enable = "avx512f")]
-unsafe fn serial(p: &Product, dst: &mut [f32]) {
+unsafe fn serial(p: &Product, pre: Option<&PackedB>, dst: &mut [f32]) {
     let Product {
         m,
         n,
@@ -104,9 +168,11 @@ unsafe fn serial(p: &Product, dst: &mut [f32]) {
     // would cost about as much as it saves) and its block stays in L2 while the tiles walk it.
     // A larger block streams from L3 on every panel of a, a row stride apart: the weight
     // gradient 512 × 2048 × 4096 (b's rows 8 KiB apart) ran 182 GFLOP/s so, 193 packed.
-    let direct_b =
-        b.col_stride == 1 && m <= DIRECT_B_ROWS && KC.min(k) * NC.min(n) <= DIRECT_B_BLOCK;
-    let len = if direct_b {
+    let direct_b = pre.is_none()
+        && b.col_stride == 1
+        && m <= DIRECT_B_ROWS
+        && KC.min(k) * NC.min(n) <= DIRECT_B_BLOCK;
+    let len = if direct_b || pre.is_some() {
         0
     } else {
         KC * NC.min(n).next_multiple_of(NR) + LINE
@@ -117,7 +183,9 @@ unsafe fn serial(p: &Product, dst: &mut [f32]) {
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
-            let source = if direct_b {
+            let source = if let Some(pre) = pre {
+                BSource::Packed(pre.panels_at(j0)) // k ≤ KC: one depth block
+            } else if direct_b {
                 BSource::Direct(b)
             } else {
                 let panels = &mut packed_b[start..start + kc * nc.next_multiple_of(NR)];
