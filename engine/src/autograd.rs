@@ -1,6 +1,7 @@
 //! Reverse-mode autodiff. Every op result that a gradient can flow through remembers its op and
 //! inputs; `backward` walks that graph in reverse topological order with one short arm per op.
 
+use crate::layout::Layout;
 use crate::ops::{
     attention, cross_entropy, elementwise, embedding, layernorm, logprob, matmul, reduce, rope,
     shape, swiglu,
@@ -170,6 +171,24 @@ impl Grads {
                 .windows(2)
                 .all(|w| w[0].start + w[0].grad.dims()[dim] <= w[1].start);
         if tiles {
+            // Pieces that are already side by side in one buffer, together the whole of it
+            // (the SwiGLU backward writes dx and dgate so), are that buffer: no copy.
+            let whole = Layout::contiguous(&dims);
+            let mut at = 0;
+            let in_place = pieces.iter().all(|p| {
+                let len = p.grad.dims()[dim];
+                let here = p.start == at
+                    && p.grad.shares_storage(&pieces[0].grad)
+                    && whole
+                        .narrow(dim, p.start, len)
+                        .is_ok_and(|l| &l == p.grad.layout());
+                at += len;
+                here
+            }) && at == dims[dim];
+            if in_place {
+                let g = pieces[0].grad.view_untracked(whole);
+                return self.accumulate(id, g);
+            }
             let (dtype, device) = (pieces[0].grad.dtype(), pieces[0].grad.device());
             let mut parts = Vec::new();
             let mut at = 0;

@@ -198,6 +198,14 @@ impl Tensor {
     pub fn storage(&self) -> &Storage {
         &self.0.storage
     }
+    /// Whether `self` and `other` are views of one buffer.
+    pub(crate) fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0.storage, &other.0.storage)
+    }
+    /// Another view of this tensor's buffer, recording no op.
+    pub(crate) fn view_untracked(&self, layout: Layout) -> Tensor {
+        Tensor::new(self.0.storage.clone(), layout, None)
+    }
     /// This tensor's data for writing, when nothing else can see it: no other handle to the
     /// tensor or view of its storage, and no gradient to keep consistent. The bf16 shadow, if
     /// any, is dropped since it would go stale.

@@ -71,9 +71,17 @@ impl PalmParams {
         for (i, layer) in self.layers.iter().enumerate() {
             let lora = opts.lora.map(|l| &l.layers[i]);
             let h = layer_norm(&x, &w(&layer.norm_gamma)?)?;
-            let p = h.matmul(&w(&layer.fused_proj)?.t()?)?;
-            let parts = p.split(2, &dims)?;
+            // The fused projection as two products over row ranges of its weight (read in
+            // place): q, k, v, and the feedforward's x and gate. The second's gradient is then
+            // SwiGLU's, already one buffer; one product's would be assembled from five pieces,
+            // a copy of 4736 columns per token and layer (2–3% of an `enwik8` CPU step).
+            let proj = w(&layer.fused_proj)?;
+            let qkv = dims[0] + dims[1] + dims[2];
+            let p_attn = h.matmul(&proj.narrow(0, 0, qkv)?.t()?)?;
+            let p_ff = h.matmul(&proj.narrow(0, qkv, dims[3] + dims[4])?.t()?)?;
+            let parts = p_attn.split(2, &dims[..3])?;
             let (mut q, mut k, mut v) = (parts[0].clone(), parts[1].clone(), parts[2].clone());
+            let ff_parts = p_ff.split(2, &dims[3..])?;
             if let Some(l) = lora {
                 q = q.add(&l[0].apply(&h)?)?;
                 k = k.add(&l[1].apply(&h)?)?;
@@ -95,7 +103,7 @@ impl PalmParams {
             if let Some(l) = lora {
                 attn_out = attn_out.add(&l[3].apply(&o)?)?;
             }
-            let ff = swiglu(&parts[3], &parts[4])?.matmul(&w(&layer.ff_out)?.t()?)?;
+            let ff = swiglu(&ff_parts[0], &ff_parts[1])?.matmul(&w(&layer.ff_out)?.t()?)?;
             x = x.add(&attn_out)?.add(&ff)?;
         }
         if let Some(cache) = opts.cache.as_deref_mut() {

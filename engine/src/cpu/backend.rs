@@ -388,12 +388,24 @@ impl Backend for CpuStorage {
     }
 
     fn swiglu_backward(x: Arg<Self>, gate: Arg<Self>, g: Arg<Self>) -> Result<Two<Self>> {
-        let (dx, dg) = super::swiglu::backward(
+        let both = super::swiglu::backward(
             &f32_rows(x, "swiglu")?,
             &f32_rows(gate, "swiglu")?,
             &f32_rows(g, "swiglu")?,
         );
-        Ok(Two::Separate(owned(dx), owned(dg)))
+        // (…, 2f): dx in the first f columns, dgate in the last.
+        let mut dims = x.1.dims().to_vec();
+        let f = dims.last().copied().unwrap_or(0);
+        if let Some(last) = dims.last_mut() {
+            *last = 2 * f;
+        }
+        let whole = crate::layout::Layout::contiguous(&dims);
+        let last = dims.len() - 1;
+        Ok(Two::Shared(
+            owned(both),
+            whole.narrow(last, 0, f)?,
+            whole.narrow(last, f, f)?,
+        ))
     }
 
     fn cross_entropy(logits: Arg<Self>, targets: Arg<Self>, count: usize) -> Result<(Self, Self)> {

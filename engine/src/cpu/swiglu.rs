@@ -43,27 +43,26 @@ fn forward_body(out: &mut [f32], x: &[f32], gate: &[f32]) {
     }
 }
 
-/// Returns (dx, dgate), contiguous; the operands read row by row as in `forward`.
-pub fn backward(x: &Rows, gate: &Rows, g: &Rows) -> (Vec<f32>, Vec<f32>) {
+/// (dx | dgate) side by side in one (count, 2·len) buffer: each row's dx, then its dgate, as
+/// the fused projection's gradient lays them out (so its pieces join without a copy). The
+/// operands are read row by row as in `forward`.
+pub fn backward(x: &Rows, gate: &Rows, g: &Rows) -> Vec<f32> {
     let (len, count) = (x.len, x.count);
-    let (mut dx, mut dgate) = (
-        super::buffers::take(len * count),
-        super::buffers::take(len * count),
-    );
-    if dx.is_empty() {
-        return (dx, dgate);
+    let mut both = super::buffers::take(2 * len * count);
+    if both.is_empty() {
+        return both;
     }
-    let rows = super::min_rows(len);
-    dx.par_chunks_mut(rows * len)
-        .zip(dgate.par_chunks_mut(rows * len))
+    let rows = super::min_rows(2 * len);
+    both.par_chunks_mut(rows * 2 * len)
         .enumerate()
-        .for_each(|(c, (dx, dgate))| {
-            for (r, (dx, dgate)) in dx.chunks_mut(len).zip(dgate.chunks_mut(len)).enumerate() {
+        .for_each(|(c, chunk)| {
+            for (r, row) in chunk.chunks_mut(2 * len).enumerate() {
                 let i = c * rows + r;
+                let (dx, dgate) = row.split_at_mut(len);
                 backward_run(dx, dgate, x.row(i), gate.row(i), g.row(i));
             }
         });
-    (dx, dgate)
+    both
 }
 
 simd::widest! {

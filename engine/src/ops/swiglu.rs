@@ -6,6 +6,9 @@ use crate::storage::on_backend;
 use crate::{Error, Result, Tensor};
 
 pub fn swiglu(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if x.dims().is_empty() {
+        return Err(Error::shape("swiglu", "x and gate need at least one dim"));
+    }
     if x.dims() != gate.dims() {
         return Err(Error::shape(
             "swiglu",
