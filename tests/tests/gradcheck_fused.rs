@@ -254,6 +254,23 @@ proptest! {
         });
     }
 
+    /// The SwiGLU backward writes dx and dgate side by side in one buffer; when x and gate are
+    /// the two halves of one tensor in that order, autograd takes that buffer as the tensor's
+    /// gradient without copying. Halves in the other order (gate first) share the buffer too
+    /// but lie swapped, and must be reassembled: both give the true gradient.
+    #[test]
+    fn swiglu_halves_in_either_order(r in 1usize..5, f in 1usize..7, seed in any::<u64>()) {
+        let fused = randn(&[r, 2 * f], seed);
+        for swapped in [false, true] {
+            gradcheck(&format!("swiglu halves r{r} f{f} swapped {swapped}"), &[fused.clone()],
+                1e-2, TOL, |t| {
+                    let (first, second) = (t[0].narrow(1, 0, f)?, t[0].narrow(1, f, f)?);
+                    let (x, gate) = if swapped { (second, first) } else { (first, second) };
+                    Ok(vec![swiglu(&x, &gate)?])
+                });
+        }
+    }
+
     #[test]
     fn softmax_and_log_softmax(
         lead in prop::collection::vec(1usize..5, 0..3),
