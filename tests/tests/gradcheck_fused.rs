@@ -262,7 +262,8 @@ proptest! {
     fn swiglu_halves_in_either_order(r in 1usize..5, f in 1usize..7, seed in any::<u64>()) {
         let fused = randn(&[r, 2 * f], seed);
         for swapped in [false, true] {
-            gradcheck(&format!("swiglu halves r{r} f{f} swapped {swapped}"), &[fused.clone()],
+            gradcheck(&format!("swiglu halves r{r} f{f} swapped {swapped}"),
+                std::slice::from_ref(&fused),
                 1e-2, TOL, |t| {
                     let (first, second) = (t[0].narrow(1, 0, f)?, t[0].narrow(1, f, f)?);
                     let (x, gate) = if swapped { (second, first) } else { (first, second) };

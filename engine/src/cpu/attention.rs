@@ -43,7 +43,7 @@ pub fn forward(q: &[f32], k: Batched, v: Batched, s: &Shape) -> (Vec<f32>, Vec<f
                 let (rows, keys) = (i1 - i0, visible_keys(s, i1));
                 let qb = MatRef::rows(q, (bh * n + i0) * d, d);
                 let kt = &keys_t[bi];
-                kt.gemm_into(rows, keys, d, &mut p, keys, &qb, s.scale, false);
+                kt.product((rows, keys), &mut p, keys, &qb, s.scale, false);
                 for r in 0..rows {
                     let row = &mut p[r * keys..(r + 1) * keys];
                     let visible = (i0 + r + s.offset + 1).min(keys);
@@ -101,8 +101,8 @@ pub fn backward(
                 let qb = MatRef::rows(q, (bh * n + i0) * d, d);
                 let gb = MatRef::rows(g, (bh * n + i0) * d, d);
                 let kb = MatRef::rows(k, bi * m * d, d);
-                keys_t[bi].gemm_into(rows, keys, d, &mut p, keys, &qb, s.scale, false);
-                values_t[bi].gemm_into(rows, keys, d, &mut dp, keys, &gb, 1.0, false);
+                keys_t[bi].product((rows, keys), &mut p, keys, &qb, s.scale, false);
+                values_t[bi].product((rows, keys), &mut dp, keys, &gb, 1.0, false);
                 for r in 0..rows {
                     let i = i0 + r;
                     let visible = (i + s.offset + 1).min(keys);

@@ -70,6 +70,9 @@ pub fn gemm_into(
 /// one packed block; elsewhere the products read the view as `gemm_into` does.
 pub struct SharedB<'a> {
     view: MatRef<'a>,
+    /// Depth and columns of b.
+    k: usize,
+    n: usize,
     #[cfg(target_arch = "x86_64")]
     packed: Option<packed::PackedB>,
 }
@@ -81,6 +84,8 @@ impl<'a> SharedB<'a> {
         check_bounds(k, n, &view);
         SharedB {
             view,
+            k,
+            n,
             #[cfg(target_arch = "x86_64")]
             packed: if rows > FEW_ROWS {
                 packed::PackedB::new(k, n, &view)
@@ -90,23 +95,21 @@ impl<'a> SharedB<'a> {
         }
     }
 
-    /// `gemm_into` with this b, or its first n columns (k its depth).
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm_into(
+    /// `dst (m×n) = [dst +] scale · a (m×k) · b`'s first n columns, as `gemm_into`.
+    pub fn product(
         &self,
-        m: usize,
-        n: usize,
-        k: usize,
+        (m, n): (usize, usize),
         dst: &mut [f32],
         dst_rs: usize,
         a: &MatRef,
         scale: f32,
         accumulate: bool,
     ) {
+        assert!(n <= self.n, "{n} columns of a shared operand of {}", self.n);
         let p = Product {
             m,
             n,
-            k,
+            k: self.k,
             a: *a,
             b: self.view,
             dst_rs,
@@ -114,12 +117,10 @@ impl<'a> SharedB<'a> {
             accumulate,
         };
         #[cfg(target_arch = "x86_64")]
-        if let Some(pre) = &self.packed {
-            let (pk, pn) = pre.shape();
-            assert!(k == pk && n <= pn, "shared operand of another shape");
-            return run(&p, Some(pre), dst, false);
-        }
-        run(&p, None, dst, false)
+        let pre = self.packed.as_ref();
+        #[cfg(not(target_arch = "x86_64"))]
+        let pre = None;
+        run(&p, pre, dst, false)
     }
 }
 
@@ -395,7 +396,7 @@ mod tests {
                         let mut want = vec![0.5f32; m * n];
                         gemm_into(m, n, k, &mut want, n, &a, &b, 0.3, accumulate, false);
                         let mut got = vec![0.5f32; m * n];
-                        shared.gemm_into(m, n, k, &mut got, n, &a, 0.3, accumulate);
+                        shared.product((m, n), &mut got, n, &a, 0.3, accumulate);
                         assert!(got == want, "{m}×{n}×{k} accumulate {accumulate}");
                     }
                 }

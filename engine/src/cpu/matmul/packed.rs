@@ -92,11 +92,6 @@ impl PackedB {
         Some(PackedB { buf, start, k, n })
     }
 
-    /// The depth and columns packed.
-    pub(super) fn shape(&self) -> (usize, usize) {
-        (self.k, self.n)
-    }
-
     /// The panels of columns j0 .. (j0 a multiple of NR): where `serial`'s own packing of the
     /// block starting at column j0 would put them.
     fn panels_at(&self, j0: usize) -> &[f32] {
