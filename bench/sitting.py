@@ -110,6 +110,8 @@ def main():
     p.add_argument("--only", nargs="+", choices=list(GROUP_RUNNERS),
                    default=["train", "matmul", "attention"])
     a = p.parse_args()
+    if a.rounds < 1:
+        p.error("--rounds must be at least 1")
     import torch  # only to name it in the header; the anchor runs in its own process
 
     log("building the benches first (not timed)")
