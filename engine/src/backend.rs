@@ -248,6 +248,26 @@ pub enum Two<S> {
     Shared(S, Layout, Layout),
 }
 
+impl<S> Two<S> {
+    /// Two results of dims `dims` side by side in one contiguous (…, 2f) buffer: the first in
+    /// the first f columns of each row, the second in the last f.
+    pub fn side_by_side(both: S, dims: &[usize]) -> Result<Self> {
+        let (Some(&f), Some(last)) = (dims.last(), dims.len().checked_sub(1)) else {
+            return Err(crate::Error::Invalid(
+                "two results side by side need a dim".into(),
+            ));
+        };
+        let mut wide = dims.to_vec();
+        wide[last] = 2 * f;
+        let whole = Layout::contiguous(&wide);
+        Ok(Two::Shared(
+            both,
+            whole.narrow(last, 0, f)?,
+            whole.narrow(last, f, f)?,
+        ))
+    }
+}
+
 /// The ops a backend computes. Every input comes with its layout (strided views are read in
 /// place or gathered by the backend); every output is new contiguous storage, f32 unless said.
 /// Shapes and dtypes were checked by the entry point; ids come as u32.

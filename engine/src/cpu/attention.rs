@@ -42,8 +42,7 @@ pub fn forward(q: &[f32], k: Batched, v: Batched, s: &Shape) -> (Vec<f32>, Vec<f
                 let i1 = (i0 + BLOCK).min(n);
                 let (rows, keys) = (i1 - i0, visible_keys(s, i1));
                 let qb = MatRef::rows(q, (bh * n + i0) * d, d);
-                let kt = &keys_t[bi];
-                kt.product((rows, keys), &mut p, keys, &qb, s.scale, false);
+                keys_t[bi].product((rows, keys), &mut p, keys, &qb, s.scale, false);
                 for r in 0..rows {
                     let row = &mut p[r * keys..(r + 1) * keys];
                     let visible = (i0 + r + s.offset + 1).min(keys);

@@ -393,19 +393,7 @@ impl Backend for CpuStorage {
             &f32_rows(gate, "swiglu")?,
             &f32_rows(g, "swiglu")?,
         );
-        // (…, 2f): dx in the first f columns, dgate in the last.
-        let mut dims = x.1.dims().to_vec();
-        let f = dims.last().copied().unwrap_or(0);
-        if let Some(last) = dims.last_mut() {
-            *last = 2 * f;
-        }
-        let whole = crate::layout::Layout::contiguous(&dims);
-        let last = dims.len() - 1;
-        Ok(Two::Shared(
-            owned(both),
-            whole.narrow(last, 0, f)?,
-            whole.narrow(last, f, f)?,
-        ))
+        Two::side_by_side(owned(both), x.1.dims())
     }
 
     fn cross_entropy(logits: Arg<Self>, targets: Arg<Self>, count: usize) -> Result<(Self, Self)> {

@@ -67,28 +67,12 @@ impl PackedB {
         if !available() || k == 0 || k > KC {
             return None;
         }
-        let mut buf = super::super::buffers::take(k * n.next_multiple_of(NR) + LINE);
+        let len = k * n.next_multiple_of(NR);
+        let mut buf = super::super::buffers::take(len + LINE);
         let start = line_start(&buf);
-        for (i, panel) in buf[start..].chunks_mut(k * NR).enumerate() {
-            let j = i * NR;
-            if j >= n {
-                break;
-            }
-            let at = b.offset + j * b.col_stride;
-            // SAFETY: AVX-512F (`available`, checked above); the panel's columns j .. and the
-            // depth are in b's view (the caller checked it).
-            unsafe {
-                pack::<NR>(
-                    b.data,
-                    at,
-                    b.col_stride,
-                    b.row_stride,
-                    NR.min(n - j),
-                    k,
-                    panel,
-                )
-            };
-        }
+        // SAFETY: AVX-512F (`available`, checked above); the caller checked b's view, which
+        // holds the depth and the columns.
+        unsafe { pack_b(b, (0, k), (0, n), &mut buf[start..start + len]) };
         Some(PackedB { buf, start, k, n })
     }
 
@@ -184,14 +168,8 @@ unsafe fn serial(p: &Product, pre: Option<&PackedB>, dst: &mut [f32]) {
                 BSource::Direct(b)
             } else {
                 let panels = &mut packed_b[start..start + kc * nc.next_multiple_of(NR)];
-                for (i, panel) in panels.chunks_mut(kc * NR).enumerate() {
-                    let j = j0 + i * NR;
-                    let at = b.offset + p0 * b.row_stride + j * b.col_stride;
-                    let cols = NR.min(j0 + nc - j);
-                    // SAFETY: AVX-512F (the contract); the panel's columns and depth are in
-                    // the view. A lane of b's panel is a column, a step a row.
-                    unsafe { pack::<NR>(b.data, at, b.col_stride, b.row_stride, cols, kc, panel) };
-                }
+                // SAFETY: AVX-512F (the contract); the block's columns and depth are in the view.
+                unsafe { pack_b(b, (p0, kc), (j0, nc), panels) };
                 BSource::Packed(panels)
             };
             let block = Block {
@@ -207,6 +185,27 @@ unsafe fn serial(p: &Product, pre: Option<&PackedB>, dst: &mut [f32]) {
         }
     }
     super::super::buffers::give(packed_b);
+}
+
+/// The block of b at depth p0 .. p0 + kc and columns j0 .. j0 + nc as panels of NR columns
+/// (kc × NR floats each, a lane a column, a step a row; zero past the last column).
+///
+/// # Safety
+/// The CPU has AVX-512F; the block lies in b's view; `panels` holds kc × nc rounded up to NR.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_b(
+    b: &MatRef,
+    (p0, kc): (usize, usize),
+    (j0, nc): (usize, usize),
+    panels: &mut [f32],
+) {
+    for (i, panel) in panels.chunks_mut(kc * NR).enumerate() {
+        let j = j0 + i * NR;
+        let at = b.offset + p0 * b.row_stride + j * b.col_stride;
+        let cols = NR.min(j0 + nc - j);
+        // SAFETY: AVX-512F (the contract); the panel's columns and depth are in the view.
+        unsafe { pack::<NR>(b.data, at, b.col_stride, b.row_stride, cols, kc, panel) };
+    }
 }
 
 /// The index in `v` of its first element on a 64-byte boundary (v has LINE spare floats).

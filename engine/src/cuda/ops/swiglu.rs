@@ -2,7 +2,7 @@
 //! row-major buffer (the fused projection), read in place.
 
 use super::elementwise::cat;
-use super::{Cu, Launch, addr, alloc, dense, input_as, int, out_ptr, suffix};
+use super::{Cu, Launch, addr, alloc, input_as, int, out_ptr, suffix};
 use crate::Result;
 use crate::backend::Two;
 use crate::cuda::CudaStorage;
@@ -172,13 +172,5 @@ pub(crate) fn backward(x: Cu, gate: Cu, g: Cu) -> Result<Two<CudaStorage>> {
             f,
         )?)?;
     }
-    let r = x.1.rank();
-    let mut dims = x.1.dims().to_vec();
-    dims[r - 1] = 2 * f;
-    let both = dense(&dims);
-    Ok(Two::Shared(
-        dp,
-        both.narrow(r - 1, 0, f)?,
-        both.narrow(r - 1, f, f)?,
-    ))
+    Two::side_by_side(dp, x.1.dims())
 }
