@@ -140,6 +140,8 @@ pub struct RopeTables {
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
     pub scale: Vec<f32>,
+    /// 1 / scale (keys take the inverse), divided once here instead of per element per use.
+    pub inv_scale: Vec<f32>,
     /// A backend's own copy of the tables (CUDA: uploaded on first use there), kept with them.
     pub(crate) on_device: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
@@ -190,6 +192,7 @@ impl RopeTables {
             cos: vec![0.0; n * dh],
             sin: vec![0.0; n * dh],
             scale: vec![1.0; n * dh],
+            inv_scale: Vec::new(),
             on_device: OnceLock::new(),
         };
         for r in 0..n {
@@ -207,6 +210,7 @@ impl RopeTables {
                 }
             }
         }
+        t.inv_scale = t.scale.iter().map(|s| 1.0 / s).collect();
         Ok(Arc::new(t))
     }
 

@@ -542,3 +542,41 @@ fn checker_catches_a_wrong_gradient() {
         Ok(vec![t[0].sqr()?.add(&e.sub(&e.detach())?)?])
     });
 }
+
+#[test]
+fn attention_with_an_empty_dimension() {
+    // No batch, no heads, no queries (with and without cached keys), no width: an empty or
+    // all-zero result of the right shape and zero gradients, never a panic.
+    for (b, h, n, m, d) in [
+        (0, 2, 3, 3, 4),
+        (1, 0, 3, 3, 4),
+        (1, 2, 0, 0, 4),
+        (1, 2, 0, 3, 4),
+        (1, 2, 3, 3, 0),
+    ] {
+        let case = format!("b={b} h={h} n={n} m={m} d={d}");
+        let q = Tensor::from_vec(vec![0.5f32; b * h * n * d], &[b, h, n, d])
+            .unwrap()
+            .as_var();
+        let k = Tensor::from_vec(vec![0.25f32; b * m * d], &[b, m, d])
+            .unwrap()
+            .as_var();
+        let v = Tensor::from_vec(vec![1.0f32; b * m * d], &[b, m, d])
+            .unwrap()
+            .as_var();
+        let out = attention(&q, &k, &v, 0.5).unwrap();
+        assert_eq!(out.dims(), &[b, h, n, d], "{case}");
+        let grads = out.sum_all().unwrap().backward().unwrap();
+        for (t, name) in [(&q, "q"), (&k, "k"), (&v, "v")] {
+            let g = grads.get(t).map(|g| g.to_vec::<f32>().unwrap());
+            if let Some(g) = g {
+                assert_eq!(
+                    g.len(),
+                    t.dims().iter().product::<usize>(),
+                    "{case}: d{name}"
+                );
+                assert!(g.iter().all(|x| *x == 0.0), "{case}: d{name} not zero");
+            }
+        }
+    }
+}

@@ -27,6 +27,13 @@ pub struct Batched<'a> {
 /// q (b,h,n,d) contiguous, k/v (b,m,d) with contiguous rows. Returns (out (b,h,n,d), lse (b,h,n)).
 pub fn forward(q: &[f32], k: Batched, v: Batched, s: &Shape) -> (Vec<f32>, Vec<f32>) {
     let (n, m, d) = (s.n, s.m, s.d);
+    if n * d == 0 {
+        // No queries, or no width: every score is 0, so row i's log-sum-exp counts its keys.
+        let lse = (0..s.b * s.h * n)
+            .map(|r| (visible_keys(s, r % n + 1) as f32).ln())
+            .collect();
+        return (super::buffers::zeros(s.b * s.h * n * d), lse);
+    }
     let mut out = super::buffers::take(s.b * s.h * n * d);
     let mut lse = vec![0f32; s.b * s.h * n];
     let keys_t = shared(s, |bi| MatRef::rows(k.data, bi * k.batch_stride, d).t());
@@ -80,11 +87,15 @@ pub fn backward(
     s: &Shape,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (n, m, d) = (s.n, s.m, s.d);
+    if n * d == 0 {
+        let zeros = || super::buffers::zeros(s.b * m * d);
+        return (super::buffers::zeros(q.len()), zeros(), zeros());
+    }
     let mut dq = super::buffers::take(q.len());
     let keys_t = shared(s, |bi| MatRef::rows(k, bi * m * d, d).t());
     let values_t = shared(s, |bi| MatRef::rows(v, bi * m * d, d).t());
     // Per (batch, head) partial dk/dv, reduced over heads below (MQA shares k and v).
-    let partial: Vec<(Vec<f32>, Vec<f32>)> = dq
+    let partial: Vec<[Vec<f32>; 2]> = dq
         .par_chunks_mut(n * d)
         .enumerate()
         .map(|(bh, dq)| {
@@ -144,21 +155,34 @@ pub fn backward(
             }
             super::buffers::give(p);
             super::buffers::give(dp);
-            (dk, dv)
+            [dk, dv]
         })
         .collect();
-    let mut dk = super::buffers::zeros(s.b * m * d);
-    let mut dv = super::buffers::zeros(s.b * m * d);
-    for (bh, (pk, pv)) in partial.into_iter().enumerate() {
-        let bi = bh / s.h;
-        for (a, b) in dk[bi * m * d..(bi + 1) * m * d].iter_mut().zip(&pk) {
-            *a += b;
-        }
-        for (a, b) in dv[bi * m * d..(bi + 1) * m * d].iter_mut().zip(&pv) {
-            *a += b;
-        }
-        super::buffers::give(pk);
-        super::buffers::give(pv);
+    // The heads' partial sums, added in head order (the same sums, bitwise, on any thread
+    // count), rows in parallel: one thread adding them all left the other idle.
+    let reduce = |which: usize| {
+        let mut total = super::buffers::take(s.b * m * d);
+        total
+            .par_chunks_mut(d)
+            .with_min_len(super::min_rows(d))
+            .enumerate()
+            .for_each(|(row, out)| {
+                let (bi, at) = (row / m, (row % m) * d);
+                let Some((first, rest)) = partial[bi * s.h..(bi + 1) * s.h].split_first() else {
+                    return out.fill(0.0); // no heads
+                };
+                out.copy_from_slice(&first[which][at..at + d]);
+                for head in rest {
+                    for (o, x) in out.iter_mut().zip(&head[which][at..at + d]) {
+                        *o += x;
+                    }
+                }
+            });
+        total
+    };
+    let (dk, dv) = (reduce(0), reduce(1));
+    for buffer in partial.into_iter().flatten() {
+        super::buffers::give(buffer);
     }
     (dq, dk, dv)
 }

@@ -3,8 +3,13 @@
 //! 3e-7 (f32's rounding is 6e-8) over the range where e^x is a normal f32; 0 below it, +∞ above
 //! it, NaN for NaN.
 
-/// e^x: x = n·ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 split in two parts so r is exact), e^r by its
-/// Taylor polynomial to degree 7, and 2^n written into the exponent bits.
+/// e^x: x = n·ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 split in two parts so r is exact), e^r by a
+/// degree-6 polynomial fitted for least relative error on that interval (7e-8, below f32's
+/// rounding), and 2^n written into the exponent bits.
+///
+/// Written with fused multiply-adds: the callers' loops are compiled for AVX-512 or AVX2 + FMA
+/// (`simd::widest!`), where each is one instruction (elsewhere `mul_add` is a library call:
+/// correct, slower).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
@@ -12,33 +17,40 @@ pub fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5·2^23 rounds to the nearest integer (no rounding instruction
     // needed, so the loop vectorises on any x86-64).
     const ROUND: f32 = 12_582_912.0;
-    let xc = x.clamp(-87.0, 88.0);
-    // t holds n in its low mantissa bits (n ∈ [−126, 127] after the clamp).
-    let t = xc * std::f32::consts::LOG2_E + ROUND;
+    // Outside [−87, 88] the argument moves to where the exponent bits below come out as 0
+    // (n = −127: e^x is 0) or as all ones (n = 128: +∞), so two selects give the limits; a
+    // NaN fails both comparisons and stays NaN throughout.
+    let x = if x < -87.0 {
+        -88.0
+    } else if x > 88.0 {
+        88.8
+    } else {
+        x
+    };
+    // t holds n in its low mantissa bits (n ∈ [−127, 128]).
+    let t = x.mul_add(std::f32::consts::LOG2_E, ROUND);
     let n = t - ROUND;
-    let r = (xc - n * LN2_HI) - n * LN2_LO;
-    // e^r's polynomial in Estrin's form (pairs of terms, then pairs of pairs): a chain of 6
-    // dependent operations instead of Horner's 14, 5% faster in a loop of 16-lane vectors,
-    // which is bound by the floating-point units, not by latency. Every coefficient is a
-    // constant to multiply by: `r / 5040.0` was a vector division per element.
-    let r2 = r * r;
-    let low = (1.0 + r) + r2 * (0.5 + r * (1.0 / 6.0));
-    let high = (1.0 / 24.0 + r * (1.0 / 120.0)) + r2 * (1.0 / 720.0 + r * (1.0 / 5040.0));
-    let p = low + (r2 * r2) * high;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    // Horner's rule: in a loop of 16-lane vectors the throughput of the FMA units bounds it,
+    // not the chain's latency (other elements' chains interleave).
+    const C: [f32; 7] = [
+        1.0,
+        1.0,
+        0.499_999_9,
+        0.166_664_2,
+        0.041_668_225,
+        0.008_374_816,
+        0.001_383_684_6,
+    ];
+    let mut p = C[6];
+    for c in C[..6].iter().rev() {
+        p = p.mul_add(r, *c);
+    }
     // 2^n: n + 127 into the exponent bits. From t's bits, not `n as i32`: a float-to-int cast
     // saturates and maps NaN to 0, which compilers do lane by lane (it kept the loop scalar).
     // t's bits are 0x4B40_0000 + n, whose part above n shifts out.
     let scale = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
-    let y = p * scale;
-    if x < -87.0 {
-        0.0
-    } else if x > 88.0 {
-        f32::INFINITY
-    } else if x.is_nan() {
-        x
-    } else {
-        y
-    }
+    p * scale
 }
 
 #[cfg(test)]

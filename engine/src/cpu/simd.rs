@@ -3,12 +3,13 @@
 //!
 //! The crate is built for baseline x86-64 (SSE2, four lanes, no FMA), so a hot loop runs 16 lanes
 //! wide only inside a function compiled with AVX-512 enabled. `widest!` compiles one
-//! `#[inline(always)]` body three times (AVX-512, AVX2, baseline) and dispatches on the CPU's
-//! features; the body is a plain function, not a closure, because a closure handed to a wider
-//! function was not inlined into it (it lost 24% once, BENCHMARKS.md).
+//! `#[inline(always)]` body three times (AVX-512, AVX2 + FMA, baseline) and dispatches on the
+//! CPU's features; the body is a plain function, not a closure, because a closure handed to a
+//! wider function was not inlined into it (it lost 24% once, BENCHMARKS.md).
 
 /// `widest!(fn name(args) [-> R] = body;)` defines `name`, which runs `body` (an
-/// `#[inline(always)]` fn with the same arguments) compiled for AVX-512, or AVX2, or baseline.
+/// `#[inline(always)]` fn with the same arguments) compiled for AVX-512, or AVX2 + FMA, or
+/// baseline.
 macro_rules! widest {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:path;) => {
         $(#[$meta])*
@@ -19,7 +20,7 @@ macro_rules! widest {
                 fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
-                #[target_feature(enable = "avx2")]
+                #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
@@ -27,8 +28,11 @@ macro_rules! widest {
                     // SAFETY: the CPU has AVX-512F (checked just above), all `avx512` requires.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has AVX2 (checked just above), all `avx2` requires.
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above), all `avx2`
+                    // requires.
                     return unsafe { avx2($($arg),*) };
                 }
             }
