@@ -115,8 +115,7 @@ impl AdamW {
                     // The new weights in a recycled buffer: a fresh one costs a page fault
                     // per 4 KiB every step (120 MB for `enwik8`).
                     let mut data = crate::cpu::buffers::take(p.elem_count());
-                    data.copy_from_slice(&f32s(p, "adamw")?);
-                    adamw::step(&mut data, &f32s(g, "adamw")?, m, v, &h);
+                    adamw::step(&mut data, &f32s(p, "adamw")?, &f32s(g, "adamw")?, m, v, &h);
                     *p = Tensor::from_vec(data, p.dims())?.as_var();
                 }
                 Slot::Device(..) => {

@@ -10,7 +10,6 @@ use crate::backend::{
 use crate::storage::{Buf, CpuElement, CpuStorage};
 use crate::{DType, Error, IGNORE_ID, Result};
 use half::bf16;
-use rayon::prelude::*;
 use std::borrow::Cow;
 
 /// The elements of an operand of type `T` in row-major order, borrowed when contiguous.
@@ -244,12 +243,7 @@ impl Backend for CpuStorage {
     fn sum_of_squares(xs: &[Arg<Self>]) -> Result<f64> {
         let mut sq = 0f64;
         for &x in xs {
-            // Fixed chunks summed in order: the same total whatever the thread count.
-            let parts: Vec<f64> = f32s(x, "sum_of_squares")?
-                .par_chunks(super::PAR_MIN)
-                .map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>())
-                .collect();
-            sq += parts.iter().sum::<f64>();
+            sq += super::reduce::sum_of_squares(&f32s(x, "sum_of_squares")?);
         }
         Ok(sq)
     }

@@ -1,4 +1,5 @@
-//! Reductions: sums over any dims, row-wise max and log-softmax over the last dim.
+//! Reductions: sums over any dims, row-wise max and log-softmax over the last dim, and the sum
+//! of squares (gradient clipping).
 
 use super::PAR_MIN;
 use crate::layout::Layout;
@@ -81,4 +82,35 @@ pub fn log_softmax_backward(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> {
             }
         });
     out
+}
+
+/// Σ x², in f64 (the gradient norm: millions of squares, whose f32 sum would lose digits),
+/// in fixed chunks added in order: the same total whatever the thread count.
+pub fn sum_of_squares(x: &[f32]) -> f64 {
+    let parts: Vec<f64> = x.par_chunks(super::PAR_MIN).map(squares_f64).collect();
+    parts.iter().sum()
+}
+
+super::simd::widest! {
+    /// Σ x² of one chunk, in f64.
+    fn squares_f64(x: &[f32]) -> f64 = squares_f64_body;
+}
+
+#[inline(always)]
+fn squares_f64_body(x: &[f32]) -> f64 {
+    // 32 running sums: one would be a chain of dependent adds, an add's latency per element.
+    const WAYS: usize = 32;
+    let mut acc = [0f64; WAYS];
+    let chunks = x.chunks_exact(WAYS);
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum();
+    for c in chunks {
+        for l in 0..WAYS {
+            acc[l] += f64::from(c[l]) * f64::from(c[l]);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
