@@ -112,6 +112,18 @@ impl AdamW {
             };
             match slot {
                 Slot::Host(m, v) => {
+                    let len = p.elem_count();
+                    if g.elem_count() != len || m.len() != len {
+                        return Err(Error::shape(
+                            "adamw",
+                            format!(
+                                "parameter {i} has {len} elements, its gradient {} and its \
+                                 moments {} (a parameter list other than the optimizer's)",
+                                g.elem_count(),
+                                m.len()
+                            ),
+                        ));
+                    }
                     // The new weights in a recycled buffer: a fresh one costs a page fault
                     // per 4 KiB every step (120 MB for `enwik8`).
                     let mut data = crate::cpu::buffers::take(p.elem_count());

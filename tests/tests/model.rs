@@ -313,6 +313,21 @@ fn training_is_deterministic() {
     assert_eq!(run(), run());
 }
 
+#[test]
+fn adamw_refuses_parameters_it_was_not_made_for() {
+    // Moments for a 3-element parameter, then a step over a 4-element one with its gradient:
+    // an error naming the sizes, not a panic inside the update loop.
+    let made_for = [Tensor::from_vec(vec![1f32; 3], &[3]).unwrap().as_var()];
+    let mut opt = palm_engine::AdamW::new(Default::default(), &made_for).unwrap();
+    let mut other = [Tensor::from_vec(vec![1f32; 4], &[4]).unwrap().as_var()];
+    let grads = other[0].sum_all().unwrap().backward().unwrap();
+    let err = opt.step(&mut other, &grads, 1e-3).unwrap_err().to_string();
+    assert!(
+        err.contains("4 elements") && err.contains("moments 3"),
+        "{err}"
+    );
+}
+
 /// xPos's scales overflow f32 some 28,000 positions from the centre (then the logits were NaN
 /// after a long generation): a decode that would pass the limit is refused before it starts,
 /// and the rotary tables refuse such positions themselves.
