@@ -57,6 +57,14 @@ impl SampleSettings {
     }
 }
 
+/// The error for logits that are not finite (`what`: the value and where) after `step` drawn
+/// tokens.
+fn overflowed(what: &str, step: u64) -> Error {
+    Error::Invalid(format!(
+        "the model's logits are {what} after {step} generated tokens: its weights overflow"
+    ))
+}
+
 /// Pick the next token from one row of logits.
 pub fn sample_next(logits: &[f32], s: &SampleSettings, rng: &mut Rng) -> u32 {
     let argmax = || {
@@ -274,6 +282,15 @@ impl<'a> Decoder<'a> {
         let step = self.draws;
         self.draws += 1;
         if self.params.device() != Device::Cpu {
+            // The device draws without looking at the logits as a whole; their sum (one
+            // reduction and one scalar read a token) is NaN or infinite when any of them is.
+            let total = last.to_dtype(DType::F32)?.sum_all()?.to_scalar()?;
+            if !total.is_finite() {
+                return Err(overflowed(
+                    &format!("{total} summed over the vocabulary"),
+                    step,
+                ));
+            }
             let rule = Sampling {
                 temperature: s.temperature,
                 top_k: s.top_k.unwrap_or(0),
@@ -285,13 +302,8 @@ impl<'a> Decoder<'a> {
         }
         let host = last.to_vec::<f32>()?;
         if let Some(i) = host.iter().position(|x| !x.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "the model's logits are {} (row {}, token id {}) after {step} generated \
-                 tokens: its weights overflow",
-                host[i],
-                i / v,
-                i % v
-            )));
+            let at = format!("{} (row {}, token id {})", host[i], i / v, i % v);
+            return Err(overflowed(&at, step));
         }
         Ok((0..self.rows)
             .map(|r| sample_next(&host[r * v..(r + 1) * v], s, rng))

@@ -434,3 +434,35 @@ fn a_chat_on_the_gpu_replies_as_on_the_cpu() {
     assert!(on_cpu.iter().all(|(t, _)| !t.is_empty()));
     assert_eq!(on_gpu, on_cpu);
 }
+
+#[test]
+fn non_finite_logits_stop_sampling_on_either_device() {
+    // A NaN final norm makes every logit NaN: drawing from them is an error on the CPU and on
+    // the device alike (the device samples without reading the logits back, so it checks their
+    // sum), greedy or not.
+    if !gpu("non_finite_logits_stop_sampling_on_either_device") {
+        return;
+    }
+    for device in [Device::Cpu, GPU] {
+        let (mut params, _) = seed_on(device);
+        let dim = params.config.dim;
+        params.norm_gamma = Tensor::from_vec(vec![f32::NAN; dim], &[dim])
+            .unwrap()
+            .to_device(device)
+            .unwrap();
+        for temperature in [0.0, 1.0] {
+            let s = SampleSettings {
+                temperature,
+                max_tokens: 3,
+                ..Default::default()
+            };
+            let err = generate(&params, &[vec![72u32, 101]], &s, None, &mut Rng::new(1))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("logits are NaN") && err.contains("after 0 generated tokens"),
+                "{device:?}, temperature {temperature}: {err}"
+            );
+        }
+    }
+}
