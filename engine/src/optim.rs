@@ -110,23 +110,25 @@ impl AdamW {
                 bias1: 1.0 - c.beta1.powi(t),
                 bias2: 1.0 - c.beta2.powi(t),
             };
+            // Both updates run over the parameter's length (the device kernel reads m, v and
+            // the gradient for as many elements as the parameter has).
+            let len = p.elem_count();
+            if g.elem_count() != len || slot.len() != len {
+                return Err(Error::shape(
+                    "adamw",
+                    format!(
+                        "parameter {i} has {len} elements, its gradient {} and its moments {} \
+                         (a parameter list other than the optimizer's)",
+                        g.elem_count(),
+                        slot.len()
+                    ),
+                ));
+            }
             match slot {
                 Slot::Host(m, v) => {
-                    let len = p.elem_count();
-                    if g.elem_count() != len || m.len() != len {
-                        return Err(Error::shape(
-                            "adamw",
-                            format!(
-                                "parameter {i} has {len} elements, its gradient {} and its \
-                                 moments {} (a parameter list other than the optimizer's)",
-                                g.elem_count(),
-                                m.len()
-                            ),
-                        ));
-                    }
                     // The new weights in a recycled buffer: a fresh one costs a page fault
                     // per 4 KiB every step (120 MB for `enwik8`).
-                    let mut data = crate::cpu::buffers::take(p.elem_count());
+                    let mut data = crate::cpu::buffers::take(len);
                     adamw::step(&mut data, &f32s(p, "adamw")?, &f32s(g, "adamw")?, m, v, &h);
                     *p = Tensor::from_vec(data, p.dims())?.as_var();
                 }

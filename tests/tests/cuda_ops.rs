@@ -455,6 +455,30 @@ fn sampling_rules() {
 }
 
 #[test]
+fn adamw_refuses_parameters_it_was_not_made_for_on_the_gpu() {
+    // The device kernel runs over the parameter's length: moments of 3 elements against a
+    // parameter of 4 must be refused before the launch (it would read and write past them).
+    if !gpu("adamw_refuses_parameters_it_was_not_made_for_on_the_gpu") {
+        return;
+    }
+    let on_gpu = |n: usize| {
+        Tensor::from_vec(vec![1f32; n], &[n])
+            .unwrap()
+            .to_device(GPU)
+            .unwrap()
+            .as_var()
+    };
+    let mut opt = AdamW::new(Default::default(), &[on_gpu(3)]).unwrap();
+    let mut other = [on_gpu(4)];
+    let grads = other[0].sum_all().unwrap().backward().unwrap();
+    let err = opt.step(&mut other, &grads, 1e-3).unwrap_err().to_string();
+    assert!(
+        err.contains("4 elements") && err.contains("moments 3"),
+        "{err}"
+    );
+}
+
+#[test]
 fn adamw_and_clipping_match_the_cpu() {
     if !gpu("adamw_and_clipping_match_the_cpu") {
         return;

@@ -87,7 +87,7 @@ pub fn log_softmax_backward(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> {
 /// Σ x², in f64 (the gradient norm: millions of squares, whose f32 sum would lose digits),
 /// in fixed chunks added in order: the same total whatever the thread count.
 pub fn sum_of_squares(x: &[f32]) -> f64 {
-    let parts: Vec<f64> = x.par_chunks(super::PAR_MIN).map(squares_f64).collect();
+    let parts: Vec<f64> = x.par_chunks(PAR_MIN).map(squares_f64).collect();
     parts.iter().sum()
 }
 
