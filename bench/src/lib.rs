@@ -60,10 +60,9 @@ impl TrainStep {
             .loss(&self.data, &mut Forward::default())
             .map_err(|e| Error::Invalid(e.to_string()))?;
         let value = loss.to_scalar()?;
-        let mut grads = loss.backward()?;
+        let grads = loss.backward()?;
         let mut ts = self.params.tensors();
-        palm_engine::clip_grad_norm(&mut grads, &ts, 0.5)?;
-        self.opt.step(&mut ts, &grads, 1e-4)?;
+        self.opt.clip_and_step(&mut ts, &grads, 1e-4, 0.5)?;
         self.params
             .set_tensors(ts)
             .map_err(|e| Error::Invalid(e.to_string()))?;

@@ -92,6 +92,39 @@ impl AdamW {
     /// One update at learning rate `lr`; parameters without a gradient are left as they are
     /// (their moments too), as PyTorch does. Returns the new parameter tensors.
     pub fn step(&mut self, params: &mut [Tensor], grads: &Grads, lr: f32) -> Result<()> {
+        self.update(params, grads, lr, 1.0)
+    }
+
+    /// `clip_grad_norm` to `max_norm`, then `step`: what every training loop does, with the
+    /// same result, but on the CPU the clip's factor is applied inside the update's pass over
+    /// the gradients instead of a pass (and a copy of every gradient) of its own. A non-finite
+    /// norm is an error and nothing is updated: the update would write NaN into every weight.
+    /// Returns the norm before clipping.
+    pub fn clip_and_step(
+        &mut self,
+        params: &mut [Tensor],
+        grads: &Grads,
+        lr: f32,
+        max_norm: f32,
+    ) -> Result<f32> {
+        let norm = grad_norm(grads, params)?;
+        if !norm.is_finite() {
+            return Err(Error::Invalid(format!(
+                "the gradients' norm became {norm} (a gradient overflowed); no update was made"
+            )));
+        }
+        self.update(params, grads, lr, clip_factor(norm, max_norm).min(1.0))?;
+        Ok(norm)
+    }
+
+    /// `step` with every gradient multiplied by `grad_scale` first.
+    fn update(
+        &mut self,
+        params: &mut [Tensor],
+        grads: &Grads,
+        lr: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
         let _g = crate::no_grad();
         self.step += 1;
         let t = self.step as i32;
@@ -129,7 +162,9 @@ impl AdamW {
                     // The new weights in a recycled buffer: a fresh one costs a page fault
                     // per 4 KiB every step (120 MB for `enwik8`).
                     let mut data = crate::cpu::buffers::take(len);
-                    adamw::step(&mut data, &f32s(p, "adamw")?, &f32s(g, "adamw")?, m, v, &h);
+                    let (old, g) = (f32s(p, "adamw")?, f32s(g, "adamw")?);
+                    adamw::step(&mut data, &old, &g, grad_scale, m, v, &h);
+                    drop(old); // a borrow of p, which is replaced next
                     *p = Tensor::from_vec(data, p.dims())?.as_var();
                 }
                 Slot::Device(..) => {
@@ -150,9 +185,18 @@ impl AdamW {
             return Ok(());
         }
         use crate::cuda::ops::adamw as k;
+        // The kernel reads the gradients as they are: scaled ones first where clipping asks.
+        let device_grads = device
+            .iter()
+            .map(|(i, ..)| match grads.get(&params[*i]) {
+                Some(g) if grad_scale != 1.0 => g.scale(grad_scale),
+                Some(g) => Ok(g.clone()),
+                None => Err(Error::Invalid("internal: adamw gradient moved".into())),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut slots = Vec::with_capacity(device.len());
-        for (i, next, wd) in &device {
-            let (Slot::Device(m, v), Some(g)) = (&self.moments[*i], grads.get(&params[*i])) else {
+        for ((i, next, wd), g) in device.iter().zip(&device_grads) {
+            let Slot::Device(m, v) = &self.moments[*i] else {
                 return Err(Error::Invalid("internal: adamw slot moved".into()));
             };
             slots.push(k::Slot {
@@ -239,11 +283,8 @@ impl AdamW {
 /// `clip_grad_norm_`). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut Grads, params: &[Tensor], max_norm: f32) -> Result<f32> {
     let _g = crate::no_grad();
-    let gs: Vec<&Tensor> = params.iter().filter_map(|p| grads.get(p)).collect();
-    // On CUDA one launch per gradient dtype and one f32 read back (the norm is logged every step).
-    let sq = on_backend_all!("clip_grad_norm", &gs => parts, Backend::sum_of_squares(&parts))?;
-    let norm = sq.sqrt() as f32;
-    let coef = max_norm / (norm + 1e-6);
+    let norm = grad_norm(grads, params)?;
+    let coef = clip_factor(norm, max_norm);
     if coef < 1.0 {
         for p in params {
             if let Some(g) = grads.remove(p) {
@@ -252,6 +293,19 @@ pub fn clip_grad_norm(grads: &mut Grads, params: &[Tensor], max_norm: f32) -> Re
         }
     }
     Ok(norm)
+}
+
+/// The global L2 norm of the gradients `params` have.
+fn grad_norm(grads: &Grads, params: &[Tensor]) -> Result<f32> {
+    let gs: Vec<&Tensor> = params.iter().filter_map(|p| grads.get(p)).collect();
+    // On CUDA one launch per gradient dtype and one f32 read back (the norm is logged every step).
+    let sq = on_backend_all!("clip_grad_norm", &gs => parts, Backend::sum_of_squares(&parts))?;
+    Ok(sq.sqrt() as f32)
+}
+
+/// What clipping to `max_norm` multiplies gradients of norm `norm` by, where it is below 1.
+fn clip_factor(norm: f32, max_norm: f32) -> f32 {
+    max_norm / (norm + 1e-6)
 }
 
 /// Linear warmup for `warmup` steps, then cosine decay to `min_lr` at `total`.

@@ -15,7 +15,7 @@ use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_l
 use crate::run_dir::{Begin, RunDir};
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
-use palm_engine::{AdamW, Device, Rng, Tensor, clip_grad_norm, no_grad};
+use palm_engine::{AdamW, Device, Rng, Tensor, no_grad};
 use palm_model::checkpoint::save_model_with;
 use palm_model::{Forward, LoraScope, PalmParams, Tokenizer, Trainable};
 use serde::{Deserialize, Serialize};
@@ -398,11 +398,10 @@ fn optimise(
             "DPO loss became {value}; try a lower --lr"
         )));
     }
-    let mut grads = out.loss.backward()?;
+    let grads = out.loss.backward()?;
     drop(out.loss);
     let mut tensors = policy.trained_tensors();
-    let norm = clip_grad_norm(&mut grads, &tensors, s.optim.grad_clip)?;
-    opt.step(&mut tensors, &grads, lr)?;
+    let norm = opt.clip_and_step(&mut tensors, &grads, lr, s.optim.grad_clip)?;
     policy.set_trained(tensors)?;
     Ok((value, out.stats, norm))
 }

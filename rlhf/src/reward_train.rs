@@ -12,7 +12,7 @@ use crate::rl_run::shuffle;
 use crate::run_dir::{Begin, RunDir};
 use crate::trainer::{Throughput, progress_bar, say};
 use crate::{Error, Result};
-use palm_engine::{AdamW, Device, Rng, Tensor, clip_grad_norm, no_grad};
+use palm_engine::{AdamW, Device, Rng, Tensor, no_grad};
 use palm_model::checkpoint::load_model;
 use palm_model::{Tokenizer, Trainable};
 use serde::{Deserialize, Serialize};
@@ -322,11 +322,10 @@ fn optimise(
             "reward-model loss became {value}; try a lower --lr"
         )));
     }
-    let mut grads = loss.backward()?;
+    let grads = loss.backward()?;
     drop(loss);
     let mut tensors = rm.trained_tensors();
-    let norm = clip_grad_norm(&mut grads, &tensors, grad_clip)?;
-    opt.step(&mut tensors, &grads, lr)?;
+    let norm = opt.clip_and_step(&mut tensors, &grads, lr, grad_clip)?;
     rm.set_trained(tensors)?;
     Ok((value, norm))
 }

@@ -9,7 +9,7 @@ use crate::flags::{Actor, Optim, RlSchedule, Sources};
 use crate::rollout::RewardSource;
 use crate::run_dir::{RunDir, SavedState, StateMeta};
 use crate::{Error, Result};
-use palm_engine::{AdamW, Device, Rng, SafeFile, Tensor, clip_grad_norm};
+use palm_engine::{AdamW, Device, Rng, SafeFile, Tensor};
 use palm_model::checkpoint::{config_of, load_lora, load_model, model_metadata, save_model_with};
 use palm_model::{LoraScope, PalmConfig, PalmParams, Trainable};
 use serde::{Deserialize, Serialize};
@@ -123,11 +123,10 @@ pub fn optimise(
             "the loss became {value}; try a lower --lr"
         )));
     }
-    let mut grads = loss.backward()?;
+    let grads = loss.backward()?;
     drop(loss);
     let mut tensors = learner.trained_tensors();
-    let norm = clip_grad_norm(&mut grads, &tensors, grad_clip)?;
-    opt.step(&mut tensors, &grads, lr)?;
+    let norm = opt.clip_and_step(&mut tensors, &grads, lr, grad_clip)?;
     learner.set_trained(tensors)?;
     Ok(norm)
 }

@@ -6,7 +6,7 @@ use crate::flags::{Cosine, CosineDefaults};
 use crate::run_dir::{RunDir, SavedState, StateMeta};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use palm_engine::{AdamW, Device, Rng, Tensor, clip_grad_norm};
+use palm_engine::{AdamW, Device, Rng, Tensor};
 use palm_model::checkpoint::{
     check_holds, config_of, get_checked, model_metadata, save_model_with, tokenizer_of,
 };
@@ -207,12 +207,13 @@ impl<D: CosineDefaults> Trainer<D> {
                 self.step
             )));
         }
-        let mut grads = loss.backward()?;
+        let grads = loss.backward()?;
         drop(loss);
         let mut tensors = self.params.tensors();
-        let grad_norm = clip_grad_norm(&mut grads, &tensors, self.settings.optim.grad_clip)?;
         let lr = self.lr();
-        self.opt.step(&mut tensors, &grads, lr)?;
+        let grad_norm =
+            self.opt
+                .clip_and_step(&mut tensors, &grads, lr, self.settings.optim.grad_clip)?;
         self.params.set_tensors(tensors)?;
         self.step += 1;
         Ok(StepStats {

@@ -510,8 +510,13 @@ fn adamw_and_clipping_match_the_cpu() {
                 .reduce(|a, b| a.add(&b).unwrap())
                 .unwrap();
             let mut grads = loss.backward().unwrap();
-            norms.push(clip_grad_norm(&mut grads, &ps, 1.0).unwrap());
-            opt.step(&mut ps, &grads, 1e-2).unwrap();
+            // Clipping then stepping, and the fused form (the kernel reads scaled copies).
+            if step % 2 == 0 {
+                norms.push(clip_grad_norm(&mut grads, &ps, 1.0).unwrap());
+                opt.step(&mut ps, &grads, 1e-2).unwrap();
+            } else {
+                norms.push(opt.clip_and_step(&mut ps, &grads, 1e-2, 1.0).unwrap());
+            }
         }
         let (_, moments) = opt.state().unwrap();
         // The bf16 copies the optimizer wrote equal a fresh cast of the new weights.

@@ -328,6 +328,50 @@ fn adamw_refuses_parameters_it_was_not_made_for() {
     );
 }
 
+/// `AdamW::clip_and_step` folds the clip's factor into the update: the same weights, moments and
+/// norm, bit for bit, as `clip_grad_norm` then `step`, whether the clip bites or not; and a
+/// non-finite norm stops it before anything changes.
+#[test]
+fn clip_and_step_is_clipping_then_stepping() {
+    let mut rng = Rng::new(7);
+    let start: Vec<Tensor> = [vec![5, 3], vec![4]]
+        .iter()
+        .map(|d| Tensor::randn(d, 1.0, &mut rng).as_var())
+        .collect();
+    let loss_of = |ps: &[Tensor], k: f32| {
+        let l = ps[0].sqr().unwrap().sum_all().unwrap();
+        l.add(&ps[1].sum_all().unwrap()).unwrap().scale(k).unwrap()
+    };
+    // Gradient norms well above and below the limit 1.0.
+    for k in [4.0f32, 0.01] {
+        let (mut a, mut b) = (start.clone(), start.clone());
+        let mut opt_a = palm_engine::AdamW::new(Default::default(), &a).unwrap();
+        let mut opt_b = palm_engine::AdamW::new(Default::default(), &b).unwrap();
+        for _ in 0..3 {
+            let mut ga = loss_of(&a, k).backward().unwrap();
+            let na = palm_engine::clip_grad_norm(&mut ga, &a, 1.0).unwrap();
+            opt_a.step(&mut a, &ga, 1e-2).unwrap();
+            let gb = loss_of(&b, k).backward().unwrap();
+            let nb = opt_b.clip_and_step(&mut b, &gb, 1e-2, 1.0).unwrap();
+            assert_eq!(na.to_bits(), nb.to_bits());
+            assert!((k > 1.0) == (na > 1.0), "norm {na} at scale {k}");
+        }
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.to_vec::<f32>().unwrap(), y.to_vec::<f32>().unwrap());
+        }
+        assert_eq!(opt_a.state().unwrap(), opt_b.state().unwrap());
+    }
+    let mut ps = start.clone();
+    let mut opt = palm_engine::AdamW::new(Default::default(), &ps).unwrap();
+    let grads = loss_of(&ps, f32::NAN).backward().unwrap();
+    let err = opt.clip_and_step(&mut ps, &grads, 1e-2, 1.0).unwrap_err();
+    assert!(err.to_string().contains("NaN"), "{err}");
+    assert_eq!(opt.step_count(), 0);
+    for (x, y) in ps.iter().zip(&start) {
+        assert_eq!(x.to_vec::<f32>().unwrap(), y.to_vec::<f32>().unwrap());
+    }
+}
+
 /// xPos's scales overflow f32 some 28,000 positions from the centre (then the logits were NaN
 /// after a long generation): a decode that would pass the limit is refused before it starts,
 /// and the rotary tables refuse such positions themselves.

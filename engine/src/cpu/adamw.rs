@@ -7,8 +7,17 @@ pub use crate::backend::AdamWHyper as Hyper;
 
 /// The updated parameter into `out` from `p` (the one it replaces, left as it is), and the
 /// moments m and v in place: one pass over the five, rather than a copy of p and then an
-/// update of the copy.
-pub fn step(out: &mut [f32], p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &Hyper) {
+/// update of the copy. The gradient is `g · grad_scale` (gradient clipping's factor, or 1),
+/// rounded as a separate scaling would round it.
+pub fn step(
+    out: &mut [f32],
+    p: &[f32],
+    g: &[f32],
+    grad_scale: f32,
+    m: &mut [f32],
+    v: &mut [f32],
+    h: &Hyper,
+) {
     let len = out.len();
     assert!(
         p.len() == len && g.len() == len && m.len() == len && v.len() == len,
@@ -16,6 +25,7 @@ pub fn step(out: &mut [f32], p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32],
     );
     let k = Constants {
         h: *h,
+        grad_scale,
         step_size: h.lr / h.bias1,
         bias2_sqrt: h.bias2.sqrt(),
         decay: 1.0 - h.lr * h.weight_decay,
@@ -35,6 +45,7 @@ pub fn step(out: &mut [f32], p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32],
 #[derive(Clone, Copy)]
 struct Constants {
     h: Hyper,
+    grad_scale: f32,
     step_size: f32,
     bias2_sqrt: f32,
     decay: f32,
@@ -51,7 +62,7 @@ fn run_body(out: &mut [f32], p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32],
     let (p, g, m, v) = (&p[..len], &g[..len], &mut m[..len], &mut v[..len]);
     let h = &k.h;
     for i in 0..len {
-        let gi = g[i];
+        let gi = g[i] * k.grad_scale;
         m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
         v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
         let denom = v[i].sqrt() / k.bias2_sqrt + h.eps;
