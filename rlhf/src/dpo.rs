@@ -13,7 +13,7 @@ use crate::flags::{Cosine, CosineDefaults, at_least};
 use crate::reward_train::{Ranked, split_held_out};
 use crate::rl_math::{DpoStats, dpo_loss, masked_row_sums, response_mask, token_logprobs};
 use crate::run_dir::{Begin, RunDir};
-use crate::trainer::{Throughput, progress_bar, say};
+use crate::trainer::{self, Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, Device, Rng, Tensor, no_grad};
 use palm_model::checkpoint::save_model_with;
@@ -392,17 +392,8 @@ fn optimise(
     lr: f32,
 ) -> Result<(f32, DpoStats, f32)> {
     let out = batch_loss(policy, data, idx, s.beta)?;
-    let value = out.loss.to_scalar()?;
-    if !value.is_finite() {
-        return Err(Error::Invalid(format!(
-            "DPO loss became {value}; try a lower --lr"
-        )));
-    }
-    let grads = out.loss.backward()?;
-    drop(out.loss);
-    let mut tensors = policy.trained_tensors();
-    let norm = opt.clip_and_step(&mut tensors, &grads, lr, s.optim.grad_clip)?;
-    policy.set_trained(tensors)?;
+    let what = "the DPO loss";
+    let (value, norm) = trainer::optimise(policy, opt, out.loss, what, lr, s.optim.grad_clip)?;
     Ok((value, out.stats, norm))
 }
 

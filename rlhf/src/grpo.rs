@@ -8,6 +8,7 @@ use crate::flags::{at_least, non_negative};
 use crate::rl_math::{group_advantages, grpo_loss, kl_k3_host, masked_mean};
 use crate::rl_run::{self, Algorithm, Core, Learner, NoExtra, Report, RlRun, RlSettings};
 use crate::rollout::{self, Episode, Padded, gather, mean_std};
+use crate::trainer;
 use crate::{Error, Result};
 use palm_engine::{AdamW, Rng, no_grad};
 use palm_model::PalmParams;
@@ -126,7 +127,10 @@ pub fn train_on(
             t.clip_frac += out.clip_frac;
             t.entropy += entropy;
             t.ratio += ratio;
-            t.grad_norm += rl_run::optimise(learner, opt, out.loss, s.optim.grad_clip, s.optim.lr)?;
+            let (lr, clip) = (s.optim.lr, s.optim.grad_clip);
+            let (_, grad_norm) =
+                trainer::optimise(learner, opt, out.loss, "the GRPO loss", lr, clip)?;
+            t.grad_norm += grad_norm;
             t.steps += 1;
         }
     }

@@ -13,6 +13,7 @@ use crate::rl_math::{
 };
 use crate::rl_run::{self, Algorithm, Core, Learner, Report, RlRun, RlSettings};
 use crate::rollout::{self, Episode, Padded, gather, mean_std};
+use crate::trainer;
 use crate::{Error, Result};
 use palm_engine::{AdamW, Rng, no_grad};
 use palm_model::PalmParams;
@@ -307,8 +308,9 @@ pub fn train_on(
         rl_run::shuffle(&mut order, rng);
         for idx in order.chunks(size) {
             let (out, ratio) = minibatch_loss(base, learner, exp, idx, s)?;
-            let grad_norm =
-                rl_run::optimise(learner, opt, out.loss, s.optim.grad_clip, s.optim.lr)?;
+            let (lr, clip) = (s.optim.lr, s.optim.grad_clip);
+            let (_, grad_norm) =
+                trainer::optimise(learner, opt, out.loss, "the PPO loss", lr, clip)?;
             total.add(&TrainStats {
                 policy_loss: out.policy_loss,
                 value_loss: out.value_loss,

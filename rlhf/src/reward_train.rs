@@ -10,11 +10,11 @@ use crate::flags::{Cosine, CosineDefaults, at_least};
 use crate::reward::{Pooling, RewardModel, Scored, ranking_loss};
 use crate::rl_run::shuffle;
 use crate::run_dir::{Begin, RunDir};
-use crate::trainer::{Throughput, progress_bar, say};
+use crate::trainer::{self, Throughput, progress_bar, say};
 use crate::{Error, Result};
 use palm_engine::{AdamW, Device, Rng, Tensor, no_grad};
+use palm_model::Tokenizer;
 use palm_model::checkpoint::load_model;
-use palm_model::{Tokenizer, Trainable};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -316,18 +316,7 @@ fn optimise(
     grad_clip: f32,
 ) -> Result<(f32, f32)> {
     let loss = batch_loss(rm, batch)?;
-    let value = loss.to_scalar()?;
-    if !value.is_finite() {
-        return Err(Error::Invalid(format!(
-            "reward-model loss became {value}; try a lower --lr"
-        )));
-    }
-    let grads = loss.backward()?;
-    drop(loss);
-    let mut tensors = rm.trained_tensors();
-    let norm = opt.clip_and_step(&mut tensors, &grads, lr, grad_clip)?;
-    rm.set_trained(tensors)?;
-    Ok((value, norm))
+    trainer::optimise(rm, opt, loss, "the reward-model loss", lr, grad_clip)
 }
 
 pub fn held_line(h: &HeldOut) -> String {

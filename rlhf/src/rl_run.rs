@@ -108,29 +108,6 @@ pub fn freeze(params: &mut PalmParams) {
     }
 }
 
-/// Backward through `loss`, clip the global gradient norm, one AdamW step. Returns the norm
-/// before clipping. A non-finite loss is an error (the run would only produce NaNs after).
-pub fn optimise(
-    learner: &mut impl Trainable,
-    opt: &mut AdamW,
-    loss: Tensor,
-    grad_clip: f32,
-    lr: f32,
-) -> Result<f32> {
-    let value = loss.to_scalar()?;
-    if !value.is_finite() {
-        return Err(Error::Invalid(format!(
-            "the loss became {value}; try a lower --lr"
-        )));
-    }
-    let grads = loss.backward()?;
-    drop(loss);
-    let mut tensors = learner.trained_tensors();
-    let norm = opt.clip_and_step(&mut tensors, &grads, lr, grad_clip)?;
-    learner.set_trained(tensors)?;
-    Ok(norm)
-}
-
 /// Fisher–Yates with the run's RNG.
 pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
     for i in (1..v.len()).rev() {

@@ -10,7 +10,7 @@ use palm_engine::{AdamW, Device, Rng, Tensor};
 use palm_model::checkpoint::{
     check_holds, config_of, get_checked, model_metadata, save_model_with, tokenizer_of,
 };
-use palm_model::{PalmConfig, PalmParams, Tokenizer};
+use palm_model::{PalmConfig, PalmParams, Tokenizer, Trainable};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -24,6 +24,32 @@ pub struct OptimSettings<D: CosineDefaults> {
     #[serde(flatten)]
     pub optim: Cosine<D>,
     pub seed: u64,
+}
+
+/// One optimisation step on `loss` over `learner`'s trained tensors, as every training loop
+/// takes it: a non-finite loss is an error (`what` names it; the run would only produce NaNs
+/// after), then backward, the global gradient norm clipped to `grad_clip` and AdamW at `lr`.
+/// Returns the loss and the gradient norm before clipping.
+pub fn optimise(
+    learner: &mut impl Trainable,
+    opt: &mut AdamW,
+    loss: Tensor,
+    what: &str,
+    lr: f32,
+    grad_clip: f32,
+) -> Result<(f32, f32)> {
+    let value = loss.to_scalar()?;
+    if !value.is_finite() {
+        return Err(Error::Invalid(format!(
+            "{what} became {value}; try a lower --lr"
+        )));
+    }
+    let grads = loss.backward()?;
+    drop(loss);
+    let mut tensors = learner.trained_tensors();
+    let norm = opt.clip_and_step(&mut tensors, &grads, lr, grad_clip)?;
+    learner.set_trained(tensors)?;
+    Ok((value, norm))
 }
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -200,21 +226,15 @@ impl<D: CosineDefaults> Trainer<D> {
         f: impl FnOnce(&PalmParams, &mut Rng) -> Result<Tensor>,
     ) -> Result<StepStats> {
         let loss = f(&self.params, &mut self.rng)?;
-        let loss_value = loss.to_scalar()?;
-        if !loss_value.is_finite() {
-            return Err(Error::Invalid(format!(
-                "loss became {loss_value} at step {}; try a lower --lr",
-                self.step
-            )));
-        }
-        let grads = loss.backward()?;
-        drop(loss);
-        let mut tensors = self.params.tensors();
         let lr = self.lr();
-        let grad_norm =
-            self.opt
-                .clip_and_step(&mut tensors, &grads, lr, self.settings.optim.grad_clip)?;
-        self.params.set_tensors(tensors)?;
+        let (loss_value, grad_norm) = optimise(
+            &mut self.params,
+            &mut self.opt,
+            loss,
+            &format!("the loss at step {}", self.step),
+            lr,
+            self.settings.optim.grad_clip,
+        )?;
         self.step += 1;
         Ok(StepStats {
             loss: loss_value,
@@ -425,5 +445,50 @@ impl Throughput {
     }
     pub fn elapsed(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palm_engine::AdamWConfig;
+
+    /// What every training loop's step refuses: a non-finite loss (named as the caller names
+    /// it), and a finite loss with a NaN gradient. Neither changes a weight or the optimizer; a
+    /// finite step changes both.
+    #[test]
+    fn a_step_stops_at_a_non_finite_loss_or_gradient() {
+        let config = PalmConfig::new(16, 8, 1, 2, 4);
+        let mut params = PalmParams::init(&config, &mut Rng::new(1)).unwrap();
+        let mut opt = AdamW::new(AdamWConfig::default(), &params.tensors()).unwrap();
+        let before = params.tensors()[0].to_vec::<f32>().unwrap();
+        let emb = |p: &PalmParams| p.tensors()[0].clone();
+
+        let nan = emb(&params).sum_all().unwrap().scale(f32::NAN).unwrap();
+        let err = optimise(&mut params, &mut opt, nan, "the test loss", 1e-3, 1.0).unwrap_err();
+        assert!(
+            err.to_string().contains("the test loss became NaN"),
+            "{err}"
+        );
+
+        // Σ√(0·x) is 0, and its gradient 0 · ∞ is NaN.
+        let zero = emb(&params)
+            .scale(0.0)
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let err = optimise(&mut params, &mut opt, zero, "the test loss", 1e-3, 1.0).unwrap_err();
+        assert!(err.to_string().contains("norm became NaN"), "{err}");
+
+        assert_eq!(opt.step_count(), 0);
+        assert_eq!(params.tensors()[0].to_vec::<f32>().unwrap(), before);
+        let fine = emb(&params).sqr().unwrap().sum_all().unwrap();
+        let (loss, norm) =
+            optimise(&mut params, &mut opt, fine, "the test loss", 1e-3, 1.0).unwrap();
+        assert!(loss > 0.0 && norm > 0.0);
+        assert_eq!(opt.step_count(), 1);
+        assert_ne!(params.tensors()[0].to_vec::<f32>().unwrap(), before);
     }
 }
