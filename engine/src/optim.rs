@@ -110,7 +110,7 @@ impl AdamW {
         let norm = grad_norm(grads, params)?;
         if !norm.is_finite() {
             return Err(Error::Invalid(format!(
-                "the gradients' norm became {norm} (a gradient overflowed); no update was made"
+                "the gradients' norm became {norm} (an overflow or a NaN); nothing was updated"
             )));
         }
         self.update(params, grads, lr, clip_factor(norm, max_norm).min(1.0))?;
