@@ -129,8 +129,9 @@ impl AdamW {
         self.step += 1;
         let t = self.step as i32;
         let c = self.cfg;
-        // Device parameters are updated together, in one multi-tensor launch, after the loop.
-        let mut device: Vec<(usize, Tensor, f32)> = Vec::new();
+        // Device parameters are updated together, in one multi-tensor launch, after the loop:
+        // (index, new parameter, weight decay, gradient).
+        let mut device: Vec<(usize, Tensor, f32, Tensor)> = Vec::new();
         for (i, (p, slot)) in params.iter_mut().zip(self.moments.iter_mut()).enumerate() {
             let Some(g) = grads.get(p) else { continue };
             let h = Hyper {
@@ -177,7 +178,13 @@ impl AdamW {
                     }
                     // A fresh buffer: the old parameter may be shared (a frozen reference copy).
                     let next = crate::cuda::ops::adamw::private_copy(p)?;
-                    device.push((i, next, h.weight_decay));
+                    // The kernel reads the gradient as it is: a scaled copy where clipping asks.
+                    let g = if grad_scale == 1.0 {
+                        g.clone()
+                    } else {
+                        g.scale(grad_scale)?
+                    };
+                    device.push((i, next, h.weight_decay, g));
                 }
             }
         }
@@ -185,17 +192,8 @@ impl AdamW {
             return Ok(());
         }
         use crate::cuda::ops::adamw as k;
-        // The kernel reads the gradients as they are: scaled ones first where clipping asks.
-        let device_grads = device
-            .iter()
-            .map(|(i, ..)| match grads.get(&params[*i]) {
-                Some(g) if grad_scale != 1.0 => g.scale(grad_scale),
-                Some(g) => Ok(g.clone()),
-                None => Err(Error::Invalid("internal: adamw gradient moved".into())),
-            })
-            .collect::<Result<Vec<_>>>()?;
         let mut slots = Vec::with_capacity(device.len());
-        for ((i, next, wd), g) in device.iter().zip(&device_grads) {
+        for (i, next, wd, g) in &device {
             let Slot::Device(m, v) = &self.moments[*i] else {
                 return Err(Error::Invalid("internal: adamw slot moved".into()));
             };
@@ -218,7 +216,7 @@ impl AdamW {
         };
         let copies = k::step_multi(&slots, &hk)?;
         drop(slots);
-        for ((i, next, _), copy) in device.into_iter().zip(copies) {
+        for ((i, next, ..), copy) in device.into_iter().zip(copies) {
             let var = next.as_var();
             // The bf16 copy the kernel wrote: the next forward's cast of this weight is free.
             var.set_shadow(copy)?;
