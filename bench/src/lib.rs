@@ -53,18 +53,14 @@ impl TrainStep {
         self.try_step().expect("training step")
     }
 
-    /// Forward, loss, backward, clip 0.5, AdamW; the loss.
+    /// Forward, loss, then the training loops' own step (backward, clip 0.5, AdamW); the loss.
     pub fn try_step(&mut self) -> Result<f32> {
         let (loss, _) = self
             .params
             .loss(&self.data, &mut Forward::default())
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        let value = loss.to_scalar()?;
-        let grads = loss.backward()?;
-        let mut ts = self.params.tensors();
-        self.opt.clip_and_step(&mut ts, &grads, 1e-4, 0.5)?;
-        self.params
-            .set_tensors(ts)
+        let (params, opt) = (&mut self.params, &mut self.opt);
+        let (value, _) = palm_rlhf::trainer::optimise(params, opt, loss, "the loss", 1e-4, 0.5)
             .map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(value)
     }
