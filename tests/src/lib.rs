@@ -7,6 +7,23 @@ pub mod gradcheck;
 
 use palm_engine::SafeFile;
 
+/// Moments made for a 3-element parameter, then a step over a 4-element one on `device`: an
+/// error naming both sizes, before any update (the device kernel would run past the moments).
+pub fn assert_adamw_refuses_a_parameter_of_another_size(device: palm_engine::Device) {
+    let on = |n: usize| {
+        let t = palm_engine::Tensor::from_vec(vec![1f32; n], &[n]).unwrap();
+        t.to_device(device).unwrap().as_var()
+    };
+    let mut opt = palm_engine::AdamW::new(Default::default(), &[on(3)]).unwrap();
+    let mut other = [on(4)];
+    let grads = other[0].sum_all().unwrap().backward().unwrap();
+    let err = opt.step(&mut other, &grads, 1e-3).unwrap_err().to_string();
+    assert!(
+        err.contains("4 elements") && err.contains("moments 3"),
+        "{err}"
+    );
+}
+
 /// The seed's tiny model (PaLM-rlhf-pytorch 0.7.5, float64 → f32).
 pub fn seed_model() -> SafeFile {
     SafeFile::from_static(

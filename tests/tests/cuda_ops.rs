@@ -461,21 +461,7 @@ fn adamw_refuses_parameters_it_was_not_made_for_on_the_gpu() {
     if !gpu("adamw_refuses_parameters_it_was_not_made_for_on_the_gpu") {
         return;
     }
-    let on_gpu = |n: usize| {
-        Tensor::from_vec(vec![1f32; n], &[n])
-            .unwrap()
-            .to_device(GPU)
-            .unwrap()
-            .as_var()
-    };
-    let mut opt = AdamW::new(Default::default(), &[on_gpu(3)]).unwrap();
-    let mut other = [on_gpu(4)];
-    let grads = other[0].sum_all().unwrap().backward().unwrap();
-    let err = opt.step(&mut other, &grads, 1e-3).unwrap_err().to_string();
-    assert!(
-        err.contains("4 elements") && err.contains("moments 3"),
-        "{err}"
-    );
+    palm_tests::assert_adamw_refuses_a_parameter_of_another_size(GPU);
 }
 
 #[test]
