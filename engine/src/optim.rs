@@ -126,6 +126,41 @@ impl AdamW {
         grad_scale: f32,
     ) -> Result<()> {
         let _g = crate::no_grad();
+        // Every size is checked before anything changes: an error leaves the step count and
+        // every weight as they were. Both updates run over the parameter's length (the device
+        // kernel reads m, v and the gradient for as many elements as the parameter has).
+        if params.len() != self.moments.len() {
+            return Err(Error::shape(
+                "adamw",
+                format!(
+                    "{} parameters for an optimizer made for {}",
+                    params.len(),
+                    self.moments.len()
+                ),
+            ));
+        }
+        for (i, (p, slot)) in params.iter().zip(&self.moments).enumerate() {
+            let Some(g) = grads.get(p) else { continue };
+            let len = p.elem_count();
+            if g.elem_count() != len || slot.len() != len {
+                return Err(Error::shape(
+                    "adamw",
+                    format!(
+                        "parameter {i} has {len} elements, its gradient {} and its moments {} \
+                         (a parameter list other than the optimizer's)",
+                        g.elem_count(),
+                        slot.len()
+                    ),
+                ));
+            }
+            if matches!(slot, Slot::Device(..)) && p.dtype() != DType::F32 {
+                return Err(Error::DType {
+                    op: "adamw",
+                    got: p.dtype(),
+                    want: "f32 (master weights)",
+                });
+            }
+        }
         self.step += 1;
         let t = self.step as i32;
         let c = self.cfg;
@@ -144,20 +179,7 @@ impl AdamW {
                 bias1: 1.0 - c.beta1.powi(t),
                 bias2: 1.0 - c.beta2.powi(t),
             };
-            // Both updates run over the parameter's length (the device kernel reads m, v and
-            // the gradient for as many elements as the parameter has).
             let len = p.elem_count();
-            if g.elem_count() != len || slot.len() != len {
-                return Err(Error::shape(
-                    "adamw",
-                    format!(
-                        "parameter {i} has {len} elements, its gradient {} and its moments {} \
-                         (a parameter list other than the optimizer's)",
-                        g.elem_count(),
-                        slot.len()
-                    ),
-                ));
-            }
             match slot {
                 Slot::Host(m, v) => {
                     // The new weights in a recycled buffer: a fresh one costs a page fault
@@ -169,13 +191,6 @@ impl AdamW {
                     *p = Tensor::from_vec(data, p.dims())?.as_var();
                 }
                 Slot::Device(..) => {
-                    if p.dtype() != DType::F32 {
-                        return Err(Error::DType {
-                            op: "adamw",
-                            got: p.dtype(),
-                            want: "f32 (master weights)",
-                        });
-                    }
                     // A fresh buffer: the old parameter may be shared (a frozen reference copy).
                     let next = crate::cuda::ops::adamw::private_copy(p)?;
                     // The kernel reads the gradient as it is: a scaled copy where clipping asks.

@@ -7,8 +7,9 @@ pub mod gradcheck;
 
 use palm_engine::SafeFile;
 
-/// Moments made for a 3-element parameter, then a step over a 4-element one on `device`: an
-/// error naming both sizes, before any update (the device kernel would run past the moments).
+/// Moments made for a 3-element parameter, then a step over a 4-element one on `device`, or over
+/// two parameters: errors naming the sizes, before any update (the device kernel would run past
+/// the moments).
 pub fn assert_adamw_refuses_a_parameter_of_another_size(device: palm_engine::Device) {
     let on = |n: usize| {
         let t = palm_engine::Tensor::from_vec(vec![1f32; n], &[n]).unwrap();
@@ -22,6 +23,13 @@ pub fn assert_adamw_refuses_a_parameter_of_another_size(device: palm_engine::Dev
         err.contains("4 elements") && err.contains("moments 3"),
         "{err}"
     );
+    let err = opt.step(&mut [on(3), on(3)], &grads, 1e-3).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("2 parameters for an optimizer made for 1"),
+        "{err}"
+    );
+    assert_eq!(opt.step_count(), 0, "a refused step still counted");
 }
 
 /// The seed's tiny model (PaLM-rlhf-pytorch 0.7.5, float64 → f32).
